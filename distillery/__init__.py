@@ -1,0 +1,1 @@
+"""Distillery: the framework-free core (no Dagster imports in this package)."""

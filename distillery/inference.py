@@ -1,0 +1,68 @@
+"""Greedy generation for chat conversations, batched, with or without a LoRA adapter."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from distillery.training import load_tokenizer
+
+
+@dataclass
+class Generation:
+    text: str
+    completion_tokens: int
+    prompt_tokens: int
+    finish_reason: str
+    latency_ms: float  # wall time of the batch the request was in: what its caller waited
+
+
+def load_model(base_model: str, adapters: dict[str, Path] | None = None):
+    """The base model, wrapped in peft with every named adapter loaded when there are any."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    for i, (name, path) in enumerate((adapters or {}).items()):
+        if i == 0:
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+        else:
+            model.load_adapter(str(path), adapter_name=name)
+    model.eval()
+    tokenizer = load_tokenizer(base_model)
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+@torch.no_grad()
+def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 32,
+             batch_size: int = 16) -> list[Generation]:
+    results: list[Generation] = []
+    stop_ids = [tokenizer.eos_token_id]
+    for start in range(0, len(conversations), batch_size):
+        chunk = conversations[start : start + batch_size]
+        prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        began = time.perf_counter()
+        output = model.generate(
+            **encoded, max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids,
+        )
+        latency_ms = (time.perf_counter() - began) * 1000
+        width = encoded["input_ids"].shape[1]
+        for row, prompt_mask in zip(output, encoded["attention_mask"]):
+            new = row[width:].tolist()
+            stopped = any(t in stop_ids for t in new)
+            if stopped:
+                new = new[: next(i for i, t in enumerate(new) if t in stop_ids)]
+            results.append(Generation(
+                text=tokenizer.decode(new, skip_special_tokens=True).strip(),
+                completion_tokens=len(new),
+                prompt_tokens=int(prompt_mask.sum()),
+                finish_reason="stop" if stopped else "length",
+                latency_ms=latency_ms,
+            ))
+    return results

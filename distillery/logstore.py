@@ -1,0 +1,147 @@
+"""The log store: every captured exchange between an application and a model.
+
+SQLAlchemy 2 over SQLite by default (one file in the data directory) or any
+SQLAlchemy URL. The schema is owned by Alembic migrations in
+``distillery/migrations`` so a user's store survives upgrades; ``LogStore.upgrade``
+brings any store to the current revision.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from distillery.settings import default_log_store_url
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class ExchangeRow(Base):
+    __tablename__ = "exchanges"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    workload: Mapped[str] = mapped_column(sa.String(100), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
+    endpoint: Mapped[str] = mapped_column(sa.String(40))
+    request_messages: Mapped[list] = mapped_column(sa.JSON)
+    request_params: Mapped[dict] = mapped_column(sa.JSON)
+    model: Mapped[str | None] = mapped_column(sa.String(200))
+    response_text: Mapped[str | None] = mapped_column(sa.Text)
+    finish_reason: Mapped[str | None] = mapped_column(sa.String(40))
+    prompt_tokens: Mapped[int | None] = mapped_column(sa.Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(sa.Integer)
+    latency_ms: Mapped[float | None] = mapped_column(sa.Float)
+    status: Mapped[str] = mapped_column(sa.String(20))
+    status_code: Mapped[int | None] = mapped_column(sa.Integer)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+    __table_args__ = (sa.Index("ix_exchanges_workload_id", "workload", "id"),)
+
+
+@dataclass
+class Exchange:
+    """One request/response pair as captured; ``status`` is ``ok`` or ``error``."""
+
+    workload: str
+    request_messages: list[dict[str, Any]]
+    response_text: str | None
+    model: str | None = None
+    request_params: dict[str, Any] = field(default_factory=dict)
+    endpoint: str = "chat.completions"
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: float | None = None
+    status: str = STATUS_OK
+    status_code: int | None = 200
+    error: str | None = None
+    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+
+
+COLUMNS = [c.name for c in ExchangeRow.__table__.columns]
+
+
+class LogStore:
+    def __init__(self, url: str | None = None):
+        self.url = url or default_log_store_url()
+        if self.url.startswith("sqlite:///"):
+            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def upgrade(self) -> None:
+        """Create or migrate the schema to the newest revision (idempotent)."""
+        from distillery.migrations import upgrade
+
+        upgrade(self.engine)
+
+    def record(self, exchanges: Iterable[Exchange]) -> int:
+        rows = [_row_values(e) for e in exchanges]
+        if not rows:
+            return 0
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(ExchangeRow), rows)
+        return len(rows)
+
+    def workloads(self) -> dict[str, int]:
+        """Every workload that has rows, with its row count."""
+        query = sa.select(ExchangeRow.workload, sa.func.count()).group_by(ExchangeRow.workload)
+        with self.engine.connect() as conn:
+            return {name: count for name, count in conn.execute(query)}
+
+    def read(self, workload: str) -> pd.DataFrame:
+        """All rows of one workload, oldest first, one column per table column."""
+        query = sa.select(ExchangeRow.__table__).where(ExchangeRow.workload == workload).order_by(ExchangeRow.id)
+        with self.engine.connect() as conn:
+            result = conn.execute(query)
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _row_values(exchange: Exchange) -> dict[str, Any]:
+    values = {name: getattr(exchange, name) for name in COLUMNS if name != "id"}
+    return values
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets readers (the Dagster assets) run while a writer records traffic.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+_JSON_COLUMNS = ("request_messages", "request_params")
+
+
+def save_snapshot(rows: pd.DataFrame, path: Path) -> None:
+    """Parquet with the JSON columns as text, so rows with different keys round-trip exactly."""
+    encoded = rows.copy()
+    for column in _JSON_COLUMNS:
+        encoded[column] = encoded[column].map(json.dumps)
+    encoded.to_parquet(path, index=False)
+
+
+def load_snapshot(path: Path) -> pd.DataFrame:
+    rows = pd.read_parquet(path)
+    for column in _JSON_COLUMNS:
+        rows[column] = rows[column].map(json.loads)
+    return rows

