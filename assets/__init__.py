@@ -1,0 +1,15 @@
+"""Dagster assets of the workload lifecycle: thin wrappers over ``distillery.lifecycle``."""
+
+from assets.curated_dataset import curated_dataset
+from assets.deployed_endpoint import deployed_endpoint
+from assets.eval_report import eval_report
+from assets.lora_adapter import lora_adapter
+from assets.partitions import workload_partitions
+from assets.raw_llm_logs import raw_llm_logs
+
+LIFECYCLE_ASSETS = [raw_llm_logs, curated_dataset, lora_adapter, eval_report, deployed_endpoint]
+
+__all__ = [
+    "LIFECYCLE_ASSETS", "curated_dataset", "deployed_endpoint", "eval_report", "lora_adapter", "raw_llm_logs",
+    "workload_partitions",
+]

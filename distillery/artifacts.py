@@ -77,6 +77,12 @@ class ArtifactStore:
         version = pointer.read_text().strip()
         return Artifact(workload, stage, version, pointer.parent / version)
 
+    def get(self, workload: str, stage: str, version: str) -> Artifact:
+        path = self._stage_dir(workload, stage) / version
+        if not (path / MANIFEST).exists():
+            raise DistilleryError(f"workload {workload!r} has no {stage} version {version!r} under {self.root}")
+        return Artifact(workload, stage, version, path)
+
     def versions(self, workload: str, stage: str) -> list[str]:
         stage_dir = self._stage_dir(workload, stage)
         if not stage_dir.exists():

@@ -22,11 +22,11 @@ def model_cache() -> Path:
 
 
 def default_log_store_url() -> str:
-    return f"sqlite:///{home() / 'logs.db'}"
+    return os.environ.get("DISTILLERY_LOG_STORE_URL") or f"sqlite:///{home() / 'logs.db'}"
 
 
 def default_mlflow_uri() -> str:
-    return f"sqlite:///{home() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
 
 
 def validate_workload(name: str) -> str:
@@ -37,3 +37,13 @@ def validate_workload(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def dagster_home() -> Path:
+    """$DAGSTER_HOME, else the repository's dagster_home/ when run from its root, else one in home()."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"]).resolve()
+    local = Path.cwd() / "dagster_home"
+    if (local / "dagster.yaml").exists():
+        return local
+    return home() / "dagster"

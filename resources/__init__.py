@@ -1,0 +1,9 @@
+"""Dagster resources: one per external system, each a thin wrapper over the core."""
+
+from resources.artifacts import ArtifactsResource
+from resources.log_store import LogStoreResource
+from resources.mlflow import MlflowResource
+from resources.serving import ServingResource
+from resources.trainer import TrainerResource
+
+__all__ = ["ArtifactsResource", "LogStoreResource", "MlflowResource", "ServingResource", "TrainerResource"]

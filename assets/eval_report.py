@@ -1,0 +1,42 @@
+import dagster as dg
+
+from assets.errors import user_errors_as_failures
+from assets.lora_adapter import lora_adapter
+from assets.partitions import workload_partitions
+from distillery.lifecycle import evaluate_adapter
+from resources import ArtifactsResource, MlflowResource
+
+
+class EvalConfig(dg.Config):
+    min_agreement: float = 0.6
+    """The fine-tuned model's exact-match agreement with the frontier needed to promote it."""
+    batch_size: int = 16
+
+
+@dg.asset(partitions_def=workload_partitions, deps=[lora_adapter], kinds={"pytorch", "mlflow"},
+          group_name="lifecycle")
+def eval_report(
+    context: dg.AssetExecutionContext, config: EvalConfig, artifacts: ArtifactsResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """Base and fine-tuned model against the frontier's answers on the held-out test split, with the gate verdict."""
+    with user_errors_as_failures():
+        artifact, report = evaluate_adapter(
+            artifacts.open(), mlflow.open(), context.partition_key, threshold=config.min_agreement,
+            batch_size=config.batch_size, on_progress=context.log.info,
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.md(report.markdown()),
+            "fine_tuned_agreement": report.candidate.agreement,
+            "base_agreement": report.scores["base"].agreement,
+            "agreement_gain_points": round(100 * (report.candidate.agreement - report.scores["base"].agreement), 1),
+            "latency_ms_p50": report.candidate.latency_ms_p50,
+            "test_rows": report.rows,
+            "passed": report.passed,
+            "verdict": report.verdict,
+            "model_version": artifact.manifest["model_version"],
+            "version": artifact.version,
+            "path": dg.MetadataValue.path(str(artifact.path)),
+        }
+    )

@@ -1,0 +1,26 @@
+import dagster as dg
+
+from assets.errors import user_errors_as_failures
+from assets.partitions import workload_partitions
+from distillery.lifecycle import snapshot_raw_logs
+from resources import ArtifactsResource, LogStoreResource
+
+
+@dg.asset(partitions_def=workload_partitions, kinds={"sqlalchemy", "parquet"}, group_name="lifecycle")
+def raw_llm_logs(
+    context: dg.AssetExecutionContext, log_store: LogStoreResource, artifacts: ArtifactsResource
+) -> dg.MaterializeResult:
+    """The workload's captured request/response rows, frozen as a snapshot of the log store."""
+    with user_errors_as_failures():
+        summary = snapshot_raw_logs(log_store.open(), artifacts.open(), context.partition_key)
+    return dg.MaterializeResult(
+        metadata={
+            "rows": summary.rows,
+            "ok_rows": summary.ok_rows,
+            "error_rows": summary.error_rows,
+            "log_id_range": f"{summary.first_log_id}-{summary.last_log_id}",
+            "time_range": f"{summary.first_at} .. {summary.last_at}",
+            "version": summary.artifact.version,
+            "path": dg.MetadataValue.path(str(summary.artifact.path)),
+        }
+    )

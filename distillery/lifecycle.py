@@ -1,0 +1,176 @@
+"""The five lifecycle steps of a workload, each reading the previous step's latest artifact.
+
+Every step publishes through ``ArtifactStore.publish``, so a step that fails leaves the
+previous version in place as the latest. Each function returns a summary the Dagster
+asset turns into metadata; nothing here knows about Dagster.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from datasets import load_from_disk
+
+from distillery import curation, evaluation, training
+from distillery.artifacts import Artifact, ArtifactStore
+from distillery.errors import DistilleryError
+from distillery.logstore import STATUS_OK, LogStore, load_snapshot, save_snapshot
+from distillery.serving import Endpoint, LocalEndpoints
+from distillery.settings import validate_workload
+from distillery.tracking import CHALLENGER, CHAMPION, Tracker, registered_model_name
+
+RAW, CURATED, ADAPTER, REPORT = "raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report"
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class RawLogsSummary:
+    artifact: Artifact
+    rows: int
+    ok_rows: int
+    error_rows: int
+    first_log_id: int
+    last_log_id: int
+    first_at: str
+    last_at: str
+
+
+def snapshot_raw_logs(store: LogStore, artifacts: ArtifactStore, workload: str) -> RawLogsSummary:
+    """Freeze the workload's rows as they are now, so later steps see one consistent set."""
+    validate_workload(workload)
+    rows = store.read(workload)
+    if rows.empty:
+        known = ", ".join(sorted(store.workloads())) or "none"
+        raise DistilleryError(
+            f"workload {workload!r} has no rows in the log store ({store.engine.url.render_as_string()}); "
+            f"workloads with rows: {known}. Capture traffic tagged with this workload, or run `distillery demo`"
+        )
+    ok = int((rows["status"] == STATUS_OK).sum())
+    span = {"first_log_id": int(rows["id"].min()), "last_log_id": int(rows["id"].max()),
+            "first_at": str(rows["created_at"].min()), "last_at": str(rows["created_at"].max())}
+    with artifacts.publish(workload, RAW, {"rows": len(rows), **span}) as folder:
+        save_snapshot(rows, folder / "rows.parquet")
+    return RawLogsSummary(artifacts.latest(workload, RAW), len(rows), ok, len(rows) - ok, **span)
+
+
+def build_curated_dataset(artifacts: ArtifactStore, workload: str, *, seed: int, validation_fraction: float,
+                          test_fraction: float, min_rows: int) -> tuple[Artifact, curation.CurationReport]:
+    raw = artifacts.latest(workload, RAW, needed_by=CURATED)
+    rows = load_snapshot(raw.path / "rows.parquet")
+    dataset, report = curation.curate(rows, workload, seed=seed, validation_fraction=validation_fraction,
+                                      test_fraction=test_fraction, min_rows=min_rows)
+    manifest = {"raw_version": raw.version, **report.as_dict()}
+    with artifacts.publish(workload, CURATED, manifest) as folder:
+        dataset.save_to_disk(str(folder / "dataset"))
+    return artifacts.latest(workload, CURATED), report
+
+
+@dataclass
+class AdapterSummary:
+    artifact: Artifact
+    run_id: str
+    model_version: str
+    registered_model: str
+    result: training.TrainingResult
+
+
+def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, base_model: str,
+                  config: training.TrainingConfig, run_tags: dict[str, str],
+                  on_step: training.StepCallback | None = None) -> AdapterSummary:
+    """Train on the latest curated dataset; record the run and a new model version in MLflow."""
+    curated = artifacts.latest(workload, CURATED, needed_by=ADAPTER)
+    dataset = load_from_disk(str(curated.path / "dataset"))
+    source = curated.manifest
+    tags = {
+        **run_tags,
+        "distillery.workload": workload,
+        "distillery.dataset_version": curated.version,
+        "distillery.dataset_hash": source["content_hash"],
+        "distillery.log_id_range": f"{source['first_log_id']}-{source['last_log_id']}",
+    }
+    with tracker.run(workload, run_name=f"{workload}-{curated.version[:16]}", tags=tags) as run_id:
+        tracker.log_params(run_id, {**asdict(config), "base_model": base_model,
+                                    "train_rows": len(dataset["train"]), "validation_rows": len(dataset["validation"])})
+
+        def record_step(step: int, total: int, loss: float) -> None:
+            tracker.log_metrics(run_id, {"train_loss": loss}, step=step)
+            if on_step:
+                on_step(step, total, loss)
+
+        manifest = {"base_model": base_model, "dataset_version": curated.version, "mlflow_run_id": run_id,
+                    "tracking_uri": tracker.tracking_uri, **{k.removeprefix("distillery."): v for k, v in tags.items()}}
+        with artifacts.publish(workload, ADAPTER, manifest) as folder:
+            result = training.train_lora(dataset["train"], dataset["validation"], base_model, folder / "adapter",
+                                         config, on_step=record_step)
+            metrics = {"final_train_loss": result.final_train_loss, "train_seconds": result.seconds,
+                       "tokens_per_s": result.tokens_per_s, "train_tokens": result.train_tokens}
+            if result.validation_loss is not None:
+                metrics["validation_loss"] = result.validation_loss
+            tracker.log_metrics(run_id, metrics, step=result.steps)
+            tracker.log_artifacts(run_id, folder / "adapter", "adapter")
+            version = tracker.register_adapter(workload, run_id, tags)
+            tracker.set_alias(workload, CHALLENGER, version)
+            manifest["model_version"] = version
+    return AdapterSummary(artifacts.latest(workload, ADAPTER), run_id, version, registered_model_name(workload), result)
+
+
+def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, *, threshold: float,
+                     batch_size: int, on_progress: Progress = _quiet) -> tuple[Artifact, evaluation.EvalReport]:
+    """Score the latest adapter and its base model on the held-out split it was never trained on."""
+    adapter = artifacts.latest(workload, ADAPTER, needed_by=REPORT)
+    trained = adapter.manifest
+    curated = artifacts.get(workload, CURATED, trained["dataset_version"])
+    test = load_from_disk(str(curated.path / "dataset"))["test"]
+    report = evaluation.evaluate(test, workload, trained["base_model"], adapter.path / "adapter",
+                                 threshold=threshold, batch_size=batch_size, on_progress=on_progress)
+    markdown = report.markdown()
+    manifest = {"adapter_version": adapter.version, "model_version": trained["model_version"],
+                "mlflow_run_id": trained["mlflow_run_id"], "passed": report.passed,
+                "probe_messages": test[0]["messages"][:-1]}
+    with artifacts.publish(workload, REPORT, manifest) as folder:
+        (folder / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
+        (folder / "report.md").write_text(markdown)
+    run_id = trained["mlflow_run_id"]
+    tracker.log_metrics(run_id, {
+        "eval_agreement": report.candidate.agreement,
+        "eval_base_agreement": report.scores["base"].agreement,
+        "eval_latency_ms_p50": report.candidate.latency_ms_p50,
+    })
+    tracker.log_text(run_id, markdown, "eval_report.md")
+    return artifacts.latest(workload, REPORT), report
+
+
+@dataclass
+class DeploySummary:
+    promoted: bool
+    reason: str
+    model_version: str
+    endpoint: Endpoint | None
+
+
+def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: LocalEndpoints,
+                   workload: str) -> DeploySummary:
+    """Serve the latest adapter and make it champion, if and only if its report passed."""
+    adapter = artifacts.latest(workload, ADAPTER, needed_by="deployed_endpoint")
+    report = artifacts.latest(workload, REPORT, needed_by="deployed_endpoint")
+    verdict = report.manifest
+    if verdict["adapter_version"] != adapter.version:
+        raise DistilleryError(
+            f"workload {workload!r}: the latest eval_report scored adapter {verdict['adapter_version']}, "
+            f"not the latest lora_adapter {adapter.version}: materialize eval_report before deploying"
+        )
+    reason = json.loads((report.path / "report.json").read_text())["verdict"]
+    version = adapter.manifest["model_version"]
+    if not verdict["passed"]:
+        return DeploySummary(False, reason, version, endpoints.current(workload))
+    endpoint = endpoints.deploy(workload, adapter.manifest["base_model"], adapter.path / "adapter",
+                                model_name=workload, probe_messages=verdict["probe_messages"])
+    tracker.set_alias(workload, CHAMPION, version)
+    return DeploySummary(True, reason, version, endpoint)
