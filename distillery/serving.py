@@ -48,7 +48,8 @@ class ModelServer:
         name = body.get("model") or self.default_model
         if name not in self.models():
             raise RequestError(404, f"model {name!r} is not served here; available: {self.models()}", "model_not_found")
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+        max_tokens = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None),
+                          DEFAULT_MAX_TOKENS)
         if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
             raise RequestError(400, "'max_tokens' must be an integer between 1 and 4096")
         with self._lock:

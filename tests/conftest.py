@@ -71,3 +71,18 @@ def log_store_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'logs.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter trained for a few steps on the tiny model to answer 'billing' or 'shipping'."""
+    from datasets import Dataset
+
+    from distillery.training import TrainingConfig, train_lora
+
+    rows = [{"messages": [{"role": "user", "content": f"ticket {i}"},
+                          {"role": "assistant", "content": ["billing", "shipping"][i % 2]}]} for i in range(16)]
+    target = tmp_path_factory.mktemp("tiny-adapter")
+    train_lora(Dataset.from_list(rows), Dataset.from_list(rows[:4]), tiny_model_dir, target,
+               TrainingConfig(rank=8, alpha=16, epochs=30, batch_size=8, learning_rate=1e-2, warmup_fraction=0))
+    return target
