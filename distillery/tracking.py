@@ -83,13 +83,13 @@ class Tracker:
             self.client.create_registered_model(name, description=f"LoRA adapters for workload {workload!r}")
         source = f"{self.client.get_run(run_id).info.artifact_uri}/{ADAPTER_ARTIFACT_PATH}"
         version = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
-        return version.version
+        return str(version.version)
 
     def set_alias(self, workload: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(registered_model_name(workload), alias, version)
 
     def alias_version(self, workload: str, alias: str) -> str | None:
         try:
-            return self.client.get_model_version_by_alias(registered_model_name(workload), alias).version
+            return str(self.client.get_model_version_by_alias(registered_model_name(workload), alias).version)
         except MlflowException:
             return None

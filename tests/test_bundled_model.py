@@ -1,0 +1,51 @@
+"""The real bundled SmolLM2-135M-Instruct through the whole lifecycle, on a handful of demo rows."""
+
+import openai
+import pytest
+
+from distillery import lifecycle
+from distillery.artifacts import ArtifactStore
+from distillery.capture import capture
+from distillery.demo_workload import QUEUES, STANDIN_MODEL, WORKLOAD, demo_messages, generate_tickets, start_frontier_standin
+from distillery.logstore import LogStore
+from distillery.models import resolve_base_model
+from distillery.serving import LocalEndpoints
+from distillery.tracking import CHAMPION, Tracker
+from distillery.training import TrainingConfig
+
+pytestmark = pytest.mark.slow
+
+
+def test_fine_tuning_the_bundled_model_beats_it_on_held_out_tickets(distillery_home):
+    store = LogStore()
+    store.upgrade()
+    server = start_frontier_standin()
+    try:
+        client = capture(openai.OpenAI(base_url=server.url, api_key="x"), store, WORKLOAD)
+        for ticket in generate_tickets(100):
+            client.chat.completions.create(model=STANDIN_MODEL, messages=demo_messages(ticket))
+    finally:
+        server.shutdown()
+
+    artifacts, tracker, endpoints = ArtifactStore(), Tracker(), LocalEndpoints()
+    base_model = resolve_base_model(None)
+    lifecycle.snapshot_raw_logs(store, artifacts, WORKLOAD)
+    lifecycle.build_curated_dataset(artifacts, WORKLOAD, seed=0, validation_fraction=0.05, test_fraction=0.1,
+                                    min_rows=20)
+    config = TrainingConfig(max_steps=24, batch_size=8, learning_rate=3e-3)
+    trained = lifecycle.train_adapter(artifacts, tracker, WORKLOAD, base_model, config, run_tags={})
+    assert trained.result.final_train_loss < trained.result.loss_curve[0][1] / 4
+
+    _, report = lifecycle.evaluate_adapter(artifacts, tracker, WORKLOAD, threshold=0.5, batch_size=16)
+    assert report.rows == 10
+    assert report.scores["base"].agreement <= 0.2  # zero-shot it answers in sentences, not queue names
+    assert report.candidate.agreement >= report.scores["base"].agreement + 0.3
+
+    try:
+        deployed = lifecycle.deploy_adapter(artifacts, tracker, endpoints, WORKLOAD)
+        assert deployed.promoted and tracker.alias_version(WORKLOAD, CHAMPION) == trained.model_version
+        client = openai.OpenAI(base_url=deployed.endpoint.url, api_key="local", max_retries=0)
+        answer = client.chat.completions.create(model=WORKLOAD, messages=demo_messages("My parcel never arrived"))
+        assert answer.choices[0].message.content in QUEUES
+    finally:
+        endpoints.stop(WORKLOAD)

@@ -1,0 +1,165 @@
+"""The five assets materialized in-process on a tiny model, with real SQLite, MLflow and server processes."""
+
+import datetime
+
+import dagster as dg
+import openai
+import pytest
+
+from assets import LIFECYCLE_ASSETS, deployed_endpoint, eval_report, lora_adapter, raw_llm_logs, workload_partitions
+from distillery.capture import capture
+from distillery.demo_workload import STANDIN_MODEL, WORKLOAD, demo_messages, generate_tickets, start_frontier_standin
+from distillery.logstore import LogStore
+from distillery.serving import LocalEndpoints
+from distillery.tracking import CHALLENGER, CHAMPION, Tracker, registered_model_name
+from pipelines.automation import new_workloads, nightly_retrain
+from pipelines.definitions import defs
+from resources import ArtifactsResource, LogStoreResource, MlflowResource, ServingResource, TrainerResource
+
+FAST_TRAINING = {"lora_adapter": {"config": {"max_steps": 3, "batch_size": 8, "rank": 4, "alpha": 8}}}
+
+
+def _ops(min_agreement: float) -> dict:
+    return {"ops": {**FAST_TRAINING, "eval_report": {"config": {"min_agreement": min_agreement}}}}
+
+
+@pytest.fixture
+def resources(distillery_home, tiny_model_dir):
+    yield {
+        "log_store": LogStoreResource(),
+        "artifacts": ArtifactsResource(),
+        "mlflow": MlflowResource(),
+        "trainer": TrainerResource(base_model=tiny_model_dir),
+        "serving": ServingResource(startup_timeout_s=120),
+    }
+    for endpoint in LocalEndpoints().all():
+        LocalEndpoints().stop(endpoint.workload)
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def _capture_demo_traffic(calls: int) -> None:
+    store = LogStore()
+    store.upgrade()
+    server = start_frontier_standin()
+    try:
+        client = capture(openai.OpenAI(base_url=server.url, api_key="x"), store, WORKLOAD)
+        for ticket in generate_tickets(calls):
+            client.chat.completions.create(model=STANDIN_MODEL, messages=demo_messages(ticket))
+    finally:
+        server.shutdown()
+
+
+def _materialize(selection, instance, resources, workload=WORKLOAD, run_config=None):
+    if workload not in instance.get_dynamic_partitions(workload_partitions.name):
+        instance.add_dynamic_partitions(workload_partitions.name, [workload])
+    return dg.materialize(selection, partition_key=workload, instance=instance, resources=resources,
+                          run_config=run_config or {}, raise_on_error=False)
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset) -> dict:
+    [event] = result.asset_materializations_for_node(asset.op.name)
+    return {key: value.value for key, value in event.metadata.items()}
+
+
+def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    return failure.step_failure_data.error.message
+
+
+def test_the_whole_lifecycle_twice(resources, instance):
+    _capture_demo_traffic(80)
+    first = _materialize(LIFECYCLE_ASSETS, instance, resources, run_config=_ops(min_agreement=0.0))
+    assert first.success
+
+    raw = _metadata(first, raw_llm_logs)
+    assert raw["rows"] == 80 and raw["error_rows"] == 0
+    trained = _metadata(first, lora_adapter)
+    assert trained["model_version"] == "1" and trained["steps"] == 3
+    report = _metadata(first, eval_report)
+    assert "| fine-tuned |" in report["report"] and report["passed"] is True
+    deployed = _metadata(first, deployed_endpoint)
+    assert deployed["promoted"] is True
+    client = openai.OpenAI(base_url=deployed["url"], api_key="local", max_retries=0)
+    answer = client.chat.completions.create(model=WORKLOAD, messages=demo_messages("I was charged twice"),
+                                            max_tokens=4)
+    assert answer.choices[0].message.content
+
+    tracker = Tracker()
+    run = tracker.client.get_run(trained["mlflow_run_id"])
+    assert run.data.tags["dagster.run_id"] == first.run_id
+    assert run.data.tags["dagster.partition"] == WORKLOAD
+    assert run.data.params["rank"] == "4" and "train_loss" in run.data.metrics and "eval_agreement" in run.data.metrics
+    assert [h.step for h in tracker.client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
+    assert "adapter_model.safetensors" in {a.path.split("/")[-1] for a in tracker.client.list_artifacts(
+        run.info.run_id, "adapter")}
+    assert tracker.alias_version(WORKLOAD, CHAMPION) == "1"
+
+    second = _materialize(LIFECYCLE_ASSETS, instance, resources, run_config=_ops(min_agreement=0.0))
+    assert second.success
+    retrained = _metadata(second, lora_adapter)
+    assert retrained["model_version"] == "2" and retrained["mlflow_run_id"] != trained["mlflow_run_id"]
+    version = tracker.client.get_model_version(registered_model_name(WORKLOAD), "2")
+    assert version.run_id == retrained["mlflow_run_id"] and version.tags["dagster.run_id"] == second.run_id
+    assert tracker.alias_version(WORKLOAD, CHAMPION) == "2" == tracker.alias_version(WORKLOAD, CHALLENGER)
+    assert _metadata(second, deployed_endpoint)["url"] != deployed["url"]
+    assert len(LocalEndpoints().all()) == 1  # the first endpoint made way for the second
+
+
+def test_a_failing_report_promotes_nothing_and_deploying_a_stale_report_is_refused(resources, instance):
+    _capture_demo_traffic(40)
+    result = _materialize(LIFECYCLE_ASSETS, instance, resources, run_config=_ops(min_agreement=1.01))
+    assert result.success
+    deployed = _metadata(result, deployed_endpoint)
+    assert deployed["promoted"] is False and deployed["reason"].startswith("FAIL")
+    assert Tracker().alias_version(WORKLOAD, CHAMPION) is None
+    assert LocalEndpoints().current(WORKLOAD) is None
+
+    assert _materialize([lora_adapter], instance, resources, run_config={"ops": FAST_TRAINING}).success
+    stale = _materialize([deployed_endpoint], instance, resources)
+    assert not stale.success
+    assert "materialize eval_report before deploying" in _failure_message(stale)
+
+
+def test_an_unknown_workload_is_named_in_the_failure(resources, instance):
+    _capture_demo_traffic(5)
+    result = _materialize([raw_llm_logs], instance, resources, workload="invoice-extract")
+    assert not result.success
+    message = _failure_message(result)
+    assert "workload 'invoice-extract' has no rows" in message and WORKLOAD in message
+
+
+def test_too_few_rows_stops_curation_without_a_dataset(resources, instance):
+    _capture_demo_traffic(5)
+    result = _materialize(LIFECYCLE_ASSETS[:2], instance, resources)
+    assert not result.success
+    assert f"workload '{WORKLOAD}' has 5 usable rows" in _failure_message(result)
+    assert ArtifactsResource().open().versions(WORKLOAD, "curated_dataset") == []
+
+
+def test_sensor_adds_new_workloads_and_the_schedule_runs_every_one(resources, instance):
+    store = LogStoreResource().open()
+    assert isinstance(new_workloads(dg.build_sensor_context(instance=instance, resources=resources)), dg.SkipReason)
+    _capture_demo_traffic(3)
+    result = new_workloads(dg.build_sensor_context(instance=instance, resources=resources))
+    [request] = result.dynamic_partitions_requests
+    assert list(request.partition_keys) == [WORKLOAD] and set(store.workloads()) == {WORKLOAD}
+
+    instance.add_dynamic_partitions(workload_partitions.name, [WORKLOAD, "invoice-extract"])
+    tick = datetime.datetime(2026, 11, 28, 2, tzinfo=datetime.timezone.utc)
+    runs = nightly_retrain(dg.build_schedule_context(instance=instance, scheduled_execution_time=tick))
+    assert sorted((r.partition_key, r.run_key) for r in runs) == [
+        ("invoice-extract", "invoice-extract-2026-11-28"), (WORKLOAD, f"{WORKLOAD}-2026-11-28")]
+
+
+def test_definitions_load_with_five_assets_in_one_graph():
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == {"raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report", "deployed_endpoint"}
+    assert graph.get(dg.AssetKey("deployed_endpoint")).parent_keys == {dg.AssetKey("eval_report")}
+    assert defs.resolve_job_def("workload_lifecycle").partitions_def == workload_partitions
