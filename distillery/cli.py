@@ -29,7 +29,11 @@ def _say(text: str) -> None:
 def _lifecycle_env() -> dict[str, str]:
     dagster_home = settings.dagster_home()
     dagster_home.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "DAGSTER_HOME": str(dagster_home), "DISTILLERY_HOME": str(settings.home()),
+    quiet = {  # per-shard and per-tensor progress bars would bury the lifecycle's own progress lines
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+        "PYTHONWARNINGS": "ignore::FutureWarning",
+    }
+    return {**quiet, **os.environ, "DAGSTER_HOME": str(dagster_home), "DISTILLERY_HOME": str(settings.home()),
             "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
 
 
