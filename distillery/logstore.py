@@ -9,6 +9,7 @@ brings any store to the current revision.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +50,25 @@ class ExchangeRow(Base):
     status: Mapped[str] = mapped_column(sa.String(20))
     status_code: Mapped[int | None] = mapped_column(sa.Integer)
     error: Mapped[str | None] = mapped_column(sa.Text)
+    uid: Mapped[str | None] = mapped_column(sa.String(32))
+    upstream: Mapped[str | None] = mapped_column(sa.String(100))
+    cost_usd: Mapped[float | None] = mapped_column(sa.Float)
 
-    __table_args__ = (sa.Index("ix_exchanges_workload_id", "workload", "id"),)
+    __table_args__ = (
+        sa.Index("ix_exchanges_workload_id", "workload", "id"),
+        sa.UniqueConstraint("uid", name="uq_exchanges_uid"),
+    )
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    default_workload: Mapped[str | None] = mapped_column(sa.String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
 @dataclass
@@ -71,6 +89,9 @@ class Exchange:
     status_code: int | None = 200
     error: str | None = None
     created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    uid: str | None = None
+    upstream: str | None = None
+    cost_usd: float | None = None
 
 
 COLUMNS = [c.name for c in ExchangeRow.__table__.columns]
@@ -92,11 +113,20 @@ class LogStore:
         upgrade(self.engine)
 
     def record(self, exchanges: Iterable[Exchange]) -> int:
-        rows = [_row_values(e) for e in exchanges]
+        return self.insert_rows([_row_values(e) for e in exchanges])
+
+    def insert_rows(self, rows: list[dict[str, Any]]) -> int:
+        """Insert column dicts in one transaction; a row whose uid is already stored is skipped."""
         if not rows:
             return 0
+        dialect = self.engine.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            insert = importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert
+            statement = insert(ExchangeRow).on_conflict_do_nothing(index_elements=["uid"])
+        else:
+            statement = sa.insert(ExchangeRow)
         with self.engine.begin() as conn:
-            conn.execute(sa.insert(ExchangeRow), rows)
+            conn.execute(statement, rows)
         return len(rows)
 
     def workloads(self) -> dict[str, int]:
@@ -117,8 +147,7 @@ class LogStore:
 
 
 def _row_values(exchange: Exchange) -> dict[str, Any]:
-    values = {name: getattr(exchange, name) for name in COLUMNS if name != "id"}
-    return values
+    return {name: getattr(exchange, name) for name in COLUMNS if name != "id"}
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
