@@ -18,8 +18,12 @@ app = typer.Typer(help="Distillery: move narrow frontier-LLM workloads onto smal
                   no_args_is_help=True, add_completion=False)
 endpoints_app = typer.Typer(help="Local model-server endpoints started by deployed_endpoint.", no_args_is_help=True)
 db_app = typer.Typer(help="The log store's schema.", no_args_is_help=True)
+keys_app = typer.Typer(help="Gateway API keys (stored hashed; the plain key is shown once).", no_args_is_help=True)
+logs_app = typer.Typer(help="Import existing logs into the log store, or export a workload.", no_args_is_help=True)
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+app.add_typer(logs_app, name="logs")
 
 
 def _say(text: str) -> None:
@@ -58,40 +62,48 @@ def demo(
     import openai
     from tqdm import tqdm
 
-    from distillery.capture import capture
     from distillery.demo_workload import (STANDIN_MODEL, WORKLOAD, demo_messages, generate_tickets,
                                           start_frontier_standin)
-    from distillery.logstore import LogStore
+    from distillery.gateway.app import WORKLOAD_HEADER
+    from distillery.gateway.config import GatewayConfig
+    from distillery.gateway.server import BackgroundGateway
 
     standin = None
     if frontier_url:
-        model, api_key = frontier_model, os.environ.get("OPENAI_API_KEY", "")
+        model, api_key_env = frontier_model, "OPENAI_API_KEY"
         _say(f"1/3 Frontier: {frontier_url} (model {model})")
     else:
         standin = start_frontier_standin()
-        frontier_url, model, api_key = standin.url, STANDIN_MODEL, "stand-in"
+        frontier_url, model, api_key_env = standin.url, STANDIN_MODEL, None
         _say(f"1/3 Frontier STAND-IN at {frontier_url}: keyword rules posing as a frontier model "
              "(no frontier API on this machine; pass --frontier-url for a real one)")
 
-    store = LogStore()
-    store.upgrade()
-    client = capture(openai.OpenAI(base_url=frontier_url, api_key=api_key, max_retries=2), store, WORKLOAD)
-    _say(f"2/3 Sending {calls} support tickets for workload {WORKLOAD!r}, recording them in {store.url}")
+    config = GatewayConfig.single(frontier_url, api_key_env=api_key_env, port=0, require_api_key=False)
+    gateway = BackgroundGateway(config).start()
+    client = openai.OpenAI(base_url=gateway.url, api_key="demo", max_retries=2,
+                           default_headers={WORKLOAD_HEADER: WORKLOAD})
+    _say(f"2/3 Sending {calls} support tickets through the capture gateway at {gateway.url} "
+         f"(workload {WORKLOAD!r})")
 
     def send(ticket: str) -> None:
         client.chat.completions.create(model=model, messages=demo_messages(ticket), max_tokens=8, temperature=0)
 
     failures = 0
-    with ThreadPoolExecutor(concurrency) as pool:
-        for future in tqdm([pool.submit(send, t) for t in generate_tickets(calls)], desc="demo calls", unit="call"):
-            try:
-                future.result()
-            except openai.APIError:
-                failures += 1  # recorded as a failed exchange by capture(); curation drops it
-    if standin:
-        standin.shutdown()
-    typer.echo(f"recorded {calls} exchanges ({failures} failed); the log store holds {store.workloads()[WORKLOAD]} "
-               f"rows for {WORKLOAD!r}")
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            for future in tqdm([pool.submit(send, t) for t in generate_tickets(calls)], desc="demo calls",
+                               unit="call"):
+                try:
+                    future.result()
+                except openai.APIError:
+                    failures += 1  # the gateway recorded it as a failed exchange; curation drops it
+    finally:
+        gateway.stop()  # flushes the recorder's queue into the log store
+        if standin:
+            standin.shutdown()
+    recorder = gateway.gateway.recorder
+    typer.echo(f"{calls} calls ({failures} failed): {recorder.written} rows written to "
+               f"{recorder.store.url}, {recorder.journaled} journaled")
 
     _say(f"3/3 Running the lifecycle for {WORKLOAD!r} in Dagster: "
          "raw_llm_logs -> curated_dataset -> lora_adapter -> eval_report -> deployed_endpoint")
@@ -158,6 +170,97 @@ def endpoints_stop(workload: str) -> None:
 
     stopped = LocalEndpoints().stop(workload)
     typer.echo(f"stopped {workload}" if stopped else f"no endpoint is running for {workload}")
+
+
+@app.command()
+def gateway(
+    config: Optional[Path] = typer.Option(None, help="Gateway TOML file (see gateway.example.toml)."),
+    upstream: Optional[str] = typer.Option(None, help="Without --config: the one upstream's base URL."),
+    upstream_key_env: str = typer.Option("OPENAI_API_KEY", help="Without --config: env var with its key."),
+    host: Optional[str] = typer.Option(None),
+    port: Optional[int] = typer.Option(None),
+    require_api_key: Optional[bool] = typer.Option(None, help="Refuse callers without a gateway key."),
+) -> None:
+    """Run the OpenAI-compatible capture gateway in the foreground."""
+    from distillery.gateway.config import GatewayConfig, load_config
+    from distillery.gateway.server import serve_forever
+
+    if config:
+        settings_ = load_config(config)
+    elif upstream:
+        settings_ = GatewayConfig.single(upstream, api_key_env=upstream_key_env)
+    else:
+        raise typer.BadParameter("pass --config FILE or --upstream URL")
+    for name, value in (("host", host), ("port", port), ("require_api_key", require_api_key)):
+        if value is not None:
+            setattr(settings_, name, value)
+    typer.echo(f"gateway on http://{settings_.host}:{settings_.port}/v1 -> "
+               + ", ".join(f"{u.name}: {u.base_url}" for u in settings_.upstreams.values()))
+    serve_forever(settings_)
+
+
+def _store():
+    from distillery.logstore import LogStore
+
+    store = LogStore()
+    store.upgrade()
+    return store
+
+
+@keys_app.command("create")
+def keys_create(name: str, workload: Optional[str] = typer.Option(None, help="Default workload of its calls.")) -> None:
+    """Create a key and print it (once)."""
+    from distillery.gateway.keys import KeyStore
+
+    typer.echo(KeyStore(_store()).create(name, workload))
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    from distillery.gateway.keys import KeyStore
+
+    for key in KeyStore(_store()).list():
+        state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
+        typer.echo(f"{key.name}\tworkload={key.default_workload or '-'}\t{state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str) -> None:
+    from distillery.gateway.keys import KeyStore
+
+    revoked = KeyStore(_store()).revoke(name)
+    typer.echo(f"revoked {name}" if revoked else f"no active key named {name}")
+    if not revoked:
+        raise typer.Exit(1)
+
+
+@logs_app.command("import")
+def logs_import(
+    path: Path,
+    workload: str = typer.Option(..., help="Workload the rows belong to."),
+    fmt: str = typer.Option("finetune", "--format", help="finetune (messages JSONL), batch (Batch API output), csv."),
+    prompt_column: str = typer.Option("text", help="CSV: column with the user message."),
+    answer_column: str = typer.Option("label", help="CSV: column with the answer."),
+    system_prompt: Optional[str] = typer.Option(None, help="CSV: system message to put before each prompt."),
+    requests: Optional[Path] = typer.Option(None, help="Batch: the input JSONL, to recover request messages."),
+) -> None:
+    """Import logs; re-importing the same file adds nothing."""
+    from distillery.logs_io import import_logs
+
+    result = import_logs(_store(), path, workload, fmt, prompt_column=prompt_column, answer_column=answer_column,
+                         system_prompt=system_prompt, requests_path=requests)
+    typer.echo(f"read {result.read}, imported {result.imported}, already stored {result.already_stored}, "
+               f"skipped {len(result.skipped)}")
+    for reason in result.skipped[:20]:
+        typer.echo(f"  skipped {reason}", err=True)
+
+
+@logs_app.command("export")
+def logs_export(workload: str, path: Path) -> None:
+    """Write a workload's successful exchanges as OpenAI fine-tuning JSONL."""
+    from distillery.logs_io import export_finetune_jsonl
+
+    typer.echo(f"wrote {export_finetune_jsonl(_store(), workload, path)} examples to {path}")
 
 
 @db_app.command("upgrade")

@@ -113,7 +113,7 @@ class LogStore:
         upgrade(self.engine)
 
     def record(self, exchanges: Iterable[Exchange]) -> int:
-        return self.insert_rows([_row_values(e) for e in exchanges])
+        return self.insert_rows([exchange_values(e) for e in exchanges])
 
     def insert_rows(self, rows: list[dict[str, Any]]) -> int:
         """Insert column dicts in one transaction; a row whose uid is already stored is skipped."""
@@ -146,7 +146,7 @@ class LogStore:
         self.engine.dispose()
 
 
-def _row_values(exchange: Exchange) -> dict[str, Any]:
+def exchange_values(exchange: Exchange) -> dict[str, Any]:
     return {name: getattr(exchange, name) for name in COLUMNS if name != "id"}
 
 
