@@ -1,0 +1,101 @@
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from distillery.cli import app
+from distillery.logs_io import export_finetune_jsonl, import_logs
+from distillery.logstore import LogStore
+from distillery.migrations import current_revision, upgrade
+
+BANKING77_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "train.csv"
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = LogStore(f"sqlite:///{tmp_path / 'logs.db'}")
+    store.upgrade()
+    return store
+
+
+def test_banking77_csv_imports_once_and_exports_as_finetuning_jsonl(store, tmp_path):
+    result = import_logs(store, BANKING77_TRAIN, "banking77", "csv", prompt_column="text",
+                         answer_column="category", system_prompt="Classify the banking query.")
+    assert (result.read, result.imported, result.skipped) == (10003, 10003, [])
+    again = import_logs(store, BANKING77_TRAIN, "banking77", "csv", prompt_column="text", answer_column="category")
+    assert (again.imported, again.already_stored) == (0, 10003)
+    first = store.read("banking77").iloc[0]
+    assert first["request_messages"] == [{"role": "system", "content": "Classify the banking query."},
+                                         {"role": "user", "content": "I am still waiting on my card?"}]
+    assert first["response_text"] == "card_arrival"
+
+    out = tmp_path / "export.jsonl"
+    assert export_finetune_jsonl(store, "banking77", out) == 10003
+    line = json.loads(out.read_text().splitlines()[0])
+    assert line["messages"][-1] == {"role": "assistant", "content": "card_arrival"}
+
+
+def test_finetune_jsonl_with_bad_lines_counts_and_skips_them(store, tmp_path):
+    path = tmp_path / "train.jsonl"
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    no_answer = {"messages": [{"role": "user", "content": "hi"}]}
+    path.write_text(json.dumps(good) + "\n{broken\n" + json.dumps(no_answer) + "\n" + json.dumps({"x": 1}) + "\n")
+    result = import_logs(store, path, "chat", "finetune")
+    assert (result.read, result.imported) == (4, 1)
+    assert [s.split(":")[0] for s in result.skipped] == ["line 2", "line 3", "line 4"]
+
+
+def test_batch_api_output_joined_with_its_input(store, tmp_path):
+    requests = tmp_path / "in.jsonl"
+    output = tmp_path / "out.jsonl"
+    requests.write_text("\n".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                                               "body": {"model": "gpt", "messages": [{"role": "user", "content": f"q{i}"}]}})
+                                   for i in range(2)))
+    ok = {"custom_id": "r0", "response": {"status_code": 200, "body": {
+        "model": "gpt", "choices": [{"message": {"role": "assistant", "content": "a0"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1}}}, "error": None}
+    failed = {"custom_id": "r1", "response": {"status_code": 500, "body": {"error": {"message": "boom"}}}, "error": None}
+    output.write_text(json.dumps(ok) + "\n" + json.dumps(failed) + "\n")
+    result = import_logs(store, output, "batch", "batch", requests_path=requests)
+    assert result.imported == 2
+    rows = store.read("batch")
+    assert list(rows["status"]) == ["ok", "error"]
+    assert rows.iloc[0]["request_messages"] == [{"role": "user", "content": "q0"}]
+    assert rows.iloc[0]["response_text"] == "a0" and rows.iloc[0]["prompt_tokens"] == 5
+    assert "boom" in rows.iloc[1]["error"]
+
+
+def test_csv_with_missing_columns_is_refused(store, tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="no column"):
+        import_logs(store, path, "w", "csv", prompt_column="text", answer_column="label")
+
+
+def test_rows_from_revision_0001_survive_the_upgrade_to_head(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO exchanges (workload, created_at, endpoint, request_messages, request_params, status) "
+            "VALUES ('old', '2025-01-01 00:00:00', 'chat.completions', '[]', '{}', 'ok')"))
+    store = LogStore(f"sqlite:///{tmp_path / 'old.db'}")
+    store.upgrade()
+    assert current_revision(store.engine) == "0002"
+    assert store.workloads() == {"old": 1} and store.read("old").iloc[0]["uid"] is None
+
+
+def test_cli_manages_keys_and_imports(distillery_home, tmp_path):
+    runner = CliRunner()
+    created = runner.invoke(app, ["keys", "create", "billing-app", "--workload", "invoices"])
+    assert created.exit_code == 0 and created.stdout.strip().startswith("dst-")
+    listed = runner.invoke(app, ["keys", "list"])
+    assert "billing-app\tworkload=invoices\tactive" in listed.stdout
+    assert runner.invoke(app, ["keys", "revoke", "billing-app"]).exit_code == 0
+    assert runner.invoke(app, ["keys", "revoke", "billing-app"]).exit_code == 1
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}))
+    imported = runner.invoke(app, ["logs", "import", str(path), "--workload", "chat"])
+    assert "imported 1" in imported.stdout
