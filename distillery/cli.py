@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -59,51 +58,23 @@ def demo(
     concurrency: int = typer.Option(8, help="Parallel demo calls."),
 ) -> None:
     """Capture demo traffic, then run the whole lifecycle on it: curate, fine-tune, evaluate, deploy."""
-    import openai
     from tqdm import tqdm
 
-    from distillery.demo_workload import (STANDIN_MODEL, WORKLOAD, demo_messages, generate_tickets,
-                                          start_frontier_standin)
-    from distillery.gateway.app import WORKLOAD_HEADER
-    from distillery.gateway.config import GatewayConfig
-    from distillery.gateway.server import BackgroundGateway
+    from distillery.demo_workload import STANDIN_MODEL, WORKLOAD, send_demo_traffic
 
-    standin = None
     if frontier_url:
         model, api_key_env = frontier_model, "OPENAI_API_KEY"
         _say(f"1/3 Frontier: {frontier_url} (model {model})")
     else:
-        standin = start_frontier_standin()
-        frontier_url, model, api_key_env = standin.url, STANDIN_MODEL, None
-        _say(f"1/3 Frontier STAND-IN at {frontier_url}: keyword rules posing as a frontier model "
+        model, api_key_env = STANDIN_MODEL, None
+        _say("1/3 Frontier STAND-IN on loopback: keyword rules posing as a frontier model "
              "(no frontier API on this machine; pass --frontier-url for a real one)")
-
-    config = GatewayConfig.single(frontier_url, api_key_env=api_key_env, port=0, require_api_key=False)
-    gateway = BackgroundGateway(config).start()
-    client = openai.OpenAI(base_url=gateway.url, api_key="demo", max_retries=2,
-                           default_headers={WORKLOAD_HEADER: WORKLOAD})
-    _say(f"2/3 Sending {calls} support tickets through the capture gateway at {gateway.url} "
-         f"(workload {WORKLOAD!r})")
-
-    def send(ticket: str) -> None:
-        client.chat.completions.create(model=model, messages=demo_messages(ticket), max_tokens=8, temperature=0)
-
-    failures = 0
-    try:
-        with ThreadPoolExecutor(concurrency) as pool:
-            for future in tqdm([pool.submit(send, t) for t in generate_tickets(calls)], desc="demo calls",
-                               unit="call"):
-                try:
-                    future.result()
-                except openai.APIError:
-                    failures += 1  # the gateway recorded it as a failed exchange; curation drops it
-    finally:
-        gateway.stop()  # flushes the recorder's queue into the log store
-        if standin:
-            standin.shutdown()
-    recorder = gateway.gateway.recorder
-    typer.echo(f"{calls} calls ({failures} failed): {recorder.written} rows written to "
-               f"{recorder.store.url}, {recorder.journaled} journaled")
+    _say(f"2/3 Sending {calls} support tickets through the capture gateway (workload {WORKLOAD!r})")
+    with tqdm(total=calls, desc="demo calls", unit="call") as bar:
+        traffic = send_demo_traffic(calls, frontier_url=frontier_url, model=model, api_key_env=api_key_env,
+                                    concurrency=concurrency, on_call=bar.update)
+    typer.echo(f"{traffic.calls} calls ({traffic.failed} failed) via {traffic.gateway_url}: {traffic.written} rows "
+               f"written to {traffic.log_store_url}, {traffic.journaled} journaled")
 
     _say(f"3/3 Running the lifecycle for {WORKLOAD!r} in Dagster: "
          "raw_llm_logs -> curated_dataset -> lora_adapter -> eval_report -> deployed_endpoint")

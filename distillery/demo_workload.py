@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from distillery.openai_http import Completion, OpenAIServer
 
@@ -179,3 +181,55 @@ def start_frontier_standin(host: str = "127.0.0.1", port: int = 0) -> OpenAIServ
 
 def demo_messages(ticket: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": ticket}]
+
+
+@dataclass
+class TrafficResult:
+    calls: int
+    failed: int
+    gateway_url: str
+    written: int
+    journaled: int
+    log_store_url: str
+
+
+def send_demo_traffic(calls: int, *, frontier_url: str | None = None, model: str = STANDIN_MODEL,
+                      api_key_env: str | None = None, concurrency: int = 8,
+                      on_call: Callable[[], None] | None = None, seed: int = 7) -> TrafficResult:
+    """Send demo tickets through a capture gateway to the frontier (the stand-in unless a URL is given).
+
+    The gateway records every exchange in the configured log store and is stopped, and so
+    flushed, before this returns.
+    """
+    import openai
+
+    from distillery.gateway.app import WORKLOAD_HEADER
+    from distillery.gateway.config import GatewayConfig
+    from distillery.gateway.server import BackgroundGateway
+
+    standin = None if frontier_url else start_frontier_standin()
+    upstream = frontier_url or standin.url
+    gateway = BackgroundGateway(GatewayConfig.single(upstream, api_key_env=api_key_env, port=0,
+                                                     require_api_key=False)).start()
+    client = openai.OpenAI(base_url=gateway.url, api_key="demo", max_retries=2,
+                           default_headers={WORKLOAD_HEADER: WORKLOAD})
+
+    def send(ticket: str) -> bool:
+        try:
+            client.chat.completions.create(model=model, messages=demo_messages(ticket), max_tokens=8, temperature=0)
+            return True
+        except openai.APIError:
+            return False  # the gateway recorded it as a failed exchange; curation drops it
+        finally:
+            if on_call:
+                on_call()
+
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            failed = sum(not ok for ok in pool.map(send, generate_tickets(calls, seed)))
+    finally:
+        gateway.stop()
+        if standin:
+            standin.shutdown()
+    recorder = gateway.gateway.recorder
+    return TrafficResult(calls, failed, gateway.url, recorder.written, recorder.journaled, recorder.store.url)

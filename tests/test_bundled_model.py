@@ -5,8 +5,7 @@ import pytest
 
 from distillery import lifecycle
 from distillery.artifacts import ArtifactStore
-from distillery.capture import capture
-from distillery.demo_workload import QUEUES, STANDIN_MODEL, WORKLOAD, demo_messages, generate_tickets, start_frontier_standin
+from distillery.demo_workload import QUEUES, WORKLOAD, demo_messages, send_demo_traffic
 from distillery.logstore import LogStore
 from distillery.models import resolve_base_model
 from distillery.serving import LocalEndpoints
@@ -17,15 +16,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_fine_tuning_the_bundled_model_beats_it_on_held_out_tickets(distillery_home):
+    assert send_demo_traffic(100).written == 100
     store = LogStore()
-    store.upgrade()
-    server = start_frontier_standin()
-    try:
-        client = capture(openai.OpenAI(base_url=server.url, api_key="x"), store, WORKLOAD)
-        for ticket in generate_tickets(100):
-            client.chat.completions.create(model=STANDIN_MODEL, messages=demo_messages(ticket))
-    finally:
-        server.shutdown()
 
     artifacts, tracker, endpoints = ArtifactStore(), Tracker(), LocalEndpoints()
     base_model = resolve_base_model(None)

@@ -3,6 +3,7 @@ import pytest
 
 from distillery.capture import capture
 from distillery.demo_workload import STANDIN_MODEL, demo_messages, start_frontier_standin
+from distillery.gateway.recorder import Recorder
 from distillery.logstore import LogStore
 from distillery.openai_http import OpenAIServer
 
@@ -14,16 +15,22 @@ def store(tmp_path):
     return store
 
 
-def test_successful_calls_are_recorded(store):
+@pytest.fixture
+def recorder(store, tmp_path):
+    return Recorder(store, tmp_path / "journal.jsonl").start()
+
+
+def test_successful_calls_are_recorded(store, recorder):
     server = start_frontier_standin()
     try:
-        client = capture(openai.OpenAI(base_url=server.url, api_key="x"), store, "triage")
+        client = capture(openai.OpenAI(base_url=server.url, api_key="x"), recorder, "triage")
         answer = client.chat.completions.create(model=STANDIN_MODEL, messages=demo_messages("charged twice"),
                                                 max_tokens=8)
         streamed = list(client.chat.completions.create(model=STANDIN_MODEL, messages=demo_messages("hacked!"),
                                                        stream=True))
     finally:
         server.shutdown()
+        recorder.stop()
     assert answer.choices[0].message.content == "billing"
     assert streamed
     rows = store.read("triage")
@@ -35,18 +42,19 @@ def test_successful_calls_are_recorded(store):
     assert (rows["prompt_tokens"] > 0).all()
 
 
-def test_provider_errors_are_recorded_as_failures_and_re_raised(store):
+def test_provider_errors_are_recorded_as_failures_and_re_raised(store, recorder):
     def broken(_body):
         raise RuntimeError("model fell over")
 
     server = OpenAIServer(("127.0.0.1", 0), broken, lambda: ["m"])
     server.start_in_thread()
     try:
-        client = capture(openai.OpenAI(base_url=server.url, api_key="x", max_retries=0), store, "triage")
+        client = capture(openai.OpenAI(base_url=server.url, api_key="x", max_retries=0), recorder, "triage")
         with pytest.raises(openai.InternalServerError):
             client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     finally:
         server.shutdown()
+        recorder.stop()
     [row] = store.read("triage").itertuples()
     assert row.status == "error" and row.status_code == 500
     assert "model fell over" in row.error

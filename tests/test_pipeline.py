@@ -7,9 +7,7 @@ import openai
 import pytest
 
 from assets import LIFECYCLE_ASSETS, deployed_endpoint, eval_report, lora_adapter, raw_llm_logs, workload_partitions
-from distillery.capture import capture
-from distillery.demo_workload import STANDIN_MODEL, WORKLOAD, demo_messages, generate_tickets, start_frontier_standin
-from distillery.logstore import LogStore
+from distillery.demo_workload import WORKLOAD, demo_messages, send_demo_traffic
 from distillery.serving import LocalEndpoints
 from distillery.tracking import CHALLENGER, CHAMPION, Tracker, registered_model_name
 from pipelines.automation import new_workloads, nightly_retrain
@@ -43,15 +41,7 @@ def instance():
 
 
 def _capture_demo_traffic(calls: int) -> None:
-    store = LogStore()
-    store.upgrade()
-    server = start_frontier_standin()
-    try:
-        client = capture(openai.OpenAI(base_url=server.url, api_key="x"), store, WORKLOAD)
-        for ticket in generate_tickets(calls):
-            client.chat.completions.create(model=STANDIN_MODEL, messages=demo_messages(ticket))
-    finally:
-        server.shutdown()
+    assert send_demo_traffic(calls, concurrency=2).written == calls
 
 
 def _materialize(selection, instance, resources, workload=WORKLOAD, run_config=None):
