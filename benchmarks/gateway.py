@@ -8,7 +8,9 @@ of this noisy machine hits both alike), throughput at --concurrency, and, after 
 gateway shut down and flushed, how many exchanges reached the log store. 10% of the calls
 are streamed and the stub fails 1% of all calls with a 500. --outage-seconds makes a
 PostgreSQL --db refuse connections for that long in the middle of the throughput run.
-The last line is one JSON object.
+A bare aiohttp pass-through that records nothing (benchmarks/bare_proxy.py) runs the same load
+in the same run, as the ceiling for any aiohttp-based gateway on this machine. The last line is
+one JSON object.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -83,6 +86,19 @@ async def throughput(url: str, n: int, concurrency: int, workload: str, during=N
     return n / seconds, failures
 
 
+def wait_until_up(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers, if only with 405 to a GET
+        except OSError:
+            assert time.monotonic() < deadline and process.poll() is None, f"{url} did not come up"
+            time.sleep(0.2)
+
+
 def set_connections(admin: sa.Engine, database: str, allowed: bool) -> None:
     with admin.connect() as conn:
         conn.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
@@ -112,21 +128,19 @@ def main() -> None:
     gateway = subprocess.Popen([sys.executable, "-m", "distillery.cli", "gateway", "--upstream", stub_url,
                                 "--port", str(port), "--no-require-api-key"], env=env, stdout=subprocess.DEVNULL)
     gateway_url = f"http://127.0.0.1:{port}/v1"
+    bare = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "bare_proxy.py"), stub_url, str(port + 1)],
+                            env=env)
+    bare_url = f"http://127.0.0.1:{port + 1}/v1"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and gateway.poll() is None, "gateway did not start"
-                time.sleep(0.2)
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", gateway)
+        wait_until_up(f"{bare_url}/chat/completions", bare)
 
         loop = uvloop.new_event_loop()
         direct_ms, gateway_ms = loop.run_until_complete(
             sequential_latencies(stub_url, gateway_url, args.latency_samples, workload))
         direct_rps, direct_failed = loop.run_until_complete(
             throughput(stub_url, args.requests, args.concurrency, workload))
+        bare_rps, _ = loop.run_until_complete(throughput(bare_url, args.requests, args.concurrency, workload))
 
         during = None
         if args.outage_seconds:
@@ -145,7 +159,9 @@ def main() -> None:
     finally:
         gateway.send_signal(signal.SIGTERM)
         gateway.wait(120)
-        stub.terminate()
+        for process in (bare, stub):
+            process.terminate()
+            process.wait(30)
 
     def gauge(name: str) -> int:
         line = next(l for l in metrics.splitlines() if l.startswith(name + " "))
@@ -168,6 +184,8 @@ def main() -> None:
         "direct_rps": round(direct_rps),
         "gateway_rps": round(gateway_rps),
         "throughput_ratio": round(gateway_rps / direct_rps, 3),
+        "bare_aiohttp_proxy_rps": round(bare_rps),
+        "bare_aiohttp_proxy_ratio": round(bare_rps / direct_rps, 3),
         "client_failures_direct": direct_failed,
         "client_failures_gateway": gateway_failed,
         "sent_through_gateway": sent,
