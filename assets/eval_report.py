@@ -1,4 +1,5 @@
 import dagster as dg
+from pydantic import Field
 
 from assets.errors import user_errors_as_failures
 from assets.lora_adapter import lora_adapter
@@ -8,9 +9,10 @@ from resources import ArtifactsResource, MlflowResource
 
 
 class EvalConfig(dg.Config):
-    min_agreement: float = 0.6
-    """The fine-tuned model's exact-match agreement with the frontier needed to promote it."""
-    batch_size: int = 16
+    min_agreement: float = Field(
+        default=0.6, description="Exact-match agreement with the frontier the fine-tuned model needs to be promoted."
+    )
+    batch_size: int = Field(default=16, description="Rows generated together.")
 
 
 @dg.asset(partitions_def=workload_partitions, deps=[lora_adapter], kinds={"pytorch", "mlflow"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -105,8 +106,6 @@ def evaluate(
     on_progress: Callable[[str], None] | None = None,
 ) -> EvalReport:
     """Generate with the base model and with the adapter on every test row and score both."""
-    import time
-
     if len(test) == 0:
         raise ValueError(f"workload {workload!r}: the test split is empty")
     conversations = [row["messages"][:-1] for row in test]
