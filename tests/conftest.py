@@ -9,6 +9,9 @@ import sqlalchemy as sa
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# The workplace's shared data sits beside the checkout (CI lays a copy there too); never copied into the repo.
+SHARED_DATA = Path(os.environ.get("DISTILLERY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
 POSTGRES_ADMIN_URL = os.environ.get("DISTILLERY_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
 
@@ -86,3 +89,11 @@ def tiny_adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
     train_lora(Dataset.from_list(rows), Dataset.from_list(rows[:4]), tiny_model_dir, target,
                TrainingConfig(rank=8, alpha=16, epochs=30, batch_size=8, learning_rate=1e-2, warmup_fraction=0))
     return target
+
+
+@pytest.fixture(scope="session")
+def banking77_train() -> Path:
+    path = SHARED_DATA / "banking77" / "train.csv"
+    if not path.exists():
+        pytest.fail(f"Banking77 not found at {path}: set DISTILLERY_SHARED_DATA to the shared data folder")
+    return path

@@ -24,18 +24,19 @@ def test_fine_tuning_the_bundled_model_beats_it_on_held_out_tickets(distillery_h
     lifecycle.snapshot_raw_logs(store, artifacts, WORKLOAD)
     lifecycle.build_curated_dataset(artifacts, WORKLOAD, seed=0, validation_fraction=0.05, test_fraction=0.1,
                                     min_rows=20)
-    config = TrainingConfig(max_steps=24, batch_size=8, learning_rate=3e-3)
+    config = TrainingConfig(max_steps=30, batch_size=8, learning_rate=3e-3)
     trained = lifecycle.train_adapter(artifacts, tracker, WORKLOAD, base_model, config, run_tags={})
     assert trained.result.final_train_loss < trained.result.loss_curve[0][1] / 4
 
-    _, report = lifecycle.evaluate_adapter(artifacts, tracker, WORKLOAD, threshold=0.5, batch_size=16)
+    _, report = lifecycle.evaluate_adapter(artifacts, tracker, WORKLOAD, threshold=0.3, batch_size=16)
     assert report.rows == 10
     assert report.scores["base"].agreement <= 0.2  # zero-shot it answers in sentences, not queue names
-    assert report.candidate.agreement >= report.scores["base"].agreement + 0.3
+    assert report.candidate.agreement >= report.scores["base"].agreement + 0.3, report.markdown()
 
     try:
         deployed = lifecycle.deploy_adapter(artifacts, tracker, endpoints, WORKLOAD)
-        assert deployed.promoted and tracker.alias_version(WORKLOAD, CHAMPION) == trained.model_version
+        assert deployed.promoted, deployed.reason
+        assert tracker.alias_version(WORKLOAD, CHAMPION) == trained.model_version
         client = openai.OpenAI(base_url=deployed.endpoint.url, api_key="local", max_retries=0)
         answer = client.chat.completions.create(model=WORKLOAD, messages=demo_messages("My parcel never arrived"))
         assert answer.choices[0].message.content in QUEUES

@@ -1,6 +1,4 @@
 import json
-from pathlib import Path
-
 import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
@@ -10,8 +8,6 @@ from distillery.logs_io import export_finetune_jsonl, import_logs
 from distillery.logstore import LogStore
 from distillery.migrations import current_revision, upgrade
 
-BANKING77_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "train.csv"
-
 
 @pytest.fixture
 def store(tmp_path):
@@ -20,11 +16,11 @@ def store(tmp_path):
     return store
 
 
-def test_banking77_csv_imports_once_and_exports_as_finetuning_jsonl(store, tmp_path):
-    result = import_logs(store, BANKING77_TRAIN, "banking77", "csv", prompt_column="text",
+def test_banking77_csv_imports_once_and_exports_as_finetuning_jsonl(store, tmp_path, banking77_train):
+    result = import_logs(store, banking77_train, "banking77", "csv", prompt_column="text",
                          answer_column="category", system_prompt="Classify the banking query.")
     assert (result.read, result.imported, result.skipped) == (10003, 10003, [])
-    again = import_logs(store, BANKING77_TRAIN, "banking77", "csv", prompt_column="text", answer_column="category")
+    again = import_logs(store, banking77_train, "banking77", "csv", prompt_column="text", answer_column="category")
     assert (again.imported, again.already_stored) == (0, 10003)
     first = store.read("banking77").iloc[0]
     assert first["request_messages"] == [{"role": "system", "content": "Classify the banking query."},
