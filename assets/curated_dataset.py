@@ -1,48 +1,76 @@
 import dagster as dg
+from datasets import load_from_disk
+from pydantic import Field
 
 from assets.errors import user_errors_as_failures
 from assets.partitions import workload_partitions
 from assets.raw_llm_logs import raw_llm_logs
+from distillery import checks
 from distillery.lifecycle import build_curated_dataset
 from resources import ArtifactsResource
+
+BLOCKING_CHECKS = {
+    "enough_rows": "The train split has at least min_train_rows rows.",
+    "no_pii_in_train": "No PII pattern is left in the train split.",
+    "no_test_leakage": "No test prompt is also a train prompt.",
+}
 
 
 class CurationConfig(dg.Config):
     seed: int = 0
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
-    min_rows: int = 20
+    min_rows: int = Field(default=20, description="Usable rows needed at all to split.")
+    min_train_rows: int = Field(default=16, description="Train rows the enough_rows check requires.")
+    task: str = Field(default="auto", description="auto, classification, extraction or free_text.")
+    labels: list[str] = Field(default=[], description="Classification label set; empty: inferred from the logs.")
+    scrub_pii: bool = Field(default=True, description="Replace PII with typed placeholders.")
 
 
-@dg.asset(partitions_def=workload_partitions, deps=[raw_llm_logs], kinds={"huggingface", "pandas"},
-          group_name="lifecycle")
+@dg.asset(
+    partitions_def=workload_partitions, deps=[raw_llm_logs], kinds={"huggingface", "pandas"}, group_name="lifecycle",
+    check_specs=[dg.AssetCheckSpec(name, asset="curated_dataset", description=text, blocking=True)
+                 for name, text in BLOCKING_CHECKS.items()]
+    + [dg.AssetCheckSpec("label_balance", asset="curated_dataset", description="Warns on heavy label imbalance.")],
+)
 def curated_dataset(
     context: dg.AssetExecutionContext, config: CurationConfig, artifacts: ArtifactsResource
 ) -> dg.MaterializeResult:
-    """Failed and empty exchanges and duplicate prompts removed; seeded train/validation/test split in chat format."""
+    """Filtered, deduplicated, PII-scrubbed examples; a stratified or time-based train/validation/test split."""
     with user_errors_as_failures():
-        artifact, report = build_curated_dataset(
+        artifact, report, card = build_curated_dataset(
             artifacts.open(), context.partition_key, seed=config.seed,
             validation_fraction=config.validation_fraction, test_fraction=config.test_fraction,
-            min_rows=config.min_rows,
+            min_rows=config.min_rows, task=config.task, labels=config.labels or None, scrub_pii=config.scrub_pii,
         )
-    steps = "\n".join([
-        "| step | rows |", "|---|---:|",
-        f"| rows in | {report.rows_in} |",
-        f"| failed exchanges dropped | {report.dropped_errors} |",
-        f"| empty answers dropped | {report.dropped_empty} |",
-        f"| duplicate prompts dropped | {report.dropped_duplicates} |",
-        f"| train / validation / test | {report.train} / {report.validation} / {report.test} |",
-    ])
+    dataset = load_from_disk(str(artifact.path / "dataset"))
+    outcomes = {
+        "enough_rows": checks.enough_rows(dataset, config.min_train_rows),
+        "no_pii_in_train": checks.no_pii_in_train(dataset),
+        "no_test_leakage": checks.no_test_leakage(dataset),
+        "label_balance": checks.label_balance(report.label_counts),
+    }
+    check_results = [
+        dg.AssetCheckResult(
+            check_name=name, passed=outcome.passed, description=outcome.description,
+            metadata={k: dg.MetadataValue.json(v) if isinstance(v, (list, dict)) else v
+                      for k, v in outcome.details.items()},
+            severity=dg.AssetCheckSeverity.WARN if name == "label_balance" else dg.AssetCheckSeverity.ERROR,
+        )
+        for name, outcome in outcomes.items()
+    ]
     return dg.MaterializeResult(
         metadata={
+            "task": report.task,
             "train_rows": report.train,
             "validation_rows": report.validation,
             "test_rows": report.test,
             "content_hash": report.content_hash,
             "log_id_range": f"{report.first_log_id}-{report.last_log_id}",
-            "curation": dg.MetadataValue.md(steps),
+            "pii_replaced": dg.MetadataValue.json(report.pii),
+            "data_card": dg.MetadataValue.md(card),
             "version": artifact.version,
             "path": dg.MetadataValue.path(str(artifact.path)),
-        }
+        },
+        check_results=check_results,
     )

@@ -61,15 +61,21 @@ def snapshot_raw_logs(store: LogStore, artifacts: ArtifactStore, workload: str) 
 
 
 def build_curated_dataset(artifacts: ArtifactStore, workload: str, *, seed: int, validation_fraction: float,
-                          test_fraction: float, min_rows: int) -> tuple[Artifact, curation.CurationReport]:
+                          test_fraction: float, min_rows: int, task: str = "auto", labels: list[str] | None = None,
+                          scrub_pii: bool = True) -> tuple[Artifact, curation.CurationReport, str]:
+    """Curate the latest snapshot; returns the artifact, the report and the data card (Markdown)."""
     raw = artifacts.latest(workload, RAW, needed_by=CURATED)
     rows = load_snapshot(raw.path / "rows.parquet")
     dataset, report = curation.curate(rows, workload, seed=seed, validation_fraction=validation_fraction,
-                                      test_fraction=test_fraction, min_rows=min_rows)
-    manifest = {"raw_version": raw.version, **report.as_dict()}
-    with artifacts.publish(workload, CURATED, manifest) as folder:
+                                      test_fraction=test_fraction, min_rows=min_rows, task=task, labels=labels,
+                                      scrub_pii=scrub_pii)
+    card = curation.data_card(workload, report, dataset)
+    summary = {k: v for k, v in report.as_dict().items() if k != "log_ids"}
+    with artifacts.publish(workload, CURATED, {"raw_version": raw.version, **summary}) as folder:
         dataset.save_to_disk(str(folder / "dataset"))
-    return artifacts.latest(workload, CURATED), report
+        (folder / "log_ids.json").write_text(json.dumps(report.log_ids))
+        (folder / "data_card.md").write_text(card)
+    return artifacts.latest(workload, CURATED), report, card
 
 
 @dataclass

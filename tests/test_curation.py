@@ -1,47 +1,112 @@
+import json
+
 import pandas as pd
 import pytest
 
-from distillery.curation import curate
+from distillery.curation import CLASSIFICATION, EXTRACTION, FREE_TEXT, curate, data_card, infer_task
 from distillery.errors import DistilleryError
 
 
-def _rows(n: int) -> pd.DataFrame:
-    rows = [{"id": i + 1, "status": "ok", "response_text": f"label{i % 4}",
-             "request_messages": [{"role": "user", "content": f"ticket number {i}"}]} for i in range(n)]
-    return pd.DataFrame(rows)
+def _row(i: int, prompt: str, answer: str | None, status: str = "ok", finish_reason: str = "stop") -> dict:
+    return {"id": i, "status": status, "response_text": answer, "finish_reason": finish_reason,
+            "request_messages": [{"role": "user", "content": prompt}]}
 
 
-def test_errors_empty_answers_and_duplicates_are_removed():
-    rows = _rows(40)
+def _rows(n: int, labels=("billing", "shipping", "account", "returns")) -> pd.DataFrame:
+    return pd.DataFrame([_row(i + 1, f"ticket number {i}", labels[i % len(labels)]) for i in range(n)])
+
+
+def test_each_filter_drops_and_counts_its_rows():
     extra = pd.DataFrame([
-        {"id": 41, "status": "error", "response_text": None, "request_messages": [{"role": "user", "content": "x"}]},
-        {"id": 42, "status": "ok", "response_text": "  ", "request_messages": [{"role": "user", "content": "y"}]},
-        # the same prompt as row 1 up to case and spacing, answered later: the newer answer wins
-        {"id": 43, "status": "ok", "response_text": "newer",
-         "request_messages": [{"role": "user", "content": "  TICKET   number 0 "}]},
+        _row(101, "x", None, status="error"),
+        _row(102, "y", "  "),
+        _row(103, "z", "billing", finish_reason="length"),
+        _row(104, "w", "I'm sorry, but I can't help with that."),
+        _row(105, "v", "a label nobody else uses"),
+        _row(106, "TICKET   number 0", "billing"),  # duplicate of row 1 up to case and spacing
     ])
-    dataset, report = curate(pd.concat([rows, extra], ignore_index=True), "triage", min_rows=10)
-    assert (report.rows_in, report.dropped_errors, report.dropped_empty, report.dropped_duplicates) == (43, 1, 1, 1)
+    dataset, report = curate(pd.concat([_rows(40), extra], ignore_index=True), "triage", min_rows=10)
+    assert report.task == CLASSIFICATION and report.labels == ["account", "billing", "returns", "shipping"]
+    assert report.steps == {"rows in": 46, "failed exchanges": 1, "empty answers": 1, "truncated answers": 1,
+                            "refusals": 1, "answers outside the label set": 1, "exact duplicate prompts": 1}
     assert report.train + report.validation + report.test == 40
-    all_rows = [ex for split in dataset.values() for ex in split]
-    answers = {ex["log_id"]: ex["messages"][-1]["content"] for ex in all_rows}
-    assert 1 not in answers and answers[43] == "newer"
-    assert all(ex["messages"][-1]["role"] == "assistant" for ex in all_rows)
+    assert report.log_ids[-1] == 106 and 1 not in report.log_ids  # the newest of two identical rows
 
 
-def test_split_is_seeded_disjoint_and_complete():
-    first, report = curate(_rows(100), "triage", seed=3)
-    again, _ = curate(_rows(100), "triage", seed=3)
-    other, _ = curate(_rows(100), "triage", seed=4)
+def test_conflicting_duplicates_keep_the_most_common_answer():
+    rows = _rows(40)
+    rows = pd.concat([rows, pd.DataFrame([_row(200, "ticket number 1", "billing"),
+                                          _row(201, "ticket number 1", "billing")])], ignore_index=True)
+    dataset, report = curate(rows, "triage", min_rows=10)
+    kept = [ex for split in dataset.values() for ex in split if ex["messages"][0]["content"] == "ticket number 1"]
+    assert [ex["messages"][-1]["content"] for ex in kept] == ["billing"]
+    assert kept[0]["log_id"] == 201 and report.duplicate_conflicts == 1
+
+
+def test_pii_is_scrubbed_in_prompts_and_answers_and_counted():
+    rows = _rows(30)
+    rows.loc[0, "request_messages"] = [{"role": "user", "content": "I am jane@example.com, card 4111 1111 1111 1111"}]
+    dataset, report = curate(rows, "triage", min_rows=10)
+    texts = json.dumps([ex["messages"] for split in dataset.values() for ex in split])
+    assert "jane@example.com" not in texts and "<EMAIL>" in texts and "<CARD>" in texts
+    assert report.pii == {"EMAIL": 1, "CARD": 1}
+
+
+def test_classification_split_is_stratified_seeded_and_disjoint():
+    first, report = curate(_rows(200), "triage", seed=3)
+    again, _ = curate(_rows(200), "triage", seed=3)
+    other, _ = curate(_rows(200), "triage", seed=4)
     ids = {split: set(first[split]["log_id"]) for split in first}
-    assert (report.train, report.validation, report.test) == (80, 10, 10)
+    assert (report.train, report.validation, report.test) == (160, 20, 20)
     assert not (ids["train"] & ids["test"]) and not (ids["train"] & ids["validation"])
-    assert set().union(*ids.values()) == set(range(1, 101))
-    assert first["test"]["log_id"] == again["test"]["log_id"]
-    assert first["test"]["log_id"] != other["test"]["log_id"]
-    assert report.content_hash == curate(_rows(100), "triage", seed=3)[1].content_hash
+    assert set().union(*ids.values()) == set(range(1, 201))
+    test_labels = [ex["messages"][-1]["content"] for ex in first["test"]]
+    assert {label: test_labels.count(label) for label in set(test_labels)} == {
+        "billing": 5, "shipping": 5, "account": 5, "returns": 5}
+    assert first["test"]["log_id"] == again["test"]["log_id"] != other["test"]["log_id"]
+
+
+def test_free_text_and_extraction_split_by_time_newest_to_test():
+    rows = pd.DataFrame([_row(i, f"q{i}", json.dumps({"city": f"c{i}"})) for i in range(1, 51)])
+    rows.loc[5, "response_text"] = "not json"
+    dataset, report = curate(rows, "extract", task="auto", min_rows=10)
+    assert report.task == EXTRACTION and report.steps["answers not a JSON object"] == 1
+    assert max(dataset["train"]["log_id"]) < min(dataset["validation"]["log_id"]) < min(dataset["test"]["log_id"])
+    assert dataset["test"]["log_id"][-1] == 50
+
+
+def test_task_inference():
+    assert infer_task(pd.Series(["a", "b", "a", "b"])) == CLASSIFICATION
+    assert infer_task(pd.Series(['{"x": 1}', '{"y": 2}'])) == EXTRACTION
+    assert infer_task(pd.Series([f"a long and unique answer number {i}" for i in range(10)])) == FREE_TEXT
+
+
+def test_data_card_lists_steps_labels_and_pii():
+    dataset, report = curate(_rows(40), "triage", min_rows=10)
+    card = data_card("triage", report, dataset)
+    assert "| rows in | 40 |" in card and "| billing | 10 |" in card and "PII replaced: none." in card
 
 
 def test_too_few_rows_names_the_workload_and_what_to_do():
     with pytest.raises(DistilleryError, match=r"workload 'triage' has 5 usable rows.*capture more traffic"):
         curate(_rows(5), "triage", min_rows=20)
+
+
+def test_checks_catch_pii_and_leakage_that_curation_would_not_leave():
+    from datasets import Dataset, DatasetDict
+
+    from distillery import checks
+
+    def split(*prompts):
+        return Dataset.from_list([{"log_id": i, "messages": [{"role": "user", "content": p},
+                                                             {"role": "assistant", "content": "a"}]}
+                                  for i, p in enumerate(prompts)])
+
+    dirty = DatasetDict({"train": split("mail bob@example.com", "Same prompt"), "validation": split("v"),
+                         "test": split("  same PROMPT ")})
+    assert not checks.no_pii_in_train(dirty).passed
+    assert not checks.no_test_leakage(dirty).passed
+    dataset, report = curate(_rows(40), "triage", min_rows=10)
+    assert checks.no_pii_in_train(dataset).passed and checks.no_test_leakage(dataset).passed
+    assert not checks.enough_rows(dataset, 1000).passed
+    assert not checks.label_balance({"a": 100, "b": 2}).passed and checks.label_balance({"a": 3, "b": 2}).passed

@@ -153,3 +153,15 @@ def test_definitions_load_with_five_assets_in_one_graph():
     assert keys == {"raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report", "deployed_endpoint"}
     assert graph.get(dg.AssetKey("deployed_endpoint")).parent_keys == {dg.AssetKey("eval_report")}
     assert defs.resolve_job_def("workload_lifecycle").partitions_def == workload_partitions
+
+
+def test_a_failed_blocking_check_stops_training(resources, instance):
+    _capture_demo_traffic(40)
+    run_config = {"ops": {"curated_dataset": {"config": {"min_train_rows": 1000}}, **FAST_TRAINING}}
+    result = _materialize(LIFECYCLE_ASSETS[:3], instance, resources, run_config=run_config)
+    assert not result.success
+    checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+              for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert checks == {"enough_rows": False, "no_pii_in_train": True, "no_test_leakage": True, "label_balance": True}
+    assert not result.asset_materializations_for_node(lora_adapter.op.name)
+    assert ArtifactsResource().open().versions(WORKLOAD, "lora_adapter") == []

@@ -1,0 +1,45 @@
+"""Checks on a curated dataset that decide whether training may use it (framework-free)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from datasets import DatasetDict
+
+from distillery.curation import normalize_prompt
+from distillery.pii import find_pii
+
+
+@dataclass
+class CheckOutcome:
+    passed: bool
+    description: str
+    details: dict
+
+
+def enough_rows(dataset: DatasetDict, min_train_rows: int) -> CheckOutcome:
+    n = len(dataset["train"])
+    return CheckOutcome(n >= min_train_rows, f"{n} train rows (need {min_train_rows})", {"train_rows": n})
+
+
+def no_pii_in_train(dataset: DatasetDict) -> CheckOutcome:
+    leaks = [(ex["log_id"], kinds) for ex in dataset["train"]
+             for kinds in [sorted({k for m in ex["messages"] for k in find_pii(m["content"])})] if kinds]
+    return CheckOutcome(not leaks, f"{len(leaks)} train examples still contain PII",
+                        {"examples": [f"log {i}: {', '.join(k)}" for i, k in leaks[:10]]})
+
+
+def no_test_leakage(dataset: DatasetDict) -> CheckOutcome:
+    """No test prompt may also be a (normalized) train prompt: the test set must stay held out."""
+    train = {normalize_prompt(ex["messages"][:-1]) for ex in dataset["train"]}
+    leaked = [ex["log_id"] for ex in dataset["test"] if normalize_prompt(ex["messages"][:-1]) in train]
+    return CheckOutcome(not leaked, f"{len(leaked)} test prompts also in train", {"log_ids": leaked[:20]})
+
+
+def label_balance(label_counts: dict[str, int], max_ratio: float = 10.0) -> CheckOutcome:
+    if not label_counts:
+        return CheckOutcome(True, "not a classification workload", {})
+    most, least = max(label_counts.values()), min(label_counts.values())
+    ratio = most / least
+    return CheckOutcome(ratio <= max_ratio, f"largest/smallest label ratio {ratio:.1f} (warn above {max_ratio:g})",
+                        {"ratio": round(ratio, 2)})
