@@ -3,8 +3,9 @@
 Steps, in order, each counted in ``CurationReport.steps``: failed exchanges, empty answers,
 truncated answers (``finish_reason == "length"``), refusals, examples over the token limit,
 answers outside the label set (classification) or not a JSON object (extraction), then
-exact duplicates of the normalized prompt (the most common answer wins, then the newest;
-conflicts are counted). PII is replaced by typed placeholders in prompts and answers.
+exact duplicates of the normalized prompt, then near duplicates (MinHash, ``neardup``) of
+what the caller wrote (system messages are shared by every call and left out); among
+duplicates the most common answer wins, then the newest, and conflicts are counted. PII is replaced by typed placeholders in prompts and answers.
 The split is stratified by label for classification and by time otherwise (newest rows to
 test); the test split is never trained on.
 """
@@ -24,6 +25,7 @@ from datasets import Dataset, DatasetDict
 
 from distillery.errors import DistilleryError
 from distillery.logstore import STATUS_OK
+from distillery.neardup import clusters
 from distillery.pii import scrub
 
 SPLITS = ("train", "validation", "test")
@@ -57,6 +59,11 @@ def normalize_prompt(messages: list[dict]) -> str:
     return json.dumps([(m["role"], re.sub(r"\s+", " ", m["content"]).strip().casefold()) for m in messages])
 
 
+def caller_text(messages: list[dict]) -> str:
+    """What varies between calls of one workload: every message but the system prompt."""
+    return "\n".join(m["content"] for m in messages if m["role"] != "system")
+
+
 def infer_task(answers: pd.Series) -> str:
     """Classification when a few short answers repeat, extraction when answers are JSON objects."""
     answers = answers.str.strip()
@@ -86,6 +93,7 @@ def curate(
     task: str = "auto",
     labels: list[str] | None = None,
     min_label_count: int = 2,
+    near_duplicate_threshold: float | None = 0.75,
     scrub_pii: bool = True,
     max_tokens: int | None = None,
     count_tokens: Callable[[str], int] | None = None,
@@ -119,6 +127,12 @@ def curate(
     frame = frame.assign(prompt_key=frame["request_messages"].map(normalize_prompt))
     unique, conflicts = _deduplicate(frame)
     steps["exact duplicate prompts"] = len(frame) - len(unique)
+    if near_duplicate_threshold is not None and len(unique) > 1:
+        cluster = clusters(list(unique["request_messages"].map(caller_text)), near_duplicate_threshold)
+        near = unique.assign(prompt_key=unique["prompt_key"].to_numpy()[cluster])
+        unique, near_conflicts = _deduplicate(near)
+        conflicts += near_conflicts
+        steps["near-duplicate prompts"] = len(near) - len(unique)
 
     if len(unique) < min_rows:
         dropped = ", ".join(f"{n} {step}" for step, n in list(steps.items())[1:] if n)

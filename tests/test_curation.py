@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pandas as pd
@@ -12,8 +13,13 @@ def _row(i: int, prompt: str, answer: str | None, status: str = "ok", finish_rea
             "request_messages": [{"role": "user", "content": prompt}]}
 
 
+def _prompt(i: int) -> str:
+    """Prompts that share no more than chance 3-grams, so near-duplicate removal leaves them all."""
+    return "ticket " + hashlib.sha256(str(i).encode()).hexdigest()[:24]
+
+
 def _rows(n: int, labels=("billing", "shipping", "account", "returns")) -> pd.DataFrame:
-    return pd.DataFrame([_row(i + 1, f"ticket number {i}", labels[i % len(labels)]) for i in range(n)])
+    return pd.DataFrame([_row(i + 1, _prompt(i), labels[i % len(labels)]) for i in range(n)])
 
 
 def test_each_filter_drops_and_counts_its_rows():
@@ -23,22 +29,23 @@ def test_each_filter_drops_and_counts_its_rows():
         _row(103, "z", "billing", finish_reason="length"),
         _row(104, "w", "I'm sorry, but I can't help with that."),
         _row(105, "v", "a label nobody else uses"),
-        _row(106, "TICKET   number 0", "billing"),  # duplicate of row 1 up to case and spacing
+        _row(106, "  " + _prompt(0).upper().replace(" ", "   "), "billing"),  # row 1 up to case and spacing
     ])
     dataset, report = curate(pd.concat([_rows(40), extra], ignore_index=True), "triage", min_rows=10)
     assert report.task == CLASSIFICATION and report.labels == ["account", "billing", "returns", "shipping"]
     assert report.steps == {"rows in": 46, "failed exchanges": 1, "empty answers": 1, "truncated answers": 1,
-                            "refusals": 1, "answers outside the label set": 1, "exact duplicate prompts": 1}
+                            "refusals": 1, "answers outside the label set": 1, "exact duplicate prompts": 1,
+                            "near-duplicate prompts": 0}
     assert report.train + report.validation + report.test == 40
     assert report.log_ids[-1] == 106 and 1 not in report.log_ids  # the newest of two identical rows
 
 
 def test_conflicting_duplicates_keep_the_most_common_answer():
     rows = _rows(40)
-    rows = pd.concat([rows, pd.DataFrame([_row(200, "ticket number 1", "billing"),
-                                          _row(201, "ticket number 1", "billing")])], ignore_index=True)
+    rows = pd.concat([rows, pd.DataFrame([_row(200, _prompt(1), "billing"),
+                                          _row(201, _prompt(1), "billing")])], ignore_index=True)
     dataset, report = curate(rows, "triage", min_rows=10)
-    kept = [ex for split in dataset.values() for ex in split if ex["messages"][0]["content"] == "ticket number 1"]
+    kept = [ex for split in dataset.values() for ex in split if ex["messages"][0]["content"] == _prompt(1)]
     assert [ex["messages"][-1]["content"] for ex in kept] == ["billing"]
     assert kept[0]["log_id"] == 201 and report.duplicate_conflicts == 1
 
@@ -67,7 +74,7 @@ def test_classification_split_is_stratified_seeded_and_disjoint():
 
 
 def test_free_text_and_extraction_split_by_time_newest_to_test():
-    rows = pd.DataFrame([_row(i, f"q{i}", json.dumps({"city": f"c{i}"})) for i in range(1, 51)])
+    rows = pd.DataFrame([_row(i, _prompt(i), json.dumps({"city": f"c{i}"})) for i in range(1, 51)])
     rows.loc[5, "response_text"] = "not json"
     dataset, report = curate(rows, "extract", task="auto", min_rows=10)
     assert report.task == EXTRACTION and report.steps["answers not a JSON object"] == 1
@@ -110,3 +117,34 @@ def test_checks_catch_pii_and_leakage_that_curation_would_not_leave():
     assert checks.no_pii_in_train(dataset).passed and checks.no_test_leakage(dataset).passed
     assert not checks.enough_rows(dataset, 1000).passed
     assert not checks.label_balance({"a": 100, "b": 2}).passed and checks.label_balance({"a": 3, "b": 2}).passed
+
+
+def test_near_duplicates_are_merged_but_distinct_prompts_kept():
+    rows = pd.DataFrame([
+        _row(1, "My card payment was declined at the supermarket yesterday", "billing"),
+        _row(2, "My card paymnet was declined at the supermarket yesterday", "billing"),   # one typo
+        _row(3, "my card payment was declined at the supermarket yesterday!", "billing"),  # case and punctuation
+        _row(4, "Where is the parcel I ordered last week?", "billing"),
+        *[_row(10 + i, _prompt(i), "account") for i in range(30)],
+    ])
+    dataset, report = curate(rows, "triage", min_rows=5, near_duplicate_threshold=0.75)
+    kept = {ex["log_id"] for split in dataset.values() for ex in split}
+    assert {1, 2, 3} & kept == {3} and 4 in kept
+    assert report.steps["near-duplicate prompts"] >= 2
+    _, without = curate(rows, "triage", min_rows=5, near_duplicate_threshold=None)
+    assert "near-duplicate prompts" not in without.steps
+
+
+def test_leakage_check_sees_near_duplicates():
+    from datasets import Dataset, DatasetDict
+
+    from distillery import checks
+
+    def split(*prompts):
+        return Dataset.from_list([{"log_id": i, "messages": [{"role": "user", "content": p},
+                                                             {"role": "assistant", "content": "a"}]}
+                                  for i, p in enumerate(prompts)])
+
+    leaky = DatasetDict({"train": split("How do I top up my card with a bank transfer?"), "validation": split("v"),
+                         "test": split("How do I top up my card with a bank transfer??")})
+    assert not checks.no_test_leakage(leaky).passed
