@@ -29,7 +29,7 @@ def test_fine_tuning_the_bundled_model_beats_it_on_held_out_tickets(distillery_h
     assert trained.result.final_train_loss < trained.result.loss_curve[0][1] / 4
 
     _, report = lifecycle.evaluate_adapter(artifacts, tracker, WORKLOAD, threshold=0.3, batch_size=16)
-    assert report.rows == 10
+    assert report.rows >= 8  # about a tenth of the ~90 rows left after duplicate removal, per label
     assert report.scores["base"].agreement <= 0.2  # zero-shot it answers in sentences, not queue names
     assert report.candidate.agreement >= report.scores["base"].agreement + 0.3, report.markdown()
 
