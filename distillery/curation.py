@@ -1,6 +1,7 @@
 """From raw log rows to a clean, leak-free chat-format training set, every decision counted.
 
-Steps, in order, each counted in ``CurationReport.steps``: failed exchanges, empty answers,
+Steps, in order, each counted in ``CurationReport.steps``: malformed rows (request messages
+that are not a list of role/content strings, answers that are not text), failed exchanges, empty answers,
 truncated answers (``finish_reason == "length"``), refusals, examples over the token limit,
 answers outside the label set (classification) or not a JSON object (extraction), then
 exact duplicates of the normalized prompt, then near duplicates (MinHash, ``neardup``) of
@@ -75,6 +76,12 @@ def infer_task(answers: pd.Series) -> str:
     return FREE_TEXT
 
 
+def _valid_messages(messages) -> bool:
+    return isinstance(messages, list) and bool(messages) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages)
+
+
 def _is_json_object(text: str) -> bool:
     try:
         return isinstance(json.loads(text), dict)
@@ -104,7 +111,10 @@ def curate(
         steps[step] = int((~mask).sum())
         return frame[mask]
 
-    frame = keep(rows, rows["status"] == STATUS_OK, "failed exchanges")
+    well_formed = rows["request_messages"].map(_valid_messages) & rows["response_text"].map(
+        lambda answer: isinstance(answer, str) or (not isinstance(answer, (dict, list)) and pd.isna(answer)))
+    frame = keep(rows, well_formed, "malformed rows")
+    frame = keep(frame, frame["status"] == STATUS_OK, "failed exchanges")
     frame = frame.assign(response_text=frame["response_text"].fillna("").str.strip())
     frame = keep(frame, frame["response_text"] != "", "empty answers")
     frame = keep(frame, frame["finish_reason"].fillna("") != "length", "truncated answers")

@@ -33,7 +33,7 @@ def test_each_filter_drops_and_counts_its_rows():
     ])
     dataset, report = curate(pd.concat([_rows(40), extra], ignore_index=True), "triage", min_rows=10)
     assert report.task == CLASSIFICATION and report.labels == ["account", "billing", "returns", "shipping"]
-    assert report.steps == {"rows in": 46, "failed exchanges": 1, "empty answers": 1, "truncated answers": 1,
+    assert report.steps == {"rows in": 46, "malformed rows": 0, "failed exchanges": 1, "empty answers": 1, "truncated answers": 1,
                             "refusals": 1, "answers outside the label set": 1, "exact duplicate prompts": 1,
                             "near-duplicate prompts": 0}
     assert report.train + report.validation + report.test == 40
@@ -148,3 +148,17 @@ def test_leakage_check_sees_near_duplicates():
     leaky = DatasetDict({"train": split("How do I top up my card with a bank transfer?"), "validation": split("v"),
                          "test": split("How do I top up my card with a bank transfer??")})
     assert not checks.no_test_leakage(leaky).passed
+
+
+def test_malformed_rows_are_counted_and_skipped_not_fatal():
+    rows = _rows(30)
+    bad = pd.DataFrame([
+        {**_row(90, "x", "billing"), "request_messages": "not a list"},
+        {**_row(91, "x", "billing"), "request_messages": [{"role": "user"}]},          # no content
+        {**_row(92, "x", "billing"), "request_messages": [{"role": "user", "content": 7}]},
+        {**_row(93, "x", None), "response_text": {"unexpected": "object"}},
+    ])
+    dataset, report = curate(pd.concat([rows, bad], ignore_index=True), "triage", min_rows=10)
+    assert report.steps["malformed rows"] == 4
+    assert report.train + report.validation + report.test == 30
+    assert "| dropped: malformed rows | 4 |" in data_card("triage", report, dataset)
