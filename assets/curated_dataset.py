@@ -1,3 +1,5 @@
+import json
+
 import dagster as dg
 from datasets import load_from_disk
 from pydantic import Field
@@ -7,7 +9,8 @@ from assets.partitions import workload_partitions
 from assets.raw_llm_logs import raw_llm_logs
 from distillery import checks
 from distillery.lifecycle import build_curated_dataset
-from resources import ArtifactsResource
+from distillery.training import load_tokenizer
+from resources import ArtifactsResource, TrainerResource
 
 BLOCKING_CHECKS = {
     "enough_rows": "The train split has at least min_train_rows rows.",
@@ -24,6 +27,8 @@ class CurationConfig(dg.Config):
     min_train_rows: int = Field(default=16, description="Train rows the enough_rows check requires.")
     task: str = Field(default="auto", description="auto, classification, extraction or free_text.")
     labels: list[str] = Field(default=[], description="Classification label set; empty: inferred from the logs.")
+    json_schema: str = Field(default="", description="Extraction: JSON schema (as JSON text) answers must satisfy.")
+    max_tokens: int = Field(default=512, description="Drop examples longer than this in the base model's tokens.")
     scrub_pii: bool = Field(default=True, description="Replace PII with typed placeholders.")
 
 
@@ -34,14 +39,19 @@ class CurationConfig(dg.Config):
     + [dg.AssetCheckSpec("label_balance", asset="curated_dataset", description="Warns on heavy label imbalance.")],
 )
 def curated_dataset(
-    context: dg.AssetExecutionContext, config: CurationConfig, artifacts: ArtifactsResource
+    context: dg.AssetExecutionContext, config: CurationConfig, artifacts: ArtifactsResource,
+    trainer: TrainerResource,
 ) -> dg.MaterializeResult:
     """Filtered, deduplicated, PII-scrubbed examples; a stratified or time-based train/validation/test split."""
     with user_errors_as_failures():
+        tokenizer = load_tokenizer(trainer.prepare())
         artifact, report, card = build_curated_dataset(
             artifacts.open(), context.partition_key, seed=config.seed,
             validation_fraction=config.validation_fraction, test_fraction=config.test_fraction,
-            min_rows=config.min_rows, task=config.task, labels=config.labels or None, scrub_pii=config.scrub_pii,
+            min_rows=config.min_rows, task=config.task, labels=config.labels or None,
+            json_schema=json.loads(config.json_schema) if config.json_schema else None, scrub_pii=config.scrub_pii,
+            max_tokens=config.max_tokens,
+            count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
         )
     dataset = load_from_disk(str(artifact.path / "dataset"))
     outcomes = {

@@ -3,7 +3,8 @@
 Steps, in order, each counted in ``CurationReport.steps``: malformed rows (request messages
 that are not a list of role/content strings, answers that are not text), failed exchanges, empty answers,
 truncated answers (``finish_reason == "length"``), refusals, examples over the token limit,
-answers outside the label set (classification) or not a JSON object (extraction), then
+answers outside the label set (classification) or not a JSON object, or not valid against the
+workload's JSON schema (extraction), then
 exact duplicates of the normalized prompt, then near duplicates (MinHash, ``neardup``) of
 what the caller wrote (system messages are shared by every call and left out); among
 duplicates the most common answer wins, then the newest, and conflicts are counted. PII is replaced by typed placeholders in prompts and answers.
@@ -21,6 +22,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import jsonschema
 import pandas as pd
 from datasets import Dataset, DatasetDict
 
@@ -100,6 +102,7 @@ def curate(
     task: str = "auto",
     labels: list[str] | None = None,
     min_label_count: int = 2,
+    json_schema: dict | None = None,
     near_duplicate_threshold: float | None = 0.75,
     scrub_pii: bool = True,
     max_tokens: int | None = None,
@@ -133,6 +136,10 @@ def curate(
         label_set = []
     if task == EXTRACTION:
         frame = keep(frame, frame["response_text"].map(_is_json_object), "answers not a JSON object")
+        if json_schema:
+            validator = jsonschema.Draft202012Validator(json_schema)
+            conforms = frame["response_text"].map(lambda text: validator.is_valid(json.loads(text)))
+            frame = keep(frame, conforms, "answers violating the JSON schema")
 
     frame = frame.assign(prompt_key=frame["request_messages"].map(normalize_prompt))
     unique, conflicts = _deduplicate(frame)

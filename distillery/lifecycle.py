@@ -62,13 +62,16 @@ def snapshot_raw_logs(store: LogStore, artifacts: ArtifactStore, workload: str) 
 
 def build_curated_dataset(artifacts: ArtifactStore, workload: str, *, seed: int, validation_fraction: float,
                           test_fraction: float, min_rows: int, task: str = "auto", labels: list[str] | None = None,
-                          scrub_pii: bool = True) -> tuple[Artifact, curation.CurationReport, str]:
+                          json_schema: dict | None = None, scrub_pii: bool = True, max_tokens: int | None = None,
+                          count_tokens: Callable[[str], int] | None = None,
+                          ) -> tuple[Artifact, curation.CurationReport, str]:
     """Curate the latest snapshot; returns the artifact, the report and the data card (Markdown)."""
     raw = artifacts.latest(workload, RAW, needed_by=CURATED)
     rows = load_snapshot(raw.path / "rows.parquet")
     dataset, report = curation.curate(rows, workload, seed=seed, validation_fraction=validation_fraction,
                                       test_fraction=test_fraction, min_rows=min_rows, task=task, labels=labels,
-                                      scrub_pii=scrub_pii)
+                                      json_schema=json_schema, scrub_pii=scrub_pii, max_tokens=max_tokens,
+                                      count_tokens=count_tokens)
     card = curation.data_card(workload, report, dataset)
     summary = {k: v for k, v in report.as_dict().items() if k != "log_ids"}
     with artifacts.publish(workload, CURATED, {"raw_version": raw.version, **summary}) as folder:

@@ -162,3 +162,14 @@ def test_malformed_rows_are_counted_and_skipped_not_fatal():
     assert report.steps["malformed rows"] == 4
     assert report.train + report.validation + report.test == 30
     assert "| dropped: malformed rows | 4 |" in data_card("triage", report, dataset)
+
+
+def test_extraction_answers_must_satisfy_the_schema_and_long_examples_are_dropped():
+    answers = [{"city": "Paris", "date": "2026-01-01"}] * 20 + [{"city": 5}, {"date": "x"}]
+    rows = pd.DataFrame([_row(i + 1, _prompt(i), json.dumps(a)) for i, a in enumerate(answers)])
+    rows.loc[0, "request_messages"] = [{"role": "user", "content": "word " * 300}]
+    schema = {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}
+    _, report = curate(rows, "extract", min_rows=5, json_schema=schema, max_tokens=100,
+                       count_tokens=lambda text: len(text.split()))
+    assert report.task == EXTRACTION
+    assert report.steps["over 100 tokens"] == 1 and report.steps["answers violating the JSON schema"] == 2
