@@ -42,6 +42,7 @@ class Recorder:
         self.retry_interval_s = retry_interval_s
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._journal_lock = threading.Lock()
+        self._count_lock = threading.Lock()  # submit() may be called from many threads (capture())
         self._thread = threading.Thread(target=self._run, name="exchange-writer", daemon=True)
         self.received = 0
         self.written = 0
@@ -65,7 +66,8 @@ class Recorder:
 
     def submit(self, row: dict[str, Any]) -> None:
         """Called on the request path: O(1), no I/O unless the queue is full."""
-        self.received += 1
+        with self._count_lock:
+            self.received += 1
         try:
             self._queue.put_nowait(row)
         except queue.Full:
