@@ -248,7 +248,7 @@ def test_shutdown_flushes_the_queue(tmp_path):
     [t.start() for t in threads]
     [t.join() for t in threads]
     recorder.stop()
-    assert recorder.written == 2000 == len(store.read("w"))
+    assert recorder.received == recorder.written == 2000 == len(store.read("w"))
 
 
 def test_config_file(tmp_path, monkeypatch):
