@@ -51,6 +51,9 @@ class Recorder:
         self.write_failures = 0
         self.database_up = True
         self._next_retry = 0.0
+        # Known in memory so the writer loop does not stat the journal folder per batch;
+        # files left by an earlier process count from the start.
+        self._journal_pending = self.journal_path.exists() or bool(self._replay_files())
 
     @property
     def pending(self) -> int:
@@ -85,12 +88,12 @@ class Recorder:
             batch, stopping = self._next_batch()
             if batch:
                 self._write(batch)
-            if self.database_up and self._has_journal():
+            if self.database_up and self._journal_pending:
                 self._replay()
             elif not self.database_up and time.monotonic() >= self._next_retry:
                 self._probe_database()
         # Final attempt to empty the journal before shutting down; what stays there is replayed next start.
-        if self._has_journal():
+        if self._journal_pending:
             self._probe_database()
             if self.database_up:
                 self._replay()
@@ -98,7 +101,7 @@ class Recorder:
     def _next_batch(self) -> tuple[list[dict], bool]:
         batch: list[dict] = []
         try:
-            item = self._queue.get(timeout=self.flush_interval_s if not self._has_journal() else 0.01)
+            item = self._queue.get(timeout=self.flush_interval_s)
         except queue.Empty:
             return batch, False
         if item is _STOP:
@@ -150,9 +153,7 @@ class Recorder:
                 journal.flush()
                 os.fsync(journal.fileno())
             self.journaled += len(rows)
-
-    def _has_journal(self) -> bool:
-        return self.journal_path.exists() or any(self._replay_files())
+            self._journal_pending = True
 
     def _replay_files(self) -> list[Path]:
         return sorted(self.journal_path.parent.glob(self.journal_path.name + ".replay-*"))
@@ -162,6 +163,7 @@ class Recorder:
             if self.journal_path.exists():
                 os.replace(self.journal_path, self.journal_path.with_name(
                     f"{self.journal_path.name}.replay-{time.time_ns()}"))
+            self._journal_pending = False  # rows journaled from now on set it again
         for path in self._replay_files():
             rows = [_decode(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
             try:
@@ -169,6 +171,7 @@ class Recorder:
                     self.store.insert_rows(rows[start : start + self.batch_size])
             except sa.exc.SQLAlchemyError as exc:
                 self._mark_down(exc)  # the file stays; the next replay starts it over, uids keep it exact
+                self._journal_pending = True
                 return
             path.unlink()
             self.replayed += len(rows)
