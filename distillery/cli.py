@@ -40,8 +40,8 @@ def _lifecycle_env() -> dict[str, str]:
             "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
 
 
-def _run_lifecycle(workload: str, extra: list[str]) -> None:
-    command = [sys.executable, "-m", "pipelines.run", workload, *extra]
+def _run_lifecycle(workload: str, epochs: float | None) -> None:
+    command = [sys.executable, "-m", "pipelines.run", workload, *(["--epochs", str(epochs)] if epochs else [])]
     if subprocess.run(command, env=_lifecycle_env()).returncode != 0:
         typer.secho(f"the lifecycle run for {workload!r} failed; see the messages above", fg="red", err=True)
         raise typer.Exit(1)
@@ -78,7 +78,7 @@ def demo(
 
     _say(f"3/3 Running the lifecycle for {WORKLOAD!r} in Dagster: "
          "raw_llm_logs -> curated_dataset -> lora_adapter -> eval_report -> deployed_endpoint")
-    _run_lifecycle(WORKLOAD, ["--epochs", str(epochs)] if epochs else [])
+    _run_lifecycle(WORKLOAD, epochs)
     _print_outcome(WORKLOAD)
 
 
@@ -108,7 +108,7 @@ def _print_outcome(workload: str) -> None:
 def run(workload: str, epochs: Optional[float] = typer.Option(None, help="Override the fine-tune's epochs.")) -> None:
     """Run the whole lifecycle for one workload already in the log store."""
     settings.validate_workload(workload)
-    _run_lifecycle(workload, ["--epochs", str(epochs)] if epochs else [])
+    _run_lifecycle(workload, epochs)
     _print_outcome(workload)
 
 
@@ -170,10 +170,11 @@ def gateway(
     serve_forever(settings_)
 
 
-def _store():
+def _store(url: str | None = None):
+    """The configured log store (or ``url``), migrated to the newest revision."""
     from distillery.logstore import LogStore
 
-    store = LogStore()
+    store = LogStore(url)
     store.upgrade()
     return store
 
@@ -237,10 +238,7 @@ def logs_export(workload: str, path: Path) -> None:
 @db_app.command("upgrade")
 def db_upgrade(url: Optional[str] = typer.Option(None, help="SQLAlchemy URL; default: the configured log store.")) -> None:
     """Create or migrate the log store schema to the newest revision."""
-    from distillery.logstore import LogStore
-
-    store = LogStore(url)
-    store.upgrade()
+    store = _store(url)
     typer.echo(f"log store at {store.url} is at the newest revision")
 
 

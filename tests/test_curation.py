@@ -3,6 +3,7 @@ import json
 
 import pandas as pd
 import pytest
+from datasets import Dataset, DatasetDict
 
 from distillery.curation import CLASSIFICATION, EXTRACTION, FREE_TEXT, curate, data_card, infer_task
 from distillery.errors import DistilleryError
@@ -16,6 +17,13 @@ def _row(i: int, prompt: str, answer: str | None, status: str = "ok", finish_rea
 def _prompt(i: int) -> str:
     """Prompts that share no more than chance 3-grams, so near-duplicate removal leaves them all."""
     return "ticket " + hashlib.sha256(str(i).encode()).hexdigest()[:24]
+
+
+def split(*prompts: str) -> Dataset:
+    """A split of single-turn examples with these prompts, for the dataset checks."""
+    return Dataset.from_list([{"log_id": i, "messages": [{"role": "user", "content": p},
+                                                         {"role": "assistant", "content": "a"}]}
+                              for i, p in enumerate(prompts)])
 
 
 def _rows(n: int, labels=("billing", "shipping", "account", "returns")) -> pd.DataFrame:
@@ -100,14 +108,7 @@ def test_too_few_rows_names_the_workload_and_what_to_do():
 
 
 def test_checks_catch_pii_and_leakage_that_curation_would_not_leave():
-    from datasets import Dataset, DatasetDict
-
     from distillery import checks
-
-    def split(*prompts):
-        return Dataset.from_list([{"log_id": i, "messages": [{"role": "user", "content": p},
-                                                             {"role": "assistant", "content": "a"}]}
-                                  for i, p in enumerate(prompts)])
 
     dirty = DatasetDict({"train": split("mail bob@example.com", "Same prompt"), "validation": split("v"),
                          "test": split("  same PROMPT ")})
@@ -136,14 +137,7 @@ def test_near_duplicates_are_merged_but_distinct_prompts_kept():
 
 
 def test_leakage_check_sees_near_duplicates():
-    from datasets import Dataset, DatasetDict
-
     from distillery import checks
-
-    def split(*prompts):
-        return Dataset.from_list([{"log_id": i, "messages": [{"role": "user", "content": p},
-                                                             {"role": "assistant", "content": "a"}]}
-                                  for i, p in enumerate(prompts)])
 
     leaky = DatasetDict({"train": split("How do I top up my card with a bank transfer?"), "validation": split("v"),
                          "test": split("How do I top up my card with a bank transfer??")})

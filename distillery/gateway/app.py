@@ -170,13 +170,11 @@ class Gateway:
         if isinstance(caller, web.Response):
             return self._refuse(endpoint, caller, "auth")
         if (request.content_length or 0) > self.config.max_body_bytes:
-            return self._refuse(endpoint, error_response(
-                413, f"request body over {self.config.max_body_bytes} bytes", "request_too_large"), "too_large")
+            return self._too_large(endpoint)
         try:
             raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return self._refuse(endpoint, error_response(
-                413, f"request body over {self.config.max_body_bytes} bytes", "request_too_large"), "too_large")
+        except web.HTTPRequestEntityTooLarge:  # a chunked body without Content-Length
+            return self._too_large(endpoint)
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -285,6 +283,10 @@ class Gateway:
         if passthrough is not None and _is_openai_error(passthrough):
             return web.Response(body=passthrough, status=status, content_type="application/json")
         return error_response(status, message, cause)
+
+    def _too_large(self, endpoint: str) -> web.Response:
+        message = f"request body over {self.config.max_body_bytes} bytes"
+        return self._refuse(endpoint, error_response(413, message, "request_too_large"), "too_large")
 
     def _refuse(self, endpoint: str, response: web.Response, cause: str) -> web.Response:
         self.metrics.requests.labels(endpoint, str(response.status)).inc()
