@@ -1,7 +1,6 @@
 import json
 
 import dagster as dg
-from datasets import load_from_disk
 from pydantic import Field
 
 from assets.errors import user_errors_as_failures
@@ -45,7 +44,7 @@ def curated_dataset(
     """Filtered, deduplicated, PII-scrubbed examples; a stratified or time-based train/validation/test split."""
     with user_errors_as_failures():
         tokenizer = load_tokenizer(trainer.prepare())
-        artifact, report, card = build_curated_dataset(
+        curated = build_curated_dataset(
             artifacts.open(), context.partition_key, seed=config.seed,
             validation_fraction=config.validation_fraction, test_fraction=config.test_fraction,
             min_rows=config.min_rows, task=config.task, labels=config.labels or None,
@@ -53,7 +52,7 @@ def curated_dataset(
             max_tokens=config.max_tokens,
             count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
         )
-    dataset = load_from_disk(str(artifact.path / "dataset"))
+    dataset, report, artifact = curated.dataset, curated.report, curated.artifact
     outcomes = {
         "enough_rows": checks.enough_rows(dataset, config.min_train_rows),
         "no_pii_in_train": checks.no_pii_in_train(dataset),
@@ -78,7 +77,7 @@ def curated_dataset(
             "content_hash": report.content_hash,
             "log_id_range": f"{report.first_log_id}-{report.last_log_id}",
             "pii_replaced": dg.MetadataValue.json(report.pii),
-            "data_card": dg.MetadataValue.md(card),
+            "data_card": dg.MetadataValue.md(curated.data_card),
             "version": artifact.version,
             "path": dg.MetadataValue.path(str(artifact.path)),
         },

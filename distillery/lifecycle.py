@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from datasets import load_from_disk
+from datasets import DatasetDict, load_from_disk
 
 from distillery import curation, evaluation, training
 from distillery.artifacts import Artifact, ArtifactStore
@@ -60,12 +60,19 @@ def snapshot_raw_logs(store: LogStore, artifacts: ArtifactStore, workload: str) 
     return RawLogsSummary(artifacts.latest(workload, RAW), len(rows), ok, len(rows) - ok, **span)
 
 
+@dataclass
+class CuratedSummary:
+    artifact: Artifact
+    dataset: DatasetDict
+    report: curation.CurationReport
+    data_card: str  # Markdown
+
+
 def build_curated_dataset(artifacts: ArtifactStore, workload: str, *, seed: int, validation_fraction: float,
                           test_fraction: float, min_rows: int, task: str = "auto", labels: list[str] | None = None,
                           json_schema: dict | None = None, scrub_pii: bool = True, max_tokens: int | None = None,
-                          count_tokens: Callable[[str], int] | None = None,
-                          ) -> tuple[Artifact, curation.CurationReport, str]:
-    """Curate the latest snapshot; returns the artifact, the report and the data card (Markdown)."""
+                          count_tokens: Callable[[str], int] | None = None) -> CuratedSummary:
+    """Curate the latest snapshot and publish the dataset with its data card."""
     raw = artifacts.latest(workload, RAW, needed_by=CURATED)
     rows = load_snapshot(raw.path / "rows.parquet")
     dataset, report = curation.curate(rows, workload, seed=seed, validation_fraction=validation_fraction,
@@ -78,7 +85,7 @@ def build_curated_dataset(artifacts: ArtifactStore, workload: str, *, seed: int,
         dataset.save_to_disk(str(folder / "dataset"))
         (folder / "log_ids.json").write_text(json.dumps(report.log_ids))
         (folder / "data_card.md").write_text(card)
-    return artifacts.latest(workload, CURATED), report, card
+    return CuratedSummary(artifacts.latest(workload, CURATED), dataset, report, card)
 
 
 @dataclass
