@@ -11,7 +11,7 @@ from typing import Callable
 
 from datasets import Dataset
 
-from distillery.inference import Generation, generate, load_model
+from distillery.inference import Generation, generate, load_model, using_adapter
 
 ADAPTER_NAME = "candidate"
 
@@ -121,11 +121,7 @@ def evaluate(
         if on_progress:
             on_progress(f"generating {len(conversations)} answers with the {name} model")
         started = time.perf_counter()
-        if name == "base":
-            with model.disable_adapter():
-                outputs[name] = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
-                                         batch_size=batch_size)
-        else:
+        with using_adapter(model, None if name == "base" else ADAPTER_NAME):
             outputs[name] = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
                                      batch_size=batch_size)
         scores[name] = _score(name, outputs[name], references, time.perf_counter() - started)

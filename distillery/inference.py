@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -35,6 +37,23 @@ def load_model(base_model: str, adapters: dict[str, Path] | None = None):
     tokenizer = load_tokenizer(base_model)
     tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def using_adapter(model, name: str | None) -> Iterator[None]:
+    """Generate with the named adapter, or with the bare base model when ``name`` is None."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        if name is not None:
+            raise ValueError(f"no adapter {name!r}: the model was loaded without adapters")
+        yield
+    elif name is None:
+        with model.disable_adapter():
+            yield
+    else:
+        model.set_adapter(name)
+        yield
 
 
 @torch.no_grad()

@@ -43,7 +43,7 @@ class ModelServer:
         return [*self.adapters, BASE_MODEL_NAME]
 
     def chat(self, body: dict[str, Any]) -> Completion:
-        from distillery.inference import generate
+        from distillery.inference import generate, using_adapter
 
         name = body.get("model") or self.default_model
         if name not in self.models():
@@ -52,14 +52,8 @@ class ModelServer:
                           DEFAULT_MAX_TOKENS)
         if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
             raise RequestError(400, "'max_tokens' must be an integer between 1 and 4096")
-        with self._lock:
-            if name == BASE_MODEL_NAME and self.adapters:
-                with self.model.disable_adapter():
-                    [result] = generate(self.model, self.tokenizer, [body["messages"]], max_new_tokens=max_tokens)
-            else:
-                if self.adapters:
-                    self.model.set_adapter(name)
-                [result] = generate(self.model, self.tokenizer, [body["messages"]], max_new_tokens=max_tokens)
+        with self._lock, using_adapter(self.model, None if name == BASE_MODEL_NAME else name):
+            [result] = generate(self.model, self.tokenizer, [body["messages"]], max_new_tokens=max_tokens)
         return Completion(result.text, name, result.prompt_tokens, result.completion_tokens, result.finish_reason)
 
 
