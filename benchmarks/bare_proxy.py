@@ -1,40 +1,32 @@
-"""The smallest aiohttp pass-through (records nothing): the ceiling the gateway is compared with.
+"""The smallest pass-through on the gateway's HTTP layer (records nothing): the ceiling the gateway is compared with.
 
     python benchmarks/bare_proxy.py UPSTREAM_URL PORT
 """
 
+import asyncio
 import sys
 
-import aiohttp
 import uvloop
-from aiohttp import web
+
+from distillery.gateway.http import HttpServer, Request, Responder, UpstreamPool
+
+HEADERS = {"Content-Type": "application/json"}
 
 
-async def forward(request: web.Request) -> web.StreamResponse:
-    body = await request.read()
-    async with request.app["session"].post(request.app["upstream"] + request.path.removeprefix("/v1"), data=body,
-                                           headers={"Content-Type": "application/json"}) as upstream:
-        data = await upstream.read()
-        return web.Response(body=data, status=upstream.status, content_type=upstream.content_type)
+async def main(upstream_url: str, port: int) -> None:
+    pool = UpstreamPool(upstream_url)
 
+    async def forward(request: Request, responder: Responder) -> None:
+        answer = await pool.post(request.path.removeprefix("/v1"), request.body, HEADERS)
+        try:
+            data = await answer.read()
+        finally:
+            answer.release()
+        responder.send(answer.status, data, answer.headers.get("content-type", "application/json"))
 
-async def open_session(app: web.Application) -> None:
-    app["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-
-
-async def close_session(app: web.Application) -> None:
-    await app["session"].close()
-
-
-def main() -> None:
-    app = web.Application()
-    app["upstream"] = sys.argv[1]
-    app.router.add_post("/v1/chat/completions", forward)
-    app.on_startup.append(open_session)
-    app.on_cleanup.append(close_session)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), access_log=None, loop=uvloop.new_event_loop(),
-                print=None)
+    await HttpServer(forward, 1 << 20).start("127.0.0.1", port)
+    await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    main()
+    uvloop.run(main(sys.argv[1], int(sys.argv[2])))

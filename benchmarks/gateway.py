@@ -8,8 +8,8 @@ of this noisy machine hits both alike), throughput at --concurrency, and, after 
 gateway shut down and flushed, how many exchanges reached the log store. 10% of the calls
 are streamed and the stub fails 1% of all calls with a 500. --outage-seconds makes a
 PostgreSQL --db refuse connections for that long in the middle of the throughput run.
-A bare aiohttp pass-through that records nothing (benchmarks/bare_proxy.py) runs the same load
-in the same run, as the ceiling for any aiohttp-based gateway on this machine. The last line is
+A bare pass-through on the gateway's own HTTP layer that records nothing (benchmarks/bare_proxy.py)
+runs the same load in the same run: the ceiling for the gateway on this machine. The last line is
 one JSON object.
 """
 
@@ -184,8 +184,8 @@ def main() -> None:
         "direct_rps": round(direct_rps),
         "gateway_rps": round(gateway_rps),
         "throughput_ratio": round(gateway_rps / direct_rps, 3),
-        "bare_aiohttp_proxy_rps": round(bare_rps),
-        "bare_aiohttp_proxy_ratio": round(bare_rps / direct_rps, 3),
+        "bare_proxy_rps": round(bare_rps),
+        "bare_proxy_ratio": round(bare_rps / direct_rps, 3),
         "client_failures_direct": direct_failed,
         "client_failures_gateway": gateway_failed,
         "sent_through_gateway": sent,

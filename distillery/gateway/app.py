@@ -1,42 +1,54 @@
-"""The gateway's HTTP side: aiohttp server in front of pooled aiohttp client connections.
+"""The gateway's request handling: auth, workload, proxying, error objects, recording, metrics.
 
-aiohttp was chosen by measurement (benchmarks/gateway.py): on the 2-core machine a
-pass-through with httpx reached 0.05 of direct throughput and one with aiohttp about 0.6.
+The HTTP layer under it is ``distillery.gateway.http`` (why: see there).
 
 What a caller sees when something goes wrong, always as an OpenAI-style error object:
 401 unknown or revoked gateway key; 400 malformed JSON or an invalid workload name;
-413 body over ``max_body_bytes``; 502 upstream unreachable (connection refused, reset);
-504 upstream timed out; an upstream 4xx/5xx is passed through with its status.
-Every one of these that reached the proxy step is recorded as a failed exchange.
+413 body over ``max_body_bytes``; 404/405 unknown path or method; 502 upstream unreachable
+(connection refused, reset, invalid HTTP); 504 upstream timed out; an upstream 4xx/5xx is
+passed through with its status. Every one of these that reached the proxy step is recorded
+as a failed exchange.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-from aiohttp import web
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from distillery.gateway.config import GatewayConfig
+from distillery.gateway.http import ClientDisconnected, Request, Responder, UpstreamPool, UpstreamResponse
 from distillery.gateway.keys import ApiKey, KeyStore
 from distillery.gateway.recorder import Recorder
 from distillery.logstore import STATUS_ERROR, STATUS_OK
 from distillery.settings import DEFAULT_WORKLOAD, validate_workload
 
-WORKLOAD_HEADER = "X-Distillery-Workload"
+WORKLOAD_HEADER = "x-distillery-workload"
 _KEY_CACHE_SECONDS = 5.0
+# Row uids: a random per-process prefix and a counter, as unique as uuid4 at a fraction of its cost.
+_UID_PREFIX = os.urandom(8).hex()
+_uid_counter = itertools.count()
 
 
-def error_response(status: int, message: str, code: str) -> web.Response:
-    body = {"error": {"message": message, "type": code, "param": None, "code": code}}
-    return web.json_response(body, status=status)
+class GatewayError(Exception):
+    """Answered to the caller as an OpenAI error object with this status."""
+
+    def __init__(self, status: int, message: str, code: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def error_body(message: str, code: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": code, "param": None, "code": code}}).encode()
 
 
 class _Metrics:
@@ -60,6 +72,22 @@ class _Metrics:
              lambda: int(recorder.database_up)),
         ]:
             Gauge(name, doc, registry=self.registry).set_function(read)
+        # Labelled children looked up once: .labels() costs more than the increment itself.
+        self._children: dict[tuple, Any] = {}
+
+    def _child(self, metric, *labels: str):
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def count(self, endpoint: str, status: int, cause: str | None = None, seconds: float | None = None) -> None:
+        self._child(self.requests, endpoint, str(status)).inc()
+        if cause:
+            self._child(self.errors, cause).inc()
+        if seconds is not None:
+            self._child(self.latency, endpoint).observe(seconds)
 
 
 @dataclass
@@ -82,8 +110,8 @@ class _StreamSummary:
 
     def _take(self, data: bytes) -> None:
         try:
-            payload = json.loads(data)
-        except json.JSONDecodeError:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
             return
         self.model = payload.get("model") or self.model
         self.usage = payload.get("usage") or self.usage
@@ -93,6 +121,44 @@ class _StreamSummary:
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
 
 
+class _Deadlines:
+    """Cancels requests that outlive the upstream timeout, from one periodic check.
+
+    Why not ``asyncio.timeout`` per request: its timer handle cost ~10% of the gateway's CPU
+    under load. The price is precision: a timeout fires up to ``timeout_s / 10`` (at most
+    0.1 s) late. ``expired(task)`` tells a timeout apart from any other cancellation.
+    """
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self._interval = min(0.1, timeout_s / 10)
+        self._due: dict[asyncio.Task, float] = {}
+        self._expired: set[asyncio.Task] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, task: asyncio.Task) -> None:
+        self._due[task] = time.monotonic() + self.timeout_s
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._sweep)
+
+    def discard(self, task: asyncio.Task) -> bool:
+        """Stop watching ``task``; True when it was cancelled for running out of time."""
+        self._due.pop(task, None)
+        if task in self._expired:
+            self._expired.discard(task)
+            return True
+        return False
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for task, due in list(self._due.items()):
+            if due <= now:
+                del self._due[task]
+                self._expired.add(task)
+                task.cancel()
+        self._timer = asyncio.get_running_loop().call_later(self._interval, self._sweep) if self._due else None
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, recorder: Recorder, keys: KeyStore):
         self.config = config
@@ -100,60 +166,67 @@ class Gateway:
         self.keys = keys
         self.metrics = _Metrics(recorder)
         self._key_cache: dict[str, tuple[ApiKey | None, float]] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._deadlines = _Deadlines(config.upstream_timeout_s)
+        self._pools = {name: UpstreamPool(upstream.base_url) for name, upstream in config.upstreams.items()}
+        # Provider keys are read from the environment once, at start.
+        self._upstream_headers = {
+            name: {"Content-Type": "application/json",
+                   **({"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {})}
+            for name, upstream in config.upstreams.items()}
+        self._routes = {
+            "/v1/chat/completions": ("POST", self.chat_completions),
+            "/v1/completions": ("POST", self.completions),
+            "/v1/models": ("GET", self.models),
+            "/healthz": ("GET", self.healthz),
+            "/metrics": ("GET", self.prometheus),
+        }
 
-    def app(self) -> web.Application:
-        # Bodies are size-checked by the handler (to answer 413 as JSON); this is a backstop.
-        app = web.Application(client_max_size=self.config.max_body_bytes + 1)
-        app.router.add_post("/v1/chat/completions", self.chat_completions)
-        app.router.add_post("/v1/completions", self.completions)
-        app.router.add_get("/v1/models", self.models)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/metrics", self.prometheus)
-        app.on_startup.append(self._open)
-        app.on_cleanup.append(self._close)
-        return app
+    async def handle(self, request: Request, responder: Responder) -> None:
+        route = self._routes.get(request.path.rstrip("/") or "/")
+        if route is None:
+            responder.send(404, error_body(f"no route {request.path}", "not_found"))
+        elif request.method != route[0]:
+            responder.send(405, error_body(f"{request.path} takes {route[0]}", "method_not_allowed"))
+        else:
+            await route[1](request, responder)
 
-    async def _open(self, _app: web.Application) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-        timeout = aiohttp.ClientTimeout(total=self.config.upstream_timeout_s)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+    def close(self) -> None:
+        """After the HTTP server stopped: drop upstream connections, flush the recorder."""
+        for pool in self._pools.values():
+            pool.close()
+        self.recorder.stop()
 
-    async def _close(self, _app: web.Application) -> None:
-        if self._session:
-            await self._session.close()
-        await asyncio.get_running_loop().run_in_executor(None, self.recorder.stop)
+    async def healthz(self, _request: Request, responder: Responder) -> None:
+        responder.send(200, json.dumps({"status": "ok", "log_store_up": self.recorder.database_up,
+                                        "queue_depth": self.recorder.pending,
+                                        "journal_backlog": self.recorder.journal_backlog}).encode())
 
-    async def healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "log_store_up": self.recorder.database_up,
-                                  "queue_depth": self.recorder.pending, "journal_backlog": self.recorder.journal_backlog})
+    async def prometheus(self, _request: Request, responder: Responder) -> None:
+        responder.send(200, generate_latest(self.metrics.registry), "text/plain; version=0.0.4; charset=utf-8")
 
-    async def prometheus(self, _request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-    async def models(self, request: web.Request) -> web.Response:
-        caller = await self._authenticate(request)
-        if isinstance(caller, web.Response):
-            return caller
+    async def models(self, request: Request, responder: Responder) -> None:
+        try:
+            await self._authenticate(request)
+        except GatewayError as exc:
+            return self._refuse("models", responder, exc, "auth")
         data = [{"id": model, "object": "model", "owned_by": upstream.name}
                 for upstream in self.config.upstreams.values() for model in upstream.models]
-        return web.json_response({"object": "list", "data": data})
+        responder.send(200, json.dumps({"object": "list", "data": data}).encode())
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._proxy(request, "chat.completions", "/chat/completions")
+    async def chat_completions(self, request: Request, responder: Responder) -> None:
+        await self._proxy(request, responder, "chat.completions", "/chat/completions")
 
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._proxy(request, "completions", "/completions")
+    async def completions(self, request: Request, responder: Responder) -> None:
+        await self._proxy(request, responder, "completions", "/completions")
 
-    async def _authenticate(self, request: web.Request) -> ApiKey | web.Response | None:
-        """The caller's key record, None when keys are not required, or a 401 response."""
+    async def _authenticate(self, request: Request) -> ApiKey | None:
+        """The caller's key record, or None when keys are not required; GatewayError 401 otherwise."""
         if not self.config.require_api_key:
             return None
-        header = request.headers.get("Authorization", "")
+        header = request.headers.get("authorization", "")
         key = header[7:].strip() if header[:7].lower() == "bearer " else ""
         if not key:
-            return error_response(401, "missing gateway API key (Authorization: Bearer ...)", "invalid_api_key")
+            raise GatewayError(401, "missing gateway API key (Authorization: Bearer ...)", "invalid_api_key")
         cached = self._key_cache.get(key)
         now = time.monotonic()
         if cached is None or cached[1] < now:
@@ -161,101 +234,116 @@ class Gateway:
             cached = (record, now + _KEY_CACHE_SECONDS)
             self._key_cache[key] = cached
         if cached[0] is None:
-            return error_response(401, "unknown or revoked gateway API key", "invalid_api_key")
+            raise GatewayError(401, "unknown or revoked gateway API key", "invalid_api_key")
         return cached[0]
 
-    async def _proxy(self, request: web.Request, endpoint: str, path: str) -> web.StreamResponse:
-        started = time.perf_counter()
-        caller = await self._authenticate(request)
-        if isinstance(caller, web.Response):
-            return self._refuse(endpoint, caller, "auth")
-        if (request.content_length or 0) > self.config.max_body_bytes:
-            return self._too_large(endpoint)
+    def _parse(self, request: Request, caller: ApiKey | None) -> tuple[dict, str]:
+        """The request body and its workload; GatewayError 413/400 when the request is unusable."""
+        if request.too_large:
+            raise GatewayError(413, f"request body over {self.config.max_body_bytes} bytes", "request_too_large")
         try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:  # a chunked body without Content-Length
-            return self._too_large(endpoint)
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return self._refuse(endpoint, error_response(400, f"request body is not valid JSON: {exc}",
-                                                         "invalid_request_error"), "bad_request")
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError as exc:
+            raise GatewayError(400, f"request body is not valid JSON: {exc}", "invalid_request_error") from exc
         if not isinstance(body, dict):
-            return self._refuse(endpoint, error_response(400, "request body must be a JSON object",
-                                                         "invalid_request_error"), "bad_request")
+            raise GatewayError(400, "request body must be a JSON object", "invalid_request_error")
         workload = _workload(request, body, caller)
         try:
             validate_workload(workload)
         except ValueError as exc:
-            return self._refuse(endpoint, error_response(400, str(exc), "invalid_request_error"), "bad_request")
+            raise GatewayError(400, str(exc), "invalid_request_error") from exc
+        return body, workload
+
+    async def _proxy(self, request: Request, responder: Responder, endpoint: str, path: str) -> None:
+        started = time.perf_counter()
+        try:
+            caller = await self._authenticate(request)
+        except GatewayError as exc:
+            return self._refuse(endpoint, responder, exc, "auth")
+        try:
+            body, workload = self._parse(request, caller)
+        except GatewayError as exc:
+            return self._refuse(endpoint, responder, exc, "too_large" if exc.status == 413 else "bad_request")
 
         model = body.get("model")
         upstream = self.config.upstream_for(model)
         stream = bool(body.get("stream"))
-        if stream and "stream_options" not in body:
-            # Ask for the usage chunk so streamed calls are costed like the others.
-            body["stream_options"] = {"include_usage": True}
-            raw = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if upstream.api_key:
-            headers["Authorization"] = f"Bearer {upstream.api_key}"
         row = {
-            "uid": uuid.uuid4().hex, "workload": workload, "created_at": dt.datetime.now(dt.timezone.utc),
+            "uid": f"{_UID_PREFIX}{next(_uid_counter):016x}", "workload": workload, "created_at": dt.datetime.now(dt.timezone.utc),
             "endpoint": endpoint, "request_messages": body.get("messages") or [{"role": "user", "content":
                                                                                  str(body.get("prompt", ""))}],
             "request_params": {k: v for k, v in body.items() if k not in ("messages", "prompt")},
             "model": model, "upstream": upstream.name,
         }
-        assert self._session is not None
+        raw = request.body
+        if stream and "stream_options" not in body:
+            # Ask for the usage chunk so streamed calls are costed like the others (the row keeps the caller's params).
+            raw = orjson.dumps({**body, "stream_options": {"include_usage": True}})
+        task = asyncio.current_task()
+        self._deadlines.add(task)
         try:
-            async with self._session.post(upstream.base_url + path, data=raw, headers=headers) as upstream_response:
-                if stream and upstream_response.status == 200:
-                    return await self._relay_stream(request, upstream_response, row, endpoint, started)
-                data = await upstream_response.read()
-                status = upstream_response.status
-        except asyncio.TimeoutError:
-            return self._fail(endpoint, row, started, 504, f"upstream {upstream.name} timed out after "
-                                                           f"{self.config.upstream_timeout_s:g}s", "upstream_timeout")
-        except aiohttp.ClientError as exc:
-            return self._fail(endpoint, row, started, 502, f"upstream {upstream.name} unreachable: {exc}",
-                              "upstream_unreachable")
+            answer = await self._pools[upstream.name].post(path, raw, self._upstream_headers[upstream.name])
+            try:
+                if stream and answer.status == 200:
+                    return await self._relay_stream(responder, answer, row, endpoint, started)
+                data = await answer.read()
+            finally:
+                answer.release()
+        except asyncio.CancelledError:
+            if not self._deadlines.discard(task):
+                raise
+            task.uncancel()
+            if responder.status:  # timed out mid-stream
+                return self._upstream_stream_broke(row, endpoint, started, "timed out")
+            return self._fail(responder, endpoint, row, started, 504, f"upstream {upstream.name} timed out after "
+                              f"{self.config.upstream_timeout_s:g}s", "upstream_timeout")
+        except OSError as exc:  # ConnectionError and refused connections are OSErrors
+            return self._fail(responder, endpoint, row, started, 502, f"upstream {upstream.name} unreachable: "
+                              f"{exc or type(exc).__name__}", "upstream_unreachable")
+        finally:
+            self._deadlines.discard(task)
 
-        if status >= 400:
-            return self._fail(endpoint, row, started, status, _upstream_error_message(data, status),
-                              "upstream_error", passthrough=data)
+        if answer.status >= 400:
+            return self._fail(responder, endpoint, row, started, answer.status,
+                              _upstream_error_message(data, answer.status), "upstream_error", passthrough=data)
         try:
-            payload = json.loads(data)
+            payload = orjson.loads(data)
             choice = payload["choices"][0]
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-            return self._fail(endpoint, row, started, 502, "upstream returned an invalid completion", "upstream_invalid")
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            return self._fail(responder, endpoint, row, started, 502, "upstream returned an invalid completion",
+                              "upstream_invalid")
         message = choice.get("message") or {}
         self._record_ok(row, started, payload.get("model"), message.get("content", choice.get("text")),
                         choice.get("finish_reason"), payload.get("usage"))
-        self._observe(endpoint, status, started)
-        return web.Response(body=data, status=status, content_type="application/json")
+        self._observe(endpoint, answer.status, started)
+        responder.send(answer.status, data)
 
-    async def _relay_stream(self, request: web.Request, upstream_response: aiohttp.ClientResponse, row: dict,
-                            endpoint: str, started: float) -> web.StreamResponse:
-        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
-                                                           "Cache-Control": "no-cache"})
-        await response.prepare(request)
+    async def _relay_stream(self, responder: Responder, answer: UpstreamResponse, row: dict, endpoint: str,
+                            started: float) -> None:
+        responder.start(200, "text/event-stream", [("cache-control", "no-cache")])
         summary = _StreamSummary()
         try:
-            async for chunk in upstream_response.content.iter_any():
+            async for chunk in answer.chunks():
                 summary.feed(chunk)
-                await response.write(chunk)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            self._record_error(row, started, 502, f"upstream stream broke off: {exc}", "".join(summary.parts))
-            self._observe(endpoint, 502, started, "upstream_stream")
-            return response
-        except ConnectionResetError:
+                await responder.write(chunk)
+        except ClientDisconnected:
             self._record_error(row, started, 499, "client disconnected mid-stream", "".join(summary.parts))
             self._observe(endpoint, 499, started, "client_disconnect")
-            return response
-        await response.write_eof()
+            raise
+        except OSError as exc:
+            self._upstream_stream_broke(row, endpoint, started, str(exc) or type(exc).__name__,
+                                        "".join(summary.parts))
+            return
+        responder.end()
         self._record_ok(row, started, summary.model, "".join(summary.parts), summary.finish_reason, summary.usage)
         self._observe(endpoint, 200, started)
-        return response
+
+    def _upstream_stream_broke(self, row: dict, endpoint: str, started: float, reason: str,
+                               partial: str | None = None) -> None:
+        # The caller already has a 200 and part of the stream: the connection is cut (the server
+        # closes an unfinished stream) and the row says what broke.
+        self._record_error(row, started, 502, f"upstream stream broke off: {reason}", partial)
+        self._observe(endpoint, 502, started, "upstream_stream")
 
     def _record_ok(self, row: dict, started: float, model: str | None, text: str | None,
                    finish_reason: str | None, usage: dict | None) -> None:
@@ -276,31 +364,24 @@ class Gateway:
                    latency_ms=(time.perf_counter() - started) * 1000)
         self.recorder.submit(row)
 
-    def _fail(self, endpoint: str, row: dict, started: float, status: int, message: str, cause: str,
-              passthrough: bytes | None = None) -> web.Response:
+    def _fail(self, responder: Responder, endpoint: str, row: dict, started: float, status: int, message: str,
+              cause: str, passthrough: bytes | None = None) -> None:
         self._record_error(row, started, status, message)
         self._observe(endpoint, status, started, cause)
         if passthrough is not None and _is_openai_error(passthrough):
-            return web.Response(body=passthrough, status=status, content_type="application/json")
-        return error_response(status, message, cause)
+            responder.send(status, passthrough)
+        else:
+            responder.send(status, error_body(message, cause))
 
-    def _too_large(self, endpoint: str) -> web.Response:
-        message = f"request body over {self.config.max_body_bytes} bytes"
-        return self._refuse(endpoint, error_response(413, message, "request_too_large"), "too_large")
-
-    def _refuse(self, endpoint: str, response: web.Response, cause: str) -> web.Response:
-        self.metrics.requests.labels(endpoint, str(response.status)).inc()
-        self.metrics.errors.labels(cause).inc()
-        return response
+    def _refuse(self, endpoint: str, responder: Responder, error: GatewayError, cause: str) -> None:
+        self.metrics.count(endpoint, error.status, cause)
+        responder.send(error.status, error_body(str(error), error.code))
 
     def _observe(self, endpoint: str, status: int, started: float, cause: str | None = None) -> None:
-        self.metrics.requests.labels(endpoint, str(status)).inc()
-        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        if cause:
-            self.metrics.errors.labels(cause).inc()
+        self.metrics.count(endpoint, status, cause, time.perf_counter() - started)
 
 
-def _workload(request: web.Request, body: dict[str, Any], caller: ApiKey | None) -> str:
+def _workload(request: Request, body: dict[str, Any], caller: ApiKey | None) -> str:
     header = request.headers.get(WORKLOAD_HEADER)
     if header:
         return header

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
-
-from aiohttp import web
 
 from distillery.gateway.app import Gateway
 from distillery.gateway.config import GatewayConfig
+from distillery.gateway.http import HttpServer
 from distillery.gateway.keys import KeyStore
 from distillery.gateway.recorder import Recorder
 from distillery.logstore import LogStore
@@ -30,10 +30,30 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+async def _shutdown(server: HttpServer, gateway: Gateway) -> None:
+    """Stop accepting, let requests in flight finish, then flush the recorder (off the loop)."""
+    await server.close()
+    await asyncio.get_running_loop().run_in_executor(None, gateway.close)
+
+
 def serve_forever(config: GatewayConfig) -> None:
+    """Until SIGINT or SIGTERM; then shut down as ``_shutdown`` says."""
     gateway = build_gateway(config)
-    web.run_app(gateway.app(), host=config.host, port=config.port, access_log=None,
-                loop=_event_loop(), print=lambda _: None, shutdown_timeout=30)
+    server = HttpServer(gateway.handle, config.max_body_bytes)
+    loop = _event_loop()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await server.start(config.host, config.port)
+        await stop.wait()
+        await _shutdown(server, gateway)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
 
 
 class BackgroundGateway:
@@ -42,25 +62,20 @@ class BackgroundGateway:
     def __init__(self, config: GatewayConfig):
         self.gateway = build_gateway(config)
         self._config = config
+        self._server = HttpServer(self.gateway.handle, config.max_body_bytes)
         self._loop = _event_loop()
-        self._runner = web.AppRunner(self.gateway.app(), access_log=None)
         self._thread = threading.Thread(target=self._loop.run_forever, name="gateway", daemon=True)
         self.url = ""
 
     def start(self) -> "BackgroundGateway":
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
+        port = asyncio.run_coroutine_threadsafe(self._server.start(self._config.host, self._config.port),
+                                                self._loop).result(30)
+        self.url = f"http://{self._config.host}:{port}/v1"
         return self
 
-    async def _start(self) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._config.host, self._config.port)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://{self._config.host}:{port}/v1"
-
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(60)
+        asyncio.run_coroutine_threadsafe(_shutdown(self._server, self.gateway), self._loop).result(90)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()

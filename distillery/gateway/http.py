@@ -1,0 +1,444 @@
+"""HTTP/1.1 for the gateway: a server and an upstream connection pool on asyncio protocols + httptools.
+
+Why not a framework: chosen by measurement (benchmarks/gateway.py, 2 cores shared with the
+load generator and the stub). A pass-through written with httpx reached 0.05 of direct
+throughput, one on aiohttp 0.35-0.43, one on these protocols 0.74-0.80; the gateway's own
+work (auth, accounting, recording) has to fit in what is left. httptools is the parser
+uvicorn uses; what is here is only the connection handling around it: keep-alive,
+pipelined requests answered in order, body size limit, chunked streaming with back-pressure,
+and a keep-alive pool of upstream connections (TLS for https upstreams).
+
+Failure behaviour: a request that does not parse gets 400 and the connection is closed; a
+head over ``MAX_HEAD_BYTES`` gets 431; a body over the limit is read and dropped and the
+handler sees ``Request.too_large`` (it answers 413 in its own format). Upstream: connection
+refused/reset raise ``ConnectionError``/``OSError``; a reused keep-alive connection that the
+upstream closed before answering is retried once on a new one, nothing else is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import ssl
+from collections import deque
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit
+
+import httptools
+
+log = logging.getLogger(__name__)
+MAX_HEAD_BYTES = 64 * 1024
+_MAX_PIPELINED = 16  # requests queued on one connection before it stops reading
+
+
+class ClientDisconnected(ConnectionResetError):
+    """The caller went away while its answer was being written."""
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # without the query string
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+    too_large: bool  # the body went over the server's limit and was dropped
+
+
+Handler = Callable[[Request, "Responder"], Awaitable[None]]
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP/1.1 {status} Unknown"
+
+
+_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+
+
+def _head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    lines = [_STATUS_LINES.get(status) or _status_line(status)] + [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class Responder:
+    """How a handler answers one request: ``send`` a whole body, or ``start`` / ``write`` / ``end`` a stream."""
+
+    def __init__(self, connection: "_ServerConnection", keep_alive: bool):
+        self._connection = connection
+        self._keep_alive = keep_alive
+        self.status = 0
+        self.finished = False
+
+    def send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.status = status
+        headers = [("content-type", content_type), ("content-length", str(len(body)))]
+        if not self._keep_alive:
+            headers.append(("connection", "close"))
+        self._connection.write(_head(status, headers) + body)
+        self._finish()
+
+    def start(self, status: int, content_type: str, extra: list[tuple[str, str]] = ()) -> None:
+        self.status = status
+        headers = [("content-type", content_type), ("transfer-encoding", "chunked"), *extra]
+        if not self._keep_alive:
+            headers.append(("connection", "close"))
+        self._connection.write(_head(status, headers))
+
+    async def write(self, chunk: bytes) -> None:
+        """Raises ClientDisconnected once the caller has gone."""
+        if chunk:
+            self._connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            await self._connection.drain()
+
+    def end(self) -> None:
+        self._connection.write(b"0\r\n\r\n")
+        self._finish()
+
+    def _finish(self) -> None:
+        self.finished = True
+        if not self._keep_alive:
+            self._connection.close()
+
+
+class _ServerConnection(asyncio.Protocol):
+    def __init__(self, handler: Handler, max_body_bytes: int, tasks: set[asyncio.Task]):
+        self._handler = handler
+        self._max_body = max_body_bytes
+        self._tasks = tasks
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._queue: deque[tuple[Request, bool]] = deque()
+        self._busy = False
+        self._closed = False
+        self._can_write: asyncio.Future | None = None
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._head_size = 0
+        self._too_large = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(400, b"protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._reject(431 if self._head_size > MAX_HEAD_BYTES else 400, str(exc).encode())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._can_write and not self._can_write.done():
+            self._can_write.set_exception(ClientDisconnected("client disconnected"))
+
+    def pause_writing(self) -> None:
+        self._can_write = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._can_write and not self._can_write.done():
+            self._can_write.set_result(None)
+        self._can_write = None
+
+    # httptools callbacks
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        length = self._headers.get("content-length", "")
+        self._too_large = length.isdigit() and int(length) > self._max_body
+        if self._headers.get("expect", "").lower() == "100-continue":
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._max_body:
+            self._too_large = True
+        if not self._too_large:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        path = self._url.split(b"?", 1)[0].decode("latin-1")
+        request = Request(self._parser.get_method().decode(), path, self._headers,
+                          b"".join(self._body) if not self._too_large else b"", self._too_large)
+        self._queue.append((request, self._parser.should_keep_alive()))
+        self._reset_message()
+        if len(self._queue) > _MAX_PIPELINED:
+            self._transport.pause_reading()
+        if not self._busy:
+            self._next()
+
+    # internals
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > MAX_HEAD_BYTES:
+            raise httptools.HttpParserError("request head too large")
+
+    def _next(self) -> None:
+        if not self._queue or self._closed:
+            self._busy = False
+            return
+        self._busy = True
+        request, keep_alive = self._queue.popleft()
+        task = asyncio.ensure_future(self._serve(request, keep_alive))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, request: Request, keep_alive: bool) -> None:
+        responder = Responder(self, keep_alive)
+        try:
+            await self._handler(request, responder)
+        except ClientDisconnected:
+            self.close()
+            return
+        except Exception:
+            log.exception("gateway handler failed on %s %s", request.method, request.path)
+        if self._closed:
+            return
+        if not responder.status:
+            responder.send(500, b'{"error": {"message": "internal gateway error", "type": "server_error", '
+                                b'"param": null, "code": "server_error"}}')
+        elif not responder.finished:  # a stream already under way cannot change its status: cut it off
+            self.close()
+            return
+        if len(self._queue) <= _MAX_PIPELINED:
+            self._transport.resume_reading()
+        self._next()
+
+    def _reject(self, status: int, message: bytes) -> None:
+        if self._transport and not self._closed:
+            body = b'{"error": {"message": "%b", "type": "invalid_request_error", "param": null, ' \
+                   b'"code": "invalid_request_error"}}' % message.replace(b'"', b"'")
+            self._transport.write(_head(status, [("content-type", "application/json"),
+                                                 ("content-length", str(len(body))), ("connection", "close")]) + body)
+        self.close()
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise ClientDisconnected("client disconnected")
+        self._transport.write(data)
+
+    async def drain(self) -> None:
+        if self._can_write is not None:
+            await self._can_write
+
+    def close(self) -> None:
+        if self._transport and not self._closed:
+            self._closed = True
+            self._transport.close()
+
+
+class HttpServer:
+    """Serves ``handler`` on host:port; ``close()`` stops accepting and waits for requests in flight."""
+
+    def __init__(self, handler: Handler, max_body_bytes: int):
+        self._handler = handler
+        self._max_body = max_body_bytes
+        self._tasks: set[asyncio.Task] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ServerConnection(self._handler, self._max_body, self._tasks), host, port, reuse_address=True)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        if self._server:
+            self._server.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout_s)
+
+
+class UpstreamResponse:
+    """One upstream answer: ``status``, ``headers``, then the body by ``read()`` or ``chunks()``.
+
+    Call ``release()`` when done (it is safe to call twice): a completely read answer on a
+    keep-alive connection returns the connection to the pool, anything else closes it.
+    """
+
+    def __init__(self, connection: "_ClientConnection", pool: "UpstreamPool"):
+        self._connection = connection
+        self._pool = pool
+        self.status = connection.status
+        self.headers = connection.headers
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        connection = self._connection
+        while True:
+            if connection.body:
+                chunk = b"".join(connection.body)
+                connection.body.clear()
+                yield chunk
+            elif connection.complete:
+                return
+            else:
+                await connection.wait()
+
+    def release(self) -> None:
+        if self._connection is not None:
+            self._pool.release(self._connection)
+            self._connection = None
+
+
+class _ClientConnection(asyncio.Protocol):
+    def __init__(self):
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.error: Exception | None = None
+        self._waiter: asyncio.Future | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.received_any = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionError(f"upstream sent an invalid HTTP response: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.complete:
+            # A body delimited by the connection closing ends here; anything else was cut off.
+            if self.headers_done and "content-length" not in self.headers and \
+                    "chunked" not in self.headers.get("transfer-encoding", ""):
+                self.complete = True
+                self._wake()
+            else:
+                self._fail(exc or ConnectionResetError("upstream closed the connection"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self.headers_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self._parser.should_keep_alive()
+        self.complete = True
+        self._wake()
+
+    def _fail(self, exc: Exception) -> None:
+        self.error = exc
+        self.closed = True
+        if self.transport:
+            self.transport.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until something arrives; raises what broke the connection."""
+        if self.error:
+            raise self.error
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+        if self.error:
+            raise self.error
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream base URL (http or https)."""
+
+    def __init__(self, base_url: str, max_idle: int = 512):
+        parts = urlsplit(base_url.rstrip("/"))
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"upstream URL must be http or https: {base_url!r}")
+        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port or (443 if self._tls else 80)
+        self._prefix = parts.path
+        self._host_header = parts.netloc
+        self._idle: list[_ClientConnection] = []
+        self._max_idle = max_idle
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
+        """Send a POST and wait for the answer's status and headers."""
+        head = [f"POST {self._prefix}{path} HTTP/1.1", f"Host: {self._host_header}",
+                f"Content-Length: {len(body)}", *(f"{name}: {value}" for name, value in headers.items())]
+        message = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        while True:
+            connection, reused = await self._acquire()
+            connection.transport.write(message)
+            try:
+                while not connection.headers_done:
+                    await connection.wait()
+            except (ConnectionError, OSError):
+                connection.transport.close()
+                if reused and not connection.received_any:
+                    continue  # the upstream closed an idle connection as we reused it
+                raise
+            except BaseException:  # a timeout or cancellation mid-request: the connection is unusable
+                connection.transport.close()
+                raise
+            return UpstreamResponse(connection, self)
+
+    async def _acquire(self) -> tuple[_ClientConnection, bool]:
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed:
+                connection.reset()
+                return connection, True
+        loop = asyncio.get_running_loop()
+        _, connection = await loop.create_connection(
+            _ClientConnection, self._host, self._port, ssl=self._tls,
+            server_hostname=self._host if self._tls else None)
+        return connection, False
+
+    def release(self, connection: _ClientConnection) -> None:
+        if connection.complete and connection.keep_alive and not connection.closed \
+                and len(self._idle) < self._max_idle:
+            self._idle.append(connection)
+        elif connection.transport and not connection.closed:
+            connection.transport.close()
+
+    def close(self) -> None:
+        for connection in self._idle:
+            if connection.transport:
+                connection.transport.close()
+        self._idle.clear()
