@@ -12,7 +12,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # The workplace's shared data sits beside the checkout (CI lays a copy there too); never copied into the repo.
 SHARED_DATA = Path(os.environ.get("DISTILLERY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
-POSTGRES_ADMIN_URL = os.environ.get("DISTILLERY_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+POSTGRES_ADMIN_URL = os.environ.get("DISTILLERY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture

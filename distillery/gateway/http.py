@@ -44,6 +44,7 @@ class Request:
     headers: dict[str, str]  # names in lower case
     body: bytes
     too_large: bool  # the body went over the server's limit and was dropped
+    peer: tuple  # the caller's (host, port)
 
 
 Handler = Callable[[Request, "Responder"], Awaitable[None]]
@@ -73,8 +74,10 @@ class Responder:
         self.status = 0
         self.finished = False
 
-    def send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def send(self, status: int, body: bytes, content_type: str = "application/json", close: bool = False) -> None:
+        """``close``: end the connection after this answer even if the caller asked to keep it."""
         self.status = status
+        self._keep_alive = self._keep_alive and not close
         headers = [("content-type", content_type), ("content-length", str(len(body)))]
         if not self._keep_alive:
             headers.append(("connection", "close"))
@@ -128,6 +131,7 @@ class _ServerConnection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._peer = transport.get_extra_info("peername")
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -175,7 +179,7 @@ class _ServerConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         path = self._url.split(b"?", 1)[0].decode("latin-1")
         request = Request(self._parser.get_method().decode(), path, self._headers,
-                          b"".join(self._body) if not self._too_large else b"", self._too_large)
+                          b"".join(self._body) if not self._too_large else b"", self._too_large, self._peer)
         self._queue.append((request, self._parser.should_keep_alive()))
         self._reset_message()
         if len(self._queue) > _MAX_PIPELINED:

@@ -1,0 +1,103 @@
+"""The gateway's HTTP layer on loopback, spoken to over raw sockets where a client library would hide the case."""
+
+import asyncio
+import json
+import socket
+
+import pytest
+
+from distillery.gateway.config import GatewayConfig
+from distillery.gateway.http import HttpServer, Request, Responder, UpstreamPool
+from distillery.gateway.server import BackgroundGateway
+from distillery.gateway.stub import StubUpstream
+
+CHAT = json.dumps({"model": "stub-model", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    stub = StubUpstream().start()
+    config = GatewayConfig.single(stub.url, port=0, require_api_key=False, max_body_bytes=1024,
+                                  journal_path=tmp_path / "journal.jsonl",
+                                  log_store_url=f"sqlite:///{tmp_path / 'logs.db'}")
+    with BackgroundGateway(config) as running:
+        yield running
+    stub.stop()
+
+
+def _exchange(gateway, data: bytes) -> bytes:
+    """Send raw bytes and read until the server closes (the last request says ``Connection: close``)."""
+    host, port = gateway.url.removeprefix("http://").removesuffix("/v1").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(data)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+        return received
+
+
+def _post(path: str, body: bytes, *extra: str) -> bytes:
+    head = [f"POST {path} HTTP/1.1", "Host: x", "Content-Type: application/json", "Connection: close", *extra]
+    if not any(h.lower().startswith("transfer-encoding") for h in extra):
+        head.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def test_pipelined_requests_are_answered_in_order(gateway):
+    answer = _exchange(gateway, _post("/v1/chat/completions", CHAT).replace(b"Connection: close", b"X-A: 1")
+                       + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    first, second = answer.split(b"HTTP/1.1 ")[1:3]
+    assert first.startswith(b"200") and b'"chat.completion"' in first
+    assert second.startswith(b"200") and b'"log_store_up"' in second
+
+
+def test_unknown_path_and_wrong_method_are_openai_errors(gateway):
+    missing = _exchange(gateway, b"GET /v1/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert missing.startswith(b"HTTP/1.1 404") and json.loads(missing.split(b"\r\n\r\n")[1])["error"]["code"]
+    wrong = _exchange(gateway, b"GET /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert wrong.startswith(b"HTTP/1.1 405")
+
+
+def test_unparseable_request_gets_400_and_the_connection_closes(gateway):
+    answer = _exchange(gateway, b"NOT HTTP AT ALL\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400") and b"connection: close" in answer.lower()
+
+
+def test_chunked_body_over_the_limit_is_413(gateway):
+    big = b"x" * 3000
+    body = b"%x\r\n%b\r\n0\r\n\r\n" % (len(big), big)
+    answer = _exchange(gateway, _post("/v1/chat/completions", body, "Transfer-Encoding: chunked"))
+    assert answer.startswith(b"HTTP/1.1 413") and b"request_too_large" in answer
+
+
+def test_expect_100_continue_is_honoured(gateway):
+    answer = _exchange(gateway, _post("/v1/chat/completions", CHAT, "Expect: 100-continue"))
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200")
+
+
+def test_upstream_pool_reuses_keep_alive_connections_and_survives_closing_ones():
+    """One connection for sequential calls to a keep-alive upstream; a new one each time when it closes."""
+
+    async def calls(keep_alive: bool, n: int) -> tuple[list[bytes], set]:
+        peers = set()
+
+        async def upstream(request: Request, responder: Responder) -> None:
+            peers.add(request.peer)
+            responder.send(200, b'{"path": "%b"}' % request.path.encode(), close=not keep_alive)
+
+        server = HttpServer(upstream, 1024)
+        pool = UpstreamPool(f"http://127.0.0.1:{await server.start('127.0.0.1', 0)}/v1")
+        bodies = []
+        for i in range(n):
+            response = await pool.post(f"/call{i}", b"{}", {"Content-Type": "application/json"})
+            bodies.append(await response.read())
+            response.release()
+            await asyncio.sleep(0.01)  # let a closing upstream's FIN arrive before the next call
+        pool.close()
+        await server.close()
+        return bodies, peers
+
+    bodies, peers = asyncio.run(calls(True, 5))
+    assert bodies[4] == b'{"path": "/v1/call4"}' and len(peers) == 1
+    bodies, peers = asyncio.run(calls(False, 5))
+    assert len(bodies) == 5 and len(peers) == 5
