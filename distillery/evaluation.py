@@ -76,6 +76,21 @@ class EvalReport:
         return "\n".join(lines)
 
 
+def classification_metrics(references: list[str], predictions: list[str]) -> dict:
+    """Accuracy, macro-F1 over the reference labels, and F1 per label."""
+    labels = sorted(set(references))
+    per_label = {}
+    for label in labels:
+        true_positive = sum(r == label and p == label for r, p in zip(references, predictions))
+        predicted = sum(p == label for p in predictions)
+        actual = sum(r == label for r in references)
+        precision = true_positive / predicted if predicted else 0.0
+        recall = true_positive / actual if actual else 0.0
+        per_label[label] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    accuracy = sum(r == p for r, p in zip(references, predictions)) / max(len(references), 1)
+    return {"accuracy": accuracy, "macro_f1": sum(per_label.values()) / max(len(per_label), 1), "per_label_f1": per_label}
+
+
 def _cell(text: str, limit: int = 80) -> str:
     text = text.replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -56,22 +56,46 @@ def using_adapter(model, name: str | None) -> Iterator[None]:
         yield
 
 
+class AnswerTrie:
+    """The token sequences of a closed answer set (classification labels), for constrained decoding.
+
+    At each step only tokens that continue some answer are allowed; a completed answer allows
+    only end-of-turn. The model then always produces one of the answers, exactly spelled.
+    """
+
+    def __init__(self, tokenizer, answers: list[str]):
+        from distillery.training import answer_token_ids
+
+        self._children: dict[tuple[int, ...], set[int]] = {}
+        for answer in answers:
+            ids = answer_token_ids(tokenizer, answer)
+            for i in range(len(ids)):
+                self._children.setdefault(tuple(ids[:i]), set()).add(ids[i])
+        self._end = [tokenizer.eos_token_id]
+
+    def allowed(self, generated: list[int]) -> list[int]:
+        return sorted(self._children.get(tuple(generated), ())) or self._end
+
+
 @torch.no_grad()
 def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 32,
-             batch_size: int = 16) -> list[Generation]:
+             batch_size: int = 16, answers: list[str] | None = None) -> list[Generation]:
+    """Greedy answers; with ``answers`` (a label set) decoding is constrained to exactly those strings."""
     results: list[Generation] = []
     stop_ids = [tokenizer.eos_token_id]
+    trie = AnswerTrie(tokenizer, answers) if answers else None
     for start in range(0, len(conversations), batch_size):
         chunk = conversations[start : start + batch_size]
         prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
         encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        width = encoded["input_ids"].shape[1]
+        constrain = (lambda _row, ids: trie.allowed(ids[width:].tolist())) if trie else None
         began = time.perf_counter()
         output = model.generate(
             **encoded, max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids, prefix_allowed_tokens_fn=constrain,
         )
         latency_ms = (time.perf_counter() - began) * 1000
-        width = encoded["input_ids"].shape[1]
         for row, prompt_mask in zip(output, encoded["attention_mask"]):
             new = row[width:].tolist()
             stopped = any(t in stop_ids for t in new)

@@ -1,0 +1,167 @@
+"""Banking77: fine-tune on train.csv within a time budget, evaluate on test.csv, against a Trainer baseline.
+
+    python benchmarks/banking77.py [--budget-minutes 15] [--base-model PATH] [--quick]
+
+1. Baseline throughput: a plain ``transformers.Trainer`` + peft (the same model, data and
+   LoRA settings; batches padded to the longest, full-vocabulary LM loss) for a few steps.
+2. Distillery's trainer (distillery/training.py) for ``--budget-minutes`` of training: LoRA
+   on the top ``--lora-layers`` layers, length-grouped batches, the LM head applied at the
+   answer positions only with the softmax over the label set's tokens.
+3. Evaluation on the test rows (all 3,080 by default) with decoding constrained to the 77 labels.
+
+The last line is one JSON object. ``--quick`` is a tiny run for CI (seconds of training, 77 test rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from datasets import Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distillery.evaluation import classification_metrics  # noqa: E402
+from distillery.inference import generate, load_model  # noqa: E402
+from distillery.models import resolve_base_model  # noqa: E402
+from distillery.training import TrainingConfig, load_tokenizer, render_example, train_lora  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "banking77"
+SYSTEM = "Banking intent."
+
+
+def conversation(text: str, label: str | None = None) -> list[dict]:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+    return messages + ([{"role": "assistant", "content": label}] if label is not None else [])
+
+
+def stratified(frame: pd.DataFrame, per_label: int, seed: int) -> pd.DataFrame:
+    return frame.groupby("category").sample(n=per_label, random_state=seed)
+
+
+def baseline_tokens_per_s(base_model: str, rows: list[dict], config: TrainingConfig, steps: int) -> float:
+    """Non-padding tokens per second of a plain Trainer + peft run, timed after its first step."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
+                              TrainingArguments)
+
+    tokenizer = load_tokenizer(base_model)
+    examples = [render_example(tokenizer, row["messages"]) for row in rows[: steps * config.batch_size]]
+    dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels,
+                                  "attention_mask": [1] * len(e.input_ids)} for e in examples])
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    layers = model.config.num_hidden_layers
+    model = get_peft_model(model, LoraConfig(
+        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=config.target_modules,
+        layers_to_transform=list(range(layers - config.lora_layers, layers)) if config.lora_layers else None,
+        task_type="CAUSAL_LM"))
+    timing = {"tokens": 0, "began": 0.0, "ended": 0.0}
+
+    class Count(DataCollatorForSeq2Seq):
+        def __call__(self, features, return_tensors=None):
+            batch = super().__call__(features, return_tensors)
+            timing["pending"] = int(batch["attention_mask"].sum())
+            return batch
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                timing["began"] = time.perf_counter()
+            else:
+                timing["tokens"] += timing["pending"]
+            timing["ended"] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as output:
+        arguments = TrainingArguments(output_dir=output, per_device_train_batch_size=config.batch_size,
+                                      max_steps=steps, learning_rate=config.learning_rate, report_to=[],
+                                      save_strategy="no", logging_strategy="no", use_cpu=not torch.cuda.is_available(),
+                                      dataloader_num_workers=0, seed=config.seed)
+        Trainer(model=model, args=arguments, train_dataset=dataset, callbacks=[Clock()],
+                data_collator=Count(tokenizer, padding="longest", label_pad_token_id=-100)).train()
+    return timing["tokens"] / (timing["ended"] - timing["began"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-minutes", type=float, default=15.0)
+    parser.add_argument("--base-model", default=None, help="path or id; default: the bundled SmolLM2-135M-Instruct")
+    parser.add_argument("--quick", action="store_true", help="a tiny run for CI")
+    parser.add_argument("--test-rows", type=int, default=0, help="0: all 3,080")
+    parser.add_argument("--lora-layers", type=int, default=8, help="top layers with LoRA; 0: all")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--baseline-steps", type=int, default=6)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    base_model = resolve_base_model(args.base_model)
+    train = pd.read_csv(DATA / "train.csv")
+    test = pd.read_csv(DATA / "test.csv")
+    labels = sorted(train["category"].unique())
+    validation = stratified(train, 2, seed=1)
+    train = train.drop(validation.index).sample(frac=1.0, random_state=0)
+    budget_s = args.budget_minutes * 60
+    if args.quick:
+        train, validation, budget_s = stratified(train, 2, seed=0), validation.head(16), 20.0
+        test = stratified(test, 1, seed=0)
+        args.baseline_steps = 3
+    elif args.test_rows:
+        test = test.sample(args.test_rows, random_state=0)
+    to_rows = lambda frame: [{"messages": conversation(t, c)} for t, c in zip(frame["text"], frame["category"])]
+    train_rows = to_rows(train)
+
+    config = TrainingConfig(rank=args.rank, alpha=2 * args.rank, dropout=0.0, lora_layers=args.lora_layers,
+                            learning_rate=args.learning_rate, warmup_fraction=0.03, epochs=1.0,
+                            max_seconds=budget_s, batch_size=args.batch_size, label_vocab_loss=True,
+                            checkpoint_every=0, max_seq_len=256)
+    print(f"baseline: Trainer + peft for {args.baseline_steps} steps", flush=True)
+    baseline = baseline_tokens_per_s(base_model, train_rows, config, args.baseline_steps)
+    print(f"baseline {baseline:.0f} tokens/s; training for up to {budget_s:.0f} s on {len(train_rows)} rows",
+          flush=True)
+
+    with tempfile.TemporaryDirectory() as work:
+        adapter = Path(work) / "adapter"
+        result = train_lora(Dataset.from_list(train_rows), Dataset.from_list(to_rows(validation)), base_model,
+                            adapter, config, labels=labels,
+                            on_step=lambda step, total, loss: step % 20 == 0 and print(
+                                f"step {step} loss {loss:.3f}", flush=True))
+        print(f"trained {result.steps} steps, {result.train_tokens} tokens in {result.seconds:.0f} s "
+              f"({result.tokens_per_s:.0f} tokens/s); evaluating {len(test)} test rows", flush=True)
+        model, tokenizer = load_model(base_model, {"banking77": adapter})
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        began = time.perf_counter()
+        generations = generate(model, tokenizer, [conversation(t) for t in test["text"]], max_new_tokens=24,
+                               batch_size=64, answers=labels)
+        eval_seconds = time.perf_counter() - began
+    metrics = classification_metrics(list(test["category"]), [g.text for g in generations])
+    print(json.dumps({
+        "accuracy": round(metrics["accuracy"], 4),
+        "macro_f1": round(metrics["macro_f1"], 4),
+        "test_rows": len(test),
+        "train_seconds": round(result.seconds, 1),
+        "train_examples": min(result.steps * config.batch_size, result.train_examples),
+        "train_steps": result.steps,
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "baseline_tokens_per_s": round(baseline, 1),
+        "speedup_vs_baseline": round(result.tokens_per_s / baseline, 2),
+        "validation_loss": round(result.validation_loss, 4) if result.validation_loss is not None else None,
+        "eval_seconds": round(eval_seconds, 1),
+        "device": result.device,
+        "peak_gpu_memory_mb": round(result.peak_memory_mb),
+        "lora_layers": config.lora_layers,
+        "rank": config.rank,
+        "quick": args.quick,
+    }))
+
+
+if __name__ == "__main__":
+    main()
