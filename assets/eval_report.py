@@ -13,6 +13,9 @@ class EvalConfig(dg.Config):
         default=0.6, description="Exact-match agreement with the frontier the fine-tuned model needs to be promoted."
     )
     batch_size: int = Field(default=16, description="Rows generated together.")
+    constrain_to_labels: bool = Field(
+        default=True, description="Classification workloads: decode only strings of the label set (both models)."
+    )
 
 
 @dg.asset(partitions_def=workload_partitions, deps=[lora_adapter], kinds={"pytorch", "mlflow"},
@@ -25,7 +28,8 @@ def eval_report(
     with user_errors_as_failures():
         artifact, report = evaluate_adapter(
             artifacts.open(), mlflow.open(), context.partition_key, threshold=config.min_agreement,
-            batch_size=config.batch_size, on_progress=context.log.info,
+            batch_size=config.batch_size, constrain_to_labels=config.constrain_to_labels,
+            on_progress=context.log.info,
         )
     return dg.MaterializeResult(
         metadata={

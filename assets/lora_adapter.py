@@ -1,63 +1,67 @@
 import dagster as dg
+from pydantic import Field
 
 from assets.curated_dataset import curated_dataset
 from assets.errors import user_errors_as_failures
 from assets.partitions import workload_partitions
-from distillery.lifecycle import train_adapter
+from distillery.models import resolve_base_model
 from distillery.training import TrainingConfig
-from resources import ArtifactsResource, MlflowResource, TrainerResource
+from resources import ArtifactsResource, MlflowResource, TrainerResource, TrainingLauncherResource
 
 _DEFAULTS = TrainingConfig()
 
 
 class LoraConfig(dg.Config):
-    """LoRA hyperparameters; every field is logged as an MLflow param."""
+    """The fine-tune's settings (``distillery.training.TrainingConfig`` says what each does); all logged to MLflow."""
 
+    base_model: str | None = Field(default=None, description="Overrides TrainerResource.base_model (id or path).")
+    base_model_revision: str | None = _DEFAULTS.base_model_revision
     rank: int = _DEFAULTS.rank
     alpha: int = _DEFAULTS.alpha
     dropout: float = _DEFAULTS.dropout
     target_modules: list[str] = _DEFAULTS.target_modules
+    lora_layers: int = _DEFAULTS.lora_layers
     learning_rate: float = _DEFAULTS.learning_rate
+    lr_schedule: str = _DEFAULTS.lr_schedule
+    warmup_fraction: float = _DEFAULTS.warmup_fraction
     epochs: float = _DEFAULTS.epochs
     max_steps: int = _DEFAULTS.max_steps
+    max_seconds: float = _DEFAULTS.max_seconds
     batch_size: int = _DEFAULTS.batch_size
-    warmup_fraction: float = _DEFAULTS.warmup_fraction
+    grad_accum: int = _DEFAULTS.grad_accum
     max_seq_len: int = _DEFAULTS.max_seq_len
     seed: int = _DEFAULTS.seed
+    precision: str = _DEFAULTS.precision
+    gradient_checkpointing: bool = _DEFAULTS.gradient_checkpointing
+    qlora: bool = _DEFAULTS.qlora
+    eval_every: int = _DEFAULTS.eval_every
+    early_stopping_patience: int = _DEFAULTS.early_stopping_patience
+    checkpoint_every: int = _DEFAULTS.checkpoint_every
+    label_vocab_loss: bool = _DEFAULTS.label_vocab_loss
 
 
 @dg.asset(partitions_def=workload_partitions, deps=[curated_dataset], kinds={"pytorch", "mlflow"},
           group_name="lifecycle")
 def lora_adapter(
     context: dg.AssetExecutionContext, config: LoraConfig, artifacts: ArtifactsResource,
-    mlflow: MlflowResource, trainer: TrainerResource,
+    mlflow: MlflowResource, trainer: TrainerResource, training_launcher: TrainingLauncherResource,
 ) -> dg.MaterializeResult:
-    """A peft LoRA adapter on the base model, loss on assistant tokens only; an MLflow run and model version."""
-    workload = context.partition_key
+    """A peft LoRA adapter on the base model, loss on assistant tokens only; an MLflow run and model version.
 
-    def log_progress(step: int, total: int, loss: float) -> None:
-        if step == 1 or step == total or step % max(1, total // 10) == 0:
-            context.log.info(f"training {workload}: step {step}/{total}, loss {loss:.4f}")
-
+    Trains out of process (workers/train_lora.py through Dagster Pipes): locally or on a GPU node.
+    """
+    training = config.model_dump(exclude={"base_model"})
     with user_errors_as_failures():
-        summary = train_adapter(
-            artifacts.open(), mlflow.open(), workload, trainer.prepare(), TrainingConfig(**config.model_dump()),
-            run_tags={"dagster.run_id": context.run.run_id, "dagster.partition": workload},
-            on_step=log_progress,
-        )
-    result = summary.result
-    return dg.MaterializeResult(
-        metadata={
-            "mlflow_run_id": summary.run_id,
-            "registered_model": summary.registered_model,
-            "model_version": summary.model_version,
-            "steps": result.steps,
-            "train_examples": result.train_examples,
-            "final_train_loss": result.final_train_loss,
-            "validation_loss": result.validation_loss,
-            "train_seconds": round(result.seconds, 1),
-            "tokens_per_s": round(result.tokens_per_s, 1),
-            "version": summary.artifact.version,
-            "path": dg.MetadataValue.path(str(summary.artifact.path)),
-        }
-    )
+        TrainingConfig(**training)  # refuse a bad config here, before a worker starts
+        base_model = resolve_base_model(config.base_model) if config.base_model else trainer.prepare()
+    tracker = mlflow.open()
+    return training_launcher.launch(context, extras={
+        "workload": context.partition_key,
+        "config": training,
+        "base_model": base_model,
+        "torch_threads": trainer.torch_threads,
+        "artifacts_root": str(artifacts.open().root),
+        "tracking_uri": tracker.tracking_uri,
+        "mlflow_artifact_root": tracker.artifact_root,
+        "run_tags": {"dagster.run_id": context.run.run_id, "dagster.partition": context.partition_key},
+    })

@@ -119,8 +119,12 @@ def evaluate(
     max_new_tokens: int | None = None,
     examples: int = 8,
     on_progress: Callable[[str], None] | None = None,
+    answers: list[str] | None = None,
 ) -> EvalReport:
-    """Generate with the base model and with the adapter on every test row and score both."""
+    """Generate with the base model and with the adapter on every test row and score both.
+
+    ``answers`` (a classification label set) constrains both models' decoding to those strings.
+    """
     if len(test) == 0:
         raise ValueError(f"workload {workload!r}: the test split is empty")
     conversations = [row["messages"][:-1] for row in test]
@@ -137,7 +141,7 @@ def evaluate(
             on_progress(f"generating {len(conversations)} answers with the {name} model")
         started = time.perf_counter()
         with using_adapter(model, None if name == "base" else ADAPTER_NAME):
-            outputs[name] = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
+            outputs[name] = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens, answers=answers,
                                      batch_size=batch_size)
         scores[name] = _score(name, outputs[name], references, time.perf_counter() - started)
 

@@ -8,6 +8,7 @@ asset turns into metadata; nothing here knows about Dagster.
 from __future__ import annotations
 
 import json
+import resource
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -99,8 +100,13 @@ class AdapterSummary:
 
 def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, base_model: str,
                   config: training.TrainingConfig, run_tags: dict[str, str],
-                  on_step: training.StepCallback | None = None) -> AdapterSummary:
-    """Train on the latest curated dataset; record the run and a new model version in MLflow."""
+                  on_step: training.StepCallback | None = None,
+                  log: Callable[[str], None] = lambda message: None) -> AdapterSummary:
+    """Train on the latest curated dataset; record the run and a new model version in MLflow.
+
+    A crashed training of the same dataset version resumes from its last checkpoint (kept
+    under the artifact root until the run finishes); the new MLflow run says so in its tags.
+    """
     curated = artifacts.latest(workload, CURATED, needed_by=ADAPTER)
     dataset = load_from_disk(str(curated.path / "dataset"))
     source = curated.manifest
@@ -111,9 +117,13 @@ def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, bas
         "distillery.dataset_hash": source["content_hash"],
         "distillery.log_id_range": f"{source['first_log_id']}-{source['last_log_id']}",
     }
+    labels = source.get("labels") if source.get("task") == "classification" else None
+    checkpoint_dir = artifacts.root / workload / "checkpoints" / curated.version
     with tracker.run(workload, run_name=f"{workload}-{curated.version[:16]}", tags=tags) as run_id:
         tracker.log_params(run_id, {**asdict(config), "base_model": base_model,
                                     "train_rows": len(dataset["train"]), "validation_rows": len(dataset["validation"])})
+        tracker.log_dataset(run_id, f"{workload}-curated", source["content_hash"], str(curated.path / "dataset"),
+                            {split: len(rows) for split, rows in dataset.items()})
 
         def record_step(step: int, total: int, loss: float) -> None:
             tracker.log_metrics(run_id, {"train_loss": loss}, step=step)
@@ -124,11 +134,17 @@ def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, bas
                     "tracking_uri": tracker.tracking_uri, **{k.removeprefix("distillery."): v for k, v in tags.items()}}
         with artifacts.publish(workload, ADAPTER, manifest) as folder:
             result = training.train_lora(dataset["train"], dataset["validation"], base_model, folder / "adapter",
-                                         config, on_step=record_step)
+                                         config, on_step=record_step, checkpoint_dir=checkpoint_dir, labels=labels,
+                                         log=log)
+            if result.resumed_from_step:
+                tracker.set_tag(run_id, "distillery.resumed_from_step", str(result.resumed_from_step))
             metrics = {"final_train_loss": result.final_train_loss, "train_seconds": result.seconds,
-                       "tokens_per_s": result.tokens_per_s, "train_tokens": result.train_tokens}
+                       "tokens_per_s": result.tokens_per_s, "train_tokens": result.train_tokens,
+                       "system/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                       "system/peak_gpu_memory_mb": result.peak_memory_mb}
             if result.validation_loss is not None:
                 metrics["validation_loss"] = result.validation_loss
+            tracker.log_series(run_id, "validation_loss_curve", result.validation_curve)
             tracker.log_metrics(run_id, metrics, step=result.steps)
             tracker.log_artifacts(run_id, folder / "adapter", "adapter")
             version = tracker.register_adapter(workload, run_id, tags)
@@ -138,14 +154,20 @@ def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, bas
 
 
 def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, *, threshold: float,
-                     batch_size: int, on_progress: Progress = _quiet) -> tuple[Artifact, evaluation.EvalReport]:
-    """Score the latest adapter and its base model on the held-out split it was never trained on."""
+                     batch_size: int, constrain_to_labels: bool = True,
+                     on_progress: Progress = _quiet) -> tuple[Artifact, evaluation.EvalReport]:
+    """Score the latest adapter and its base model on the held-out split it was never trained on.
+
+    For a classification workload, ``constrain_to_labels`` restricts decoding to its label set.
+    """
     adapter = artifacts.latest(workload, ADAPTER, needed_by=REPORT)
     trained = adapter.manifest
     curated = artifacts.get(workload, CURATED, trained["dataset_version"])
     test = load_from_disk(str(curated.path / "dataset"))["test"]
+    classification = curated.manifest.get("task") == "classification"
+    answers = curated.manifest.get("labels") if classification and constrain_to_labels else None
     report = evaluation.evaluate(test, workload, trained["base_model"], adapter.path / "adapter",
-                                 threshold=threshold, batch_size=batch_size, on_progress=on_progress)
+                                 threshold=threshold, batch_size=batch_size, on_progress=on_progress, answers=answers)
     markdown = report.markdown()
     manifest = {"adapter_version": adapter.version, "model_version": trained["model_version"],
                 "mlflow_run_id": trained["mlflow_run_id"], "passed": report.passed,

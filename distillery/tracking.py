@@ -10,11 +10,12 @@ state leaks between callers.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from mlflow.entities import Metric
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -69,6 +70,16 @@ class Tracker:
         for start in range(0, len(points), 500):  # MLflow caps a batch at 1000 metrics
             batch = points[start : start + 500]
             self.client.log_batch(run_id, metrics=[Metric(key, float(v), now, step) for step, v in batch])
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
+
+    def log_dataset(self, run_id: str, name: str, digest: str, path: str, profile: dict[str, Any]) -> None:
+        """The training data as the run's input (shown on the run page and comparable across runs)."""
+        dataset = Dataset(name=name, digest=digest[:36], source_type="local", source=json.dumps({"uri": path}),
+                          profile=json.dumps(profile))
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context",
+                                                                                      "training")])])
 
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)

@@ -29,6 +29,7 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 @dataclass
 class TrainingConfig:
+    base_model_revision: str | None = None  # a Hub branch, tag or commit; ignored for local folders
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.05
@@ -133,10 +134,10 @@ def collate(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Te
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
-def load_tokenizer(base_model: str):
+def load_tokenizer(base_model: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base_model, revision=revision)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -162,7 +163,7 @@ def train_lora(
     """
     torch.manual_seed(config.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = load_tokenizer(base_model)
+    tokenizer = load_tokenizer(base_model, config.base_model_revision)
     train, skipped = _tokenize(tokenizer, dataset_train, config.max_seq_len)
     validation, _ = _tokenize(tokenizer, dataset_validation, config.max_seq_len)
     if not train:
@@ -314,7 +315,7 @@ def _lora_model(base_model: str, config: TrainingConfig, device: str):
         options = {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                              bnb_4bit_compute_dtype=torch.bfloat16),
                    "device_map": {"": 0}}
-    model = AutoModelForCausalLM.from_pretrained(base_model, **options)
+    model = AutoModelForCausalLM.from_pretrained(base_model, revision=config.base_model_revision, **options)
     if config.qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     elif config.gradient_checkpointing:

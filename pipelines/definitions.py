@@ -4,7 +4,8 @@ import dagster as dg
 
 from assets import LIFECYCLE_ASSETS
 from pipelines.automation import lifecycle_job, new_workloads, nightly_retrain
-from resources import ArtifactsResource, LogStoreResource, MlflowResource, ServingResource, TrainerResource
+from resources import (ArtifactsResource, LogStoreResource, MlflowResource, ServingResource, TrainerResource,
+                       TrainingLauncherResource)
 
 defs = dg.Definitions(
     assets=LIFECYCLE_ASSETS,
@@ -16,6 +17,7 @@ defs = dg.Definitions(
         "artifacts": ArtifactsResource(),
         "mlflow": MlflowResource(),
         "trainer": TrainerResource(),
+        "training_launcher": TrainingLauncherResource(),
         "serving": ServingResource(),
     },
 )

@@ -5,5 +5,7 @@ from resources.log_store import LogStoreResource
 from resources.mlflow import MlflowResource
 from resources.serving import ServingResource
 from resources.trainer import TrainerResource
+from resources.training_launcher import TrainingLauncherResource
 
-__all__ = ["ArtifactsResource", "LogStoreResource", "MlflowResource", "ServingResource", "TrainerResource"]
+__all__ = ["ArtifactsResource", "LogStoreResource", "MlflowResource", "ServingResource", "TrainerResource",
+           "TrainingLauncherResource"]

@@ -30,7 +30,9 @@ def test_fine_tuning_the_bundled_model_beats_it_on_held_out_tickets(distillery_h
 
     _, report = lifecycle.evaluate_adapter(artifacts, tracker, WORKLOAD, threshold=0.3, batch_size=16)
     assert report.rows >= 8  # about a tenth of the ~90 rows left after duplicate removal, per label
-    assert report.scores["base"].agreement <= 0.2  # zero-shot it answers in sentences, not queue names
+    # A classification workload: both models may only answer with a queue name (constrained decoding),
+    # so the base model guesses among 8 queues and the fine-tuned one has to beat the guess.
+    assert all(example[name] in QUEUES for example in report.examples for name in ("base", "fine-tuned"))
     assert report.candidate.agreement >= report.scores["base"].agreement + 0.3, report.markdown()
 
     try:

@@ -37,3 +37,14 @@ def test_evaluate_scores_base_and_adapter_against_the_frontier(tiny_model_dir, t
     assert report.candidate.latency_ms_p50 > 0
     markdown = report.markdown()
     assert "| fine-tuned |" in markdown and "PASS" in markdown and "ticket 0" in markdown
+
+
+def test_constrained_decoding_answers_only_with_a_label(tiny_model_dir, tiny_adapter_dir):
+    rows = [{"log_id": i, "messages": [{"role": "user", "content": f"ticket {i}"},
+                                       {"role": "assistant", "content": ["billing", "shipping"][i % 2]}]}
+            for i in range(6)]
+    report = evaluate(Dataset.from_list(rows), "triage", tiny_model_dir, tiny_adapter_dir, threshold=0.0,
+                      batch_size=4, answers=["billing", "shipping", "refund request"])
+    # Even the untrained base model, which otherwise never says a label, now says exactly one.
+    assert all(ex[name] in ("billing", "shipping", "refund request") for ex in report.examples
+               for name in ("base", "fine-tuned"))

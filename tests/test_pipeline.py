@@ -12,7 +12,8 @@ from distillery.serving import LocalEndpoints
 from distillery.tracking import CHALLENGER, CHAMPION, Tracker, registered_model_name
 from pipelines.automation import new_workloads, nightly_retrain
 from pipelines.definitions import defs
-from resources import ArtifactsResource, LogStoreResource, MlflowResource, ServingResource, TrainerResource
+from resources import (ArtifactsResource, LogStoreResource, MlflowResource, ServingResource, TrainerResource,
+                       TrainingLauncherResource)
 
 FAST_TRAINING = {"lora_adapter": {"config": {"max_steps": 3, "batch_size": 8, "rank": 4, "alpha": 8}}}
 
@@ -29,6 +30,7 @@ def resources(distillery_home, tiny_model_dir):
         "mlflow": MlflowResource(),
         "trainer": TrainerResource(base_model=tiny_model_dir),
         "serving": ServingResource(startup_timeout_s=120),
+        "training_launcher": TrainingLauncherResource(),
     }
     for endpoint in LocalEndpoints().all():
         LocalEndpoints().stop(endpoint.workload)
@@ -88,6 +90,12 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert "adapter_model.safetensors" in {a.path.split("/")[-1] for a in tracker.client.list_artifacts(
         run.info.run_id, "adapter")}
     assert tracker.alias_version(WORKLOAD, CHAMPION) == "1"
+    assert run.data.tags["distillery.dataset_hash"] and "system/peak_rss_mb" in run.data.metrics
+    assert run.data.params["lora_layers"] == "0" and run.data.params["lr_schedule"] == "cosine"
+    [dataset] = run.inputs.dataset_inputs
+    assert dataset.dataset.name == f"{WORKLOAD}-curated" and dataset.tags[0].value == "training"
+    assert run.data.tags["distillery.dataset_hash"].startswith(dataset.dataset.digest)
+    assert trained["device"] == "cpu"  # reported back by the Pipes worker, which trained out of process
 
     second = _materialize(LIFECYCLE_ASSETS, instance, resources, run_config=_ops(min_agreement=0.0))
     assert second.success

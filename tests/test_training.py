@@ -62,3 +62,105 @@ def test_training_lowers_the_loss_and_saves_a_peft_adapter(tiny_model_dir, tmp_p
 def test_a_missing_base_model_path_says_what_to_pass(tmp_path):
     with pytest.raises(DistilleryError, match=r"base model path .*nowhere does not exist"):
         resolve_base_model(str(tmp_path / "nowhere"))
+
+
+ROWS = [{"messages": [{"role": "user", "content": f"ticket {i}"},
+                      {"role": "assistant", "content": ["billing", "shipping"][i % 2]}]} for i in range(32)]
+
+
+def test_answer_loss_equals_the_models_own_loss_on_the_answer_tokens(tiny_model_dir):
+    """The LM head applied at answer positions only gives the same loss as the full forward pass."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from distillery.training import answer_loss, collate
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    batch = collate([render_example(tokenizer, row["messages"]) for row in ROWS[:4]], tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert answer_loss(model, batch).item() == pytest.approx(model(**batch).loss.item(), rel=1e-4)
+
+
+def test_label_vocabulary_loss_and_top_layer_lora(tiny_model_dir, tmp_path):
+    config = TrainingConfig(rank=4, alpha=8, epochs=4, batch_size=8, learning_rate=1e-2, warmup_fraction=0,
+                            lora_layers=1, label_vocab_loss=True, lr_schedule="linear")
+    result = train_lora(Dataset.from_list(ROWS), Dataset.from_list(ROWS[:8]), tiny_model_dir, tmp_path / "adapter",
+                        config, labels=["billing", "shipping"])
+    assert result.final_train_loss < result.loss_curve[0][1] * 0.5
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["layers_to_transform"] == [1]  # the tiny model has 2 layers: only the top one is adapted
+
+
+def test_validation_curve_and_early_stopping(tiny_model_dir, tmp_path):
+    config = TrainingConfig(rank=4, alpha=8, epochs=50, batch_size=8, learning_rate=5e-2, warmup_fraction=0,
+                            eval_every=2, early_stopping_patience=2, lr_schedule="constant")
+    # Validation answers the opposite of training: its loss rises as training fits, so it stops early.
+    flipped = [{"messages": r["messages"][:1] + [{"role": "assistant", "content": ["shipping", "billing"][i % 2]}]}
+               for i, r in enumerate(ROWS[:8])]
+    result = train_lora(Dataset.from_list(ROWS), Dataset.from_list(flipped), tiny_model_dir, tmp_path / "adapter",
+                        config)
+    assert result.stopped_early and result.steps < 200
+    assert [step for step, _ in result.validation_curve] == list(range(2, result.steps + 1, 2))
+    assert result.validation_loss == min(loss for _, loss in result.validation_curve)  # the best weights are kept
+
+
+def test_a_bad_schedule_name_is_refused():
+    with pytest.raises(DistilleryError, match="lr_schedule"):
+        TrainingConfig(lr_schedule="warm")
+
+
+def test_qlora_without_a_gpu_says_so(tiny_model_dir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(DistilleryError, match="qlora needs a CUDA GPU"):
+        train_lora(Dataset.from_list(ROWS), Dataset.from_list(ROWS[:4]), tiny_model_dir, tmp_path / "a",
+                   TrainingConfig(qlora=True, max_steps=1))
+
+
+_KILLABLE_RUN = """
+import sys
+from datasets import Dataset
+from distillery.training import TrainingConfig, train_lora
+rows = [{"messages": [{"role": "user", "content": f"ticket {i}"},
+                      {"role": "assistant", "content": ["billing", "shipping"][i % 2]}]} for i in range(32)]
+config = TrainingConfig(rank=4, alpha=8, max_steps=400, batch_size=8, learning_rate=1e-2, checkpoint_every=3)
+train_lora(Dataset.from_list(rows), Dataset.from_list(rows[:4]), sys.argv[1], __import__("pathlib").Path(sys.argv[2]),
+           config, checkpoint_dir=__import__("pathlib").Path(sys.argv[3]))
+"""
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    checkpoints = tmp_path / "checkpoints"
+    process = subprocess.Popen([sys.executable, "-c", _KILLABLE_RUN, str(tiny_model_dir), str(tmp_path / "first"),
+                                str(checkpoints)], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 120
+    while not (checkpoints / "checkpoint.pt").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)  # a crash: no cleanup, no final save
+    process.wait()
+    assert not (tmp_path / "first" / "adapter_model.safetensors").exists()
+
+    with pytest.raises(DistilleryError, match="written with another training config"):
+        train_lora(Dataset.from_list(ROWS), Dataset.from_list(ROWS[:4]), tiny_model_dir, tmp_path / "other",
+                   TrainingConfig(rank=8, max_steps=400, checkpoint_every=3), checkpoint_dir=checkpoints)
+
+    messages = []
+    config = TrainingConfig(rank=4, alpha=8, max_steps=400, batch_size=8, learning_rate=1e-2, checkpoint_every=3)
+    result = train_lora(Dataset.from_list(ROWS), Dataset.from_list(ROWS[:4]), tiny_model_dir, tmp_path / "second",
+                        config, checkpoint_dir=checkpoints, log=messages.append)
+    assert result.resumed_from_step >= 3 and result.resumed_from_step % 3 == 0
+    assert messages and messages[0].startswith(f"resuming from the checkpoint at step {result.resumed_from_step}/400")
+    assert result.steps == 400 and result.loss_curve[0][0] == 1  # the curve carries the first run's steps
+    assert not checkpoints.exists()  # a finished run removes its checkpoint
+

@@ -21,6 +21,7 @@ import asyncio
 import http
 import logging
 import ssl
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
@@ -108,15 +109,19 @@ class Responder:
 
 
 class _ServerConnection(asyncio.Protocol):
-    def __init__(self, handler: Handler, max_body_bytes: int, tasks: set[asyncio.Task]):
+    def __init__(self, handler: Handler, max_body_bytes: int, tasks: set[asyncio.Task],
+                 connections: set["_ServerConnection"]):
         self._handler = handler
         self._max_body = max_body_bytes
         self._tasks = tasks
+        self._connections = connections
+        self.last_active = 0.0
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._queue: deque[tuple[Request, bool]] = deque()
         self._busy = False
         self._closed = False
+        self._rejecting = False
         self._can_write: asyncio.Future | None = None
         self._reset_message()
 
@@ -132,10 +137,17 @@ class _ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self._peer = transport.get_extra_info("peername")
+        self._connections.add(self)
+        self.last_active = time.monotonic()
 
     def data_received(self, data: bytes) -> None:
+        if self._rejecting:
+            return
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if not self._rejecting:  # else a body over the limit: its 413 is queued, the connection closes after
+                self._reject(431 if self._head_size > MAX_HEAD_BYTES else 400, b"invalid request head")
         except httptools.HttpParserUpgrade:
             self._reject(400, b"protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
@@ -143,6 +155,7 @@ class _ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._connections.discard(self)
         if self._can_write and not self._can_write.done():
             self._can_write.set_exception(ClientDisconnected("client disconnected"))
 
@@ -165,22 +178,30 @@ class _ServerConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         length = self._headers.get("content-length", "")
-        self._too_large = length.isdigit() and int(length) > self._max_body
+        if length.isdigit() and int(length) > self._max_body:
+            # Answer now and close, instead of reading a body we would drop.
+            self._too_large = self._rejecting = True
+            self._enqueue(keep_alive=False)
+            self._transport.pause_reading()
+            raise httptools.HttpParserCallbackError("body over the limit")  # stops this parse; see data_received
         if self._headers.get("expect", "").lower() == "100-continue":
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > self._max_body:
-            self._too_large = True
+            self._too_large = True  # a chunked body without Content-Length: read to its end, dropped
         if not self._too_large:
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._enqueue(self._parser.should_keep_alive())
+
+    def _enqueue(self, keep_alive: bool) -> None:
         path = self._url.split(b"?", 1)[0].decode("latin-1")
         request = Request(self._parser.get_method().decode(), path, self._headers,
                           b"".join(self._body) if not self._too_large else b"", self._too_large, self._peer)
-        self._queue.append((request, self._parser.should_keep_alive()))
+        self._queue.append((request, keep_alive))
         self._reset_message()
         if len(self._queue) > _MAX_PIPELINED:
             self._transport.pause_reading()
@@ -193,9 +214,14 @@ class _ServerConnection(asyncio.Protocol):
         if self._head_size > MAX_HEAD_BYTES:
             raise httptools.HttpParserError("request head too large")
 
+    @property
+    def idle(self) -> bool:
+        return not self._busy and not self._queue
+
     def _next(self) -> None:
         if not self._queue or self._closed:
             self._busy = False
+            self.last_active = time.monotonic()
             return
         self._busy = True
         request, keep_alive = self._queue.popleft()
@@ -248,25 +274,44 @@ class _ServerConnection(asyncio.Protocol):
 
 
 class HttpServer:
-    """Serves ``handler`` on host:port; ``close()`` stops accepting and waits for requests in flight."""
+    """Serves ``handler`` on host:port; ``close()`` stops accepting and waits for requests in flight.
 
-    def __init__(self, handler: Handler, max_body_bytes: int):
+    Keep-alive connections idle for ``keep_alive_s`` are closed (checked every few seconds).
+    """
+
+    def __init__(self, handler: Handler, max_body_bytes: int, keep_alive_s: float = 75.0):
         self._handler = handler
         self._max_body = max_body_bytes
+        self._keep_alive_s = keep_alive_s
         self._tasks: set[asyncio.Task] = set()
+        self._connections: set[_ServerConnection] = set()
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _ServerConnection(self._handler, self._max_body, self._tasks), host, port, reuse_address=True)
+            lambda: _ServerConnection(self._handler, self._max_body, self._tasks, self._connections), host, port,
+            reuse_address=True)
+        self._sweeper = loop.call_later(min(5.0, self._keep_alive_s), self._close_idle)
         return self._server.sockets[0].getsockname()[1]
 
+    def _close_idle(self) -> None:
+        cutoff = time.monotonic() - self._keep_alive_s
+        for connection in list(self._connections):
+            if connection.idle and connection.last_active < cutoff:
+                connection.close()
+        self._sweeper = asyncio.get_running_loop().call_later(min(5.0, self._keep_alive_s), self._close_idle)
+
     async def close(self, timeout_s: float = 30.0) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
         if self._server:
             self._server.close()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout_s)
+        for connection in list(self._connections):
+            connection.close()
 
 
 class UpstreamResponse:

@@ -1,0 +1,22 @@
+"""The Banking77 benchmark's --quick mode on the real bundled model (what CI can afford)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_banking77_run_prints_its_figures():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "banking77.py"), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["test_rows"] == 77 and figures["device"] == "cpu" and figures["quick"] is True
+    assert figures["accuracy"] > 0.05  # chance is 1/77; 20 s of training already gets ~0.25
+    assert figures["train_steps"] > 0 and figures["tokens_per_s"] > 0 and figures["baseline_tokens_per_s"] > 0
