@@ -173,3 +173,15 @@ def test_a_failed_blocking_check_stops_training(resources, instance):
     assert checks == {"enough_rows": False, "no_pii_in_train": True, "no_test_leakage": True, "label_balance": True}
     assert not result.asset_materializations_for_node(lora_adapter.op.name)
     assert ArtifactsResource().open().versions(WORKLOAD, "lora_adapter") == []
+
+
+def test_training_errors_reach_dagster_from_the_worker_and_bad_configs_never_start_one(resources, instance):
+    # No curated dataset yet: the Pipes worker fails and its message is the step's failure.
+    result = _materialize([lora_adapter], instance, resources, run_config={"ops": FAST_TRAINING})
+    assert not result.success
+    [closed] = [entry.dagster_event for entry in instance.all_logs(result.run_id)
+                if entry.dagster_event and "closed with exception" in (entry.dagster_event.message or "")]
+    assert "has no curated_dataset yet: materialize curated_dataset" in closed.event_specific_data.error.message
+    bad = {"ops": {"lora_adapter": {"config": {"lr_schedule": "warm"}}}}
+    result = _materialize([lora_adapter], instance, resources, run_config=bad)
+    assert "lr_schedule must be one of" in _failure_message(result)
