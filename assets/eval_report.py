@@ -35,6 +35,7 @@ def eval_report(
         metadata={
             "report": dg.MetadataValue.md(report.markdown()),
             "fine_tuned_agreement": report.candidate.agreement,
+            "fine_tuned_agreement_ci95": dg.MetadataValue.json(list(report.candidate.agreement_ci95)),
             "base_agreement": report.scores["base"].agreement,
             "agreement_gain_points": round(100 * (report.candidate.agreement - report.scores["base"].agreement), 1),
             "latency_ms_p50": report.candidate.latency_ms_p50,

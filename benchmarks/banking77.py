@@ -28,7 +28,7 @@ from datasets import Dataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distillery.evaluation import classification_metrics  # noqa: E402
+from distillery.metrics import classification_metrics  # noqa: E402
 from distillery.inference import generate, load_model  # noqa: E402
 from distillery.models import resolve_base_model  # noqa: E402
 from distillery.training import TrainingConfig, load_tokenizer, render_example, train_lora  # noqa: E402

@@ -7,11 +7,12 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from datasets import Dataset
 
 from distillery.inference import Generation, generate, load_model, using_adapter
+from distillery.metrics import bootstrap_interval
 
 ADAPTER_NAME = "candidate"
 
@@ -25,6 +26,7 @@ def normalize_answer(text: str) -> str:
 class ModelScore:
     name: str
     agreement: float
+    agreement_ci95: tuple[float, float]  # bootstrap over the test rows
     latency_ms_p50: float
     latency_ms_mean: float
     rows_per_s: float
@@ -61,11 +63,12 @@ class EvalReport:
             f"Held-out test split of `{self.workload}`: {self.rows} rows, answers compared with the frontier's "
             "(exact match after trimming whitespace, quotes, case and a final period).",
             "",
-            "| model | agreement with frontier | latency p50 (ms) | latency mean (ms) | rows/s |",
-            "|---|---:|---:|---:|---:|",
+            "| model | agreement with frontier | 95% interval | latency p50 (ms) | latency mean (ms) | rows/s |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for score in self.scores.values():
-            lines.append(f"| {score.name} | {score.agreement:.1%} | {score.latency_ms_p50:.0f} | "
+            low, high = score.agreement_ci95
+            lines.append(f"| {score.name} | {score.agreement:.1%} | {low:.1%}-{high:.1%} | {score.latency_ms_p50:.0f} | "
                          f"{score.latency_ms_mean:.0f} | {score.rows_per_s:.1f} |")
         lines += ["", f"**{self.verdict}**", ""]
         if self.examples:
@@ -76,32 +79,22 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def classification_metrics(references: list[str], predictions: list[str]) -> dict:
-    """Accuracy, macro-F1 over the reference labels, and F1 per label."""
-    labels = sorted(set(references))
-    per_label = {}
-    for label in labels:
-        true_positive = sum(r == label and p == label for r, p in zip(references, predictions))
-        predicted = sum(p == label for p in predictions)
-        actual = sum(r == label for r in references)
-        precision = true_positive / predicted if predicted else 0.0
-        recall = true_positive / actual if actual else 0.0
-        per_label[label] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    accuracy = sum(r == p for r, p in zip(references, predictions)) / max(len(references), 1)
-    return {"accuracy": accuracy, "macro_f1": sum(per_label.values()) / max(len(per_label), 1), "per_label_f1": per_label}
-
-
 def _cell(text: str, limit: int = 80) -> str:
     text = text.replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def agreement(references: Sequence[str], answers: Sequence[str]) -> float:
+    return sum(normalize_answer(a) == normalize_answer(r) for a, r in zip(answers, references)) / len(references)
+
+
 def _score(name: str, generations: list[Generation], references: list[str], seconds: float) -> ModelScore:
-    hits = sum(normalize_answer(g.text) == normalize_answer(r) for g, r in zip(generations, references))
+    answers = [g.text for g in generations]
     latencies = [g.latency_ms for g in generations]
     return ModelScore(
         name=name,
-        agreement=hits / len(references),
+        agreement=agreement(references, answers),
+        agreement_ci95=bootstrap_interval(references, answers, agreement),
         latency_ms_p50=statistics.median(latencies),
         latency_ms_mean=statistics.fmean(latencies),
         rows_per_s=len(references) / seconds if seconds else 0.0,

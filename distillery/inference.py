@@ -80,14 +80,21 @@ class AnswerTrie:
 @torch.no_grad()
 def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 32,
              batch_size: int = 16, answers: list[str] | None = None) -> list[Generation]:
-    """Greedy answers; with ``answers`` (a label set) decoding is constrained to exactly those strings."""
-    results: list[Generation] = []
+    """Greedy answers, in the order of ``conversations``.
+
+    Batches are formed from prompts of similar length (sorted, then restored), so little compute
+    goes into padding. With ``answers`` (a label set) decoding is constrained to exactly those strings.
+    """
     stop_ids = [tokenizer.eos_token_id]
     trie = AnswerTrie(tokenizer, answers) if answers else None
-    for start in range(0, len(conversations), batch_size):
-        chunk = conversations[start : start + batch_size]
-        prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    results: list[Generation | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        encoded = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = {k: v.to(model.device) for k, v in encoded.items()}
         width = encoded["input_ids"].shape[1]
         constrain = (lambda _row, ids: trie.allowed(ids[width:].tolist())) if trie else None
         began = time.perf_counter()
@@ -96,16 +103,16 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
             pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids, prefix_allowed_tokens_fn=constrain,
         )
         latency_ms = (time.perf_counter() - began) * 1000
-        for row, prompt_mask in zip(output, encoded["attention_mask"]):
+        for i, row in zip(rows, output):
             new = row[width:].tolist()
             stopped = any(t in stop_ids for t in new)
             if stopped:
-                new = new[: next(i for i, t in enumerate(new) if t in stop_ids)]
-            results.append(Generation(
+                new = new[: next(k for k, t in enumerate(new) if t in stop_ids)]
+            results[i] = Generation(
                 text=tokenizer.decode(new, skip_special_tokens=True).strip(),
                 completion_tokens=len(new),
-                prompt_tokens=int(prompt_mask.sum()),
+                prompt_tokens=lengths[i],
                 finish_reason="stop" if stopped else "length",
                 latency_ms=latency_ms,
-            ))
+            )
     return results

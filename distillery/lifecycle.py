@@ -178,6 +178,8 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
     run_id = trained["mlflow_run_id"]
     tracker.log_metrics(run_id, {
         "eval_agreement": report.candidate.agreement,
+        "eval_agreement_ci95_low": report.candidate.agreement_ci95[0],
+        "eval_agreement_ci95_high": report.candidate.agreement_ci95[1],
         "eval_base_agreement": report.scores["base"].agreement,
         "eval_latency_ms_p50": report.candidate.latency_ms_p50,
     })

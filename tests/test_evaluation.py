@@ -11,7 +11,8 @@ def test_normalize_answer(raw, expected):
 
 
 def _report(agreement: float, threshold: float) -> EvalReport:
-    scores = {name: ModelScore(name, a, 10.0, 12.0, 5.0) for name, a in (("base", 0.1), ("fine-tuned", agreement))}
+    scores = {name: ModelScore(name, a, (a - 0.05, a + 0.05), 10.0, 12.0, 5.0)
+              for name, a in (("base", 0.1), ("fine-tuned", agreement))}
     return EvalReport(workload="triage", rows=10, threshold=threshold, scores=scores)
 
 
@@ -35,6 +36,8 @@ def test_evaluate_scores_base_and_adapter_against_the_frontier(tiny_model_dir, t
     assert all(ex["fine-tuned"].startswith(("billing", "shipping")) for ex in report.examples)
     assert not any(ex["base"].startswith(("billing", "shipping")) for ex in report.examples)
     assert report.candidate.latency_ms_p50 > 0
+    low, high = report.candidate.agreement_ci95
+    assert low <= report.candidate.agreement <= high
     markdown = report.markdown()
     assert "| fine-tuned |" in markdown and "PASS" in markdown and "ticket 0" in markdown
 

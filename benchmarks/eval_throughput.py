@@ -1,0 +1,81 @@
+"""Batched evaluation throughput on the Banking77 test rows, against one-at-a-time generate.
+
+    python benchmarks/eval_throughput.py [--rows N] [--adapter PATH] [--batch-size B]
+
+Batched: ``distillery.inference.generate`` (prompts of similar length batched together, greedy,
+KV cache) over ``--rows`` test rows (default all 3,080). Sequential: plain ``model.generate``
+one request at a time, the way a naive harness calls it, on ``--sequential-rows`` of the same
+rows in the same run. Prompts are the Banking77 benchmark's (benchmarks/banking77.py). The last
+line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from banking77 import DATA, conversation  # noqa: E402
+from distillery.inference import generate, load_model  # noqa: E402
+from distillery.models import resolve_base_model  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=0, help="0: all 3,080")
+    parser.add_argument("--adapter", type=Path, default=None, help="a peft adapter folder; default: the base model")
+    parser.add_argument("--base-model", default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--sequential-rows", type=int, default=24)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    args = parser.parse_args()
+
+    test = pd.read_csv(DATA / "test.csv")
+    if args.rows:
+        test = test.sample(args.rows, random_state=0)
+    conversations = [conversation(text) for text in test["text"]]
+    model, tokenizer = load_model(resolve_base_model(args.base_model),
+                                  {"adapter": args.adapter} if args.adapter else None)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+
+    sample = conversations[: args.sequential_rows]
+    began = time.perf_counter()
+    with torch.no_grad():
+        for messages in sample:
+            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+            model.generate(**encoded, max_new_tokens=args.max_new_tokens, do_sample=False,
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    sequential_rows_per_s = len(sample) / (time.perf_counter() - began)
+
+    began = time.perf_counter()
+    generations = generate(model, tokenizer, conversations, max_new_tokens=args.max_new_tokens,
+                           batch_size=args.batch_size)
+    seconds = time.perf_counter() - began
+    print(json.dumps({
+        "rows": len(generations),
+        "seconds": round(seconds, 1),
+        "rows_per_s": round(len(generations) / seconds, 2),
+        "sequential_rows_per_s": round(sequential_rows_per_s, 3),
+        "sequential_rows": len(sample),
+        "speedup": round(len(generations) / seconds / sequential_rows_per_s, 2),
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "generated_tokens": sum(g.completion_tokens for g in generations),
+        "adapter": str(args.adapter) if args.adapter else None,
+        "device": str(model.device),
+    }))
+
+
+if __name__ == "__main__":
+    main()
