@@ -51,7 +51,9 @@ class TrainingConfig:
     eval_every: int = 0  # validation loss every N optimizer steps (0: at the end only)
     early_stopping_patience: int = 0  # stop after N validations without improvement (0: never)
     checkpoint_every: int = 25  # optimizer steps between resumable checkpoints (0: none)
-    label_vocab_loss: bool = False  # classification: softmax over the tokens of the label set only
+    # Classification: softmax over the label set's tokens only. Faster and sharper, but the model is then only
+    # trained to rank labels, so serve it with decoding constrained to the label set (eval_report does).
+    label_vocab_loss: bool = False
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in SCHEDULES:

@@ -126,7 +126,7 @@ class _Deadlines:
 
     Why not ``asyncio.timeout`` per request: its timer handle cost ~10% of the gateway's CPU
     under load. The price is precision: a timeout fires up to ``timeout_s / 10`` (at most
-    0.1 s) late. ``expired(task)`` tells a timeout apart from any other cancellation.
+    0.1 s) late. ``discard(task)`` tells a timeout apart from any other cancellation.
     """
 
     def __init__(self, timeout_s: float):
