@@ -106,13 +106,12 @@ class LogStore:
         # orjson: JSON columns are most of the gateway writer's per-row work (json.dumps is ~4x slower).
         self.engine = sa.create_engine(self.url, pool_pre_ping=True,
                                        json_serializer=lambda value: orjson.dumps(value).decode())
-        self._insert_columns = [column for column in ExchangeRow.__table__.columns if column.name != "id"]
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-            self._sqlite_insert = (
-                f"INSERT INTO exchanges ({', '.join(c.name for c in self._insert_columns)}) "
-                f"VALUES ({', '.join('?' for _ in self._insert_columns)}) ON CONFLICT (uid) DO NOTHING")
-            self._sqlite_binds = [(c.name, c.type.bind_processor(self.engine.dialect)) for c in self._insert_columns]
+            columns = [column for column in ExchangeRow.__table__.columns if column.name != "id"]
+            self._sqlite_insert = (f"INSERT INTO exchanges ({', '.join(c.name for c in columns)}) "
+                                   f"VALUES ({', '.join('?' for _ in columns)}) ON CONFLICT (uid) DO NOTHING")
+            self._sqlite_binds = [(c.name, c.type.bind_processor(self.engine.dialect)) for c in columns]
 
     def upgrade(self) -> None:
         """Create or migrate the schema to the newest revision (idempotent)."""
