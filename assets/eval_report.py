@@ -31,8 +31,13 @@ def eval_report(
             batch_size=config.batch_size, constrain_to_labels=config.constrain_to_labels,
             on_progress=context.log.info,
         )
+    plots = {f"plot_{png.stem}": dg.MetadataValue.path(str(png)) for png in sorted(artifact.path.glob("plots/*.png"))}
+    classification = ({"fine_tuned_macro_f1": report.classification["fine-tuned"]["macro_f1"]}
+                      if report.classification else {})
     return dg.MaterializeResult(
         metadata={
+            **plots,
+            **classification,
             "report": dg.MetadataValue.md(report.markdown()),
             "fine_tuned_agreement": report.candidate.agreement,
             "fine_tuned_agreement_ci95": dg.MetadataValue.json(list(report.candidate.agreement_ci95)),

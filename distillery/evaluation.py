@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 from datasets import Dataset
 
 from distillery.inference import Generation, generate, load_model, using_adapter
-from distillery.metrics import bootstrap_interval
+from distillery.metrics import bootstrap_interval, classification_metrics
 
 ADAPTER_NAME = "candidate"
 
@@ -39,6 +39,8 @@ class EvalReport:
     threshold: float
     scores: dict[str, ModelScore]
     examples: list[dict] = field(default_factory=list)
+    # Classification workloads: distillery.metrics.classification_metrics per model name.
+    classification: dict[str, dict] = field(default_factory=dict)
 
     @property
     def candidate(self) -> ModelScore:
@@ -71,6 +73,12 @@ class EvalReport:
             lines.append(f"| {score.name} | {score.agreement:.1%} | {low:.1%}-{high:.1%} | {score.latency_ms_p50:.0f} | "
                          f"{score.latency_ms_mean:.0f} | {score.rows_per_s:.1f} |")
         lines += ["", f"**{self.verdict}**", ""]
+        if self.classification:
+            lines += ["| model | accuracy | macro-F1 |", "|---|---:|---:|"]
+            lines += [f"| {name} | {m['accuracy']:.1%} | {m['macro_f1']:.3f} |" for name, m in self.classification.items()]
+            worst = sorted(self.classification["fine-tuned"]["per_label_f1"].items(), key=lambda item: item[1])[:10]
+            lines += ["", "Fine-tuned model, lowest per-label F1:", "", "| label | F1 |", "|---|---:|"]
+            lines += [f"| {label} | {f1:.2f} |" for label, f1 in worst] + [""]
         if self.examples:
             lines += ["| prompt | frontier | base | fine-tuned |", "|---|---|---|---|"]
             for ex in self.examples:
@@ -143,4 +151,7 @@ def evaluate(
          "base": outputs["base"][i].text, "fine-tuned": outputs["fine-tuned"][i].text}
         for i in range(min(examples, len(references)))
     ]
-    return EvalReport(workload=workload, rows=len(references), threshold=threshold, scores=scores, examples=samples)
+    classification = {name: classification_metrics(references, [g.text for g in generations])
+                      for name, generations in outputs.items()} if answers else {}
+    return EvalReport(workload=workload, rows=len(references), threshold=threshold, scores=scores, examples=samples,
+                      classification=classification)

@@ -14,7 +14,7 @@ from typing import Callable
 
 from datasets import DatasetDict, load_from_disk
 
-from distillery import curation, evaluation, training
+from distillery import curation, evaluation, plots, training
 from distillery.artifacts import Artifact, ArtifactStore
 from distillery.errors import DistilleryError
 from distillery.logstore import STATUS_OK, LogStore, load_snapshot, save_snapshot
@@ -175,6 +175,11 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
     with artifacts.publish(workload, REPORT, manifest) as folder:
         (folder / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
         (folder / "report.md").write_text(markdown)
+        if report.classification:
+            fine_tuned = report.classification["fine-tuned"]
+            plots.confusion_matrix_png(fine_tuned["confusion"], folder / "plots" / "confusion_matrix.png")
+            plots.per_label_f1_png(fine_tuned["per_label_f1"], folder / "plots" / "per_label_f1.png")
+            tracker.log_artifacts(trained["mlflow_run_id"], folder / "plots", "eval_plots")
     run_id = trained["mlflow_run_id"]
     tracker.log_metrics(run_id, {
         "eval_agreement": report.candidate.agreement,
@@ -182,6 +187,7 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
         "eval_agreement_ci95_high": report.candidate.agreement_ci95[1],
         "eval_base_agreement": report.scores["base"].agreement,
         "eval_latency_ms_p50": report.candidate.latency_ms_p50,
+        **({"eval_macro_f1": report.classification["fine-tuned"]["macro_f1"]} if report.classification else {}),
     })
     tracker.log_text(run_id, markdown, "eval_report.md")
     return artifacts.latest(workload, REPORT), report

@@ -51,3 +51,16 @@ def test_constrained_decoding_answers_only_with_a_label(tiny_model_dir, tiny_ada
     # Even the untrained base model, which otherwise never says a label, now says exactly one.
     assert all(ex[name] in ("billing", "shipping", "refund request") for ex in report.examples
                for name in ("base", "fine-tuned"))
+    fine_tuned = report.classification["fine-tuned"]
+    assert fine_tuned["accuracy"] == pytest.approx(report.candidate.agreement)
+    assert sum(sum(row.values()) for row in fine_tuned["confusion"].values()) == 6
+    assert "macro-F1" in report.markdown() and "lowest per-label F1" in report.markdown()
+
+
+def test_report_plots_are_pngs(tmp_path):
+    from distillery.plots import confusion_matrix_png, per_label_f1_png
+
+    confusion = {"billing": {"billing": 3, "shipping": 1}, "shipping": {"shipping": 2, "other": 1}}
+    for path in (confusion_matrix_png(confusion, tmp_path / "c.png"),
+                 per_label_f1_png({"billing": 0.8, "shipping": 0.5}, tmp_path / "f.png")):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000

@@ -74,6 +74,7 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert trained["model_version"] == "1" and trained["steps"] == 3
     report = _metadata(first, eval_report)
     assert "| fine-tuned |" in report["report"] and report["passed"] is True
+    assert report["plot_confusion_matrix"].endswith("confusion_matrix.png") and 0 <= report["fine_tuned_macro_f1"] <= 1
     deployed = _metadata(first, deployed_endpoint)
     assert deployed["promoted"] is True
     client = openai.OpenAI(base_url=deployed["url"], api_key="local", max_retries=0)
@@ -90,6 +91,8 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert "adapter_model.safetensors" in {a.path.split("/")[-1] for a in tracker.client.list_artifacts(
         run.info.run_id, "adapter")}
     assert tracker.alias_version(WORKLOAD, CHAMPION) == "1"
+    assert {a.path for a in tracker.client.list_artifacts(run.info.run_id, "eval_plots")} == {
+        "eval_plots/confusion_matrix.png", "eval_plots/per_label_f1.png"}
     assert run.data.tags["distillery.dataset_hash"] and "system/peak_rss_mb" in run.data.metrics
     assert run.data.params["lora_layers"] == "0" and run.data.params["lr_schedule"] == "cosine"
     [dataset] = run.inputs.dataset_inputs

@@ -1,0 +1,44 @@
+"""PNG figures for the evaluation report (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and workers
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def confusion_matrix_png(confusion: dict[str, dict[str, int]], path: Path) -> Path:
+    """Rows: the frontier's label; columns: the model's answer (labels outside the set get a column too)."""
+    rows = sorted(confusion)
+    columns = rows + sorted({answer for counts in confusion.values() for answer in counts} - set(rows))
+    grid = [[confusion[r].get(c, 0) for c in columns] for r in rows]
+    size = max(4.0, 0.3 * len(columns) + 2)
+    figure, axes = plt.subplots(figsize=(size, max(3.5, 0.3 * len(rows) + 2)))
+    image = axes.imshow(grid, cmap="Blues")
+    axes.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7)
+    axes.set_yticks(range(len(rows)), rows, fontsize=7)
+    axes.set_xlabel("model answer")
+    axes.set_ylabel("frontier answer")
+    figure.colorbar(image, ax=axes, shrink=0.7)
+    return _save(figure, path)
+
+
+def per_label_f1_png(per_label: dict[str, float], path: Path) -> Path:
+    labels = sorted(per_label, key=per_label.get)
+    figure, axes = plt.subplots(figsize=(6, max(2.5, 0.22 * len(labels) + 1)))
+    axes.barh(labels, [per_label[label] for label in labels], color="#4C72B0")
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("F1 against the frontier")
+    axes.tick_params(axis="y", labelsize=7)
+    return _save(figure, path)
+
+
+def _save(figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
