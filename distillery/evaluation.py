@@ -80,9 +80,10 @@ class EvalReport:
             lines += ["", "Fine-tuned model, lowest per-label F1:", "", "| label | F1 |", "|---|---:|"]
             lines += [f"| {label} | {f1:.2f} |" for label, f1 in worst] + [""]
         if self.examples:
-            lines += ["| prompt | frontier | base | fine-tuned |", "|---|---|---|---|"]
+            lines += ["Rows for review, the fine-tuned model's disagreements with the frontier first:", "",
+                      "| prompt | frontier | base | fine-tuned | agrees |", "|---|---|---|---|---|"]
             for ex in self.examples:
-                cells = [ex["prompt"], ex["frontier"], ex["base"], ex["fine-tuned"]]
+                cells = [ex["prompt"], ex["frontier"], ex["base"], ex["fine-tuned"], "yes" if ex["agrees"] else "**no**"]
                 lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         return "\n".join(lines)
 
@@ -146,10 +147,14 @@ def evaluate(
                                      batch_size=batch_size)
         scores[name] = _score(name, outputs[name], references, time.perf_counter() - started)
 
+    # For review: the fine-tuned model's disagreements with the frontier first, then agreements.
+    disagrees = [normalize_answer(outputs["fine-tuned"][i].text) != normalize_answer(references[i])
+                 for i in range(len(references))]
+    shown = sorted(range(len(references)), key=lambda i: not disagrees[i])[:examples]
     samples = [
         {"prompt": conversations[i][-1]["content"], "frontier": references[i],
-         "base": outputs["base"][i].text, "fine-tuned": outputs["fine-tuned"][i].text}
-        for i in range(min(examples, len(references)))
+         "base": outputs["base"][i].text, "fine-tuned": outputs["fine-tuned"][i].text, "agrees": not disagrees[i]}
+        for i in shown
     ]
     classification = {name: classification_metrics(references, [g.text for g in generations])
                       for name, generations in outputs.items()} if answers else {}

@@ -35,6 +35,8 @@ def test_evaluate_scores_base_and_adapter_against_the_frontier(tiny_model_dir, t
     # The adapter was trained on these prompts: its answers open with a label, the base model's never do.
     assert all(ex["fine-tuned"].startswith(("billing", "shipping")) for ex in report.examples)
     assert not any(ex["base"].startswith(("billing", "shipping")) for ex in report.examples)
+    agrees = [ex["agrees"] for ex in report.examples]
+    assert agrees == sorted(agrees)  # disagreements with the frontier are listed first, for review
     assert report.candidate.latency_ms_p50 > 0
     low, high = report.candidate.agreement_ci95
     assert low <= report.candidate.agreement <= high
