@@ -138,3 +138,23 @@ def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(gateway):
 def test_an_oversized_head_gets_431(gateway):
     answer = _exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 431")
+
+
+def test_a_caller_that_leaves_before_its_stream_starts_is_recorded_once_as_499(gateway):
+    import time
+
+    from distillery.logstore import LogStore
+
+    body = json.dumps({"model": "slow", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    host, port = gateway.url.removeprefix("http://").removesuffix("/v1").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(_post("/v1/chat/completions", body))
+    recorder = gateway.gateway.recorder
+    deadline = time.monotonic() + 20  # the stub answers "slow" after 2 s
+    while recorder.written < 1:
+        assert time.monotonic() < deadline, "the exchange was not recorded"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    rows = LogStore(recorder.store.url).read("default")
+    assert recorder.received == 1 and list(rows["status_code"]) == [499]
+    assert rows.iloc[0]["error"] == "client disconnected mid-stream"

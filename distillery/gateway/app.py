@@ -320,9 +320,9 @@ class Gateway:
 
     async def _relay_stream(self, responder: Responder, answer: UpstreamResponse, row: dict, endpoint: str,
                             started: float) -> None:
-        responder.start(200, "text/event-stream", [("cache-control", "no-cache")])
         summary = _StreamSummary()
         try:
+            responder.start(200, "text/event-stream", [("cache-control", "no-cache")])
             async for chunk in answer.chunks():
                 summary.feed(chunk)
                 await responder.write(chunk)

@@ -34,8 +34,12 @@ MAX_HEAD_BYTES = 64 * 1024
 _MAX_PIPELINED = 16  # requests queued on one connection before it stops reading
 
 
-class ClientDisconnected(ConnectionResetError):
-    """The caller went away while its answer was being written."""
+class ClientDisconnected(Exception):
+    """The caller went away while its answer was being written.
+
+    Not an OSError on purpose: handlers catch OSError as "the upstream failed", and a caller
+    leaving must not be recorded as that too.
+    """
 
 
 @dataclass
