@@ -171,7 +171,7 @@ def train_lora(
     if not train:
         raise DistilleryError(f"no training example fits in max_seq_len={config.max_seq_len} tokens")
     model = _lora_model(base_model, config, device)
-    vocabulary = _answer_vocabulary(tokenizer, labels) if config.label_vocab_loss and labels else None
+    vocabulary = _answer_vocabulary(tokenizer, labels).to(device) if config.label_vocab_loss and labels else None
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device == "cuda")
 
     steps_per_epoch = math.ceil(len(train) / (config.batch_size * config.grad_accum))
