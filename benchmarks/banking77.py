@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 from distillery.metrics import classification_metrics  # noqa: E402
 from distillery.inference import generate, load_model  # noqa: E402
 from distillery.models import resolve_base_model  # noqa: E402
-from distillery.training import TrainingConfig, load_tokenizer, render_example, train_lora  # noqa: E402
+from distillery.training import (TrainingConfig, build_lora_model, load_tokenizer, render_example,  # noqa: E402
+                                 train_lora)
 
 DATA = ROOT.parent / "shared" / "data" / "banking77"
 SYSTEM = "Banking intent."
@@ -48,20 +49,13 @@ def stratified(frame: pd.DataFrame, per_label: int, seed: int) -> pd.DataFrame:
 
 def baseline_tokens_per_s(base_model: str, rows: list[dict], config: TrainingConfig, steps: int) -> float:
     """Non-padding tokens per second of a plain Trainer + peft run, timed after its first step."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
     tokenizer = load_tokenizer(base_model)
     examples = [render_example(tokenizer, row["messages"]) for row in rows[: steps * config.batch_size]]
     dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels,
                                   "attention_mask": [1] * len(e.input_ids)} for e in examples])
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-    layers = model.config.num_hidden_layers
-    model = get_peft_model(model, LoraConfig(
-        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=config.target_modules,
-        layers_to_transform=list(range(layers - config.lora_layers, layers)) if config.lora_layers else None,
-        task_type="CAUSAL_LM"))
+    model = build_lora_model(base_model, config, "cuda" if torch.cuda.is_available() else "cpu")
     timing = {"tokens": 0, "began": 0.0, "ended": 0.0}
 
     class Count(DataCollatorForSeq2Seq):

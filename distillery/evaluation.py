@@ -93,8 +93,12 @@ def _cell(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def agrees(answer: str, reference: str) -> bool:
+    return normalize_answer(answer) == normalize_answer(reference)
+
+
 def agreement(references: Sequence[str], answers: Sequence[str]) -> float:
-    return sum(normalize_answer(a) == normalize_answer(r) for a, r in zip(answers, references)) / len(references)
+    return sum(agrees(a, r) for a, r in zip(answers, references)) / len(references)
 
 
 def _score(name: str, generations: list[Generation], references: list[str], seconds: float) -> ModelScore:
@@ -148,12 +152,11 @@ def evaluate(
         scores[name] = _score(name, outputs[name], references, time.perf_counter() - started)
 
     # For review: the fine-tuned model's disagreements with the frontier first, then agreements.
-    disagrees = [normalize_answer(outputs["fine-tuned"][i].text) != normalize_answer(references[i])
-                 for i in range(len(references))]
-    shown = sorted(range(len(references)), key=lambda i: not disagrees[i])[:examples]
+    matched = [agrees(g.text, r) for g, r in zip(outputs["fine-tuned"], references)]
+    shown = sorted(range(len(references)), key=lambda i: matched[i])[:examples]
     samples = [
         {"prompt": conversations[i][-1]["content"], "frontier": references[i],
-         "base": outputs["base"][i].text, "fine-tuned": outputs["fine-tuned"][i].text, "agrees": not disagrees[i]}
+         "base": outputs["base"][i].text, "fine-tuned": outputs["fine-tuned"][i].text, "agrees": matched[i]}
         for i in shown
     ]
     classification = {name: classification_metrics(references, [g.text for g in generations])

@@ -98,6 +98,11 @@ class AdapterSummary:
     result: training.TrainingResult
 
 
+def _label_set(curated_manifest: dict) -> list[str] | None:
+    """A classification dataset's labels (what constrained decoding and label-vocabulary loss use); else None."""
+    return curated_manifest.get("labels") if curated_manifest.get("task") == "classification" else None
+
+
 def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, base_model: str,
                   config: training.TrainingConfig, run_tags: dict[str, str],
                   on_step: training.StepCallback | None = None,
@@ -117,7 +122,7 @@ def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, bas
         "distillery.dataset_hash": source["content_hash"],
         "distillery.log_id_range": f"{source['first_log_id']}-{source['last_log_id']}",
     }
-    labels = source.get("labels") if source.get("task") == "classification" else None
+    labels = _label_set(source)
     checkpoint_dir = artifacts.root / workload / "checkpoints" / curated.version
     with tracker.run(workload, run_name=f"{workload}-{curated.version[:16]}", tags=tags) as run_id:
         tracker.log_params(run_id, {**asdict(config), "base_model": base_model,
@@ -164,8 +169,7 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
     trained = adapter.manifest
     curated = artifacts.get(workload, CURATED, trained["dataset_version"])
     test = load_from_disk(str(curated.path / "dataset"))["test"]
-    classification = curated.manifest.get("task") == "classification"
-    answers = curated.manifest.get("labels") if classification and constrain_to_labels else None
+    answers = _label_set(curated.manifest) if constrain_to_labels else None
     report = evaluation.evaluate(test, workload, trained["base_model"], adapter.path / "adapter",
                                  threshold=threshold, batch_size=batch_size, on_progress=on_progress, answers=answers)
     markdown = report.markdown()

@@ -170,7 +170,7 @@ def train_lora(
     validation, _ = _tokenize(tokenizer, dataset_validation, config.max_seq_len)
     if not train:
         raise DistilleryError(f"no training example fits in max_seq_len={config.max_seq_len} tokens")
-    model = _lora_model(base_model, config, device)
+    model = build_lora_model(base_model, config, device)
     vocabulary = _answer_vocabulary(tokenizer, labels).to(device) if config.label_vocab_loss and labels else None
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device == "cuda")
 
@@ -304,7 +304,8 @@ def mean_answer_loss(model, examples: list[TokenizedExample], batch_size: int, p
     return total / max(count, 1)
 
 
-def _lora_model(base_model: str, config: TrainingConfig, device: str):
+def build_lora_model(base_model: str, config: TrainingConfig, device: str):
+    """The base model with fresh LoRA layers as ``config`` says (layers, modules, qlora, checkpointing)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 

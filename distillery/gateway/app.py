@@ -25,7 +25,8 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from distillery.gateway.config import GatewayConfig
-from distillery.gateway.http import ClientDisconnected, Request, Responder, UpstreamPool, UpstreamResponse
+from distillery.gateway.http import (ClientDisconnected, Request, Responder, UpstreamPool, UpstreamResponse,
+                                     error_body)
 from distillery.gateway.keys import ApiKey, KeyStore
 from distillery.gateway.recorder import Recorder
 from distillery.logstore import STATUS_ERROR, STATUS_OK
@@ -45,10 +46,6 @@ class GatewayError(Exception):
         super().__init__(message)
         self.status = status
         self.code = code
-
-
-def error_body(message: str, code: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": code, "param": None, "code": code}}).encode()
 
 
 class _Metrics:
@@ -269,7 +266,8 @@ class Gateway:
         upstream = self.config.upstream_for(model)
         stream = bool(body.get("stream"))
         row = {
-            "uid": f"{_UID_PREFIX}{next(_uid_counter):016x}", "workload": workload, "created_at": dt.datetime.now(dt.timezone.utc),
+            "uid": f"{_UID_PREFIX}{next(_uid_counter):016x}", "workload": workload,
+            "created_at": dt.datetime.now(dt.timezone.utc),
             "endpoint": endpoint, "request_messages": body.get("messages") or [{"role": "user", "content":
                                                                                  str(body.get("prompt", ""))}],
             "request_params": {k: v for k, v in body.items() if k not in ("messages", "prompt")},

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import json
 import logging
 import ssl
 import time
@@ -53,6 +54,11 @@ class Request:
 
 
 Handler = Callable[[Request, "Responder"], Awaitable[None]]
+
+
+def error_body(message: str, code: str) -> bytes:
+    """An OpenAI-style error object, the one shape every error answer of the gateway has."""
+    return json.dumps({"error": {"message": message, "type": code, "param": None, "code": code}}).encode()
 
 
 def _status_line(status: int) -> str:
@@ -151,11 +157,11 @@ class _ServerConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError:
             if not self._rejecting:  # else a body over the limit: its 413 is queued, the connection closes after
-                self._reject(431 if self._head_size > MAX_HEAD_BYTES else 400, b"invalid request head")
+                self._reject(431 if self._head_size > MAX_HEAD_BYTES else 400, "invalid request head")
         except httptools.HttpParserUpgrade:
-            self._reject(400, b"protocol upgrades are not supported")
+            self._reject(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            self._reject(431 if self._head_size > MAX_HEAD_BYTES else 400, str(exc).encode())
+            self._reject(431 if self._head_size > MAX_HEAD_BYTES else 400, str(exc))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -245,8 +251,7 @@ class _ServerConnection(asyncio.Protocol):
         if self._closed:
             return
         if not responder.status:
-            responder.send(500, b'{"error": {"message": "internal gateway error", "type": "server_error", '
-                                b'"param": null, "code": "server_error"}}')
+            responder.send(500, error_body("internal gateway error", "server_error"))
         elif not responder.finished:  # a stream already under way cannot change its status: cut it off
             self.close()
             return
@@ -254,10 +259,9 @@ class _ServerConnection(asyncio.Protocol):
             self._transport.resume_reading()
         self._next()
 
-    def _reject(self, status: int, message: bytes) -> None:
+    def _reject(self, status: int, message: str) -> None:
         if self._transport and not self._closed:
-            body = b'{"error": {"message": "%b", "type": "invalid_request_error", "param": null, ' \
-                   b'"code": "invalid_request_error"}}' % message.replace(b'"', b"'")
+            body = error_body(message, "invalid_request_error")
             self._transport.write(_head(status, [("content-type", "application/json"),
                                                  ("content-length", str(len(body))), ("connection", "close")]) + body)
         self.close()
