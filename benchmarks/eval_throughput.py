@@ -2,11 +2,14 @@
 
     python benchmarks/eval_throughput.py [--rows N] [--adapter PATH] [--batch-size B]
 
-Batched: ``distillery.inference.generate`` (prompts of similar length batched together, greedy,
-KV cache) over ``--rows`` test rows (default all 3,080). Sequential: plain ``model.generate``
-one request at a time, the way a naive harness calls it, on ``--sequential-rows`` of the same
-rows in the same run. Prompts are the Banking77 benchmark's (benchmarks/banking77.py). The last
-line is one JSON object.
+Batched: ``distillery.inference.generate``, as ``eval_report`` runs it on a classification
+workload: decoding constrained to the 77 labels, prompts of similar length batched together,
+the shared prompt prefix computed once, rows leaving the batch once their label is decided.
+Sequential: plain ``model.generate`` one request at a time with the same constraint (a prefix
+function over the same label trie, so both produce the same answers), the way a naive harness
+calls it, on ``--sequential-rows`` of the same rows in the same run. ``--free`` drops the
+constraint on both sides (free generation up to ``--max-new-tokens``). Prompts are the Banking77
+benchmark's (benchmarks/banking77.py). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from banking77 import DATA, conversation  # noqa: E402
-from distillery.inference import generate, load_model  # noqa: E402
+from distillery.inference import AnswerTrie, generate, load_model  # noqa: E402
 from distillery.models import resolve_base_model  # noqa: E402
 
 
@@ -37,6 +40,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--sequential-rows", type=int, default=24)
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--free", action="store_true", help="no label constraint (free generation)")
     args = parser.parse_args()
 
     test = pd.read_csv(DATA / "test.csv")
@@ -47,6 +51,8 @@ def main() -> None:
                                   {"adapter": args.adapter} if args.adapter else None)
     if torch.cuda.is_available():
         model = model.to("cuda")
+    labels = None if args.free else json.loads((DATA / "categories.json").read_text())
+    trie = AnswerTrie(tokenizer, labels) if labels else None
 
     sample = conversations[: args.sequential_rows]
     began = time.perf_counter()
@@ -54,13 +60,16 @@ def main() -> None:
         for messages in sample:
             prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+            width = encoded["input_ids"].shape[1]
+            constrain = (lambda _row, ids: trie.allowed(ids[width:].tolist())) if trie else None
             model.generate(**encoded, max_new_tokens=args.max_new_tokens, do_sample=False,
-                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                           prefix_allowed_tokens_fn=constrain)
     sequential_rows_per_s = len(sample) / (time.perf_counter() - began)
 
     began = time.perf_counter()
     generations = generate(model, tokenizer, conversations, max_new_tokens=args.max_new_tokens,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, answers=labels)
     seconds = time.perf_counter() - began
     print(json.dumps({
         "rows": len(generations),
@@ -71,6 +80,7 @@ def main() -> None:
         "speedup": round(len(generations) / seconds / sequential_rows_per_s, 2),
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,
+        "constrained_to_labels": labels is not None,
         "generated_tokens": sum(g.completion_tokens for g in generations),
         "adapter": str(args.adapter) if args.adapter else None,
         "device": str(model.device),

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 from datasets import DatasetDict, load_from_disk
 
 from distillery import curation, evaluation, plots, training
 from distillery.artifacts import Artifact, ArtifactStore
+from distillery.costs import CostSettings, compare_costs, small_model_figures
 from distillery.errors import DistilleryError
+from distillery.gate import GatePolicy
 from distillery.logstore import STATUS_OK, LogStore, load_snapshot, save_snapshot
 from distillery.serving import Endpoint, LocalEndpoints
 from distillery.settings import validate_workload
@@ -158,10 +162,25 @@ def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, bas
     return AdapterSummary(artifacts.latest(workload, ADAPTER), run_id, version, registered_model_name(workload), result)
 
 
-def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, *, threshold: float,
-                     batch_size: int, constrain_to_labels: bool = True,
+def _champion_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str,
+                      candidate_version: str) -> tuple[str, Path] | None:
+    """The current champion's model version and adapter folder (the artifact store's copy, else MLflow's)."""
+    version = tracker.alias_version(workload, CHAMPION)
+    if version is None or version == candidate_version:
+        return None
+    for adapter_version in reversed(artifacts.versions(workload, ADAPTER)):
+        adapter = artifacts.get(workload, ADAPTER, adapter_version)
+        if adapter.manifest.get("model_version") == version and (adapter.path / "adapter").is_dir():
+            return version, adapter.path / "adapter"
+    return version, tracker.download_adapter(workload, version, artifacts.root / workload / "champion-download")
+
+
+def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, *, policy: GatePolicy,
+                     costs: CostSettings = CostSettings(), batch_size: int, constrain_to_labels: bool = True,
+                     judge: evaluation.Judge | None = None,
                      on_progress: Progress = _quiet) -> tuple[Artifact, evaluation.EvalReport]:
-    """Score the latest adapter and its base model on the held-out split it was never trained on.
+    """Score the latest adapter, its base model and the champion on the held-out split it was never trained on,
+    cost both sides from the logged traffic, and record the gate's decision.
 
     For a classification workload, ``constrain_to_labels`` restricts decoding to its label set.
     """
@@ -170,29 +189,49 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
     curated = artifacts.get(workload, CURATED, trained["dataset_version"])
     test = load_from_disk(str(curated.path / "dataset"))["test"]
     answers = _label_set(curated.manifest) if constrain_to_labels else None
-    report = evaluation.evaluate(test, workload, trained["base_model"], adapter.path / "adapter",
-                                 threshold=threshold, batch_size=batch_size, on_progress=on_progress, answers=answers)
+    champion = _champion_adapter(artifacts, tracker, workload, trained["model_version"])
+    report, outputs = evaluation.evaluate(
+        test, workload, trained["base_model"], adapter.path / "adapter", task=curated.manifest["task"],
+        policy=policy, champion=champion, batch_size=batch_size, on_progress=on_progress, answers=answers,
+        judge=judge)
+    served = outputs.generations[evaluation.CANDIDATE]
+    small = small_model_figures([g.latency_ms for g in served], [g.prompt_tokens for g in served],
+                                [g.completion_tokens for g in served], report.candidate.rows_per_s,
+                                usd_per_hour=costs.serving_usd_per_hour)
+    raw = load_snapshot(artifacts.get(workload, RAW, curated.manifest["raw_version"]).path / "rows.parquet")
+    estimated = (statistics.fmean(g.prompt_tokens for g in served), statistics.fmean(outputs.reference_tokens))
+    report.operations = compare_costs(raw[raw["status"] == STATUS_OK], small, estimated_frontier_tokens=estimated,
+                                      settings=costs)
+
+    run_id = trained["mlflow_run_id"]
+    candidate = report.candidate
+    tracker.log_metrics(run_id, {
+        "eval_headline": candidate.headline,
+        "eval_headline_ci95_low": candidate.headline_ci95[0],
+        "eval_headline_ci95_high": candidate.headline_ci95[1],
+        "eval_agreement": candidate.agreement,
+        "eval_base_headline": report.scores[evaluation.BASE].headline,
+        "eval_latency_ms_p50": candidate.latency_ms_p50,
+        "eval_latency_ms_p95": candidate.latency_ms_p95,
+        "eval_gate_passed": float(report.passed),
+        **{f"eval_{name}": value for name, value in candidate.metrics.items()},
+        **{f"eval_{name}": value for name, value in report.operations.money().items()},
+    })
+    history = tracker.metric_by_version(workload, "eval_headline")
     markdown = report.markdown()
     manifest = {"adapter_version": adapter.version, "model_version": trained["model_version"],
-                "mlflow_run_id": trained["mlflow_run_id"], "passed": report.passed,
-                "probe_messages": test[0]["messages"][:-1]}
+                "mlflow_run_id": run_id, "passed": report.passed, "headline_metric": report.headline_metric,
+                "headline": candidate.headline, "probe_messages": test[0]["messages"][:-1]}
     with artifacts.publish(workload, REPORT, manifest) as folder:
         (folder / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
         (folder / "report.md").write_text(markdown)
         if report.classification:
-            fine_tuned = report.classification["fine-tuned"]
+            fine_tuned = report.classification[evaluation.CANDIDATE]
             plots.confusion_matrix_png(fine_tuned["confusion"], folder / "plots" / "confusion_matrix.png")
             plots.per_label_f1_png(fine_tuned["per_label_f1"], folder / "plots" / "per_label_f1.png")
-            tracker.log_artifacts(trained["mlflow_run_id"], folder / "plots", "eval_plots")
-    run_id = trained["mlflow_run_id"]
-    tracker.log_metrics(run_id, {
-        "eval_agreement": report.candidate.agreement,
-        "eval_agreement_ci95_low": report.candidate.agreement_ci95[0],
-        "eval_agreement_ci95_high": report.candidate.agreement_ci95[1],
-        "eval_base_agreement": report.scores["base"].agreement,
-        "eval_latency_ms_p50": report.candidate.latency_ms_p50,
-        **({"eval_macro_f1": report.classification["fine-tuned"]["macro_f1"]} if report.classification else {}),
-    })
+        plots.latency_and_cost_png(report.operations, folder / "plots" / "latency_and_cost.png")
+        plots.metric_by_version_png(history, report.headline_metric, folder / "plots" / "headline_by_version.png")
+        tracker.log_artifacts(run_id, folder / "plots", "eval_plots")
     tracker.log_text(run_id, markdown, "eval_report.md")
     return artifacts.latest(workload, REPORT), report
 

@@ -36,6 +36,34 @@ def per_label_f1_png(per_label: dict[str, float], path: Path) -> Path:
     return _save(figure, path)
 
 
+def latency_and_cost_png(operations, path: Path) -> Path:
+    """Frontier against fine-tuned: latency p50/p95 and cost per 1,000 requests (a ``costs.CostComparison``)."""
+    sides = [operations.frontier, operations.small_model]
+    names = [side.name for side in sides]
+    figure, (latency, cost) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for offset, (label, values) in enumerate((("p50", [s.latency_ms_p50 for s in sides]),
+                                              ("p95", [s.latency_ms_p95 for s in sides]))):
+        latency.bar([i + 0.38 * offset for i in range(len(sides))], [v or 0 for v in values], width=0.38, label=label)
+    latency.set_xticks([i + 0.19 for i in range(len(sides))], names)
+    latency.set_ylabel("latency (ms)")
+    latency.legend()
+    cost.bar(names, [s.usd_per_1k_requests or 0 for s in sides], color=["#C44E52", "#55A868"])
+    cost.set_ylabel("USD per 1,000 requests")
+    return _save(figure, path)
+
+
+def metric_by_version_png(history: list[tuple[str, float]], metric: str, path: Path) -> Path:
+    """The headline metric of each registered model version, oldest first."""
+    figure, axes = plt.subplots(figsize=(max(4.0, 0.5 * len(history) + 2), 3))
+    axes.plot([f"v{version}" for version, _ in history], [value for _, value in history], marker="o")
+    axes.axhline(1.0, color="grey", linestyle=":", label="frontier")
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel(metric)
+    axes.set_xlabel("model version")
+    axes.legend(loc="lower right")
+    return _save(figure, path)
+
+
 def _save(figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()

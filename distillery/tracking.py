@@ -104,3 +104,23 @@ class Tracker:
             return str(self.client.get_model_version_by_alias(registered_model_name(workload), alias).version)
         except MlflowException:
             return None
+
+    def download_adapter(self, workload: str, version: str, destination: Path) -> Path:
+        """A registered adapter version's files, copied from the MLflow artifact store."""
+        run_id = self.client.get_model_version(registered_model_name(workload), version).run_id
+        target = destination / f"v{version}"
+        target.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, ADAPTER_ARTIFACT_PATH, str(target)))
+
+    def metric_by_version(self, workload: str, key: str) -> list[tuple[str, float]]:
+        """``key``'s latest value on the training run of each registered version that has it, oldest first."""
+        try:
+            versions = self.client.search_model_versions(f"name='{registered_model_name(workload)}'")
+        except MlflowException:
+            return []
+        values = []
+        for version in sorted(versions, key=lambda v: int(v.version)):
+            metrics = self.client.get_run(version.run_id).data.metrics if version.run_id else {}
+            if key in metrics:
+                values.append((str(version.version), metrics[key]))
+        return values

@@ -4,8 +4,8 @@ import dagster as dg
 
 from assets import LIFECYCLE_ASSETS
 from pipelines.automation import lifecycle_job, new_workloads, nightly_retrain
-from resources import (ArtifactsResource, LogStoreResource, MlflowResource, ServingResource, TrainerResource,
-                       TrainingLauncherResource)
+from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
+                       TrainerResource, TrainingLauncherResource)
 
 defs = dg.Definitions(
     assets=LIFECYCLE_ASSETS,
@@ -19,5 +19,6 @@ defs = dg.Definitions(
         "trainer": TrainerResource(),
         "training_launcher": TrainingLauncherResource(),
         "serving": ServingResource(),
+        "judge": JudgeResource(),
     },
 )

@@ -1,6 +1,6 @@
 """Run the whole lifecycle for one workload in this process, recorded in the Dagster instance.
 
-    python -m pipelines.run WORKLOAD [--epochs N] [--min-agreement X]
+    python -m pipelines.run WORKLOAD [--epochs N] [--max-gap-points X]
 
 Used by `distillery demo`; the runs show in the Dagster UI of the same DAGSTER_HOME.
 """
@@ -35,13 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workload")
     parser.add_argument("--epochs", type=float, help="override lora_adapter's epochs")
-    parser.add_argument("--min-agreement", type=float, help="override eval_report's promotion threshold")
+    parser.add_argument("--max-gap-points", type=float, help="override the gate's allowed gap to the frontier")
     args = parser.parse_args(argv)
     ops: dict = {}
     if args.epochs is not None:
         ops["lora_adapter"] = {"config": {"epochs": args.epochs}}
-    if args.min_agreement is not None:
-        ops["eval_report"] = {"config": {"min_agreement": args.min_agreement}}
+    if args.max_gap_points is not None:
+        ops["eval_report"] = {"config": {"max_gap_to_frontier_points": args.max_gap_points}}
     with dg.DagsterInstance.get() as instance:
         return 0 if run_lifecycle(args.workload, instance, ops) else 1
 

@@ -1,11 +1,12 @@
 """Dagster resources: one per external system, each a thin wrapper over the core."""
 
 from resources.artifacts import ArtifactsResource
+from resources.judge import JudgeResource
 from resources.log_store import LogStoreResource
 from resources.mlflow import MlflowResource
 from resources.serving import ServingResource
 from resources.trainer import TrainerResource
 from resources.training_launcher import TrainingLauncherResource
 
-__all__ = ["ArtifactsResource", "LogStoreResource", "MlflowResource", "ServingResource", "TrainerResource",
+__all__ = ["ArtifactsResource", "JudgeResource", "LogStoreResource", "MlflowResource", "ServingResource", "TrainerResource",
            "TrainingLauncherResource"]

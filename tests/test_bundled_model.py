@@ -5,6 +5,7 @@ import pytest
 
 from distillery import lifecycle
 from distillery.artifacts import ArtifactStore
+from distillery.gate import GatePolicy
 from distillery.demo_workload import QUEUES, WORKLOAD, demo_messages, send_demo_traffic
 from distillery.logstore import LogStore
 from distillery.models import resolve_base_model
@@ -28,7 +29,9 @@ def test_fine_tuning_the_bundled_model_beats_it_on_held_out_tickets(distillery_h
     trained = lifecycle.train_adapter(artifacts, tracker, WORKLOAD, base_model, config, run_tags={})
     assert trained.result.final_train_loss < trained.result.loss_curve[0][1] / 4
 
-    _, report = lifecycle.evaluate_adapter(artifacts, tracker, WORKLOAD, threshold=0.3, batch_size=16)
+    # Any gap passes: this run proves the path, not that 30 steps reach the frontier.
+    _, report = lifecycle.evaluate_adapter(artifacts, tracker, WORKLOAD, policy=GatePolicy(max_gap_to_frontier=1.0),
+                                           batch_size=16)
     assert report.rows >= 8  # about a tenth of the ~90 rows left after duplicate removal, per label
     # A classification workload: both models may only answer with a queue name (constrained decoding),
     # so the base model guesses among 8 queues and the fine-tuned one has to beat the guess.

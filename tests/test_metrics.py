@@ -1,6 +1,7 @@
 import pytest
 
-from distillery.metrics import bootstrap_interval, classification_metrics, extraction_metrics, parse_record
+from distillery.metrics import (bootstrap_interval, classification_metrics, extraction_metrics, field_f1,
+                                free_text_metrics, parse_record, record_match)
 
 
 def test_classification_metrics_by_hand():
@@ -25,10 +26,30 @@ def test_extraction_metrics_count_fields_and_invalid_json():
     assert parse_record("[1, 2]") is None and parse_record('{"a": null}') == {"a": None}
 
 
+def test_extraction_counts_sum_to_the_corpus_scores():
+    references = ['{"city": "Paris", "date": "friday"}', '{"city": "Rome"}']
+    predictions = ['{"city": "Paris"}', "not json"]
+    matches = [record_match(r, p) for r, p in zip(references, predictions)]
+    assert matches[0] == (True, 1, 1, 2, False) and matches[1] == (False, 0, 0, 1, False)
+    assert field_f1(matches) == pytest.approx(extraction_metrics(references, predictions)["field_f1"]) == pytest.approx(0.5)
+
+
+def test_free_text_metrics_reward_closer_answers():
+    reference = ["Your refund was sent to the card you paid with and arrives within five days."]
+    close = free_text_metrics(reference, ["The refund went to the card you paid with; it arrives in five days."], [0.9])
+    far = free_text_metrics(reference, ["Please restart the router."], [0.1])
+    assert close["rouge_l"] > far["rouge_l"] and close["chrf"] > far["chrf"]
+    assert free_text_metrics(reference, reference, [1.0]) == pytest.approx(
+        {"rouge_l": 1.0, "chrf": 1.0, "embedding_similarity": 1.0})
+
+
 def test_bootstrap_interval_brackets_the_metric_and_narrows_with_more_rows():
-    accuracy = lambda refs, preds: sum(r == p for r, p in zip(refs, preds)) / len(refs)
-    small = bootstrap_interval(["a"] * 8 + ["b"] * 2, ["a"] * 10, accuracy, resamples=500)
-    large = bootstrap_interval(["a"] * 800 + ["b"] * 200, ["a"] * 1000, accuracy, resamples=500)
+    small = bootstrap_interval([1] * 8 + [0] * 2, resamples=500)
+    large = bootstrap_interval([1] * 800 + [0] * 200, resamples=500)
     assert small[0] < 0.8 < small[1] and large[0] < 0.8 < large[1]
     assert large[1] - large[0] < (small[1] - small[0]) / 3
-    assert bootstrap_interval(["a"] * 5, ["a"] * 5, accuracy) == (1.0, 1.0)
+    assert bootstrap_interval([1] * 5) == (1.0, 1.0)
+    # Any statistic of the rows: here micro field F1 over per-row extraction counts.
+    matches = [record_match('{"a": 1}', '{"a": 1}')] * 5 + [record_match('{"a": 1}', "{}")] * 5
+    low, high = bootstrap_interval(matches, field_f1, resamples=300)
+    assert low < field_f1(matches) < high

@@ -12,14 +12,15 @@ from distillery.serving import LocalEndpoints
 from distillery.tracking import CHALLENGER, CHAMPION, Tracker, registered_model_name
 from pipelines.automation import new_workloads, nightly_retrain
 from pipelines.definitions import defs
-from resources import (ArtifactsResource, LogStoreResource, MlflowResource, ServingResource, TrainerResource,
-                       TrainingLauncherResource)
+from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
+                       TrainerResource, TrainingLauncherResource)
 
 FAST_TRAINING = {"lora_adapter": {"config": {"max_steps": 3, "batch_size": 8, "rank": 4, "alpha": 8}}}
 
 
-def _ops(min_agreement: float) -> dict:
-    return {"ops": {**FAST_TRAINING, "eval_report": {"config": {"min_agreement": min_agreement}}}}
+def _ops(max_gap_points: float) -> dict:
+    return {"ops": {**FAST_TRAINING, "eval_report": {"config": {"max_gap_to_frontier_points": max_gap_points,
+                                                                 "monthly_requests": 300_000}}}}
 
 
 @pytest.fixture
@@ -31,6 +32,7 @@ def resources(distillery_home, tiny_model_dir):
         "trainer": TrainerResource(base_model=tiny_model_dir),
         "serving": ServingResource(startup_timeout_s=120),
         "training_launcher": TrainingLauncherResource(),
+        "judge": JudgeResource(),
     }
     for endpoint in LocalEndpoints().all():
         LocalEndpoints().stop(endpoint.workload)
@@ -58,6 +60,11 @@ def _metadata(result: dg.ExecuteInProcessResult, asset) -> dict:
     return {key: value.value for key, value in event.metadata.items()}
 
 
+def _gate_check(result: dg.ExecuteInProcessResult):
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "gate_passed"]
+    return check
+
+
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
     [failure] = [e for e in result.all_events if e.is_step_failure]
     return failure.step_failure_data.error.message
@@ -65,7 +72,7 @@ def _failure_message(result: dg.ExecuteInProcessResult) -> str:
 
 def test_the_whole_lifecycle_twice(resources, instance):
     _capture_demo_traffic(80)
-    first = _materialize(LIFECYCLE_ASSETS, instance, resources, run_config=_ops(min_agreement=0.0))
+    first = _materialize(LIFECYCLE_ASSETS, instance, resources, run_config=_ops(max_gap_points=100))
     assert first.success
 
     raw = _metadata(first, raw_llm_logs)
@@ -75,6 +82,12 @@ def test_the_whole_lifecycle_twice(resources, instance):
     report = _metadata(first, eval_report)
     assert "| fine-tuned |" in report["report"] and report["passed"] is True
     assert report["plot_confusion_matrix"].endswith("confusion_matrix.png") and 0 <= report["fine_tuned_macro_f1"] <= 1
+    assert report["headline_metric"] == "accuracy" and "champion_headline" not in report
+    # The demo's gateway logged a cost per call; the local model costs its measured share of a $1/hour machine.
+    assert report["frontier_usd_per_1k"] > 0 and report["small_model_usd_per_1k"] > 0
+    assert report["monthly_saving_usd"] == pytest.approx(
+        (report["frontier_usd_per_1k"] - report["small_model_usd_per_1k"]) * 300)
+    assert _gate_check(first).passed
     deployed = _metadata(first, deployed_endpoint)
     assert deployed["promoted"] is True
     client = openai.OpenAI(base_url=deployed["url"], api_key="local", max_retries=0)
@@ -92,7 +105,8 @@ def test_the_whole_lifecycle_twice(resources, instance):
         run.info.run_id, "adapter")}
     assert tracker.alias_version(WORKLOAD, CHAMPION) == "1"
     assert {a.path for a in tracker.client.list_artifacts(run.info.run_id, "eval_plots")} == {
-        "eval_plots/confusion_matrix.png", "eval_plots/per_label_f1.png"}
+        "eval_plots/confusion_matrix.png", "eval_plots/per_label_f1.png", "eval_plots/latency_and_cost.png",
+        "eval_plots/headline_by_version.png"}
     assert run.data.tags["distillery.dataset_hash"] and "system/peak_rss_mb" in run.data.metrics
     assert run.data.params["lora_layers"] == "0" and run.data.params["lr_schedule"] == "cosine"
     [dataset] = run.inputs.dataset_inputs
@@ -100,24 +114,38 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert run.data.tags["distillery.dataset_hash"].startswith(dataset.dataset.digest)
     assert trained["device"] == "cpu"  # reported back by the Pipes worker, which trained out of process
 
-    second = _materialize(LIFECYCLE_ASSETS, instance, resources, run_config=_ops(min_agreement=0.0))
+    second = _materialize(LIFECYCLE_ASSETS, instance, resources, run_config=_ops(max_gap_points=100))
     assert second.success
     retrained = _metadata(second, lora_adapter)
     assert retrained["model_version"] == "2" and retrained["mlflow_run_id"] != trained["mlflow_run_id"]
     version = tracker.client.get_model_version(registered_model_name(WORKLOAD), "2")
     assert version.run_id == retrained["mlflow_run_id"] and version.tags["dagster.run_id"] == second.run_id
     assert tracker.alias_version(WORKLOAD, CHAMPION) == "2" == tracker.alias_version(WORKLOAD, CHALLENGER)
+    # v1, the champion then, was scored on the same rows; the same data and seed trained the same adapter.
+    rescored = _metadata(second, eval_report)
+    assert rescored["champion_model_version"] == "1"
+    assert rescored["champion_headline"] == rescored["fine_tuned_headline"]
+    assert [v for v, _ in tracker.metric_by_version(WORKLOAD, "eval_headline")] == ["1", "2"]
     assert _metadata(second, deployed_endpoint)["url"] != deployed["url"]
     assert len(LocalEndpoints().all()) == 1  # the first endpoint made way for the second
 
 
-def test_a_failing_report_promotes_nothing_and_deploying_a_stale_report_is_refused(resources, instance):
+def test_a_refused_candidate_stops_the_deploy_and_deploying_a_stale_report_is_refused(resources, instance):
     _capture_demo_traffic(40)
-    result = _materialize(LIFECYCLE_ASSETS, instance, resources, run_config=_ops(min_agreement=1.01))
-    assert result.success
-    deployed = _metadata(result, deployed_endpoint)
-    assert deployed["promoted"] is False and deployed["reason"].startswith("FAIL")
+    result = _materialize(LIFECYCLE_ASSETS, instance, resources, run_config=_ops(max_gap_points=0))
+    # The gate's blocking check fails: the run fails and deployed_endpoint is never materialized.
+    assert not result.success
+    check = _gate_check(result)
+    assert not check.passed and "points below the frontier" in check.description
+    assert _metadata(result, eval_report)["passed"] is False
+    assert not result.asset_materializations_for_node(deployed_endpoint.op.name)
     assert Tracker().alias_version(WORKLOAD, CHAMPION) is None
+
+    # Materialized on its own (outside a run with the check), the deploy still refuses the failed report.
+    alone = _materialize([deployed_endpoint], instance, resources)
+    assert alone.success
+    deployed = _metadata(alone, deployed_endpoint)
+    assert deployed["promoted"] is False and deployed["reason"].startswith("REFUSE")
     assert LocalEndpoints().current(WORKLOAD) is None
 
     assert _materialize([lora_adapter], instance, resources, run_config={"ops": FAST_TRAINING}).success
