@@ -40,9 +40,13 @@ def _lifecycle_env() -> dict[str, str]:
             "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
 
 
-def _run_lifecycle(workload: str, epochs: float | None) -> None:
-    command = [sys.executable, "-m", "pipelines.run", workload, *(["--epochs", str(epochs)] if epochs else [])]
-    if subprocess.run(command, env=_lifecycle_env()).returncode != 0:
+def _run_lifecycle(workload: str, epochs: float | None, max_gap_points: float | None = None) -> None:
+    """Run the lifecycle job, print the outcome (the evaluation report, if one was made), exit 1 if the run failed."""
+    command = [sys.executable, "-m", "pipelines.run", workload, *(["--epochs", str(epochs)] if epochs else []),
+               *(["--max-gap-points", str(max_gap_points)] if max_gap_points is not None else [])]
+    succeeded = subprocess.run(command, env=_lifecycle_env()).returncode == 0
+    _print_outcome(workload)
+    if not succeeded:
         typer.secho(f"the lifecycle run for {workload!r} failed; see the messages above", fg="red", err=True)
         raise typer.Exit(1)
 
@@ -56,6 +60,8 @@ def demo(
     frontier_model: str = typer.Option("gpt-4o-mini", help="Model name to ask a real provider for."),
     epochs: Optional[float] = typer.Option(None, help="Override the fine-tune's epochs."),
     concurrency: int = typer.Option(8, help="Parallel demo calls."),
+    # The demo's model trains for a few minutes on CPU on 400 calls; a real workload keeps the gate's default of 5.
+    max_gap_points: float = typer.Option(20.0, help="The gate's allowed gap to the frontier, in points."),
 ) -> None:
     """Capture demo traffic, then run the whole lifecycle on it: curate, fine-tune, evaluate, deploy."""
     from tqdm import tqdm
@@ -78,15 +84,17 @@ def demo(
 
     _say(f"3/3 Running the lifecycle for {WORKLOAD!r} in Dagster: "
          "raw_llm_logs -> curated_dataset -> lora_adapter -> eval_report -> deployed_endpoint")
-    _run_lifecycle(WORKLOAD, epochs)
-    _print_outcome(WORKLOAD)
+    _run_lifecycle(WORKLOAD, epochs, max_gap_points)
 
 
 def _print_outcome(workload: str) -> None:
     from distillery.artifacts import ArtifactStore
     from distillery.serving import LocalEndpoints
 
-    report = ArtifactStore().latest(workload, "eval_report")
+    reports = ArtifactStore()
+    if not reports.versions(workload, "eval_report"):
+        return
+    report = reports.latest(workload, "eval_report")
     _say("Evaluation on the held-out test split")
     typer.echo((report.path / "report.md").read_text())
     endpoint = LocalEndpoints().current(workload)
@@ -105,11 +113,14 @@ def _print_outcome(workload: str) -> None:
 
 
 @app.command()
-def run(workload: str, epochs: Optional[float] = typer.Option(None, help="Override the fine-tune's epochs.")) -> None:
+def run(
+    workload: str,
+    epochs: Optional[float] = typer.Option(None, help="Override the fine-tune's epochs."),
+    max_gap_points: Optional[float] = typer.Option(None, help="Override the gate's allowed gap to the frontier."),
+) -> None:
     """Run the whole lifecycle for one workload already in the log store."""
     settings.validate_workload(workload)
-    _run_lifecycle(workload, epochs)
-    _print_outcome(workload)
+    _run_lifecycle(workload, epochs, max_gap_points)
 
 
 @app.command()
@@ -210,7 +221,8 @@ def keys_revoke(name: str) -> None:
 def logs_import(
     path: Path,
     workload: str = typer.Option(..., help="Workload the rows belong to."),
-    fmt: str = typer.Option("finetune", "--format", help="finetune (messages JSONL), batch (Batch API output), csv."),
+    fmt: str = typer.Option("finetune", "--format",
+                            help="finetune (messages JSONL), batch (Batch API output), csv, dstc8 (slot spans)."),
     prompt_column: str = typer.Option("text", help="CSV: column with the user message."),
     answer_column: str = typer.Option("label", help="CSV: column with the answer."),
     system_prompt: Optional[str] = typer.Option(None, help="CSV: system message to put before each prompt."),

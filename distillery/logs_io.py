@@ -2,7 +2,9 @@
 
 Formats: OpenAI fine-tuning JSONL (``{"messages": [...]}``, the last assistant turn is the
 answer), OpenAI Batch API output JSONL (joined with its input file by ``custom_id`` for
-the request messages), and CSV with the prompt and answer columns named by the caller.
+the request messages), CSV with the prompt and answer columns named by the caller, and
+DSTC8 slot-span files (Span-ConveRT's ``dstc8_spans``: a user turn in, a JSON object of its
+labelled slot values out).
 Every imported row gets a uid derived from the workload and the source record, so
 importing the same file twice adds nothing. Lines that cannot be read are counted and
 reported with their line number, never silently dropped, and never stop the import.
@@ -107,6 +109,35 @@ def _csv_records(path: Path, workload: str, prompt_column: str, answer_column: s
                            uid=_uid(workload, f"{path.name}:{number}:{prompt}\0{answer}"))
 
 
+def dstc8_system_prompt(slots: list[str], requested: list[str]) -> str:
+    prompt = ("Extract the slot values the user states, as a JSON object with only these keys: " + ", ".join(slots)
+              + ". Copy each value exactly as written; leave out slots the user does not state; answer {} if none.")
+    return prompt + (f" The assistant has just asked for: {', '.join(requested)}." if requested else "")
+
+
+def _dstc8_records(path: Path, workload: str, result: ImportResult) -> Iterator[Exchange]:
+    """Every file of the domain folder names the slots, so train and test files get the same system prompt."""
+    examples = json.loads(path.read_text(encoding="utf-8"))
+    slots = sorted({label["slot"] for sibling in sorted(path.parent.glob("*.json"))
+                    for example in json.loads(sibling.read_text(encoding="utf-8"))
+                    for label in example.get("labels", [])})
+    for number, example in enumerate(examples, 1):
+        result.read += 1
+        try:
+            text = example["userInput"]["text"]
+            values = {}
+            for label in example.get("labels", []):
+                span = label["valueSpan"]
+                values[label["slot"]] = text[span.get("startIndex", 0) : span["endIndex"]]
+            system = dstc8_system_prompt(slots, example.get("context", {}).get("requestedSlots", []))
+            yield Exchange(workload=workload, request_messages=[{"role": "system", "content": system},
+                                                                {"role": "user", "content": text}],
+                           response_text=json.dumps(dict(sorted(values.items())), ensure_ascii=False),
+                           model="imported", finish_reason="stop", uid=_uid(workload, f"{path.name}:{example['id']}"))
+        except (KeyError, TypeError, AttributeError) as exc:
+            result.skipped.append(f"record {number}: {exc.__class__.__name__}: {exc}")
+
+
 def import_logs(store: LogStore, path: Path, workload: str, fmt: str, *, prompt_column: str = "text",
                 answer_column: str = "label", system_prompt: str | None = None,
                 requests_path: Path | None = None) -> ImportResult:
@@ -118,8 +149,10 @@ def import_logs(store: LogStore, path: Path, workload: str, fmt: str, *, prompt_
         records = _batch_records(path, requests_path, workload, result)
     elif fmt == "csv":
         records = _csv_records(path, workload, prompt_column, answer_column, system_prompt, result)
+    elif fmt == "dstc8":
+        records = _dstc8_records(path, workload, result)
     else:
-        raise ValueError(f"unknown format {fmt!r}: use finetune, batch or csv")
+        raise ValueError(f"unknown format {fmt!r}: use finetune, batch, csv or dstc8")
     before = store.workloads().get(workload, 0)
     handed = 0
     batch: list[dict] = []

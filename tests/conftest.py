@@ -92,8 +92,12 @@ def tiny_adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def banking77_train() -> Path:
-    path = SHARED_DATA / "banking77" / "train.csv"
-    if not path.exists():
-        pytest.fail(f"Banking77 not found at {path}: set DISTILLERY_SHARED_DATA to the shared data folder")
-    return path
+def shared_data() -> Path:
+    if not (SHARED_DATA / "banking77" / "train.csv").exists():
+        pytest.fail(f"the shared data is not at {SHARED_DATA}: set DISTILLERY_SHARED_DATA to the shared data folder")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def banking77_train(shared_data) -> Path:
+    return shared_data / "banking77" / "train.csv"

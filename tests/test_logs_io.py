@@ -4,6 +4,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from distillery.cli import app
+from distillery.curation import EXTRACTION, infer_task
 from distillery.logs_io import export_finetune_jsonl, import_logs
 from distillery.logstore import LogStore
 from distillery.migrations import current_revision, upgrade
@@ -95,3 +96,19 @@ def test_cli_manages_keys_and_imports(distillery_home, tmp_path):
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}))
     imported = runner.invoke(app, ["logs", "import", str(path), "--workload", "chat"])
     assert "imported 1" in imported.stdout
+
+
+def test_dstc8_slot_spans_import_as_an_extraction_workload(store, shared_data):
+    path = shared_data / "dstc8_spans" / "Buses_1" / "test.json"
+    result = import_logs(store, path, "buses", "dstc8")
+    assert (result.read, result.imported, result.skipped) == (377, 377, [])
+    assert import_logs(store, path, "buses", "dstc8").already_stored == 377
+    rows = store.read("buses")
+    answers = {row.request_messages[-1]["content"]: json.loads(row.response_text) for row in rows.itertuples()}
+    # The second record of the file: spans cut from the user's text, keys sorted.
+    assert answers["The date is March 14th and the destination is Sacramento. The departure is from Las Vegas."] == {
+        "from_location": "Las Vegas", "leaving_date": "March 14th", "to_location": "Sacramento"}
+    assert answers["I need a bus for my planned trip."] == {}
+    system = rows.iloc[1]["request_messages"][0]["content"]
+    assert "from_location, leaving_date, to_location" in system and "just asked for: to_location" in system
+    assert infer_task(rows["response_text"]) == EXTRACTION

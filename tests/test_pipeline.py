@@ -216,3 +216,22 @@ def test_training_errors_reach_dagster_from_the_worker_and_bad_configs_never_sta
     bad = {"ops": {"lora_adapter": {"config": {"lr_schedule": "warm"}}}}
     result = _materialize([lora_adapter], instance, resources, run_config=bad)
     assert "lr_schedule must be one of" in _failure_message(result)
+
+
+def test_an_extraction_workload_from_dstc8_is_scored_with_extraction_metrics(resources, instance, shared_data):
+    from distillery.logs_io import import_logs
+    from distillery.logstore import LogStore
+
+    store = LogStore()
+    store.upgrade()
+    import_logs(store, shared_data / "dstc8_spans" / "Buses_1" / "test.json", "buses", "dstc8")
+    result = _materialize(LIFECYCLE_ASSETS[:4], instance, resources, workload="buses",
+                          run_config=_ops(max_gap_points=100))
+    assert result.success
+    report = _metadata(result, eval_report)
+    assert report["task"] == "extraction" and report["headline_metric"] == "field_f1"
+    assert {"fine_tuned_json_valid_rate", "fine_tuned_field_precision", "fine_tuned_field_recall",
+            "fine_tuned_exact_record_match"} <= set(report)
+    assert "| json_valid_rate |" in report["report"]
+    # Imported logs carry no usage: the frontier's cost is estimated from counted tokens, and says so.
+    assert "no usage logged" in report["report"] and report["frontier_usd_per_1k"] > 0
