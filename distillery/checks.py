@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from datasets import DatasetDict
 
-from distillery.curation import caller_text, normalize_prompt
-from distillery.neardup import clusters
+from distillery.curation import LEAKAGE_THRESHOLD, leaked_test_rows
 from distillery.pii import find_pii
 
 
@@ -30,16 +29,12 @@ def no_pii_in_train(dataset: DatasetDict) -> CheckOutcome:
                         {"examples": [f"log {i}: {', '.join(k)}" for i, k in leaks[:10]]})
 
 
-def no_test_leakage(dataset: DatasetDict, near_duplicate_threshold: float = 0.75) -> CheckOutcome:
+def no_test_leakage(dataset: DatasetDict, near_duplicate_threshold: float = LEAKAGE_THRESHOLD) -> CheckOutcome:
     """No test prompt may be an exact or near duplicate of a train prompt: the test set must stay held out."""
-    train, test = dataset["train"], dataset["test"]
-    train_keys = {normalize_prompt(ex["messages"][:-1]) for ex in train}
-    exact = {ex["log_id"] for ex in test if normalize_prompt(ex["messages"][:-1]) in train_keys}
-    texts = [caller_text(ex["messages"][:-1]) for ex in train] + [caller_text(ex["messages"][:-1]) for ex in test]
-    cluster = clusters(texts, near_duplicate_threshold)
-    train_clusters = set(cluster[: len(train)])
-    near = {ex["log_id"] for ex, c in zip(test, cluster[len(train):]) if c in train_clusters}
-    leaked = sorted(exact | near)
+    test = dataset["test"]
+    leaked_rows = leaked_test_rows([ex["messages"][:-1] for ex in dataset["train"]],
+                                   [ex["messages"][:-1] for ex in test], near_duplicate_threshold)
+    leaked = sorted(test[i]["log_id"] for i in leaked_rows)
     return CheckOutcome(not leaked, f"{len(leaked)} test prompts are exact or near duplicates of train prompts",
                         {"log_ids": leaked[:20]})
 

@@ -32,6 +32,7 @@ from distillery.neardup import clusters
 from distillery.pii import scrub
 
 SPLITS = ("train", "validation", "test")
+LEAKAGE_THRESHOLD = 0.75  # MinHash-estimated Jaccard of character 3-grams (distillery.neardup)
 CLASSIFICATION, EXTRACTION, FREE_TEXT = "classification", "extraction", "free_text"
 _REFUSAL = re.compile(
     r"^\s*(?:I'?m sorry,? but|I am sorry,? but|I (?:can(?:no|')t|am unable to|won't) (?:help|assist|provide|comply)"
@@ -103,7 +104,7 @@ def curate(
     labels: list[str] | None = None,
     min_label_count: int = 2,
     json_schema: dict | None = None,
-    near_duplicate_threshold: float | None = 0.75,
+    near_duplicate_threshold: float | None = LEAKAGE_THRESHOLD,
     scrub_pii: bool = True,
     max_tokens: int | None = None,
     count_tokens: Callable[[str], int] | None = None,
@@ -168,6 +169,9 @@ def curate(
         examples.append({"log_id": int(row.id), "messages": [*messages, {"role": "assistant", "content": answer}]})
 
     parts = _split(examples, task, seed, validation_fraction, test_fraction)
+    moved = _move_leaks_to_train(examples, parts, near_duplicate_threshold or LEAKAGE_THRESHOLD)
+    if moved:
+        steps["test rows moved to train (near a train prompt)"] = moved
     dataset = DatasetDict({split: Dataset.from_list([examples[i] for i in sorted(parts[split])]) for split in SPLITS})
     answers = Counter(ex["messages"][-1]["content"] for ex in examples) if task == CLASSIFICATION else Counter()
     report = CurationReport(
@@ -213,6 +217,36 @@ def _split(examples: list[dict], task: str, seed: int, validation_fraction: floa
         if not parts[split] and len(parts["train"]) > 1:
             parts[split].append(parts["train"].pop(rng.randrange(len(parts["train"]))))
     return parts
+
+
+def leaked_test_rows(train: list[list[dict]], test: list[list[dict]], threshold: float = LEAKAGE_THRESHOLD) -> list[int]:
+    """Positions in ``test`` of prompts that are exact or near duplicates of a ``train`` prompt.
+
+    Exact: the whole conversation, system prompt included. Near: what the caller wrote (the
+    system prompt left out, as it is shared), in one near-duplicate cluster with a train prompt.
+    """
+    train_keys = {normalize_prompt(messages) for messages in train}
+    cluster = clusters([caller_text(m) for m in train] + [caller_text(m) for m in test], threshold)
+    train_clusters = set(cluster[: len(train)])
+    return [i for i, (messages, c) in enumerate(zip(test, cluster[len(train):]))
+            if normalize_prompt(messages) in train_keys or c in train_clusters]
+
+
+def _move_leaks_to_train(examples: list[dict], parts: dict[str, list[int]], threshold: float) -> int:
+    """A held-out prompt that (nearly) repeats a train prompt would flatter the model: it goes to train instead.
+
+    Clusters are recomputed on what is left, since a move can change them; a few rounds settle it.
+    """
+    moved = 0
+    for _ in range(3):
+        prompts = {split: [examples[i]["messages"][:-1] for i in parts[split]] for split in ("train", "test")}
+        leaked = set(leaked_test_rows(prompts["train"], prompts["test"], threshold))
+        if not leaked or len(parts["test"]) - len(leaked) < 1:
+            break
+        parts["train"] += [parts["test"][k] for k in sorted(leaked)]
+        parts["test"] = [i for k, i in enumerate(parts["test"]) if k not in leaked]
+        moved += len(leaked)
+    return moved
 
 
 def dataset_hash(dataset: DatasetDict) -> str:

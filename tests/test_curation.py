@@ -167,3 +167,18 @@ def test_extraction_answers_must_satisfy_the_schema_and_long_examples_are_droppe
                        count_tokens=lambda text: len(text.split()))
     assert report.task == EXTRACTION
     assert report.steps["over 100 tokens"] == 1 and report.steps["answers violating the JSON schema"] == 2
+
+
+def test_a_held_out_prompt_that_repeats_a_train_prompt_moves_to_train():
+    from distillery.curation import _move_leaks_to_train
+
+    def example(system: str, text: str) -> dict:
+        return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": text},
+                             {"role": "assistant", "content": "{}"}]}
+
+    examples = [example("asked for: date", "Yes, that is correct."), example("asked for: city", "Going to Fresno."),
+                example("asked for nothing", "Yes, that is correct."), example("asked for nothing", "Two tickets please.")]
+    parts = {"train": [0, 1], "validation": [], "test": [2, 3]}
+    # The same words under another system prompt are no exact duplicate, but the caller wrote the same thing.
+    assert _move_leaks_to_train(examples, parts, 0.75) == 1
+    assert parts == {"train": [0, 1, 2], "validation": [], "test": [3]}
