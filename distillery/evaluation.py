@@ -9,7 +9,6 @@ attached by the caller, which knows the logged traffic.
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ from distillery.curation import CLASSIFICATION, EXTRACTION, FREE_TEXT
 from distillery.gate import ChampionScore, GateDecision, GatePolicy, decide
 from distillery.inference import Generation, generate, load_model, using_adapter
 from distillery.judge import JudgeResult
-from distillery.metrics import (bootstrap_interval, classification_metrics, extraction_metrics, field_f1,
+from distillery.metrics import (agrees, bootstrap_interval, classification_metrics, extraction_metrics, field_f1,
                                 free_text_metrics, record_match)
 
 BASE, CANDIDATE, CHAMPION = "base", "fine-tuned", "champion"
@@ -31,15 +30,6 @@ HEADLINE = {CLASSIFICATION: "accuracy", EXTRACTION: "field_f1", FREE_TEXT: "embe
 
 # requests, frontier answers, fine-tuned answers -> the judge's verdicts
 Judge = Callable[[list[list[dict]], list[str], list[str]], JudgeResult]
-
-
-def normalize_answer(text: str) -> str:
-    """Exact match ignores case, surrounding whitespace and quotes, and a final period."""
-    return re.sub(r"\s+", " ", text).strip().strip("\"'`").rstrip(".").strip().casefold()
-
-
-def agrees(answer: str, reference: str) -> bool:
-    return normalize_answer(answer) == normalize_answer(reference)
 
 
 @dataclass

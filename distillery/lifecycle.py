@@ -50,7 +50,7 @@ class RawLogsSummary:
 def snapshot_raw_logs(store: LogStore, artifacts: ArtifactStore, workload: str) -> RawLogsSummary:
     """Freeze the workload's rows as they are now, so later steps see one consistent set."""
     validate_workload(workload)
-    rows = store.read(workload)
+    rows = store.read(workload, frontier_only=True)
     if rows.empty:
         known = ", ".join(sorted(store.workloads())) or "none"
         raise DistilleryError(

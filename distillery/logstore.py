@@ -30,6 +30,8 @@ class Base(DeclarativeBase):
     pass
 
 
+SERVED_BY_FRONTIER, SERVED_BY_SMALL, SERVED_BY_SHADOW = "frontier", "small", "shadow"
+
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
@@ -54,11 +56,35 @@ class ExchangeRow(Base):
     uid: Mapped[str | None] = mapped_column(sa.String(32))
     upstream: Mapped[str | None] = mapped_column(sa.String(100))
     cost_usd: Mapped[float | None] = mapped_column(sa.Float)
+    served_by: Mapped[str | None] = mapped_column(sa.String(20))  # frontier (or NULL), small, shadow
 
     __table_args__ = (
         sa.Index("ix_exchanges_workload_id", "workload", "id"),
         sa.UniqueConstraint("uid", name="uq_exchanges_uid"),
     )
+
+
+class RouteRow(Base):
+    __tablename__ = "routes"
+
+    workload: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    mode: Mapped[str] = mapped_column(sa.String(20))
+    canary_percent: Mapped[float] = mapped_column(sa.Float)
+    small_url: Mapped[str | None] = mapped_column(sa.String(500))
+    small_model: Mapped[str | None] = mapped_column(sa.String(200))
+    updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class RouteEventRow(Base):
+    __tablename__ = "route_events"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    workload: Mapped[str] = mapped_column(sa.String(100), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(20))  # set (by a person or the deploy) or rollback
+    from_mode: Mapped[str | None] = mapped_column(sa.String(40))
+    to_mode: Mapped[str] = mapped_column(sa.String(40))
+    reason: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
 class ApiKeyRow(Base):
@@ -93,6 +119,7 @@ class Exchange:
     uid: str | None = None
     upstream: str | None = None
     cost_usd: float | None = None
+    served_by: str | None = None
 
 
 COLUMNS = [c.name for c in ExchangeRow.__table__.columns]
@@ -149,9 +176,15 @@ class LogStore:
         with self.engine.connect() as conn:
             return {name: count for name, count in conn.execute(query)}
 
-    def read(self, workload: str) -> pd.DataFrame:
-        """All rows of one workload, oldest first, one column per table column."""
+    def read(self, workload: str, *, frontier_only: bool = False) -> pd.DataFrame:
+        """All rows of one workload, oldest first, one column per table column.
+
+        ``frontier_only`` leaves out the answers of the small model (served or shadowed): a
+        model must not be trained on its own answers.
+        """
         query = sa.select(ExchangeRow.__table__).where(ExchangeRow.workload == workload).order_by(ExchangeRow.id)
+        if frontier_only:
+            query = query.where(sa.or_(ExchangeRow.served_by.is_(None), ExchangeRow.served_by == SERVED_BY_FRONTIER))
         with self.engine.connect() as conn:
             result = conn.execute(query)
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))

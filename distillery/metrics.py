@@ -12,9 +12,19 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import statistics
 from collections import Counter
 from typing import Any, Callable, NamedTuple, Sequence
+
+
+def normalize_answer(text: str) -> str:
+    """Exact match ignores case, surrounding whitespace and quotes, and a final period."""
+    return re.sub(r"\s+", " ", text).strip().strip("\"'`").rstrip(".").strip().casefold()
+
+
+def agrees(answer: str, reference: str) -> bool:
+    return normalize_answer(answer) == normalize_answer(reference)
 
 
 def classification_metrics(references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:

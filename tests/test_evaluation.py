@@ -2,7 +2,8 @@ import pytest
 from datasets import Dataset
 
 from distillery.costs import CostComparison, SideFigures
-from distillery.evaluation import EvalReport, ModelScore, evaluate, normalize_answer
+from distillery.evaluation import EvalReport, ModelScore, evaluate
+from distillery.metrics import normalize_answer
 from distillery.gate import ChampionScore, GatePolicy, decide
 
 

@@ -8,6 +8,12 @@ What a caller sees when something goes wrong, always as an OpenAI-style error ob
 (connection refused, reset, invalid HTTP); 504 upstream timed out; an upstream 4xx/5xx is
 passed through with its status. Every one of these that reached the proxy step is recorded
 as a failed exchange.
+
+Routes (``distillery.routing``) decide per workload whether the small model answers a
+non-streamed chat completion, answers a copy in the shadow, or is not asked. When it is asked
+to answer and fails, the caller gets the frontier's answer (a fallback, never an error), and
+the failure counts towards an automatic rollback of the route. Streamed calls always go to
+the frontier.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ from distillery.gateway.http import (ClientDisconnected, Request, Responder, Ups
                                      error_body)
 from distillery.gateway.keys import ApiKey, KeyStore
 from distillery.gateway.recorder import Recorder
-from distillery.logstore import STATUS_ERROR, STATUS_OK
+from distillery.logstore import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_ERROR, STATUS_OK
+from distillery.metrics import agrees
+from distillery.routing import (ROUTE_KEY_HEADER, SHADOW, Route, RolloutMonitor, RouteStore,
+                                takes_small_model)
 from distillery.settings import DEFAULT_WORKLOAD, validate_workload
 
 WORKLOAD_HEADER = "x-distillery-workload"
@@ -55,6 +64,12 @@ class _Metrics:
                                 registry=self.registry)
         self.errors = Counter("distillery_gateway_errors", "Failed requests by cause", ["cause"],
                               registry=self.registry)
+        self.served = Counter("distillery_gateway_served", "Chat completions by who answered them",
+                              ["workload", "served_by"], registry=self.registry)
+        self.fallbacks = Counter("distillery_gateway_fallbacks", "Small-model failures answered by the frontier",
+                                 ["workload"], registry=self.registry)
+        self.rollbacks = Counter("distillery_gateway_rollbacks", "Automatic route rollbacks", ["workload"],
+                                 registry=self.registry)
         self.latency = Histogram("distillery_gateway_request_seconds", "Request latency through the gateway",
                                  ["endpoint"], registry=self.registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
@@ -156,12 +171,56 @@ class _Deadlines:
         self._timer = asyncio.get_running_loop().call_later(self._interval, self._sweep) if self._due else None
 
 
+class _RouteTable:
+    """The routes, read from the database every ``refresh_s`` off the event loop, never per request."""
+
+    def __init__(self, store: RouteStore | None, refresh_s: float):
+        self.store = store
+        self.refresh_s = refresh_s
+        self.routes: dict[str, Route] = store.all() if store else {}
+        self._pinned: dict[str, Route] = {}  # changed here, not yet stored: a refresh must not undo them
+        self._due = time.monotonic() + refresh_s
+        self._refreshing = False
+
+    def get(self, workload: str) -> Route | None:
+        if self.store and not self._refreshing and time.monotonic() >= self._due:
+            self._refreshing = True
+            asyncio.get_running_loop().run_in_executor(None, self._refresh)
+        return self.routes.get(workload)
+
+    def _refresh(self) -> None:
+        try:
+            self.routes = {**self.store.all(), **self._pinned}
+        except Exception:  # noqa: BLE001 - a database outage keeps the last known routes
+            pass
+        finally:
+            self._due = time.monotonic() + self.refresh_s
+            self._refreshing = False
+
+    def roll_back(self, route: Route, reason: str) -> None:
+        """Effective at once in this process; stored (and so seen by every gateway) off the event loop."""
+        self._pinned[route.workload] = route
+        self.routes = {**self.routes, route.workload: route}
+        if self.store:
+            asyncio.get_running_loop().run_in_executor(None, self._store_rollback, route, reason)
+
+    def _store_rollback(self, route: Route, reason: str) -> None:
+        try:
+            self.store.set(route, f"automatic: {reason}", kind="rollback")
+        finally:  # stored, or the database is away: either way the database decides from the next refresh on
+            self._pinned.pop(route.workload, None)
+
+
 class Gateway:
-    def __init__(self, config: GatewayConfig, recorder: Recorder, keys: KeyStore):
+    def __init__(self, config: GatewayConfig, recorder: Recorder, keys: KeyStore, routes: RouteStore | None = None):
         self.config = config
         self.recorder = recorder
         self.keys = keys
         self.metrics = _Metrics(recorder)
+        self.routes = _RouteTable(routes, config.route_refresh_s)
+        self._monitors: dict[str, RolloutMonitor] = {}
+        self._small_pools: dict[str, UpstreamPool] = {}
+        self._background: set[asyncio.Task] = set()
         self._key_cache: dict[str, tuple[ApiKey | None, float]] = {}
         self._deadlines = _Deadlines(config.upstream_timeout_s)
         self._pools = {name: UpstreamPool(upstream.base_url) for name, upstream in config.upstreams.items()}
@@ -189,7 +248,7 @@ class Gateway:
 
     def close(self) -> None:
         """After the HTTP server stopped: drop upstream connections, flush the recorder."""
-        for pool in self._pools.values():
+        for pool in [*self._pools.values(), *self._small_pools.values()]:
             pool.close()
         self.recorder.stop()
 
@@ -271,8 +330,12 @@ class Gateway:
             "endpoint": endpoint, "request_messages": body.get("messages") or [{"role": "user", "content":
                                                                                  str(body.get("prompt", ""))}],
             "request_params": {k: v for k, v in body.items() if k not in ("messages", "prompt")},
-            "model": model, "upstream": upstream.name,
+            "model": model, "upstream": upstream.name, "served_by": SERVED_BY_FRONTIER,
         }
+        route = self.routes.get(workload) if endpoint == "chat.completions" and not stream else None
+        if route and takes_small_model(route, _route_key(request, body, row["uid"])):
+            if await self._small_model_answers(route, body, row, responder, started):
+                return
         raw = request.body
         if stream and "stream_options" not in body:
             # Ask for the usage chunk so streamed calls are costed like the others (the row keeps the caller's params).
@@ -311,10 +374,93 @@ class Gateway:
             return self._fail(responder, endpoint, row, started, 502, "upstream returned an invalid completion",
                               "upstream_invalid")
         message = choice.get("message") or {}
-        self._record_ok(row, started, payload.get("model"), message.get("content", choice.get("text")),
-                        choice.get("finish_reason"), payload.get("usage"))
+        text = message.get("content", choice.get("text"))
+        self._record_ok(row, started, payload.get("model"), text, choice.get("finish_reason"), payload.get("usage"))
         self._observe(endpoint, answer.status, started)
         responder.send(answer.status, data)
+        if route:
+            self.metrics._child(self.metrics.served, row["workload"], SERVED_BY_FRONTIER).inc()
+            if route.mode == SHADOW and isinstance(text, str):
+                shadow = asyncio.create_task(self._shadow(route, body, row, text))
+                self._background.add(shadow)  # a reference, so the task is not collected mid-flight
+                shadow.add_done_callback(self._background.discard)
+
+    def _small_pool(self, url: str) -> UpstreamPool:
+        pool = self._small_pools.get(url)
+        if pool is None:
+            pool = self._small_pools[url] = UpstreamPool(url)
+        return pool
+
+    async def _ask_small_model(self, route: Route, body: dict) -> tuple[bytes, dict, str]:
+        """The small model's raw answer, parsed, and its text; raises on any failure (the caller falls back)."""
+        raw = orjson.dumps({**body, "model": route.small_model})
+        answer = await asyncio.wait_for(
+            self._small_pool(route.small_url).post("/chat/completions", raw, {"Content-Type": "application/json"}),
+            self.config.small_timeout_s)
+        try:
+            data = await asyncio.wait_for(answer.read(), self.config.small_timeout_s)
+        finally:
+            answer.release()
+        if answer.status != 200:
+            raise ValueError(_upstream_error_message(data, answer.status))
+        payload = orjson.loads(data)
+        text = payload["choices"][0]["message"]["content"]
+        if not isinstance(text, str):
+            raise ValueError("the small model's completion has no text")
+        return data, payload, text
+
+    async def _small_model_answers(self, route: Route, body: dict, row: dict, responder: Responder,
+                                   started: float) -> bool:
+        """Answer with the small model; False (the frontier answers instead) when it fails in any way."""
+        asked = time.perf_counter()
+        try:
+            data, payload, text = await self._ask_small_model(route, body)
+        except (OSError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError) as exc:
+            self._watch(route, ok=False, latency_ms=(time.perf_counter() - asked) * 1000)
+            self.metrics._child(self.metrics.fallbacks, route.workload).inc()
+            row["request_params"] = {**row["request_params"], "distillery_fallback": f"{type(exc).__name__}: {exc}"}
+            return False
+        self._watch(route, ok=True, latency_ms=(time.perf_counter() - asked) * 1000)
+        choice = payload["choices"][0]
+        row.update(upstream="small-model", served_by=SERVED_BY_SMALL)
+        self._record_ok(row, started, payload.get("model"), text, choice.get("finish_reason"), payload.get("usage"))
+        self._observe("chat.completions", 200, started)
+        self.metrics._child(self.metrics.served, route.workload, SERVED_BY_SMALL).inc()
+        responder.send(200, data)
+        return True
+
+    async def _shadow(self, route: Route, body: dict, frontier_row: dict, frontier_text: str) -> None:
+        """The small model answers a copy, after the caller has the frontier's answer; both are logged."""
+        started = time.perf_counter()
+        row = {**frontier_row, "uid": f"{_UID_PREFIX}{next(_uid_counter):016x}", "upstream": "small-model",
+               "served_by": SERVED_BY_SHADOW, "model": route.small_model,
+               "request_params": {**frontier_row["request_params"], "shadow_of": frontier_row["uid"]}}
+        try:
+            _, payload, text = await self._ask_small_model(route, body)
+        except (OSError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError) as exc:
+            self._watch(route, ok=False, latency_ms=(time.perf_counter() - started) * 1000)
+            self._record_error(row, started, 502, f"small model failed in the shadow: {type(exc).__name__}: {exc}")
+            return
+        agreed = agrees(text, frontier_text)
+        self._watch(route, ok=True, latency_ms=(time.perf_counter() - started) * 1000, agreed=agreed)
+        row["request_params"]["agrees_with_frontier"] = agreed
+        self._record_ok(row, started, payload.get("model"), text, payload["choices"][0].get("finish_reason"),
+                        payload.get("usage"))
+        self.metrics._child(self.metrics.served, route.workload, SERVED_BY_SHADOW).inc()
+
+    def _watch(self, route: Route, *, ok: bool, latency_ms: float, agreed: bool | None = None) -> None:
+        """Feed the workload's rollout monitor; step the route back when a threshold is crossed."""
+        monitor = self._monitors.get(route.workload)
+        if monitor is None:
+            monitor = self._monitors[route.workload] = RolloutMonitor(self.config.rollback)
+        monitor.observe(ok, latency_ms, agreed)
+        reason = monitor.breach()
+        current = self.routes.routes.get(route.workload)
+        if reason is None or current is None or current.mode != route.mode:
+            return
+        self.routes.roll_back(current.step_back(), reason)
+        monitor.reset()
+        self.metrics._child(self.metrics.rollbacks, route.workload).inc()
 
     async def _relay_stream(self, responder: Responder, answer: UpstreamResponse, row: dict, endpoint: str,
                             started: float) -> None:
@@ -389,6 +535,12 @@ def _workload(request: Request, body: dict[str, Any], caller: ApiKey | None) -> 
     if caller is not None and caller.default_workload:
         return caller.default_workload
     return DEFAULT_WORKLOAD
+
+
+def _route_key(request: Request, body: dict[str, Any], fallback: str) -> str:
+    """What keeps a caller on one side of a canary: the route-key header, else the body's ``user``."""
+    key = request.headers.get(ROUTE_KEY_HEADER) or body.get("user")
+    return key if isinstance(key, str) and key else fallback
 
 
 def _is_openai_error(data: bytes) -> bool:

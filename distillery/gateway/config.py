@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distillery.errors import DistilleryError
+from distillery.routing import RollbackPolicy
 from distillery.settings import home
 
 
@@ -51,6 +52,9 @@ class GatewayConfig:
     retry_interval_s: float = 1.0
     journal_path: Path = field(default_factory=lambda: home() / "gateway-journal.jsonl")
     log_store_url: str | None = None
+    route_refresh_s: float = 1.0  # how stale a route changed in the database (CLI, deploy) may be
+    small_timeout_s: float = 10.0  # then the caller gets the frontier's answer
+    rollback: RollbackPolicy = field(default_factory=RollbackPolicy)
 
     def upstream_for(self, model: str | None) -> Upstream:
         for upstream in self.upstreams.values():
@@ -89,4 +93,6 @@ def load_config(path: Path) -> GatewayConfig:
     settings = dict(raw.get("gateway", {}))
     if "journal_path" in settings:
         settings["journal_path"] = Path(settings["journal_path"])
+    if "rollback" in raw:
+        settings["rollback"] = RollbackPolicy(**raw["rollback"])
     return GatewayConfig(upstreams=upstreams, default_upstream=default or next(iter(upstreams)), **settings)

@@ -12,6 +12,7 @@ from distillery.gateway.http import HttpServer
 from distillery.gateway.keys import KeyStore
 from distillery.gateway.recorder import Recorder
 from distillery.logstore import LogStore
+from distillery.routing import RouteStore
 
 
 def build_gateway(config: GatewayConfig) -> Gateway:
@@ -19,7 +20,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     store.upgrade()
     recorder = Recorder(store, config.journal_path, queue_size=config.queue_size, batch_size=config.batch_size,
                         flush_interval_s=config.flush_interval_s, retry_interval_s=config.retry_interval_s)
-    return Gateway(config, recorder.start(), KeyStore(store))
+    return Gateway(config, recorder.start(), KeyStore(store), RouteStore(store.engine))
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:

@@ -1,7 +1,7 @@
 """A fast fake OpenAI provider for tests and benchmarks (not a model: canned answers).
 
 The requested ``model`` picks the behaviour: ``fail-500`` answers 500, ``slow`` waits
-``slow_seconds`` first, anything else answers "ok" (streamed when asked). The last
+``slow_seconds`` first, anything else answers ``answer`` ("ok"; streamed when asked). The last
 Authorization header seen is kept, to check what the gateway forwards.
 """
 
@@ -17,16 +17,17 @@ from aiohttp import web
 ANSWER = "ok"
 
 
-def _completion(model: str, text_completion: bool) -> dict:
-    choice = {"index": 0, "text": ANSWER} if text_completion else {
-        "index": 0, "message": {"role": "assistant", "content": ANSWER}}
+def _completion(model: str, text_completion: bool, answer: str = ANSWER) -> dict:
+    choice = {"index": 0, "text": answer} if text_completion else {
+        "index": 0, "message": {"role": "assistant", "content": answer}}
     return {"id": "stub-1", "object": "text_completion" if text_completion else "chat.completion",
             "created": int(time.time()), "model": model, "choices": [{**choice, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
 
 
 class StubUpstream:
-    def __init__(self, slow_seconds: float = 2.0, fail_every: int = 0):
+    def __init__(self, slow_seconds: float = 2.0, fail_every: int = 0, answer: str = ANSWER):
+        self.answer = answer  # what every completion says
         self.slow_seconds = slow_seconds
         self.fail_every = fail_every  # also fail every Nth call of any model, for benchmarks
         self.calls = 0
@@ -47,11 +48,12 @@ class StubUpstream:
             await asyncio.sleep(self.slow_seconds)
         text_completion = request.path.endswith("/completions") and "chat" not in request.path
         if not body.get("stream"):
-            return web.json_response(_completion(model, text_completion))
+            return web.json_response(_completion(model, text_completion, self.answer))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         base = {"id": "stub-1", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-        for delta, finish in (({"role": "assistant", "content": ""}, None), ({"content": ANSWER}, None), ({}, "stop")):
+        for delta, finish in (({"role": "assistant", "content": ""}, None), ({"content": self.answer}, None),
+                              ({}, "stop")):
             event = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             await response.write(f"data: {json.dumps(event)}\n\n".encode())
         usage = {**base, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
@@ -83,8 +85,11 @@ class StubUpstream:
         self._loop.run_forever()
 
     def stop(self) -> None:
-        if self._runner:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        """Close the server (its port refuses connections from then on); a second call does nothing."""
+        if self._runner is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._runner = None
         self._loop.call_soon_threadsafe(self._loop.stop)
 
 

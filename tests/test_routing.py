@@ -1,0 +1,158 @@
+"""Routes, the rollout monitor, and the gateway moving traffic between two real stub servers on loopback."""
+
+import time
+
+import openai
+import pytest
+
+from distillery.gateway.config import GatewayConfig, Price
+from distillery.gateway.server import BackgroundGateway
+from distillery.gateway.stub import StubUpstream
+from distillery.logstore import LogStore
+from distillery.routing import (CANARY, FRONTIER, SHADOW, SMALL, RollbackPolicy, RolloutMonitor, Route, RouteStore,
+                                canary_bucket, takes_small_model)
+
+MESSAGES = [{"role": "user", "content": "where is my parcel"}]
+
+
+def _route(mode: str, percent: float = 0.0, url: str = "http://127.0.0.1:9/v1") -> Route:
+    return Route("triage", mode, percent, url, "triage")
+
+
+def test_the_canary_share_follows_the_percentage_and_a_key_stays_on_its_side():
+    keys = [f"customer-{i}" for i in range(20_000)]
+    share = sum(takes_small_model(_route(CANARY, 10), key) for key in keys) / len(keys)
+    assert share == pytest.approx(0.10, abs=0.01)
+    assert all(takes_small_model(_route(CANARY, 10), k) == takes_small_model(_route(CANARY, 10), k) for k in keys[:50])
+    assert canary_bucket("customer-1") == canary_bucket("customer-1")
+    # Raising the percentage only adds callers: nobody on the small model goes back.
+    assert all(takes_small_model(_route(CANARY, 30), k) for k in keys if takes_small_model(_route(CANARY, 10), k))
+    assert not takes_small_model(_route(SHADOW), "x") and takes_small_model(_route(SMALL), "x")
+
+
+def test_a_route_steps_back_towards_the_frontier():
+    assert _route(SMALL).step_back().label == "canary 10%"
+    assert _route(CANARY, 25).step_back().mode == SHADOW
+    assert _route(SHADOW).step_back().mode == FRONTIER
+    with pytest.raises(ValueError, match="needs the small model's URL"):
+        Route("triage", SHADOW)
+    with pytest.raises(ValueError, match="unknown route mode"):
+        Route("triage", "half")
+
+
+@pytest.mark.parametrize("failures, breach", [(1, False), (2, True)])
+def test_the_monitor_trips_on_the_error_rate_only_past_its_threshold(failures, breach):
+    monitor = RolloutMonitor(RollbackPolicy(min_samples=20, max_error_rate=0.05))
+    for i in range(20):
+        monitor.observe(ok=i >= failures, latency_ms=10, now=100.0)
+    assert (monitor.breach(now=100.0) is not None) is breach  # 1/20 = 5% is allowed, 2/20 is not
+
+
+def test_the_monitor_trips_on_latency_and_disagreement_and_forgets_old_outcomes():
+    slow = RolloutMonitor(RollbackPolicy(min_samples=10, max_p95_latency_ms=500))
+    for _ in range(10):
+        slow.observe(ok=True, latency_ms=800, now=0.0)
+    assert "p95 latency 800 ms" in slow.breach(now=1.0)
+    assert slow.breach(now=61.0) is None  # out of the 60 s window
+    shadow = RolloutMonitor(RollbackPolicy(min_samples=10, max_disagreement_rate=0.3))
+    for i in range(10):
+        shadow.observe(ok=True, latency_ms=5, agreed=i >= 3, now=0.0)
+    assert shadow.breach(now=0.0) is None  # 30% disagreement is the limit
+    shadow.observe(ok=True, latency_ms=5, agreed=False, now=0.0)
+    assert "shadow disagreement" in shadow.breach(now=0.0)
+
+
+@pytest.fixture
+def store(tmp_path):
+    logs = LogStore(f"sqlite:///{tmp_path / 'logs.db'}")
+    logs.upgrade()
+    return logs
+
+
+def test_routes_and_their_history_are_stored(store):
+    routes = RouteStore(store.engine)
+    assert routes.get("triage") is None
+    routes.set(_route(SHADOW), "deployed v1")
+    routes.set(_route(CANARY, 10), "by hand")
+    assert routes.get("triage") == _route(CANARY, 10)
+    [latest, first] = routes.events("triage")
+    assert (first.from_mode, first.to_mode, latest.from_mode, latest.to_mode) == (None, "shadow", "shadow", "canary 10%")
+
+
+@pytest.fixture
+def stubs():
+    frontier, small = StubUpstream().start(), StubUpstream(answer="small").start()
+    yield frontier, small
+    frontier.stop()
+    small.stop()
+
+
+def _gateway(tmp_path, frontier_url: str, **settings) -> BackgroundGateway:
+    config = GatewayConfig.single(frontier_url, models={"gpt-x": Price(1.0, 4.0)}, port=0, require_api_key=False,
+                                  journal_path=tmp_path / "journal.jsonl", log_store_url=f"sqlite:///{tmp_path}/logs.db",
+                                  route_refresh_s=0.05, **settings)
+    return BackgroundGateway(config)
+
+
+def _client(gateway: BackgroundGateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url, api_key="unused", max_retries=0,
+                         default_headers={"X-Distillery-Workload": "triage"})
+
+
+def _settle(gateway: BackgroundGateway, rows: int, workload: str = "triage") -> LogStore:
+    logs = LogStore(gateway.gateway.recorder.store.url)
+    deadline = time.monotonic() + 10
+    while len(logs.read(workload)) < rows:
+        assert time.monotonic() < deadline, f"{len(logs.read(workload))} rows, expected {rows}"
+        time.sleep(0.05)
+    return logs
+
+
+def test_shadow_answers_from_the_frontier_and_logs_the_small_models_copy(tmp_path, stubs, store):
+    frontier, small = stubs
+    RouteStore(store.engine).set(_route(SHADOW, url=small.url), "test")
+    with _gateway(tmp_path, frontier.url) as gateway:
+        answer = _client(gateway).chat.completions.create(model="gpt-x", messages=MESSAGES)
+        assert answer.choices[0].message.content == "ok"
+        logs = _settle(gateway, 2)
+    rows = logs.read("triage").set_index("served_by")
+    assert rows.loc["frontier", "response_text"] == "ok" and rows.loc["shadow", "response_text"] == "small"
+    assert rows.loc["shadow", "request_params"]["agrees_with_frontier"] is False
+    assert rows.loc["shadow", "request_params"]["shadow_of"] == rows.loc["frontier", "uid"]
+    assert list(logs.read("triage", frontier_only=True)["served_by"]) == ["frontier"]  # training data
+
+
+def test_a_canary_sends_exactly_the_hashed_share_to_the_small_model(tmp_path, stubs, store):
+    frontier, small = stubs
+    RouteStore(store.engine).set(_route(CANARY, 30, url=small.url), "test")
+    keys = [f"caller-{i}" for i in range(60)]
+    with _gateway(tmp_path, frontier.url) as gateway:
+        client = _client(gateway)
+        answers = {key: client.chat.completions.create(model="gpt-x", messages=MESSAGES, user=key)
+                   .choices[0].message.content for key in keys}
+    expected = {key for key in keys if canary_bucket(key) < 30}
+    assert {key for key, text in answers.items() if text == "small"} == expected and 0 < len(expected) < 60
+
+
+def test_a_dead_small_model_fails_no_request_and_the_route_rolls_back(tmp_path, stubs, store):
+    frontier, small = stubs
+    routes = RouteStore(store.engine)
+    routes.set(_route(SMALL, url=small.url), "test")
+    small.stop()  # the small-model server is gone
+    policy = RollbackPolicy(min_samples=5, max_error_rate=0.2)
+    with _gateway(tmp_path, frontier.url, rollback=policy, small_timeout_s=2) as gateway:
+        client = _client(gateway)
+        answers = [client.chat.completions.create(model="gpt-x", messages=MESSAGES, user=f"u{i}")
+                   .choices[0].message.content for i in range(12)]
+        metrics = _client(gateway).with_raw_response.models.list().http_response  # keeps the connection warm
+        deadline = time.monotonic() + 5
+        while routes.get("triage").mode == SMALL:
+            assert time.monotonic() < deadline, "the rollback was not stored"
+            time.sleep(0.05)
+        text = gateway.gateway.metrics.registry.get_sample_value("distillery_gateway_rollbacks_total",
+                                                                 {"workload": "triage"})
+    assert answers == ["ok"] * 12 and metrics.status_code == 200  # every caller got the frontier's answer
+    assert text >= 1
+    rollback = routes.events("triage")[0]
+    assert (rollback.kind, rollback.from_mode, rollback.to_mode) == ("rollback", "small", "canary 10%")
+    assert rollback.reason.startswith("automatic: error rate")
