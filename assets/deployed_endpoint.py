@@ -4,18 +4,21 @@ from assets.errors import user_errors_as_failures
 from assets.eval_report import eval_report
 from assets.partitions import workload_partitions
 from distillery.lifecycle import deploy_adapter
-from resources import ArtifactsResource, MlflowResource, ServingResource
+from distillery.routing import RouteStore
+from resources import ArtifactsResource, LogStoreResource, MlflowResource, ServingResource
 
 
 @dg.asset(partitions_def=workload_partitions, deps=[eval_report], kinds={"python", "mlflow"},
           group_name="lifecycle")
 def deployed_endpoint(
     context: dg.AssetExecutionContext, artifacts: ArtifactsResource, mlflow: MlflowResource,
-    serving: ServingResource,
+    serving: ServingResource, log_store: LogStoreResource,
 ) -> dg.MaterializeResult:
-    """The workload's served endpoint: the new adapter goes live, and becomes MLflow champion, only if its report passed."""
+    """The workload's served endpoint: the new adapter goes live, becomes MLflow champion and the gateway's small
+    model for the workload (in shadow when it was on the frontier), only if its report passed."""
     with user_errors_as_failures():
-        summary = deploy_adapter(artifacts.open(), mlflow.open(), serving.open(), context.partition_key)
+        summary = deploy_adapter(artifacts.open(), mlflow.open(), serving.open(), context.partition_key,
+                                 RouteStore(log_store.open().engine))
     endpoint = summary.endpoint
     if not summary.promoted:
         context.log.warning(f"not promoted: {summary.reason}; the current endpoint (if any) keeps serving")
@@ -28,5 +31,6 @@ def deployed_endpoint(
             "served_model": endpoint.model if endpoint else "none",
             "adapter_path": dg.MetadataValue.path(endpoint.adapter_path) if endpoint else "none",
             "pid": endpoint.pid if endpoint else 0,
+            "gateway_route": summary.route.label if summary.route else "unchanged",
         }
     )

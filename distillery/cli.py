@@ -19,10 +19,13 @@ endpoints_app = typer.Typer(help="Local model-server endpoints started by deploy
 db_app = typer.Typer(help="The log store's schema.", no_args_is_help=True)
 keys_app = typer.Typer(help="Gateway API keys (stored hashed; the plain key is shown once).", no_args_is_help=True)
 logs_app = typer.Typer(help="Import existing logs into the log store, or export a workload.", no_args_is_help=True)
+route_app = typer.Typer(help="Which model answers a workload's calls at the gateway: frontier, shadow, canary, small.",
+                        no_args_is_help=True)
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(logs_app, name="logs")
+app.add_typer(route_app, name="route")
 
 
 def _say(text: str) -> None:
@@ -245,6 +248,48 @@ def logs_export(workload: str, path: Path) -> None:
     from distillery.logs_io import export_finetune_jsonl
 
     typer.echo(f"wrote {export_finetune_jsonl(_store(), workload, path)} examples to {path}")
+
+
+def _routes():
+    from distillery.routing import RouteStore
+
+    return RouteStore(_store().engine)
+
+
+@route_app.command("show")
+def route_show(workload: Optional[str] = typer.Argument(None, help="One workload; default: all with a route.")) -> None:
+    """Each workload's route and its latest changes (rollbacks included)."""
+    routes = _routes()
+    chosen = {workload: routes.get(workload)} if workload else routes.all()
+    for name, route in sorted(chosen.items()):
+        target = f"{route.small_model} at {route.small_url}" if route and route.small_url else "-"
+        typer.echo(f"{name}\t{route.label if route else 'frontier (no route)'}\tsmall model: {target}")
+    for event in routes.events(workload, limit=10):
+        typer.echo(f"  {event.created_at:%Y-%m-%d %H:%M:%S} {event.workload} {event.kind}: "
+                   f"{event.from_mode or '-'} -> {event.to_mode} ({event.reason})")
+
+
+@route_app.command("set")
+def route_set(
+    workload: str,
+    mode: str = typer.Argument(..., help="frontier, shadow, canary or small."),
+    percent: float = typer.Option(0.0, help="canary: the share of callers (0-100) the small model answers."),
+    url: Optional[str] = typer.Option(None, help="The small model's OpenAI base URL; default: the current one."),
+    model: Optional[str] = typer.Option(None, help="The model name to ask it for; default: the current one."),
+) -> None:
+    """Move a workload's traffic; running gateways pick it up within a second."""
+    from distillery.routing import Route
+
+    routes = _routes()
+    current = routes.get(settings.validate_workload(workload))
+    try:
+        route = Route(workload, mode, percent, url or (current.small_url if current else None),
+                      model or (current.small_model if current else None))
+    except ValueError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from exc
+    routes.set(route, "set from the command line")
+    typer.echo(f"{workload}: {route.label}")
 
 
 @db_app.command("upgrade")

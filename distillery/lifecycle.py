@@ -22,6 +22,7 @@ from distillery.costs import CostSettings, compare_costs, small_model_figures
 from distillery.errors import DistilleryError
 from distillery.gate import GatePolicy
 from distillery.logstore import STATUS_OK, LogStore, load_snapshot, save_snapshot
+from distillery.routing import FRONTIER, SHADOW, Route, RouteStore
 from distillery.serving import Endpoint, LocalEndpoints
 from distillery.settings import validate_workload
 from distillery.tracking import CHALLENGER, CHAMPION, Tracker, registered_model_name
@@ -242,11 +243,16 @@ class DeploySummary:
     reason: str
     model_version: str
     endpoint: Endpoint | None
+    route: Route | None = None
 
 
-def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: LocalEndpoints,
-                   workload: str) -> DeploySummary:
-    """Serve the latest adapter and make it champion, if and only if its report passed."""
+def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: LocalEndpoints, workload: str,
+                   routes: RouteStore | None = None) -> DeploySummary:
+    """Serve the latest adapter and make it champion, if and only if its report passed.
+
+    With ``routes``, the workload's gateway route points at the new endpoint: a workload still
+    on the frontier starts in shadow; one already further along keeps its mode.
+    """
     adapter = artifacts.latest(workload, ADAPTER, needed_by="deployed_endpoint")
     report = artifacts.latest(workload, REPORT, needed_by="deployed_endpoint")
     verdict = report.manifest
@@ -262,4 +268,10 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: LocalE
     endpoint = endpoints.deploy(workload, adapter.manifest["base_model"], adapter.path / "adapter",
                                 model_name=workload, probe_messages=verdict["probe_messages"])
     tracker.set_alias(workload, CHAMPION, version)
-    return DeploySummary(True, reason, version, endpoint)
+    route = None
+    if routes is not None:
+        current = routes.get(workload)
+        mode = SHADOW if current is None or current.mode == FRONTIER else current.mode
+        route = routes.set(Route(workload, mode, current.canary_percent if current else 0.0, endpoint.url,
+                                 endpoint.model), f"deployed model version {version}")
+    return DeploySummary(True, reason, version, endpoint, route)

@@ -8,6 +8,8 @@ import pytest
 
 from assets import LIFECYCLE_ASSETS, deployed_endpoint, eval_report, lora_adapter, raw_llm_logs, workload_partitions
 from distillery.demo_workload import WORKLOAD, demo_messages, send_demo_traffic
+from distillery.logstore import LogStore
+from distillery.routing import RouteStore
 from distillery.serving import LocalEndpoints
 from distillery.tracking import CHALLENGER, CHAMPION, Tracker, registered_model_name
 from pipelines.automation import new_workloads, nightly_retrain
@@ -89,7 +91,9 @@ def test_the_whole_lifecycle_twice(resources, instance):
         (report["frontier_usd_per_1k"] - report["small_model_usd_per_1k"]) * 300)
     assert _gate_check(first).passed
     deployed = _metadata(first, deployed_endpoint)
-    assert deployed["promoted"] is True
+    assert deployed["promoted"] is True and deployed["gateway_route"] == "shadow"
+    routes = RouteStore(LogStore().engine)
+    assert routes.get(WORKLOAD).small_url == deployed["url"]
     client = openai.OpenAI(base_url=deployed["url"], api_key="local", max_retries=0)
     answer = client.chat.completions.create(model=WORKLOAD, messages=demo_messages("I was charged twice"),
                                             max_tokens=4)
@@ -126,7 +130,8 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert rescored["champion_model_version"] == "1"
     assert rescored["champion_headline"] == rescored["fine_tuned_headline"]
     assert [v for v, _ in tracker.metric_by_version(WORKLOAD, "eval_headline")] == ["1", "2"]
-    assert _metadata(second, deployed_endpoint)["url"] != deployed["url"]
+    redeployed = _metadata(second, deployed_endpoint)
+    assert redeployed["url"] != deployed["url"] and routes.get(WORKLOAD).small_url == redeployed["url"]
     assert len(LocalEndpoints().all()) == 1  # the first endpoint made way for the second
 
 
@@ -220,7 +225,6 @@ def test_training_errors_reach_dagster_from_the_worker_and_bad_configs_never_sta
 
 def test_an_extraction_workload_from_dstc8_is_scored_with_extraction_metrics(resources, instance, shared_data):
     from distillery.logs_io import import_logs
-    from distillery.logstore import LogStore
 
     store = LogStore()
     store.upgrade()

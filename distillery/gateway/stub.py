@@ -96,4 +96,6 @@ class StubUpstream:
 if __name__ == "__main__":
     import sys
 
-    StubUpstream(fail_every=int(sys.argv[1]) if len(sys.argv) > 1 else 0).serve_forever()
+    # python -m distillery.gateway.stub [FAIL_EVERY [ANSWER]]
+    StubUpstream(fail_every=int(sys.argv[1]) if len(sys.argv) > 1 else 0,
+                 answer=sys.argv[2] if len(sys.argv) > 2 else ANSWER).serve_forever()
