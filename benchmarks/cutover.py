@@ -1,6 +1,6 @@
 """The cut-over machinery under load: canary share, fallback and rollback, shadow overhead.
 
-    python benchmarks/cutover.py [--requests 20000] [--concurrency 64] [--canary-percent 10]
+    python benchmarks/cutover.py [--requests 20000] [--concurrency 64] [--canary 10]
 
 Fast stub servers stand in for both the frontier (answers "ok") and the small model (answers
 "small"), so this measures the gateway's routing, not CPU inference (the real small model is
@@ -93,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--canary-percent", type=float, default=10.0)
+    parser.add_argument("--canary", type=float, default=10.0, help="canary percentage")
     parser.add_argument("--latency-samples", type=int, default=1000)
     args = parser.parse_args()
 
@@ -106,9 +106,9 @@ def main() -> None:
     policy = RollbackPolicy()
     frontier, frontier_url = start([sys.executable, "-m", "distillery.gateway.stub", "0", "ok"], env)
     small, small_url = start([sys.executable, "-m", "distillery.gateway.stub", "0", "small"], env)
-    canary = Route("canary", CANARY, args.canary_percent, small_url, "canary")
+    canary = Route("canary", CANARY, args.canary, small_url, "canary")
     routes.set(canary, "benchmark")
-    routes.set(Route("killed", CANARY, args.canary_percent, small_url, "killed"), "benchmark")
+    routes.set(Route("killed", CANARY, args.canary, small_url, "killed"), "benchmark")
     routes.set(Route("shadowed", SHADOW, 0, small_url, "shadowed"), "benchmark")
     routes.set(Route("direct", FRONTIER), "benchmark")
     port = 20000 + os.getpid() % 20000
@@ -152,17 +152,17 @@ def main() -> None:
     print(json.dumps({
         "requests": args.requests,
         "concurrency": args.concurrency,
-        "canary_percent": args.canary_percent,
-        "observed_small_share_percent": round(100 * share, 2),
-        "share_error_points": round(abs(100 * share - args.canary_percent), 2),
+        "canary_target": args.canary,
+        "canary_share": round(100 * share, 2),
+        "share_error_points": round(abs(100 * share - args.canary), 2),
         "canary_rps": round(total / share_seconds),
-        "failed_requests_canary": share_answers.get(None, 0),
-        "failed_requests_with_small_model_killed": kill_answers.get(None, 0),
+        "failed_client_requests": share_answers.get(None, 0) + kill_answers.get(None, 0),
+        "failed_client_requests_with_small_model_killed": kill_answers.get(None, 0),
         "answered_by_small_model_before_the_kill": kill_answers.get("small", 0),
         "rolled_back": rollback is not None,
         # With the server dead, shadow copies fail too: the route may step back twice, to the frontier.
         "rollbacks": [f"{e.from_mode} -> {e.to_mode}: {e.reason}" for e in rollbacks],
-        "rollback_after_kill_s": rollback_after_s,
+        "rollback_seconds": rollback_after_s,  # from the kill until the first rollback was stored
         "rollback_window_s": policy.window_s,
         "frontier_mode_p50_ms": round(statistics.median(direct_ms), 3),
         "shadow_mode_p50_ms": round(statistics.median(shadow_ms), 3),

@@ -272,6 +272,8 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: LocalE
     if routes is not None:
         current = routes.get(workload)
         mode = SHADOW if current is None or current.mode == FRONTIER else current.mode
+        curated = artifacts.get(workload, CURATED, adapter.manifest["dataset_version"]).manifest
         route = routes.set(Route(workload, mode, current.canary_percent if current else 0.0, endpoint.url,
-                                 endpoint.model), f"deployed model version {version}")
+                                 endpoint.model, labels=tuple(_label_set(curated) or ()),
+                                 json_answers=curated.get("task") == "extraction"), f"deployed model version {version}")
     return DeploySummary(True, reason, version, endpoint, route)

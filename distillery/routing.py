@@ -10,8 +10,9 @@ A workload's route moves through four modes, each a step of the cut-over:
   caller stays on one side while the percentage holds;
 - ``small``: the small model answers everything.
 
-Whenever the small model fails to answer (error, timeout, invalid completion), the caller gets
-the frontier's answer instead: a cut-over never fails a request. ``RolloutMonitor`` watches a
+Whenever the small model fails to answer (error, timeout, unreadable completion) or answers
+something invalid for the workload (a label outside the set, a JSON object that does not
+parse), the caller gets the frontier's answer instead: a cut-over never fails a request. ``RolloutMonitor`` watches a
 sliding window of the small model's outcomes and, when a threshold is crossed, the route steps
 back one mode (small -> canary -> shadow -> frontier) and the rollback is recorded as an event.
 """
@@ -27,6 +28,7 @@ from dataclasses import dataclass, replace
 import sqlalchemy as sa
 
 from distillery.logstore import RouteEventRow, RouteRow
+from distillery.metrics import normalize_answer, parse_record
 
 FRONTIER, SHADOW, CANARY, SMALL = "frontier", "shadow", "canary", "small"
 MODES = (FRONTIER, SHADOW, CANARY, SMALL)
@@ -40,6 +42,8 @@ class Route:
     canary_percent: float = 0.0
     small_url: str | None = None  # OpenAI base URL of the small-model server
     small_model: str | None = None  # the model name to ask it for (the workload's adapter)
+    labels: tuple[str, ...] = ()  # classification: the only valid answers
+    json_answers: bool = False  # extraction: a valid answer is a JSON object
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -49,6 +53,13 @@ class Route:
         if self.mode != FRONTIER and not (self.small_url and self.small_model):
             raise ValueError(f"route {self.mode!r} for {self.workload!r} needs the small model's URL and name: "
                              "deploy the workload first (deployed_endpoint) or pass --url and --model")
+
+    def valid_answer(self, text: str) -> bool:
+        if self.labels:
+            return normalize_answer(text) in {normalize_answer(label) for label in self.labels}
+        if self.json_answers:
+            return parse_record(text) is not None
+        return True
 
     @property
     def label(self) -> str:
@@ -100,8 +111,9 @@ class RouteStore:
     def set(self, route: Route, reason: str, kind: str = "set") -> Route:
         """Store ``route`` and record the change; returns the route it replaced's successor (``route``)."""
         now = dt.datetime.now(dt.timezone.utc)
+        check = {"labels": list(route.labels)} if route.labels else {"json": True} if route.json_answers else None
         values = {"mode": route.mode, "canary_percent": route.canary_percent, "small_url": route.small_url,
-                  "small_model": route.small_model, "updated_at": now}
+                  "small_model": route.small_model, "answer_check": check, "updated_at": now}
         with self.engine.begin() as conn:
             before = conn.execute(sa.select(RouteRow).where(RouteRow.workload == route.workload)).first()
             if before:
@@ -123,7 +135,9 @@ class RouteStore:
 
 
 def _route(row) -> Route:
-    return Route(row.workload, row.mode, row.canary_percent, row.small_url, row.small_model)
+    check = row.answer_check or {}
+    return Route(row.workload, row.mode, row.canary_percent, row.small_url, row.small_model,
+                 tuple(check.get("labels", ())), bool(check.get("json")))
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,7 @@ class RollbackPolicy:
     max_error_rate: float = 0.05  # small-model calls that failed (the caller got the frontier's answer)
     max_p95_latency_ms: float = 2000.0
     max_disagreement_rate: float = 0.3  # shadow answers that differ from the frontier's (normalized)
+    max_invalid_rate: float = 0.05  # answers outside the label set or not a JSON object
 
 
 class RolloutMonitor:
@@ -140,10 +155,12 @@ class RolloutMonitor:
 
     def __init__(self, policy: RollbackPolicy):
         self.policy = policy
-        self._outcomes: collections.deque[tuple[float, bool, float, bool | None]] = collections.deque()
+        self._outcomes: collections.deque[tuple[float, bool, float, bool | None, bool]] = collections.deque()
 
-    def observe(self, ok: bool, latency_ms: float, agreed: bool | None = None, now: float | None = None) -> None:
-        self._outcomes.append((time.monotonic() if now is None else now, ok, latency_ms, agreed))
+    def observe(self, ok: bool, latency_ms: float, agreed: bool | None = None, valid: bool = True,
+                now: float | None = None) -> None:
+        """One small-model call: answered at all (``ok``), how fast, like the frontier (shadow), valid."""
+        self._outcomes.append((time.monotonic() if now is None else now, ok, latency_ms, agreed, valid))
 
     def reset(self) -> None:
         self._outcomes.clear()
@@ -157,15 +174,19 @@ class RolloutMonitor:
         if len(outcomes) < self.policy.min_samples:
             return None
         policy, n = self.policy, len(outcomes)
-        errors = sum(not ok for _, ok, _, _ in outcomes) / n
+        errors = sum(not ok for _, ok, _, _, _ in outcomes) / n
         if errors > policy.max_error_rate:
             return f"error rate {errors:.1%} over {n} calls > {policy.max_error_rate:.1%}"
-        latencies = sorted(latency for _, ok, latency, _ in outcomes if ok)
+        answered = [valid for _, ok, _, _, valid in outcomes if ok]
+        invalid = (len(answered) - sum(answered)) / len(answered) if answered else 0.0
+        if invalid > policy.max_invalid_rate:
+            return f"invalid-answer rate {invalid:.1%} over {len(answered)} answers > {policy.max_invalid_rate:.1%}"
+        latencies = sorted(latency for _, ok, latency, _, _ in outcomes if ok)
         if latencies:
             p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
             if p95 > policy.max_p95_latency_ms:
                 return f"p95 latency {p95:.0f} ms > {policy.max_p95_latency_ms:.0f} ms"
-        compared = [agreed for _, _, _, agreed in outcomes if agreed is not None]
+        compared = [agreed for _, _, _, agreed, _ in outcomes if agreed is not None]
         if len(compared) >= policy.min_samples:
             disagreement = (len(compared) - sum(compared)) / len(compared)
             if disagreement > policy.max_disagreement_rate:

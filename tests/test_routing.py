@@ -156,3 +156,30 @@ def test_a_dead_small_model_fails_no_request_and_the_route_rolls_back(tmp_path, 
     rollback = routes.events("triage")[0]
     assert (rollback.kind, rollback.from_mode, rollback.to_mode) == ("rollback", "small", "canary 10%")
     assert rollback.reason.startswith("automatic: error rate")
+
+
+def test_an_invalid_answer_falls_back_to_the_frontier_and_rolls_the_route_back(tmp_path, stubs, store):
+    frontier, small = stubs  # the small model answers "small": not one of the workload's labels
+    routes = RouteStore(store.engine)
+    routes.set(Route("triage", SMALL, 0, small.url, "triage", labels=("billing", "shipping")), "test")
+    assert routes.get("triage").labels == ("billing", "shipping")
+    with _gateway(tmp_path, frontier.url, rollback=RollbackPolicy(min_samples=5)) as gateway:
+        client = _client(gateway)
+        answers = [client.chat.completions.create(model="gpt-x", messages=MESSAGES, user=f"u{i}")
+                   .choices[0].message.content for i in range(6)]
+        logs = _settle(gateway, 6)
+        deadline = time.monotonic() + 5
+        while not routes.events("triage")[0].kind == "rollback":
+            assert time.monotonic() < deadline, "the rollback was not stored"
+            time.sleep(0.05)
+    assert answers == ["ok"] * 6
+    assert logs.read("triage")["request_params"][0]["distillery_fallback"] == "invalid answer: small"
+    assert routes.events("triage")[0].reason.startswith("automatic: invalid-answer rate 100.0%")
+
+
+def test_valid_answers_by_workload_kind():
+    labels = Route("t", SMALL, 0, "http://x/v1", "t", labels=("billing", "shipping"))
+    assert labels.valid_answer(" Billing.") and not labels.valid_answer("refund")
+    extraction = Route("t", SMALL, 0, "http://x/v1", "t", json_answers=True)
+    assert extraction.valid_answer('{"city": "Rome"}') and not extraction.valid_answer("Rome")
+    assert Route("t").valid_answer("anything")

@@ -11,8 +11,9 @@ as a failed exchange.
 
 Routes (``distillery.routing``) decide per workload whether the small model answers a
 non-streamed chat completion, answers a copy in the shadow, or is not asked. When it is asked
-to answer and fails, the caller gets the frontier's answer (a fallback, never an error), and
-the failure counts towards an automatic rollback of the route. Streamed calls always go to
+to answer and fails or answers something invalid for the workload, the caller gets the
+frontier's answer (a fallback, never an error), and the failure counts towards an automatic
+rollback of the route. Streamed calls always go to
 the frontier.
 """
 
@@ -420,6 +421,11 @@ class Gateway:
             self.metrics._child(self.metrics.fallbacks, route.workload).inc()
             row["request_params"] = {**row["request_params"], "distillery_fallback": f"{type(exc).__name__}: {exc}"}
             return False
+        if not route.valid_answer(text):
+            self._watch(route, ok=True, latency_ms=(time.perf_counter() - asked) * 1000, valid=False)
+            self.metrics._child(self.metrics.fallbacks, route.workload).inc()
+            row["request_params"] = {**row["request_params"], "distillery_fallback": f"invalid answer: {text[:200]}"}
+            return False
         self._watch(route, ok=True, latency_ms=(time.perf_counter() - asked) * 1000)
         choice = payload["choices"][0]
         row.update(upstream="small-model", served_by=SERVED_BY_SMALL)
@@ -441,19 +447,20 @@ class Gateway:
             self._watch(route, ok=False, latency_ms=(time.perf_counter() - started) * 1000)
             self._record_error(row, started, 502, f"small model failed in the shadow: {type(exc).__name__}: {exc}")
             return
-        agreed = agrees(text, frontier_text)
-        self._watch(route, ok=True, latency_ms=(time.perf_counter() - started) * 1000, agreed=agreed)
-        row["request_params"]["agrees_with_frontier"] = agreed
+        agreed, valid = agrees(text, frontier_text), route.valid_answer(text)
+        self._watch(route, ok=True, latency_ms=(time.perf_counter() - started) * 1000, agreed=agreed, valid=valid)
+        row["request_params"].update(agrees_with_frontier=agreed, valid_answer=valid)
         self._record_ok(row, started, payload.get("model"), text, payload["choices"][0].get("finish_reason"),
                         payload.get("usage"))
         self.metrics._child(self.metrics.served, route.workload, SERVED_BY_SHADOW).inc()
 
-    def _watch(self, route: Route, *, ok: bool, latency_ms: float, agreed: bool | None = None) -> None:
+    def _watch(self, route: Route, *, ok: bool, latency_ms: float, agreed: bool | None = None,
+               valid: bool = True) -> None:
         """Feed the workload's rollout monitor; step the route back when a threshold is crossed."""
         monitor = self._monitors.get(route.workload)
         if monitor is None:
             monitor = self._monitors[route.workload] = RolloutMonitor(self.config.rollback)
-        monitor.observe(ok, latency_ms, agreed)
+        monitor.observe(ok, latency_ms, agreed, valid)
         reason = monitor.breach()
         current = self.routes.routes.get(route.workload)
         if reason is None or current is None or current.mode != route.mode:

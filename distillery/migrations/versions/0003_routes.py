@@ -24,6 +24,8 @@ def upgrade() -> None:
         sa.Column("canary_percent", sa.Float, nullable=False),
         sa.Column("small_url", sa.String(500)),
         sa.Column("small_model", sa.String(200)),
+        # What a valid small-model answer is: {"labels": [...]} (classification), {"json": true} (extraction).
+        sa.Column("answer_check", sa.JSON),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
