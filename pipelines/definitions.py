@@ -2,16 +2,17 @@
 
 import dagster as dg
 
-from assets import LIFECYCLE_ASSETS
-from pipelines.automation import lifecycle_job, new_workloads, nightly_retrain
+from assets import LIFECYCLE_ASSETS, live_monitoring
+from pipelines.automation import (hourly_monitoring, lifecycle_job, monitoring_job, new_workloads, nightly_retrain,
+                                  retrain_when_needed)
 from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
                        TrainerResource, TrainingLauncherResource)
 
 defs = dg.Definitions(
-    assets=LIFECYCLE_ASSETS,
-    jobs=[lifecycle_job],
-    schedules=[nightly_retrain],
-    sensors=[new_workloads],
+    assets=[*LIFECYCLE_ASSETS, live_monitoring],
+    jobs=[lifecycle_job, monitoring_job],
+    schedules=[nightly_retrain, hourly_monitoring],
+    sensors=[new_workloads, retrain_when_needed],
     resources={
         "log_store": LogStoreResource(),
         "artifacts": ArtifactsResource(),

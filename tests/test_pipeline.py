@@ -6,8 +6,9 @@ import dagster as dg
 import openai
 import pytest
 
-from assets import LIFECYCLE_ASSETS, deployed_endpoint, eval_report, lora_adapter, raw_llm_logs, workload_partitions
-from distillery.demo_workload import WORKLOAD, demo_messages, send_demo_traffic
+from assets import (LIFECYCLE_ASSETS, deployed_endpoint, eval_report, live_monitoring, lora_adapter, raw_llm_logs,
+                    workload_partitions)
+from distillery.demo_workload import QUEUES, WORKLOAD, demo_messages, send_demo_traffic
 from distillery.logstore import LogStore
 from distillery.routing import RouteStore
 from distillery.serving import LocalEndpoints
@@ -93,7 +94,12 @@ def test_the_whole_lifecycle_twice(resources, instance):
     deployed = _metadata(first, deployed_endpoint)
     assert deployed["promoted"] is True and deployed["gateway_route"] == "shadow"
     routes = RouteStore(LogStore().engine)
-    assert routes.get(WORKLOAD).small_url == deployed["url"]
+    assert routes.get(WORKLOAD).small_url == deployed["url"] and set(routes.get(WORKLOAD).labels) <= set(QUEUES)
+    live = _materialize([live_monitoring], instance, resources)
+    assert live.success
+    monitored = _metadata(live, live_monitoring)
+    assert monitored["route"] == "shadow" and "deployed model version 1" in monitored["route_events"]
+    assert monitored["live_rows"] == 0 and monitored["retrain_reasons"] == []
     client = openai.OpenAI(base_url=deployed["url"], api_key="local", max_retries=0)
     answer = client.chat.completions.create(model=WORKLOAD, messages=demo_messages("I was charged twice"),
                                             max_tokens=4)

@@ -1,0 +1,55 @@
+import dagster as dg
+from pydantic import Field
+
+from assets.deployed_endpoint import deployed_endpoint
+from assets.errors import user_errors_as_failures
+from assets.partitions import workload_partitions
+from distillery.lifecycle import MonitoringPolicy, monitor_live_traffic
+from resources import ArtifactsResource, LogStoreResource
+
+CHECKS = {
+    "shadow_agreement": "Sampled shadow answers agree with the frontier's often enough.",
+    "prompt_drift": "Live prompts look like the training prompts (PSI of length and embedding clusters).",
+    "label_shift": "The frontier's live label distribution is close to the training one (classification).",
+    "invalid_answers": "The small model's answers are valid for the workload (label set, JSON object).",
+}
+
+
+class MonitoringConfig(dg.Config):
+    min_shadow_agreement: float = Field(default=0.8, description="Shadow agreement below this fails its check.")
+    max_psi: float = Field(default=0.25, description="Prompt PSI (length or embedding clusters) above this is drift.")
+    max_label_shift: float = Field(default=0.15, description="Total-variation distance of the label distributions.")
+    max_invalid_rate: float = Field(default=0.05, description="Invalid small-model answers above this fail.")
+    retrain_after_rows: int = Field(default=1000, description="New frontier rows since training that ask for retraining.")
+
+
+@dg.asset(
+    partitions_def=workload_partitions, deps=[deployed_endpoint], kinds={"python"}, group_name="monitoring",
+    check_specs=[dg.AssetCheckSpec(name, asset="live_monitoring", description=text) for name, text in CHECKS.items()],
+)
+def live_monitoring(context: dg.AssetExecutionContext, config: MonitoringConfig, log_store: LogStoreResource,
+                    artifacts: ArtifactsResource) -> dg.MaterializeResult:
+    """The deployed model on live traffic: shadow agreement, invalid answers, prompt and label drift, money saved,
+    the gateway route and its latest events (rollbacks included); says when to retrain."""
+    policy = MonitoringPolicy(config.min_shadow_agreement, config.max_psi, config.max_label_shift,
+                              config.max_invalid_rate, config.retrain_after_rows)
+    with user_errors_as_failures():
+        summary = monitor_live_traffic(log_store.open(), artifacts.open(), context.partition_key, policy)
+    report = summary.report
+    events = "\n".join(f"- {e.created_at:%Y-%m-%d %H:%M:%S} {e.kind}: {e.from_mode or '-'} -> {e.to_mode} ({e.reason})"
+                       for e in summary.route_events) or "none"
+    figures = {key: value for key, value in report.as_dict().items() if isinstance(value, (int, float))}
+    return dg.MaterializeResult(
+        metadata={
+            **figures,
+            "route": summary.route.label if summary.route else "frontier (no route)",
+            "route_events": dg.MetadataValue.md(events),
+            "rollbacks": sum(e.kind == "rollback" for e in summary.route_events),
+            "retrain_reasons": dg.MetadataValue.json(summary.retrain_reasons),
+            "notes": dg.MetadataValue.json(report.notes),
+            "version": summary.artifact.version,
+        },
+        check_results=[dg.AssetCheckResult(check_name=name, passed=reason is None, severity=dg.AssetCheckSeverity.WARN,
+                                           description=reason or "within threshold (or not enough traffic yet)")
+                       for name, reason in summary.failures.items()],
+    )
