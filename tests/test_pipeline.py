@@ -8,7 +8,7 @@ import pytest
 
 from assets import (LIFECYCLE_ASSETS, deployed_endpoint, eval_report, live_monitoring, lora_adapter, raw_llm_logs,
                     workload_partitions)
-from distillery.demo_workload import QUEUES, WORKLOAD, demo_messages, send_demo_traffic
+from distillery.demo_workload import QUEUES, WORKLOAD, demo_messages, send_demo_traffic, walk_cutover
 from distillery.logstore import LogStore
 from distillery.routing import RouteStore
 from distillery.serving import LocalEndpoints
@@ -139,6 +139,14 @@ def test_the_whole_lifecycle_twice(resources, instance):
     redeployed = _metadata(second, deployed_endpoint)
     assert redeployed["url"] != deployed["url"] and routes.get(WORKLOAD).small_url == redeployed["url"]
     assert len(LocalEndpoints().all()) == 1  # the first endpoint made way for the second
+
+    # The demo's cut-over walk through a live gateway. The tiny model's answers are not queue names, so each
+    # small-model answer is invalid: the caller gets the frontier's, and the route rolls back.
+    steps = walk_cutover(calls_per_step=6, say=lambda _: None)
+    assert [step.route for step in steps] == ["shadow", "canary 50%", "small", "small, server dead"]
+    assert all(step.failed == 0 for step in steps)
+    assert any(event.kind == "rollback" for event in routes.events(WORKLOAD))
+    assert routes.get(WORKLOAD).mode == "shadow" and LocalEndpoints().current(WORKLOAD) is not None
 
 
 def test_a_refused_candidate_stops_the_deploy_and_deploying_a_stale_report_is_refused(resources, instance):
