@@ -284,7 +284,7 @@ def walk_cutover(*, frontier_url: str | None = None, model: str = STANDIN_MODEL,
             try:
                 answer = client.chat.completions.create(model=model, messages=demo_messages(next(tickets)),
                                                         max_tokens=8, temperature=0, user=f"customer-{i}")
-                small += answer.model == WORKLOAD  # the small model answers under the workload's name
+                small += answer.model != model  # the small model answers under its adapter's name
             except openai.APIError:
                 failed += 1
         steps.append(CutoverStep(label, calls_per_step, failed, small, note))

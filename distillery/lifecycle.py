@@ -266,7 +266,7 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: LocalE
     if not verdict["passed"]:
         return DeploySummary(False, reason, version, endpoints.current(workload))
     endpoint = endpoints.deploy(workload, adapter.manifest["base_model"], adapter.path / "adapter",
-                                model_name=workload, probe_messages=verdict["probe_messages"])
+                                model_name=f"{workload}-v{version}", probe_messages=verdict["probe_messages"])
     tracker.set_alias(workload, CHAMPION, version)
     route = None
     if routes is not None:

@@ -88,10 +88,12 @@ class OpenAIServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], chat: ChatHandler, models: Callable[[], list[str]]):
+    def __init__(self, address: tuple[str, int], chat: ChatHandler, models: Callable[[], list[str]],
+                 admin: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None):
         super().__init__(address, _Handler)
         self.chat = chat
         self.models = models
+        self.admin = admin or {}  # extra POST routes: path -> (JSON body -> JSON answer)
 
     @property
     def url(self) -> str:
@@ -121,6 +123,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, error_body(f"no route {self.path}", "not_found"))
 
     def do_POST(self) -> None:
+        if self.path in self.server.admin:
+            try:
+                self._send_json(200, self.server.admin[self.path](self._read_json()))
+            except RequestError as exc:
+                self._send_json(exc.status, error_body(exc.message, exc.code))
+            except Exception as exc:  # noqa: BLE001 - the server must survive a failing request
+                self._send_json(500, error_body(f"internal error: {exc}", "server_error"))
+            return
         try:
             if self.path != "/v1/chat/completions":
                 raise RequestError(404, f"no route {self.path}", "not_found")

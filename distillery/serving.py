@@ -18,7 +18,9 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +32,81 @@ BASE_MODEL_NAME = "base"
 DEFAULT_MAX_TOKENS = 64
 
 
+def adapter_mismatch(adapter_dir: Path, base_model: str, module_names: set[str] | None = None,
+                     max_rank: int | None = None) -> str | None:
+    """Why a LoRA adapter cannot be served on ``base_model`` (None: it can).
+
+    Checked before any route may point at it: the base model it was trained on, its rank
+    against the server's limit (vLLM's ``--max-lora-rank``), and that every module it adapts
+    exists in the served model.
+    """
+    try:
+        config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"no readable adapter_config.json in {adapter_dir}: {exc}"
+    trained_on = config.get("base_model_name_or_path")
+    if trained_on and os.path.realpath(trained_on) != os.path.realpath(base_model) and trained_on != base_model:
+        return f"adapter was trained on {trained_on!r}, the server serves {base_model!r}"
+    rank = int(config.get("r") or 0)
+    if max_rank is not None and rank > max_rank:
+        return f"adapter rank {rank} is above the server's maximum LoRA rank {max_rank}"
+    targets = config.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    if module_names is not None:
+        missing = sorted(t for t in targets if t not in module_names)
+        if missing:
+            return f"adapter targets modules the served model does not have: {missing}"
+    return None
+
+
 class ModelServer:
+    """A base model with any number of LoRA adapters; adapters load and unload while it serves.
+
+    The load/unload routes are vLLM's (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``),
+    so the deploy step drives this server and vLLM the same way.
+    """
+
     def __init__(self, base_model: str, adapters: dict[str, Path]):
         from distillery.inference import load_model
 
+        self.base_model = base_model
         self.adapters = dict(adapters)
         self.model, self.tokenizer = load_model(base_model, self.adapters)
+        self.module_names = {name.rsplit(".", 1)[-1] for name, _ in self.model.named_modules()}
         self.default_model = next(iter(self.adapters), BASE_MODEL_NAME)
         self._lock = threading.Lock()  # one generation at a time; the adapter switch is global state
 
     def models(self) -> list[str]:
         return [*self.adapters, BASE_MODEL_NAME]
+
+    def load_adapter(self, body: dict[str, Any]) -> dict[str, Any]:
+        from peft import PeftModel
+
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not isinstance(name, str) or not name or not isinstance(path, str):
+            raise RequestError(400, "'lora_name' and 'lora_path' are required strings")
+        if name in self.adapters or name == BASE_MODEL_NAME:
+            raise RequestError(400, f"an adapter named {name!r} is already loaded")
+        problem = adapter_mismatch(Path(path), self.base_model, self.module_names)
+        if problem:
+            raise RequestError(400, problem, "adapter_mismatch")
+        with self._lock:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(path, adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+            self.model.eval()
+            self.adapters[name] = Path(path)
+        return {"status": "ok", "loaded": name, "models": self.models()}
+
+    def unload_adapter(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("lora_name")
+        if name not in self.adapters:
+            raise RequestError(404, f"no adapter {name!r} is loaded", "model_not_found")
+        with self._lock:
+            self.model.delete_adapter(name)
+            del self.adapters[name]
+        return {"status": "ok", "unloaded": name, "models": self.models()}
 
     def chat(self, body: dict[str, Any]) -> Completion:
         from distillery.inference import generate, using_adapter
@@ -79,7 +145,20 @@ class LocalEndpoints:
 
     def deploy(self, workload: str, base_model: str, adapter_dir: Path, model_name: str,
                probe_messages: list[dict]) -> Endpoint:
+        """Serve ``adapter_dir`` as ``model_name``; it must answer ``probe_messages`` before this returns.
+
+        When the workload's server is running on the same base model, the adapter is loaded into it
+        beside the ones it has (they stay loaded: a route can go back to them at once); otherwise a
+        new server starts and replaces the old one. Either way, if the new adapter does not load or
+        answer, the endpoint serving now is left as it was.
+        """
         validate_workload(workload)
+        problem = adapter_mismatch(adapter_dir, base_model)
+        if problem:
+            raise DistilleryError(f"workload {workload!r}: refusing to deploy {adapter_dir}: {problem}")
+        previous = self.current(workload)
+        if previous and previous.base_model == base_model:
+            return self._load_beside(previous, adapter_dir, model_name, probe_messages)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         ready_file = self.state_dir / f".{workload}-{stamp}.ready"
@@ -101,10 +180,25 @@ class LocalEndpoints:
             ready_file.unlink(missing_ok=True)
         endpoint = Endpoint(workload, url, process.pid, model_name, str(adapter_dir), base_model, str(log_path),
                             dt.datetime.now(dt.timezone.utc).isoformat())
-        previous = self.current(workload)
         self._write_state(endpoint)
         if previous and previous.pid != endpoint.pid:
             _terminate(previous.pid)
+        return endpoint
+
+    def _load_beside(self, running: Endpoint, adapter_dir: Path, model_name: str, probe_messages: list[dict]) -> Endpoint:
+        if model_name not in _served_models(running.url):
+            status, text = _post_json(f"{running.url}/load_lora_adapter",
+                                      {"lora_name": model_name, "lora_path": str(adapter_dir)})
+            if status != 200:
+                raise DistilleryError(f"workload {running.workload!r}: the server at {running.url} refused adapter "
+                                      f"{adapter_dir}: {text[:500]}")
+        try:
+            _probe(running.url, model_name, probe_messages)
+        except BaseException:
+            _post_json(f"{running.url}/unload_lora_adapter", {"lora_name": model_name})
+            raise
+        endpoint = replace(running, model=model_name, adapter_path=str(adapter_dir))
+        self._write_state(endpoint)
         return endpoint
 
     def current(self, workload: str) -> Endpoint | None:
@@ -142,6 +236,20 @@ class LocalEndpoints:
                 raise DistilleryError(f"model server exited with code {process.returncode} before it was ready:\n{tail}")
             time.sleep(0.2)
         raise DistilleryError(f"model server not ready after {self.startup_timeout_s:.0f}s; its log: {log_path}")
+
+
+def _served_models(url: str) -> list[str]:
+    with urllib.request.urlopen(f"{url}/models", timeout=30) as answer:
+        return [m["id"] for m in json.loads(answer.read())["data"]]
+
+
+def _post_json(url: str, body: dict, timeout_s: float = 300) -> tuple[int, str]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+            return answer.status, answer.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
 
 
 def _probe(url: str, model: str, messages: list[dict]) -> None:
@@ -190,7 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     adapters = dict(spec.split("=", 1) for spec in args.adapter)
     model_server = ModelServer(args.base_model, {name: Path(path) for name, path in adapters.items()})
-    http = OpenAIServer((args.host, args.port), model_server.chat, model_server.models)
+    http = OpenAIServer((args.host, args.port), model_server.chat, model_server.models,
+                        {"/v1/load_lora_adapter": model_server.load_adapter,
+                         "/v1/unload_lora_adapter": model_server.unload_adapter})
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=http.shutdown).start())
     port = http.server_address[1]
     if args.ready_file:

@@ -101,7 +101,8 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert monitored["route"] == "shadow" and "deployed model version 1" in monitored["route_events"]
     assert monitored["live_rows"] == 0 and monitored["retrain_reasons"] == []
     client = openai.OpenAI(base_url=deployed["url"], api_key="local", max_retries=0)
-    answer = client.chat.completions.create(model=WORKLOAD, messages=demo_messages("I was charged twice"),
+    assert deployed["served_model"] == f"{WORKLOAD}-v1"
+    answer = client.chat.completions.create(model=deployed["served_model"], messages=demo_messages("I was charged twice"),
                                             max_tokens=4)
     assert answer.choices[0].message.content
 
@@ -137,8 +138,11 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert rescored["champion_headline"] == rescored["fine_tuned_headline"]
     assert [v for v, _ in tracker.metric_by_version(WORKLOAD, "eval_headline")] == ["1", "2"]
     redeployed = _metadata(second, deployed_endpoint)
-    assert redeployed["url"] != deployed["url"] and routes.get(WORKLOAD).small_url == redeployed["url"]
-    assert len(LocalEndpoints().all()) == 1  # the first endpoint made way for the second
+    # v2 was loaded into the running server beside v1, which stays loaded for an instant rollback.
+    assert redeployed["url"] == deployed["url"] and redeployed["served_model"] == f"{WORKLOAD}-v2"
+    assert {m.id for m in client.models.list()} >= {f"{WORKLOAD}-v1", f"{WORKLOAD}-v2"}
+    assert routes.get(WORKLOAD).small_model == f"{WORKLOAD}-v2"
+    assert len(LocalEndpoints().all()) == 1
 
     # The demo's cut-over walk through a live gateway. The tiny model's answers are not queue names, so each
     # small-model answer is invalid: the caller gets the frontier's, and the route rolls back.
@@ -204,13 +208,16 @@ def test_sensor_adds_new_workloads_and_the_schedule_runs_every_one(resources, in
         ("invoice-extract", "invoice-extract-2026-11-28"), (WORKLOAD, f"{WORKLOAD}-2026-11-28")]
 
 
-def test_definitions_load_with_five_assets_in_one_graph():
+def test_definitions_load_with_the_lifecycle_and_monitoring_in_one_graph():
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {"raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report", "deployed_endpoint"}
+    assert keys == {"raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report", "deployed_endpoint",
+                    "live_monitoring"}
     assert graph.get(dg.AssetKey("deployed_endpoint")).parent_keys == {dg.AssetKey("eval_report")}
+    assert graph.get(dg.AssetKey("live_monitoring")).parent_keys == {dg.AssetKey("deployed_endpoint")}
     assert defs.resolve_job_def("workload_lifecycle").partitions_def == workload_partitions
+    assert defs.resolve_job_def("live_monitoring_job").partitions_def == workload_partitions
 
 
 def test_a_failed_blocking_check_stops_training(resources, instance):

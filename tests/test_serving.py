@@ -11,7 +11,8 @@ PROBE = [{"role": "user", "content": "ticket 3"}]
 @pytest.fixture(scope="module")
 def model_server(tiny_model_dir, tiny_adapter_dir):
     served = ModelServer(tiny_model_dir, {"triage": tiny_adapter_dir})
-    http = OpenAIServer(("127.0.0.1", 0), served.chat, served.models)
+    http = OpenAIServer(("127.0.0.1", 0), served.chat, served.models,
+                        {"/v1/load_lora_adapter": served.load_adapter, "/v1/unload_lora_adapter": served.unload_adapter})
     http.start_in_thread()
     yield http
     http.shutdown()
@@ -38,20 +39,70 @@ def test_bad_requests_are_refused_and_the_server_keeps_serving(model_server):
     assert client.chat.completions.create(model="triage", messages=PROBE, max_tokens=4).choices
 
 
-def test_endpoint_process_is_replaced_only_by_one_that_answers(tiny_model_dir, tiny_adapter_dir, tmp_path):
+def _adapter_copy(source, target, **changes):
+    """The adapter with its config edited (and, with ``weights=False``, without its weights)."""
+    import json
+    import shutil
+
+    weights = changes.pop("weights", True)
+    shutil.copytree(source, target, ignore=None if weights else shutil.ignore_patterns("*.safetensors", "*.bin"))
+    config = json.loads((target / "adapter_config.json").read_text())
+    (target / "adapter_config.json").write_text(json.dumps({**config, **changes}))
+    return target
+
+
+def test_a_new_adapter_loads_beside_the_served_one_only_if_it_fits_and_answers(tiny_model_dir, tiny_adapter_dir,
+                                                                              tmp_path):
     endpoints = LocalEndpoints(tmp_path / "endpoints", startup_timeout_s=120)
     try:
-        first = endpoints.deploy("triage", tiny_model_dir, tiny_adapter_dir, "triage", PROBE)
+        first = endpoints.deploy("triage", tiny_model_dir, tiny_adapter_dir, "triage-v1", PROBE)
         client = openai.OpenAI(base_url=first.url, api_key="local", max_retries=0)
-        assert client.chat.completions.create(model="triage", messages=PROBE).choices[0].message.content
+        assert client.chat.completions.create(model="triage-v1", messages=PROBE).choices[0].message.content
 
+        with pytest.raises(DistilleryError, match="no readable adapter_config.json"):
+            endpoints.deploy("triage", tiny_model_dir, tmp_path / "no-such-adapter", "triage-v2", PROBE)
+        other_base = _adapter_copy(tiny_adapter_dir, tmp_path / "other-base", base_model_name_or_path="other/model")
+        with pytest.raises(DistilleryError, match="trained on 'other/model'"):
+            endpoints.deploy("triage", tiny_model_dir, other_base, "triage-v2", PROBE)
+        wrong_modules = _adapter_copy(tiny_adapter_dir, tmp_path / "wrong-modules", target_modules=["no_such_proj"])
+        with pytest.raises(DistilleryError, match="does not have"):
+            endpoints.deploy("triage", tiny_model_dir, wrong_modules, "triage-v2", PROBE)
+        assert endpoints.current("triage") == first and [m.id for m in client.models.list()] == ["triage-v1", "base"]
+
+        second = endpoints.deploy("triage", tiny_model_dir, tiny_adapter_dir, "triage-v2", PROBE)
+        assert (second.url, second.pid, second.model) == (first.url, first.pid, "triage-v2")
+        assert [m.id for m in client.models.list()] == ["triage-v1", "triage-v2", "base"]  # v1 kept for rollback
+
+        # A new server (another workload) that cannot load its adapter never becomes an endpoint.
+        no_weights = _adapter_copy(tiny_adapter_dir, tmp_path / "no-weights", weights=False)
         with pytest.raises(DistilleryError, match="exited with code"):
-            endpoints.deploy("triage", tiny_model_dir, tmp_path / "no-such-adapter", "triage", PROBE)
-        assert endpoints.current("triage") == first and _alive(first.pid)
-
-        second = endpoints.deploy("triage", tiny_model_dir, tiny_adapter_dir, "triage", PROBE)
-        assert second.url != first.url and not _alive(first.pid)
-        assert [e.pid for e in endpoints.all()] == [second.pid]
+            endpoints.deploy("billing", tiny_model_dir, no_weights, "billing-v1", PROBE)
+        assert endpoints.current("billing") is None
+        assert [e.pid for e in endpoints.all()] == [first.pid]
     finally:
         endpoints.stop("triage")
-    assert endpoints.current("triage") is None
+    assert endpoints.current("triage") is None and not _alive(first.pid)
+
+
+def test_adapters_load_and_unload_at_run_time_over_vllms_routes(model_server, tiny_adapter_dir):
+    import json
+    import urllib.error
+    import urllib.request
+
+    def post(path, body):
+        request = urllib.request.Request(model_server.url + path, json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    client = openai.OpenAI(base_url=model_server.url, api_key="local", max_retries=0)
+    assert post("/load_lora_adapter", {"lora_name": "extra", "lora_path": str(tiny_adapter_dir)})[0] == 200
+    assert client.chat.completions.create(model="extra", messages=PROBE, max_tokens=4).choices
+    status, body = post("/load_lora_adapter", {"lora_name": "extra", "lora_path": str(tiny_adapter_dir)})
+    assert status == 400 and "already loaded" in body["error"]["message"]
+    assert post("/unload_lora_adapter", {"lora_name": "extra"})[0] == 200
+    assert "extra" not in [m.id for m in client.models.list()]
+    assert post("/unload_lora_adapter", {"lora_name": "extra"})[0] == 404
