@@ -135,71 +135,101 @@ class Endpoint:
     started_at: str
 
 
-class LocalEndpoints:
-    """One local model-server process per workload, tracked in ``<state_dir>/<workload>.json``."""
+LOCAL, VLLM = "local", "vllm"
 
-    def __init__(self, state_dir: Path | None = None, host: str = "127.0.0.1", startup_timeout_s: float = 300):
+
+class LocalEndpoints:
+    """Model servers on this machine and which workload's adapter each serves (``<state_dir>/<workload>.json``).
+
+    One server per base model serves every workload's adapters on it. ``backend`` says what
+    server starts: ``local`` (``python -m distillery.serving``: transformers on CPU or GPU) or
+    ``vllm`` (``vllm serve BASE --enable-lora``, with run-time adapter loading). Both speak the
+    same OpenAI API and load adapters through the same ``/v1/load_lora_adapter`` route.
+    """
+
+    def __init__(self, state_dir: Path | None = None, host: str = "127.0.0.1", startup_timeout_s: float = 300,
+                 backend: str = LOCAL, max_lora_rank: int = 64):
+        if backend not in (LOCAL, VLLM):
+            raise ValueError(f"unknown serving backend {backend!r}: use {LOCAL!r} or {VLLM!r}")
         self.state_dir = Path(state_dir) if state_dir else home() / "endpoints"
         self.host = host
         self.startup_timeout_s = startup_timeout_s
+        self.backend = backend
+        self.max_lora_rank = max_lora_rank if backend == VLLM else None
 
     def deploy(self, workload: str, base_model: str, adapter_dir: Path, model_name: str,
                probe_messages: list[dict]) -> Endpoint:
         """Serve ``adapter_dir`` as ``model_name``; it must answer ``probe_messages`` before this returns.
 
-        When the workload's server is running on the same base model, the adapter is loaded into it
-        beside the ones it has (they stay loaded: a route can go back to them at once); otherwise a
-        new server starts and replaces the old one. Either way, if the new adapter does not load or
-        answer, the endpoint serving now is left as it was.
+        When a server for the same base model is running (this workload's or another's), the adapter
+        is loaded into it beside the ones it has (they stay loaded: a route can go back to them at
+        once); otherwise a new server starts, and the workload's old one stops unless another
+        workload still uses it. Either way, if the new adapter does not load or answer, the endpoint
+        serving now is left as it was.
         """
         validate_workload(workload)
-        problem = adapter_mismatch(adapter_dir, base_model)
+        problem = adapter_mismatch(adapter_dir, base_model, max_rank=self.max_lora_rank)
         if problem:
             raise DistilleryError(f"workload {workload!r}: refusing to deploy {adapter_dir}: {problem}")
         previous = self.current(workload)
-        if previous and previous.base_model == base_model:
-            return self._load_beside(previous, adapter_dir, model_name, probe_messages)
+        shared = next((e for e in self.all() if e.base_model == base_model), None)
+        if shared:
+            endpoint = self._load_beside(shared, adapter_dir, model_name, probe_messages)
+            endpoint = replace(endpoint, workload=workload)
+        else:
+            endpoint = self._start_server(workload, base_model, adapter_dir, model_name, probe_messages)
+        self._write_state(endpoint)
+        if previous and previous.pid != endpoint.pid and not any(e.pid == previous.pid for e in self.all()
+                                                                 if e.workload != workload):
+            _terminate(previous.pid)
+        return endpoint
+
+    def _start_server(self, workload: str, base_model: str, adapter_dir: Path, model_name: str,
+                      probe_messages: list[dict]) -> Endpoint:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         ready_file = self.state_dir / f".{workload}-{stamp}.ready"
         log_path = self.state_dir / f"{workload}-{stamp}.log"
         ready_file.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "distillery.serving", "--base-model", base_model,
-                   "--adapter", f"{model_name}={adapter_dir}", "--host", self.host, "--port", "0",
-                   "--ready-file", str(ready_file)]
+        env = None
+        if self.backend == VLLM:
+            port = _free_port(self.host)
+            command = ["vllm", "serve", base_model, "--enable-lora", "--max-lora-rank", str(self.max_lora_rank),
+                       "--host", self.host, "--port", str(port), "--lora-modules", f"{model_name}={adapter_dir}"]
+            env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+        else:
+            command = [sys.executable, "-m", "distillery.serving", "--base-model", base_model,
+                       "--adapter", f"{model_name}={adapter_dir}", "--host", self.host, "--port", "0",
+                       "--ready-file", str(ready_file)]
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
-            port = self._wait_ready(process, ready_file, log_path)
-            url = f"http://{self.host}:{port}/v1"
+            if self.backend == VLLM:
+                url = f"http://{self.host}:{port}/v1"
+                self._wait_answering(process, url, log_path)
+            else:
+                url = f"http://{self.host}:{self._wait_ready(process, ready_file, log_path)}/v1"
             _probe(url, model_name, probe_messages)
         except BaseException:
             _terminate(process.pid)
             raise
         finally:
             ready_file.unlink(missing_ok=True)
-        endpoint = Endpoint(workload, url, process.pid, model_name, str(adapter_dir), base_model, str(log_path),
-                            dt.datetime.now(dt.timezone.utc).isoformat())
-        self._write_state(endpoint)
-        if previous and previous.pid != endpoint.pid:
-            _terminate(previous.pid)
-        return endpoint
+        return Endpoint(workload, url, process.pid, model_name, str(adapter_dir), base_model, str(log_path),
+                        dt.datetime.now(dt.timezone.utc).isoformat())
 
     def _load_beside(self, running: Endpoint, adapter_dir: Path, model_name: str, probe_messages: list[dict]) -> Endpoint:
         if model_name not in _served_models(running.url):
             status, text = _post_json(f"{running.url}/load_lora_adapter",
                                       {"lora_name": model_name, "lora_path": str(adapter_dir)})
             if status != 200:
-                raise DistilleryError(f"workload {running.workload!r}: the server at {running.url} refused adapter "
-                                      f"{adapter_dir}: {text[:500]}")
+                raise DistilleryError(f"the model server at {running.url} refused adapter {adapter_dir}: {text[:500]}")
         try:
             _probe(running.url, model_name, probe_messages)
         except BaseException:
             _post_json(f"{running.url}/unload_lora_adapter", {"lora_name": model_name})
             raise
-        endpoint = replace(running, model=model_name, adapter_path=str(adapter_dir))
-        self._write_state(endpoint)
-        return endpoint
+        return replace(running, model=model_name, adapter_path=str(adapter_dir))
 
     def current(self, workload: str) -> Endpoint | None:
         state = self.state_dir / f"{validate_workload(workload)}.json"
@@ -215,9 +245,10 @@ class LocalEndpoints:
         return [e for e in found if e]
 
     def stop(self, workload: str) -> bool:
+        """Stop serving the workload; its server process stops unless another workload's adapter is on it."""
         endpoint = self.current(workload)
         (self.state_dir / f"{workload}.json").unlink(missing_ok=True)
-        if endpoint:
+        if endpoint and not any(e.pid == endpoint.pid for e in self.all()):
             _terminate(endpoint.pid)
         return endpoint is not None
 
@@ -225,6 +256,20 @@ class LocalEndpoints:
         tmp = self.state_dir / f".{endpoint.workload}.json.tmp"
         tmp.write_text(json.dumps(asdict(endpoint), indent=2))
         os.replace(tmp, self.state_dir / f"{endpoint.workload}.json")
+
+    def _wait_answering(self, process: subprocess.Popen, url: str, log_path: Path) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                _served_models(url)
+                return
+            except OSError:
+                pass
+            if process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise DistilleryError(f"model server exited with code {process.returncode} before it was ready:\n{tail}")
+            time.sleep(1)
+        raise DistilleryError(f"model server not ready after {self.startup_timeout_s:.0f}s; its log: {log_path}")
 
     def _wait_ready(self, process: subprocess.Popen, ready_file: Path, log_path: Path) -> int:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -236,6 +281,14 @@ class LocalEndpoints:
                 raise DistilleryError(f"model server exited with code {process.returncode} before it was ready:\n{tail}")
             time.sleep(0.2)
         raise DistilleryError(f"model server not ready after {self.startup_timeout_s:.0f}s; its log: {log_path}")
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def _served_models(url: str) -> list[str]:

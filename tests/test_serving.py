@@ -73,15 +73,27 @@ def test_a_new_adapter_loads_beside_the_served_one_only_if_it_fits_and_answers(t
         assert (second.url, second.pid, second.model) == (first.url, first.pid, "triage-v2")
         assert [m.id for m in client.models.list()] == ["triage-v1", "triage-v2", "base"]  # v1 kept for rollback
 
-        # A new server (another workload) that cannot load its adapter never becomes an endpoint.
+        # Another workload on the same base model shares the server; an adapter that cannot load is refused.
         no_weights = _adapter_copy(tiny_adapter_dir, tmp_path / "no-weights", weights=False)
-        with pytest.raises(DistilleryError, match="exited with code"):
+        with pytest.raises(DistilleryError, match="refused adapter"):
             endpoints.deploy("billing", tiny_model_dir, no_weights, "billing-v1", PROBE)
         assert endpoints.current("billing") is None
-        assert [e.pid for e in endpoints.all()] == [first.pid]
+        billing = endpoints.deploy("billing", tiny_model_dir, tiny_adapter_dir, "billing-v1", PROBE)
+        assert billing.pid == first.pid and "billing-v1" in [m.id for m in client.models.list()]
+        assert endpoints.stop("billing") and _alive(first.pid)  # triage still needs the server
     finally:
         endpoints.stop("triage")
     assert endpoints.current("triage") is None and not _alive(first.pid)
+
+
+def test_a_server_that_cannot_start_never_becomes_an_endpoint(tiny_model_dir, tiny_adapter_dir, tmp_path):
+    endpoints = LocalEndpoints(tmp_path / "endpoints", startup_timeout_s=120)
+    no_weights = _adapter_copy(tiny_adapter_dir, tmp_path / "no-weights", weights=False)
+    with pytest.raises(DistilleryError, match="exited with code"):
+        endpoints.deploy("billing", tiny_model_dir, no_weights, "billing-v1", PROBE)
+    assert endpoints.current("billing") is None and endpoints.all() == []
+    with pytest.raises(ValueError, match="unknown serving backend"):
+        LocalEndpoints(tmp_path, backend="triton")
 
 
 def test_adapters_load_and_unload_at_run_time_over_vllms_routes(model_server, tiny_adapter_dir):
