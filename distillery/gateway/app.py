@@ -13,8 +13,7 @@ Routes (``distillery.routing``) decide per workload whether the small model answ
 non-streamed chat completion, answers a copy in the shadow, or is not asked. When it is asked
 to answer and fails or answers something invalid for the workload, the caller gets the
 frontier's answer (a fallback, never an error), and the failure counts towards an automatic
-rollback of the route. Streamed calls always go to
-the frontier.
+rollback of the route. Streamed calls always go to the frontier.
 """
 
 from __future__ import annotations
@@ -94,6 +93,9 @@ class _Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def increment(self, metric, *labels: str) -> None:
+        self._child(metric, *labels).inc()
 
     def count(self, endpoint: str, status: int, cause: str | None = None, seconds: float | None = None) -> None:
         self._child(self.requests, endpoint, str(status)).inc()
@@ -247,6 +249,11 @@ class Gateway:
         else:
             await route[1](request, responder)
 
+    async def finish_shadows(self, timeout_s: float = 10) -> None:
+        """Let shadow calls still in flight end (and be recorded) before the gateway closes."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout_s)
+
     def close(self) -> None:
         """After the HTTP server stopped: drop upstream connections, flush the recorder."""
         for pool in [*self._pools.values(), *self._small_pools.values()]:
@@ -380,7 +387,7 @@ class Gateway:
         self._observe(endpoint, answer.status, started)
         responder.send(answer.status, data)
         if route:
-            self.metrics._child(self.metrics.served, row["workload"], SERVED_BY_FRONTIER).inc()
+            self.metrics.increment(self.metrics.served, row["workload"], SERVED_BY_FRONTIER)
             if route.mode == SHADOW and isinstance(text, str):
                 shadow = asyncio.create_task(self._shadow(route, body, row, text))
                 self._background.add(shadow)  # a reference, so the task is not collected mid-flight
@@ -418,12 +425,12 @@ class Gateway:
             data, payload, text = await self._ask_small_model(route, body)
         except (OSError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError) as exc:
             self._watch(route, ok=False, latency_ms=(time.perf_counter() - asked) * 1000)
-            self.metrics._child(self.metrics.fallbacks, route.workload).inc()
+            self.metrics.increment(self.metrics.fallbacks, route.workload)
             row["request_params"] = {**row["request_params"], "distillery_fallback": f"{type(exc).__name__}: {exc}"}
             return False
         if not route.valid_answer(text):
             self._watch(route, ok=True, latency_ms=(time.perf_counter() - asked) * 1000, valid=False)
-            self.metrics._child(self.metrics.fallbacks, route.workload).inc()
+            self.metrics.increment(self.metrics.fallbacks, route.workload)
             row["request_params"] = {**row["request_params"], "distillery_fallback": f"invalid answer: {text[:200]}"}
             return False
         self._watch(route, ok=True, latency_ms=(time.perf_counter() - asked) * 1000)
@@ -431,7 +438,7 @@ class Gateway:
         row.update(upstream="small-model", served_by=SERVED_BY_SMALL)
         self._record_ok(row, started, payload.get("model"), text, choice.get("finish_reason"), payload.get("usage"))
         self._observe("chat.completions", 200, started)
-        self.metrics._child(self.metrics.served, route.workload, SERVED_BY_SMALL).inc()
+        self.metrics.increment(self.metrics.served, route.workload, SERVED_BY_SMALL)
         responder.send(200, data)
         return True
 
@@ -452,7 +459,7 @@ class Gateway:
         row["request_params"].update(agrees_with_frontier=agreed, valid_answer=valid)
         self._record_ok(row, started, payload.get("model"), text, payload["choices"][0].get("finish_reason"),
                         payload.get("usage"))
-        self.metrics._child(self.metrics.served, route.workload, SERVED_BY_SHADOW).inc()
+        self.metrics.increment(self.metrics.served, route.workload, SERVED_BY_SHADOW)
 
     def _watch(self, route: Route, *, ok: bool, latency_ms: float, agreed: bool | None = None,
                valid: bool = True) -> None:
@@ -467,7 +474,7 @@ class Gateway:
             return
         self.routes.roll_back(current.step_back(), reason)
         monitor.reset()
-        self.metrics._child(self.metrics.rollbacks, route.workload).inc()
+        self.metrics.increment(self.metrics.rollbacks, route.workload)
 
     async def _relay_stream(self, responder: Responder, answer: UpstreamResponse, row: dict, endpoint: str,
                             started: float) -> None:

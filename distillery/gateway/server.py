@@ -32,8 +32,9 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 
 async def _shutdown(server: HttpServer, gateway: Gateway) -> None:
-    """Stop accepting, let requests in flight finish, then flush the recorder (off the loop)."""
+    """Stop accepting, let requests and shadow calls in flight finish, then flush the recorder (off the loop)."""
     await server.close()
+    await gateway.finish_shadows()
     await asyncio.get_running_loop().run_in_executor(None, gateway.close)
 
 
