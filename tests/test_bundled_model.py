@@ -43,7 +43,9 @@ def test_fine_tuning_the_bundled_model_beats_it_on_held_out_tickets(distillery_h
         assert deployed.promoted, deployed.reason
         assert tracker.alias_version(WORKLOAD, CHAMPION) == trained.model_version
         client = openai.OpenAI(base_url=deployed.endpoint.url, api_key="local", max_retries=0)
-        answer = client.chat.completions.create(model=WORKLOAD, messages=demo_messages("My parcel never arrived"))
+        assert deployed.endpoint.model == f"{WORKLOAD}-v{trained.model_version}"
+        answer = client.chat.completions.create(model=deployed.endpoint.model,
+                                                messages=demo_messages("My parcel never arrived"))
         assert answer.choices[0].message.content in QUEUES
     finally:
         endpoints.stop(WORKLOAD)
