@@ -172,7 +172,7 @@ class LocalEndpoints:
         if problem:
             raise DistilleryError(f"workload {workload!r}: refusing to deploy {adapter_dir}: {problem}")
         previous = self.current(workload)
-        shared = next((e for e in self.all() if e.base_model == base_model), None)
+        shared = next((e for e in self.all() if e.base_model == base_model and _answers(e.url)), None)
         if shared:
             endpoint = self._load_beside(shared, adapter_dir, model_name, probe_messages)
             endpoint = replace(endpoint, workload=workload)
@@ -291,8 +291,17 @@ def _free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
-def _served_models(url: str) -> list[str]:
-    with urllib.request.urlopen(f"{url}/models", timeout=30) as answer:
+def _answers(url: str) -> bool:
+    """A server whose process is alive can still be gone (killed, unreaped): it must answer too."""
+    try:
+        _served_models(url, timeout_s=10)
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _served_models(url: str, timeout_s: float = 30) -> list[str]:
+    with urllib.request.urlopen(f"{url}/models", timeout=timeout_s) as answer:
         return [m["id"] for m in json.loads(answer.read())["data"]]
 
 
@@ -326,6 +335,10 @@ def _alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done == 0
     except ChildProcessError:
+        pass
+    try:  # so does anyone else's zombie (in a container nobody may reap it)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return True
 
 

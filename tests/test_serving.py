@@ -118,3 +118,22 @@ def test_adapters_load_and_unload_at_run_time_over_vllms_routes(model_server, ti
     assert post("/unload_lora_adapter", {"lora_name": "extra"})[0] == 200
     assert "extra" not in [m.id for m in client.models.list()]
     assert post("/unload_lora_adapter", {"lora_name": "extra"})[0] == 404
+
+
+def test_a_killed_server_is_not_reused_and_a_new_one_starts(tiny_model_dir, tiny_adapter_dir, tmp_path):
+    import os
+    import signal
+    import time
+
+    endpoints = LocalEndpoints(tmp_path / "endpoints", startup_timeout_s=120)
+    try:
+        first = endpoints.deploy("triage", tiny_model_dir, tiny_adapter_dir, "triage-v1", PROBE)
+        os.killpg(first.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _alive(first.pid):
+            assert time.monotonic() < deadline, "a killed server still counts as alive"
+            time.sleep(0.1)
+        second = endpoints.deploy("triage", tiny_model_dir, tiny_adapter_dir, "triage-v1", PROBE)
+        assert second.pid != first.pid and endpoints.current("triage") == second
+    finally:
+        endpoints.stop("triage")
