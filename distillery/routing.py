@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 import hashlib
 import time
 from dataclasses import dataclass, replace
@@ -54,9 +55,14 @@ class Route:
             raise ValueError(f"route {self.mode!r} for {self.workload!r} needs the small model's URL and name: "
                              "deploy the workload first (deployed_endpoint) or pass --url and --model")
 
+    @functools.cached_property
+    def _normalized_labels(self) -> frozenset[str]:
+        return frozenset(normalize_answer(label) for label in self.labels)
+
     def valid_answer(self, text: str) -> bool:
+        # On the gateway's request path: the label set is normalized once per route, not per answer.
         if self.labels:
-            return normalize_answer(text) in {normalize_answer(label) for label in self.labels}
+            return normalize_answer(text) in self._normalized_labels
         if self.json_answers:
             return parse_record(text) is not None
         return True
