@@ -193,7 +193,6 @@ class Outputs:
     references: list[str]
     reference_tokens: list[int]  # the frontier's answers counted with the small model's tokenizer
     generations: dict[str, list[Generation]]
-    seconds: dict[str, float]  # wall time per model
 
 
 def evaluate(
@@ -230,7 +229,6 @@ def evaluate(
     outputs: dict[str, list[Generation]] = {}
     scores: dict[str, ModelScore] = {}
     row_scores: dict[str, list[float]] = {}
-    seconds: dict[str, float] = {}
     for name in (BASE, *adapters):
         if on_progress:
             on_progress(f"generating {len(conversations)} answers with the {name} model")
@@ -238,8 +236,7 @@ def evaluate(
         with using_adapter(model, None if name == BASE else name):
             outputs[name] = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens, answers=answers,
                                      batch_size=batch_size)
-        seconds[name] = time.perf_counter() - started
-        scores[name], row_scores[name] = _score(name, task, outputs[name], references, seconds[name])
+        scores[name], row_scores[name] = _score(name, task, outputs[name], references, time.perf_counter() - started)
 
     candidate = scores[CANDIDATE]
     champion_score = ChampionScore(champion[0], scores[CHAMPION].headline) if champion else None
@@ -259,4 +256,4 @@ def evaluate(
     report = EvalReport(workload=workload, task=task, rows=len(references), scores=scores, gate=gate,
                         champion_version=champion[0] if champion else None, examples=samples,
                         classification=classification, judge=verdicts)
-    return report, Outputs(conversations, references, reference_tokens, outputs, seconds)
+    return report, Outputs(conversations, references, reference_tokens, outputs)
