@@ -6,9 +6,9 @@ from pydantic import Field
 from assets.errors import user_errors_as_failures
 from assets.partitions import workload_partitions
 from assets.raw_llm_logs import raw_llm_logs
-from distillery import checks
+from distillery.curation import checks
 from distillery.lifecycle import build_curated_dataset
-from distillery.training import load_tokenizer
+from distillery.models import load_tokenizer
 from resources import ArtifactsResource, TrainerResource
 
 BLOCKING_CHECKS = {

@@ -4,7 +4,7 @@ from assets.errors import user_errors_as_failures
 from assets.eval_report import eval_report
 from assets.partitions import workload_partitions
 from distillery.lifecycle import deploy_adapter
-from distillery.routing import RouteStore
+from distillery.serving import RouteStore
 from resources import ArtifactsResource, LogStoreResource, MlflowResource, ServingResource
 
 

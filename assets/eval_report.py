@@ -4,9 +4,7 @@ from pydantic import Field
 from assets.errors import user_errors_as_failures
 from assets.lora_adapter import lora_adapter
 from assets.partitions import workload_partitions
-from distillery.costs import CostSettings
-from distillery.gateway.config import Price
-from distillery.gate import GatePolicy
+from distillery.evaluation import CostSettings, GatePolicy, Price
 from distillery.lifecycle import evaluate_adapter
 from resources import ArtifactsResource, JudgeResource, MlflowResource
 

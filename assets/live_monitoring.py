@@ -4,7 +4,8 @@ from pydantic import Field
 from assets.deployed_endpoint import deployed_endpoint
 from assets.errors import user_errors_as_failures
 from assets.partitions import workload_partitions
-from distillery.lifecycle import MonitoringPolicy, monitor_live_traffic
+from distillery.lifecycle import monitor_live_traffic
+from distillery.monitoring import MonitoringPolicy
 from resources import ArtifactsResource, LogStoreResource
 
 CHECKS = {

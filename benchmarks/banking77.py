@@ -28,11 +28,11 @@ from datasets import Dataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distillery.metrics import classification_metrics  # noqa: E402
-from distillery.inference import generate, load_model  # noqa: E402
-from distillery.models import resolve_base_model  # noqa: E402
-from distillery.training import (TrainingConfig, build_lora_model, load_tokenizer, render_example,  # noqa: E402
-                                 train_lora)
+from distillery.evaluation import classification_metrics  # noqa: E402
+from distillery.models import load_tokenizer, resolve_base_model  # noqa: E402
+from distillery.serving import generate, load_model  # noqa: E402
+from distillery.training import TrainingConfig, train_lora  # noqa: E402
+from distillery.training.trainer import build_lora_model, render_example  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "banking77"
 SYSTEM = "Banking intent."

@@ -8,7 +8,7 @@ import sys
 
 import uvloop
 
-from distillery.gateway.http import HttpServer, Request, Responder, UpstreamPool
+from distillery.capture.gateway.http import HttpServer, Request, Responder, UpstreamPool
 
 HEADERS = {"Content-Type": "application/json"}
 

@@ -38,9 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gateway import start, wait_until_up  # noqa: E402
-from distillery.logstore import LogStore  # noqa: E402
-from distillery.routing import CANARY, FRONTIER, SHADOW, RollbackPolicy, Route, RouteStore  # noqa: E402
+from gateway import STUB_PROVIDER, start, wait_until_up  # noqa: E402
+
+from distillery.serving import CANARY, FRONTIER, SHADOW, RollbackPolicy, Route, RouteStore  # noqa: E402
+from distillery.store import LogStore  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "I was charged twice"}]
 
@@ -104,8 +105,8 @@ def main() -> None:
     store.upgrade()
     routes = RouteStore(store.engine)
     policy = RollbackPolicy()
-    frontier, frontier_url = start([sys.executable, "-m", "distillery.gateway.stub", "0", "ok"], env)
-    small, small_url = start([sys.executable, "-m", "distillery.gateway.stub", "0", "small"], env)
+    frontier, frontier_url = start([sys.executable, STUB_PROVIDER, "0", "ok"], env)
+    small, small_url = start([sys.executable, STUB_PROVIDER, "0", "small"], env)
     canary = Route("canary", CANARY, args.canary, small_url, "canary")
     routes.set(canary, "benchmark")
     routes.set(Route("killed", CANARY, args.canary, small_url, "killed"), "benchmark")

@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from banking77 import DATA, conversation  # noqa: E402
-from distillery.inference import AnswerTrie, generate, load_model  # noqa: E402
+
 from distillery.models import resolve_base_model  # noqa: E402
+from distillery.serving import AnswerTrie, generate, load_model  # noqa: E402
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ import sqlalchemy as sa
 import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
+STUB_PROVIDER = str(ROOT / "tests" / "support" / "stub_provider.py")  # test and benchmark support, not product
 MESSAGES = [{"role": "system", "content": "Route the ticket."}, {"role": "user", "content": "I was charged twice"}]
 
 
@@ -123,7 +124,7 @@ def main() -> None:
     db = args.db or f"sqlite:///{workdir / 'logs.db'}"
     env = {**os.environ, "DISTILLERY_HOME": str(workdir), "DISTILLERY_LOG_STORE_URL": db, "PYTHONPATH": str(ROOT)}
     workload = f"bench-{uuid.uuid4().hex[:8]}"
-    stub, stub_url = start([sys.executable, "-m", "distillery.gateway.stub", "100"], env)
+    stub, stub_url = start([sys.executable, STUB_PROVIDER, "100"], env)
     port = 20000 + os.getpid() % 20000
     gateway = subprocess.Popen([sys.executable, "-m", "distillery.cli", "gateway", "--upstream", stub_url,
                                 "--port", str(port), "--no-require-api-key"], env=env, stdout=subprocess.DEVNULL)

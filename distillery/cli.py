@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -32,22 +31,20 @@ def _say(text: str) -> None:
     typer.secho(text, fg=typer.colors.CYAN, bold=True)
 
 
-def _lifecycle_env() -> dict[str, str]:
-    dagster_home = settings.dagster_home()
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    quiet = {  # per-shard and per-tensor progress bars would bury the lifecycle's own progress lines
-        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
-        "PYTHONWARNINGS": "ignore::FutureWarning",
-    }
-    return {**quiet, **os.environ, "DAGSTER_HOME": str(dagster_home), "DISTILLERY_HOME": str(settings.home()),
-            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-
-
 def _run_lifecycle(workload: str, epochs: float | None, max_gap_points: float | None = None) -> None:
     """Run the lifecycle job, print the outcome (the evaluation report, if one was made), exit 1 if the run failed."""
-    command = [sys.executable, "-m", "pipelines.run", workload, *(["--epochs", str(epochs)] if epochs else []),
-               *(["--max-gap-points", str(max_gap_points)] if max_gap_points is not None else [])]
-    succeeded = subprocess.run(command, env=_lifecycle_env()).returncode == 0
+    dagster_home = settings.dagster_home()
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    # Set before the job's libraries are imported; the training worker inherits them. Per-shard and per-tensor
+    # progress bars would bury the lifecycle's own progress lines.
+    for name, value in {"HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+                        "PYTHONWARNINGS": "ignore::FutureWarning", "HF_HUB_OFFLINE": "1"}.items():
+        os.environ.setdefault(name, value)
+    os.environ.update(DAGSTER_HOME=str(dagster_home), DISTILLERY_HOME=str(settings.home()))
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from pipelines.run import run_lifecycle  # the CLI's one entry into Dagster
+
+    succeeded = run_lifecycle(workload, epochs=epochs, max_gap_points=max_gap_points)
     _print_outcome(workload)
     if not succeeded:
         typer.secho(f"the lifecycle run for {workload!r} failed; see the messages above", fg="red", err=True)
@@ -70,7 +67,7 @@ def demo(
     workload's traffic to the small model step by step and force a fault that rolls it back."""
     from tqdm import tqdm
 
-    from distillery.demo_workload import STANDIN_MODEL, WORKLOAD, send_demo_traffic, walk_cutover
+    from distillery.demo import STANDIN_MODEL, WORKLOAD, send_demo_traffic, walk_cutover
 
     if frontier_url:
         model, api_key_env = frontier_model, "OPENAI_API_KEY"
@@ -95,8 +92,8 @@ def demo(
 
 
 def _print_outcome(workload: str) -> None:
-    from distillery.artifacts import ArtifactStore
     from distillery.serving import LocalEndpoints
+    from distillery.store import ArtifactStore
 
     reports = ArtifactStore()
     if not reports.versions(workload, "eval_report"):
@@ -133,7 +130,7 @@ def run(
 @app.command()
 def standin(host: str = "127.0.0.1", port: int = 8100) -> None:
     """Serve the frontier STAND-IN (deterministic keyword routing, not an LLM) in the foreground."""
-    from distillery.demo_workload import start_frontier_standin
+    from distillery.demo import start_frontier_standin
 
     server = start_frontier_standin(host, port)
     typer.echo(f"frontier stand-in (not a real LLM) on {server.url}; Ctrl-C stops it")
@@ -171,8 +168,7 @@ def gateway(
     require_api_key: Optional[bool] = typer.Option(None, help="Refuse callers without a gateway key."),
 ) -> None:
     """Run the OpenAI-compatible capture gateway in the foreground."""
-    from distillery.gateway.config import GatewayConfig, load_config
-    from distillery.gateway.server import serve_forever
+    from distillery.capture import GatewayConfig, load_config, serve_forever
 
     if config:
         settings_ = load_config(config)
@@ -190,7 +186,7 @@ def gateway(
 
 def _store(url: str | None = None):
     """The configured log store (or ``url``), migrated to the newest revision."""
-    from distillery.logstore import LogStore
+    from distillery.store import LogStore
 
     store = LogStore(url)
     store.upgrade()
@@ -200,14 +196,14 @@ def _store(url: str | None = None):
 @keys_app.command("create")
 def keys_create(name: str, workload: Optional[str] = typer.Option(None, help="Default workload of its calls.")) -> None:
     """Create a key and print it (once)."""
-    from distillery.gateway.keys import KeyStore
+    from distillery.capture import KeyStore
 
     typer.echo(KeyStore(_store()).create(name, workload))
 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    from distillery.gateway.keys import KeyStore
+    from distillery.capture import KeyStore
 
     for key in KeyStore(_store()).list():
         state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
@@ -216,7 +212,7 @@ def keys_list() -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(name: str) -> None:
-    from distillery.gateway.keys import KeyStore
+    from distillery.capture import KeyStore
 
     revoked = KeyStore(_store()).revoke(name)
     typer.echo(f"revoked {name}" if revoked else f"no active key named {name}")
@@ -236,7 +232,7 @@ def logs_import(
     requests: Optional[Path] = typer.Option(None, help="Batch: the input JSONL, to recover request messages."),
 ) -> None:
     """Import logs; re-importing the same file adds nothing."""
-    from distillery.logs_io import import_logs
+    from distillery.capture import import_logs
 
     result = import_logs(_store(), path, workload, fmt, prompt_column=prompt_column, answer_column=answer_column,
                          system_prompt=system_prompt, requests_path=requests)
@@ -249,13 +245,13 @@ def logs_import(
 @logs_app.command("export")
 def logs_export(workload: str, path: Path) -> None:
     """Write a workload's successful exchanges as OpenAI fine-tuning JSONL."""
-    from distillery.logs_io import export_finetune_jsonl
+    from distillery.capture import export_finetune_jsonl
 
     typer.echo(f"wrote {export_finetune_jsonl(_store(), workload, path)} examples to {path}")
 
 
 def _routes():
-    from distillery.routing import RouteStore
+    from distillery.serving import RouteStore
 
     return RouteStore(_store().engine)
 
@@ -282,7 +278,7 @@ def route_set(
     model: Optional[str] = typer.Option(None, help="The model name to ask it for; default: the current one."),
 ) -> None:
     """Move a workload's traffic; running gateways pick it up within a second."""
-    from distillery.routing import Route
+    from distillery.serving import Route
 
     routes = _routes()
     current = routes.get(settings.validate_workload(workload))

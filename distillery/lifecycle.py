@@ -16,16 +16,13 @@ from typing import Callable
 
 from datasets import DatasetDict, load_from_disk
 
-from distillery import curation, evaluation, monitoring, plots, training
-from distillery.artifacts import Artifact, ArtifactStore
-from distillery.costs import CostSettings, compare_costs, small_model_figures
+from distillery import curation, evaluation, monitoring, training
 from distillery.errors import DistilleryError
-from distillery.gate import GatePolicy
-from distillery.logstore import STATUS_OK, LogStore, load_snapshot, save_snapshot
-from distillery.routing import FRONTIER, SHADOW, Route, RouteStore
-from distillery.serving import Endpoint, LocalEndpoints
+from distillery.evaluation import CostSettings, GatePolicy, compare_costs, small_model_figures
+from distillery.serving import FRONTIER, SHADOW, Endpoint, LocalEndpoints, Route, RouteStore
 from distillery.settings import validate_workload
-from distillery.tracking import CHALLENGER, CHAMPION, Tracker, registered_model_name
+from distillery.store import STATUS_OK, Artifact, ArtifactStore, LogStore, load_snapshot, save_snapshot
+from distillery.training import CHALLENGER, CHAMPION, Tracker, registered_model_name
 
 RAW, CURATED, ADAPTER, REPORT = "raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report"
 
@@ -228,10 +225,10 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
         (folder / "report.md").write_text(markdown)
         if report.classification:
             fine_tuned = report.classification[evaluation.CANDIDATE]
-            plots.confusion_matrix_png(fine_tuned["confusion"], folder / "plots" / "confusion_matrix.png")
-            plots.per_label_f1_png(fine_tuned["per_label_f1"], folder / "plots" / "per_label_f1.png")
-        plots.latency_and_cost_png(report.operations, folder / "plots" / "latency_and_cost.png")
-        plots.metric_by_version_png(history, report.headline_metric, folder / "plots" / "headline_by_version.png")
+            evaluation.confusion_matrix_png(fine_tuned["confusion"], folder / "plots" / "confusion_matrix.png")
+            evaluation.per_label_f1_png(fine_tuned["per_label_f1"], folder / "plots" / "per_label_f1.png")
+        evaluation.latency_and_cost_png(report.operations, folder / "plots" / "latency_and_cost.png")
+        evaluation.metric_by_version_png(history, report.headline_metric, folder / "plots" / "headline_by_version.png")
         tracker.log_artifacts(run_id, folder / "plots", "eval_plots")
     tracker.log_text(run_id, markdown, "eval_report.md")
     return artifacts.latest(workload, REPORT), report
@@ -282,30 +279,6 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: LocalE
 LIVE = "live_monitoring"
 
 
-@dataclass(frozen=True)
-class MonitoringPolicy:
-    min_shadow_agreement: float = 0.8
-    max_psi: float = 0.25  # prompt length and embedding clusters
-    max_label_shift: float = 0.15
-    max_invalid_rate: float = 0.05
-    retrain_after_rows: int = 1000  # new frontier rows since the training data was cut
-
-    def failures(self, report: monitoring.LiveReport) -> dict[str, str | None]:
-        """Per check, why it fails (None: it passes, or there is not enough traffic to say)."""
-        def above(value: float | None, limit: float, what: str) -> str | None:
-            return f"{what} {value:.3f} > {limit:g}" if value is not None and value > limit else None
-
-        agreement = report.shadow_agreement
-        return {
-            "shadow_agreement": (f"shadow agreement {agreement:.1%} < {self.min_shadow_agreement:.0%}"
-                                 if agreement is not None and agreement < self.min_shadow_agreement else None),
-            "prompt_drift": above(max(report.length_psi or 0, report.cluster_psi or 0) if report.length_psi is not None
-                                  else None, self.max_psi, "prompt PSI (length or embedding clusters)"),
-            "label_shift": above(report.label_shift, self.max_label_shift, "label distribution shift"),
-            "invalid_answers": above(report.invalid_rate, self.max_invalid_rate, "invalid-answer rate"),
-        }
-
-
 @dataclass
 class LiveSummary:
     artifact: Artifact
@@ -317,7 +290,7 @@ class LiveSummary:
 
 
 def monitor_live_traffic(store: LogStore, artifacts: ArtifactStore, workload: str,
-                         policy: MonitoringPolicy = MonitoringPolicy()) -> LiveSummary:
+                         policy: monitoring.MonitoringPolicy = monitoring.MonitoringPolicy()) -> LiveSummary:
     """The deployed model's live figures against the data it was trained on, and whether to retrain."""
     report_artifact = artifacts.latest(workload, REPORT, needed_by=LIVE)
     adapter = artifacts.get(workload, ADAPTER, report_artifact.manifest["adapter_version"])

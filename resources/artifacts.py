@@ -1,7 +1,7 @@
 import dagster as dg
 from pydantic import Field
 
-from distillery.artifacts import ArtifactStore
+from distillery.store import ArtifactStore
 
 
 class ArtifactsResource(dg.ConfigurableResource):

@@ -1,7 +1,9 @@
 import dagster as dg
 from pydantic import Field
 
-from distillery.judge import judge_pairwise
+from distillery.evaluation import judge_pairwise
+
+
 class JudgeResource(dg.ConfigurableResource):
     """An optional pairwise LLM judge, reached through an OpenAI-compatible URL (the gateway, so its calls are
     logged and costed like any other). Off unless ``model`` is set."""

@@ -1,7 +1,7 @@
 import dagster as dg
 from pydantic import Field
 
-from distillery.logstore import LogStore
+from distillery.store import LogStore
 
 
 class LogStoreResource(dg.ConfigurableResource):

@@ -1,7 +1,7 @@
 import dagster as dg
 from pydantic import Field
 
-from distillery.tracking import Tracker
+from distillery.training import Tracker
 
 
 class MlflowResource(dg.ConfigurableResource):

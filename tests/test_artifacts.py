@@ -1,7 +1,7 @@
 import pytest
 
-from distillery.artifacts import ArtifactStore
 from distillery.errors import DistilleryError
+from distillery.store import ArtifactStore
 
 
 def test_publish_makes_the_newest_complete_version_latest(tmp_path):

@@ -4,14 +4,12 @@ import openai
 import pytest
 
 from distillery import lifecycle
-from distillery.artifacts import ArtifactStore
-from distillery.gate import GatePolicy
-from distillery.demo_workload import QUEUES, WORKLOAD, demo_messages, send_demo_traffic
-from distillery.logstore import LogStore
+from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic
+from distillery.evaluation import GatePolicy
 from distillery.models import resolve_base_model
 from distillery.serving import LocalEndpoints
-from distillery.tracking import CHAMPION, Tracker
-from distillery.training import TrainingConfig
+from distillery.store import ArtifactStore, LogStore
+from distillery.training import CHAMPION, Tracker, TrainingConfig
 
 pytestmark = pytest.mark.slow
 

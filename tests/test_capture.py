@@ -1,11 +1,10 @@
 import openai
 import pytest
 
-from distillery.capture import capture
-from distillery.demo_workload import STANDIN_MODEL, demo_messages, start_frontier_standin
-from distillery.gateway.recorder import Recorder
-from distillery.logstore import LogStore
-from distillery.openai_http import OpenAIServer
+from distillery.capture import Recorder, capture
+from distillery.demo import STANDIN_MODEL, demo_messages, start_frontier_standin
+from distillery.serving import OpenAIServer
+from distillery.store import LogStore
 
 
 @pytest.fixture

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 from datasets import Dataset, DatasetDict
 
-from distillery.curation import CLASSIFICATION, EXTRACTION, FREE_TEXT, curate, data_card, infer_task
+from distillery.curation import curate, data_card, infer_task
 from distillery.errors import DistilleryError
+from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT
 
 
 def _row(i: int, prompt: str, answer: str | None, status: str = "ok", finish_reason: str = "stop") -> dict:
@@ -108,7 +109,7 @@ def test_too_few_rows_names_the_workload_and_what_to_do():
 
 
 def test_checks_catch_pii_and_leakage_that_curation_would_not_leave():
-    from distillery import checks
+    from distillery.curation import checks
 
     dirty = DatasetDict({"train": split("mail bob@example.com", "Same prompt"), "validation": split("v"),
                          "test": split("  same PROMPT ")})
@@ -137,7 +138,7 @@ def test_near_duplicates_are_merged_but_distinct_prompts_kept():
 
 
 def test_leakage_check_sees_near_duplicates():
-    from distillery import checks
+    from distillery.curation import checks
 
     leaky = DatasetDict({"train": split("How do I top up my card with a bank transfer?"), "validation": split("v"),
                          "test": split("How do I top up my card with a bank transfer??")})
@@ -170,7 +171,7 @@ def test_extraction_answers_must_satisfy_the_schema_and_long_examples_are_droppe
 
 
 def test_a_held_out_prompt_that_repeats_a_train_prompt_moves_to_train():
-    from distillery.curation import _move_leaks_to_train
+    from distillery.curation.dataset import _move_leaks_to_train
 
     def example(system: str, text: str) -> dict:
         return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": text},

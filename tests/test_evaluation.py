@@ -1,10 +1,17 @@
 import pytest
 from datasets import Dataset
 
-from distillery.costs import CostComparison, SideFigures
-from distillery.evaluation import EvalReport, ModelScore, evaluate
-from distillery.metrics import normalize_answer
-from distillery.gate import ChampionScore, GatePolicy, decide
+from distillery.evaluation import (
+    ChampionScore,
+    CostComparison,
+    EvalReport,
+    GatePolicy,
+    ModelScore,
+    SideFigures,
+    decide,
+    evaluate,
+)
+from distillery.tasks import normalize_answer
 
 
 @pytest.mark.parametrize("raw, expected", [(" Billing.", "billing"), ('"shipping"', "shipping"),
@@ -125,7 +132,7 @@ def test_constrained_decoding_answers_only_with_a_label(tiny_model_dir, tiny_ada
 
 
 def test_report_plots_are_pngs(tmp_path):
-    from distillery.plots import confusion_matrix_png, per_label_f1_png
+    from distillery.evaluation import confusion_matrix_png, per_label_f1_png
 
     confusion = {"billing": {"billing": 3, "shipping": 1}, "shipping": {"shipping": 2, "other": 1}}
     for path in (confusion_matrix_png(confusion, tmp_path / "c.png"),

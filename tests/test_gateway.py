@@ -9,13 +9,11 @@ import urllib.request
 import openai
 import pytest
 import sqlalchemy as sa
+from support.stub_provider import StubUpstream
 
-from distillery.gateway.config import GatewayConfig, Price, load_config
-from distillery.gateway.keys import KeyStore
-from distillery.gateway.recorder import Recorder
-from distillery.gateway.server import BackgroundGateway
-from distillery.gateway.stub import StubUpstream
-from distillery.logstore import LogStore
+from distillery.capture import BackgroundGateway, GatewayConfig, KeyStore, Recorder, load_config
+from distillery.evaluation import Price
+from distillery.store import LogStore
 
 PROVIDER_KEY = "sk-provider-secret-123"
 PRICES = {"stub-model": Price(input_per_million=1.0, output_per_million=4.0)}

@@ -5,11 +5,10 @@ import json
 import socket
 
 import pytest
+from support.stub_provider import StubUpstream
 
-from distillery.gateway.config import GatewayConfig
-from distillery.gateway.http import HttpServer, Request, Responder, UpstreamPool
-from distillery.gateway.server import BackgroundGateway
-from distillery.gateway.stub import StubUpstream
+from distillery.capture import BackgroundGateway, GatewayConfig
+from distillery.capture.gateway.http import HttpServer, Request, Responder, UpstreamPool
 
 CHAT = json.dumps({"model": "stub-model", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
@@ -143,7 +142,7 @@ def test_an_oversized_head_gets_431(gateway):
 def test_a_caller_that_leaves_before_its_stream_starts_is_recorded_once_as_499(gateway):
     import time
 
-    from distillery.logstore import LogStore
+    from distillery.store import LogStore
 
     body = json.dumps({"model": "slow", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
     host, port = gateway.url.removeprefix("http://").removesuffix("/v1").split(":")

@@ -5,8 +5,8 @@ import re
 import openai
 import pytest
 
-from distillery.judge import judge_pairwise
-from distillery.openai_http import Completion, OpenAIServer
+from distillery.evaluation import judge_pairwise
+from distillery.serving import Completion, OpenAIServer
 
 
 def _serve(verdict):

@@ -1,13 +1,15 @@
 import json
+
 import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
+from distillery.capture import export_finetune_jsonl, import_logs
 from distillery.cli import app
-from distillery.curation import EXTRACTION, infer_task
-from distillery.logs_io import export_finetune_jsonl, import_logs
-from distillery.logstore import LogStore
-from distillery.migrations import current_revision, upgrade
+from distillery.curation import infer_task
+from distillery.store import LogStore
+from distillery.store.migrations import current_revision, upgrade
+from distillery.tasks import EXTRACTION
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ import datetime as dt
 import pandas as pd
 import sqlalchemy as sa
 
-from distillery.logstore import STATUS_ERROR, Exchange, LogStore, load_snapshot, save_snapshot
-from distillery.migrations import current_revision
+from distillery.store import STATUS_ERROR, Exchange, LogStore, load_snapshot, save_snapshot
+from distillery.store.migrations import current_revision
 
 
 def _exchange(workload: str, answer: str | None = "billing", **kwargs) -> Exchange:

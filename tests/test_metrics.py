@@ -1,7 +1,8 @@
 import pytest
 
-from distillery.metrics import (bootstrap_interval, classification_metrics, extraction_metrics, field_f1,
-                                free_text_metrics, parse_record, record_match)
+from distillery.evaluation import bootstrap_interval, classification_metrics, extraction_metrics, free_text_metrics
+from distillery.evaluation.metrics import field_f1, record_match
+from distillery.tasks import parse_record
 
 
 def test_classification_metrics_by_hand():

@@ -3,10 +3,9 @@
 import dagster as dg
 import pytest
 
-from distillery.artifacts import ArtifactStore
-from distillery.lifecycle import LIVE, MonitoringPolicy
-from distillery.logstore import Exchange, LogStore
-from distillery.monitoring import label_shift, length_psi, live_report, psi
+from distillery.lifecycle import LIVE
+from distillery.monitoring import MonitoringPolicy, label_shift, length_psi, live_report, psi
+from distillery.store import ArtifactStore, Exchange, LogStore
 from pipelines.automation import retrain_when_needed
 from resources import ArtifactsResource
 

@@ -2,7 +2,8 @@ from collections import Counter
 
 import pytest
 
-from distillery.pii import find_pii, iban_valid, luhn_valid, scrub
+from distillery.curation import find_pii, scrub
+from distillery.curation.pii import iban_valid, luhn_valid
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -6,17 +6,30 @@ import dagster as dg
 import openai
 import pytest
 
-from assets import (LIFECYCLE_ASSETS, deployed_endpoint, eval_report, live_monitoring, lora_adapter, raw_llm_logs,
-                    workload_partitions)
-from distillery.demo_workload import QUEUES, WORKLOAD, demo_messages, send_demo_traffic, walk_cutover
-from distillery.logstore import LogStore
-from distillery.routing import RouteStore
-from distillery.serving import LocalEndpoints
-from distillery.tracking import CHALLENGER, CHAMPION, Tracker, registered_model_name
+from assets import (
+    LIFECYCLE_ASSETS,
+    deployed_endpoint,
+    eval_report,
+    live_monitoring,
+    lora_adapter,
+    raw_llm_logs,
+    workload_partitions,
+)
+from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic, walk_cutover
+from distillery.serving import LocalEndpoints, RouteStore
+from distillery.store import LogStore
+from distillery.training import CHALLENGER, CHAMPION, Tracker, registered_model_name
 from pipelines.automation import new_workloads, nightly_retrain
 from pipelines.definitions import defs
-from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
-                       TrainerResource, TrainingLauncherResource)
+from resources import (
+    ArtifactsResource,
+    JudgeResource,
+    LogStoreResource,
+    MlflowResource,
+    ServingResource,
+    TrainerResource,
+    TrainingLauncherResource,
+)
 
 FAST_TRAINING = {"lora_adapter": {"config": {"max_steps": 3, "batch_size": 8, "rank": 4, "alpha": 8}}}
 
@@ -246,9 +259,9 @@ def test_training_errors_reach_dagster_from_the_worker_and_bad_configs_never_sta
 
 def test_an_extraction_workload_from_dstc8_is_scored_with_extraction_metrics(resources, instance, shared_data,
                                                                               tmp_path):
-    from distillery.logs_io import import_logs
-
     import json
+
+    from distillery.capture import import_logs
 
     # 150 of the 377 records keep the test short; the slots come from the files beside the one imported.
     records = json.loads((shared_data / "dstc8_spans" / "Buses_1" / "test.json").read_text())[:150]

@@ -4,13 +4,23 @@ import time
 
 import openai
 import pytest
+from support.stub_provider import StubUpstream
 
-from distillery.gateway.config import GatewayConfig, Price
-from distillery.gateway.server import BackgroundGateway
-from distillery.gateway.stub import StubUpstream
-from distillery.logstore import LogStore
-from distillery.routing import (CANARY, FRONTIER, SHADOW, SMALL, RollbackPolicy, RolloutMonitor, Route, RouteStore,
-                                canary_bucket, takes_small_model)
+from distillery.capture import BackgroundGateway, GatewayConfig
+from distillery.evaluation import Price
+from distillery.serving import (
+    CANARY,
+    FRONTIER,
+    SHADOW,
+    SMALL,
+    RollbackPolicy,
+    RolloutMonitor,
+    Route,
+    RouteStore,
+    takes_small_model,
+)
+from distillery.serving.routing import canary_bucket
+from distillery.store import LogStore
 
 MESSAGES = [{"role": "user", "content": "where is my parcel"}]
 

@@ -2,8 +2,8 @@ import openai
 import pytest
 
 from distillery.errors import DistilleryError
-from distillery.openai_http import OpenAIServer
-from distillery.serving import BASE_MODEL_NAME, LocalEndpoints, ModelServer, _alive
+from distillery.serving import BASE_MODEL_NAME, LocalEndpoints, ModelServer, OpenAIServer
+from distillery.serving.endpoints import _alive
 
 PROBE = [{"role": "user", "content": "ticket 3"}]
 

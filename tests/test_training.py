@@ -5,9 +5,9 @@ import pytest
 from datasets import Dataset
 
 from distillery.errors import DistilleryError
-from distillery.models import resolve_base_model
-from distillery.training import (IGNORE_INDEX, TrainingConfig, length_grouped_batches, load_tokenizer,
-                                 render_example, train_lora)
+from distillery.models import load_tokenizer, resolve_base_model
+from distillery.training import TrainingConfig, train_lora
+from distillery.training.trainer import IGNORE_INDEX, length_grouped_batches, render_example
 
 CONVERSATION = [
     {"role": "system", "content": "Route the ticket."},
@@ -73,7 +73,7 @@ def test_answer_loss_equals_the_models_own_loss_on_the_answer_tokens(tiny_model_
     import torch
     from transformers import AutoModelForCausalLM
 
-    from distillery.training import answer_loss, collate
+    from distillery.training.trainer import answer_loss, collate
 
     tokenizer = load_tokenizer(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)

@@ -16,10 +16,9 @@ from __future__ import annotations
 import torch
 from dagster_pipes import PipesContext, open_dagster_pipes
 
-from distillery.artifacts import ArtifactStore
 from distillery.lifecycle import train_adapter
-from distillery.tracking import Tracker
-from distillery.training import TrainingConfig
+from distillery.store import ArtifactStore
+from distillery.training import Tracker, TrainingConfig
 
 
 def run(pipes: PipesContext) -> None:

@@ -1,0 +1,92 @@
+"""Capture for code that cannot change its base URL: wrap an ``openai.OpenAI`` client.
+
+``capture(client, recorder, workload).chat.completions.create(...)`` behaves like the
+client's own method and hands the exchange, successful or not, to the same ``Recorder``
+the gateway uses: off the calling thread, batched, journaled while the store is down.
+A provider error is recorded as a failed exchange and then re-raised unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Iterator
+
+import openai
+
+from distillery.capture.recorder import Recorder
+from distillery.store import STATUS_ERROR, Exchange, exchange_values
+
+
+class _Completions:
+    def __init__(self, client: openai.OpenAI, recorder: Recorder, workload: str):
+        self._client, self._recorder, self._workload = client, recorder, workload
+
+    def _record(self, exchange: Exchange) -> None:
+        exchange.uid = uuid.uuid4().hex
+        self._recorder.submit(exchange_values(exchange))
+
+    def create(self, **kwargs: Any) -> Any:
+        messages = list(kwargs.get("messages", []))
+        params = {k: v for k, v in kwargs.items() if k not in ("messages", "extra_headers", "timeout")}
+        started = time.perf_counter()
+        try:
+            result = self._client.chat.completions.create(**kwargs)
+        except openai.APIError as exc:
+            self._record(Exchange(
+                workload=self._workload, request_messages=messages, request_params=params,
+                response_text=None, model=kwargs.get("model"), status=STATUS_ERROR,
+                status_code=getattr(exc, "status_code", None), error=str(exc),
+                latency_ms=(time.perf_counter() - started) * 1000,
+            ))
+            raise
+        if kwargs.get("stream"):
+            return self._record_stream(result, messages, params, started)
+        choice = result.choices[0]
+        usage = result.usage
+        self._record(Exchange(
+            workload=self._workload, request_messages=messages, request_params=params,
+            response_text=choice.message.content, model=result.model, finish_reason=choice.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        ))
+        return result
+
+    def _record_stream(self, stream: Any, messages: list, params: dict, started: float) -> Iterator[Any]:
+        parts: list[str] = []
+        model = finish_reason = usage = None
+        for chunk in stream:
+            model = chunk.model or model
+            usage = chunk.usage or usage
+            for choice in chunk.choices:
+                parts.append(choice.delta.content or "")
+                finish_reason = choice.finish_reason or finish_reason
+            yield chunk
+        self._record(Exchange(
+            workload=self._workload, request_messages=messages, request_params=params,
+            response_text="".join(parts), model=model, finish_reason=finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        ))
+
+
+class _Chat:
+    def __init__(self, completions: _Completions):
+        self.completions = completions
+
+
+class CapturingClient:
+    """The wrapped client: ``chat.completions.create`` is recorded, the rest passes through."""
+
+    def __init__(self, client: openai.OpenAI, recorder: Recorder, workload: str):
+        self._client = client
+        self.chat = _Chat(_Completions(client, recorder, workload))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def capture(client: openai.OpenAI, recorder: Recorder, workload: str) -> CapturingClient:
+    return CapturingClient(client, recorder, workload)

@@ -1,0 +1,90 @@
+"""Gateway configuration: upstream providers, their prices, and the recording settings (a TOML file).
+
+API keys of upstreams are never in the file: each upstream names the environment variable
+that holds its key, read when the gateway starts.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distillery.errors import DistilleryError
+from distillery.evaluation import Price
+from distillery.serving import RollbackPolicy
+from distillery.settings import home
+
+
+@dataclass
+class Upstream:
+    name: str
+    base_url: str
+    api_key_env: str | None = None
+    models: dict[str, Price] = field(default_factory=dict)
+
+    @property
+    def api_key(self) -> str:
+        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+
+
+@dataclass
+class GatewayConfig:
+    upstreams: dict[str, Upstream]
+    default_upstream: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1 << 20
+    require_api_key: bool = True
+    upstream_timeout_s: float = 60.0
+    queue_size: int = 50_000
+    batch_size: int = 500
+    flush_interval_s: float = 0.05
+    retry_interval_s: float = 1.0
+    journal_path: Path = field(default_factory=lambda: home() / "gateway-journal.jsonl")
+    log_store_url: str | None = None
+    route_refresh_s: float = 1.0  # how stale a route changed in the database (CLI, deploy) may be
+    small_timeout_s: float = 10.0  # then the caller gets the frontier's answer
+    rollback: RollbackPolicy = field(default_factory=RollbackPolicy)
+
+    def upstream_for(self, model: str | None) -> Upstream:
+        for upstream in self.upstreams.values():
+            if model in upstream.models:
+                return upstream
+        return self.upstreams[self.default_upstream]
+
+    def price_for(self, model: str | None) -> Price | None:
+        return next((u.models[model] for u in self.upstreams.values() if model in u.models), None)
+
+    @classmethod
+    def single(cls, base_url: str, **settings) -> "GatewayConfig":
+        """One upstream, every model priced at zero unless ``models`` is given."""
+        models = settings.pop("models", {})
+        upstream = Upstream("default", base_url.rstrip("/"), settings.pop("api_key_env", None), models)
+        return cls(upstreams={"default": upstream}, default_upstream="default", **settings)
+
+
+def load_config(path: Path) -> GatewayConfig:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DistilleryError(f"cannot read gateway config {path}: {exc}") from exc
+    upstreams: dict[str, Upstream] = {}
+    default = None
+    for name, spec in raw.get("upstreams", {}).items():
+        if "base_url" not in spec:
+            raise DistilleryError(f"gateway config {path}: upstream {name!r} needs a base_url")
+        models = {m: Price(float(p.get("input_per_million", 0)), float(p.get("output_per_million", 0)))
+                  for m, p in spec.get("models", {}).items()}
+        upstreams[name] = Upstream(name, spec["base_url"].rstrip("/"), spec.get("api_key_env"), models)
+        if spec.get("default"):
+            default = name
+    if not upstreams:
+        raise DistilleryError(f"gateway config {path}: define at least one [upstreams.NAME] with a base_url")
+    settings = dict(raw.get("gateway", {}))
+    if "journal_path" in settings:
+        settings["journal_path"] = Path(settings["journal_path"])
+    if "rollback" in raw:
+        settings["rollback"] = RollbackPolicy(**raw["rollback"])
+    return GatewayConfig(upstreams=upstreams, default_upstream=default or next(iter(upstreams)), **settings)

@@ -1,0 +1,89 @@
+"""Starting the gateway: in the foreground (`distillery gateway`) or on a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+
+from distillery.capture.gateway.app import Gateway
+from distillery.capture.gateway.config import GatewayConfig
+from distillery.capture.gateway.http import HttpServer
+from distillery.capture.gateway.keys import KeyStore
+from distillery.capture.recorder import Recorder
+from distillery.serving import RouteStore
+from distillery.store import LogStore
+
+
+def build_gateway(config: GatewayConfig) -> Gateway:
+    store = LogStore(config.log_store_url)
+    store.upgrade()
+    recorder = Recorder(store, config.journal_path, queue_size=config.queue_size, batch_size=config.batch_size,
+                        flush_interval_s=config.flush_interval_s, retry_interval_s=config.retry_interval_s)
+    return Gateway(config, recorder.start(), KeyStore(store), RouteStore(store.engine))
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # measurably faster on the request path; optional
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def _shutdown(server: HttpServer, gateway: Gateway) -> None:
+    """Stop accepting, let requests and shadow calls in flight finish, then flush the recorder (off the loop)."""
+    await server.close()
+    await gateway.finish_shadows()
+    await asyncio.get_running_loop().run_in_executor(None, gateway.close)
+
+
+def serve_forever(config: GatewayConfig) -> None:
+    """Until SIGINT or SIGTERM; then shut down as ``_shutdown`` says."""
+    gateway = build_gateway(config)
+    server = HttpServer(gateway.handle, config.max_body_bytes)
+    loop = _event_loop()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await server.start(config.host, config.port)
+        await stop.wait()
+        await _shutdown(server, gateway)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+class BackgroundGateway:
+    """The gateway on its own thread and event loop, for the demo and the tests. ``stop()`` flushes."""
+
+    def __init__(self, config: GatewayConfig):
+        self.gateway = build_gateway(config)
+        self._config = config
+        self._server = HttpServer(self.gateway.handle, config.max_body_bytes)
+        self._loop = _event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gateway", daemon=True)
+        self.url = ""
+
+    def start(self) -> "BackgroundGateway":
+        self._thread.start()
+        port = asyncio.run_coroutine_threadsafe(self._server.start(self._config.host, self._config.port),
+                                                self._loop).result(30)
+        self.url = f"http://{self._config.host}:{port}/v1"
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(_shutdown(self._server, self.gateway), self._loop).result(90)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> "BackgroundGateway":
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()

@@ -1,0 +1,181 @@
+"""Import existing logs into the log store, and export a workload as fine-tuning JSONL.
+
+Formats: OpenAI fine-tuning JSONL (``{"messages": [...]}``, the last assistant turn is the
+answer), OpenAI Batch API output JSONL (joined with its input file by ``custom_id`` for
+the request messages), CSV with the prompt and answer columns named by the caller, and
+DSTC8 slot-span files (Span-ConveRT's ``dstc8_spans``: a user turn in, a JSON object of its
+labelled slot values out).
+Every imported row gets a uid derived from the workload and the source record, so
+importing the same file twice adds nothing. Lines that cannot be read are counted and
+reported with their line number, never silently dropped, and never stop the import.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from distillery.settings import validate_workload
+from distillery.store import STATUS_ERROR, STATUS_OK, Exchange, LogStore, exchange_values
+
+IMPORT_BATCH = 1000
+
+
+@dataclass
+class ImportResult:
+    read: int = 0
+    imported: int = 0
+    already_stored: int = 0  # rows of an earlier import of the same records
+    skipped: list[str] = field(default_factory=list)  # "line N: reason"
+
+
+def _uid(workload: str, source: str) -> str:
+    return hashlib.sha256(f"{workload}\0{source}".encode()).hexdigest()[:32]
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, str]]:
+    with open(path, encoding="utf-8", errors="strict") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                yield number, line
+
+
+def _finetune_records(path: Path, workload: str, result: ImportResult) -> Iterator[Exchange]:
+    for number, line in _jsonl(path):
+        result.read += 1
+        try:
+            messages = json.loads(line)["messages"]
+            if not messages or messages[-1]["role"] != "assistant":
+                raise ValueError("the last message is not the assistant's answer")
+            yield Exchange(workload=workload, request_messages=messages[:-1], response_text=messages[-1]["content"],
+                           model="imported", uid=_uid(workload, line), finish_reason="stop")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            result.skipped.append(f"line {number}: {exc.__class__.__name__}: {exc}")
+
+
+def _batch_records(path: Path, requests_path: Path | None, workload: str,
+                   result: ImportResult) -> Iterator[Exchange]:
+    requests: dict[str, list] = {}
+    if requests_path:
+        for _, line in _jsonl(requests_path):
+            try:
+                record = json.loads(line)
+                requests[record["custom_id"]] = record["body"]["messages"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    for number, line in _jsonl(path):
+        result.read += 1
+        try:
+            record = json.loads(line)
+            custom_id = record["custom_id"]
+            messages = requests.get(custom_id, [])
+            response = record.get("response") or {}
+            body = response.get("body") or {}
+            if record.get("error") or response.get("status_code", 200) >= 400:
+                error = json.dumps(record.get("error") or body.get("error"))
+                yield Exchange(workload=workload, request_messages=messages, response_text=None, status=STATUS_ERROR,
+                               status_code=response.get("status_code"), error=error, uid=_uid(workload, line))
+                continue
+            choice = body["choices"][0]
+            usage = body.get("usage") or {}
+            yield Exchange(workload=workload, request_messages=messages, response_text=choice["message"]["content"],
+                           model=body.get("model"), finish_reason=choice.get("finish_reason"),
+                           prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
+                           request_params={"custom_id": custom_id}, uid=_uid(workload, line))
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+            result.skipped.append(f"line {number}: {exc.__class__.__name__}: {exc}")
+
+
+def _csv_records(path: Path, workload: str, prompt_column: str, answer_column: str, system_prompt: str | None,
+                 result: ImportResult) -> Iterator[Exchange]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {prompt_column, answer_column} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path} has no column(s) {sorted(missing)}; it has {reader.fieldnames}")
+        prefix = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        for number, record in enumerate(reader, 2):
+            result.read += 1
+            prompt, answer = record.get(prompt_column), record.get(answer_column)
+            if not prompt or answer is None:
+                result.skipped.append(f"line {number}: empty {prompt_column!r} or {answer_column!r}")
+                continue
+            yield Exchange(workload=workload, request_messages=[*prefix, {"role": "user", "content": prompt}],
+                           response_text=answer, model="imported", finish_reason="stop",
+                           uid=_uid(workload, f"{path.name}:{number}:{prompt}\0{answer}"))
+
+
+def dstc8_system_prompt(slots: list[str], requested: list[str]) -> str:
+    prompt = ("Extract the slot values the user states, as a JSON object with only these keys: " + ", ".join(slots)
+              + ". Copy each value exactly as written; leave out slots the user does not state; answer {} if none.")
+    return prompt + (f" The assistant has just asked for: {', '.join(requested)}." if requested else "")
+
+
+def _dstc8_records(path: Path, workload: str, result: ImportResult) -> Iterator[Exchange]:
+    """Every file of the domain folder names the slots, so train and test files get the same system prompt."""
+    examples = json.loads(path.read_text(encoding="utf-8"))
+    slots = sorted({label["slot"] for sibling in sorted(path.parent.glob("*.json"))
+                    for example in json.loads(sibling.read_text(encoding="utf-8"))
+                    for label in example.get("labels", [])})
+    for number, example in enumerate(examples, 1):
+        result.read += 1
+        try:
+            text = example["userInput"]["text"]
+            values = {}
+            for label in example.get("labels", []):
+                span = label["valueSpan"]
+                values[label["slot"]] = text[span.get("startIndex", 0) : span["endIndex"]]
+            system = dstc8_system_prompt(slots, example.get("context", {}).get("requestedSlots", []))
+            yield Exchange(workload=workload, request_messages=[{"role": "system", "content": system},
+                                                                {"role": "user", "content": text}],
+                           response_text=json.dumps(dict(sorted(values.items())), ensure_ascii=False),
+                           model="imported", finish_reason="stop", uid=_uid(workload, f"{path.name}:{example['id']}"))
+        except (KeyError, TypeError, AttributeError) as exc:
+            result.skipped.append(f"record {number}: {exc.__class__.__name__}: {exc}")
+
+
+def import_logs(store: LogStore, path: Path, workload: str, fmt: str, *, prompt_column: str = "text",
+                answer_column: str = "label", system_prompt: str | None = None,
+                requests_path: Path | None = None) -> ImportResult:
+    validate_workload(workload)
+    result = ImportResult()
+    if fmt == "finetune":
+        records = _finetune_records(path, workload, result)
+    elif fmt == "batch":
+        records = _batch_records(path, requests_path, workload, result)
+    elif fmt == "csv":
+        records = _csv_records(path, workload, prompt_column, answer_column, system_prompt, result)
+    elif fmt == "dstc8":
+        records = _dstc8_records(path, workload, result)
+    else:
+        raise ValueError(f"unknown format {fmt!r}: use finetune, batch, csv or dstc8")
+    before = store.workloads().get(workload, 0)
+    handed = 0
+    batch: list[dict] = []
+    try:
+        for exchange in records:
+            batch.append(exchange_values(exchange))
+            if len(batch) >= IMPORT_BATCH:
+                handed += store.insert_rows(batch)
+                batch = []
+    except UnicodeDecodeError as exc:
+        result.skipped.append(f"the rest of the file: undecodable bytes ({exc})")
+    handed += store.insert_rows(batch)
+    result.imported = store.workloads().get(workload, 0) - before
+    result.already_stored = handed - result.imported
+    return result
+
+
+def export_finetune_jsonl(store: LogStore, workload: str, path: Path) -> int:
+    """The workload's successful exchanges as OpenAI fine-tuning JSONL; returns the line count."""
+    rows = store.read(workload)
+    rows = rows[(rows["status"] == STATUS_OK) & rows["response_text"].notna()]
+    with open(path, "w", encoding="utf-8") as out:
+        for row in rows.itertuples():
+            messages = [*row.request_messages, {"role": "assistant", "content": row.response_text}]
+            out.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    return len(rows)

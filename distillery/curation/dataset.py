@@ -1,0 +1,271 @@
+"""From raw log rows to a clean, leak-free chat-format training set, every decision counted.
+
+Steps, in order, each counted in ``CurationReport.steps``: malformed rows (request messages
+that are not a list of role/content strings, answers that are not text), failed exchanges, empty answers,
+truncated answers (``finish_reason == "length"``), refusals, examples over the token limit,
+answers outside the label set (classification) or not a JSON object, or not valid against the
+workload's JSON schema (extraction), then
+exact duplicates of the normalized prompt, then near duplicates (MinHash, ``neardup``) of
+what the caller wrote (system messages are shared by every call and left out); among
+duplicates the most common answer wins, then the newest, and conflicts are counted. PII is replaced by typed placeholders in prompts and answers.
+The split is stratified by label for classification and by time otherwise (newest rows to
+test); the test split is never trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import jsonschema
+import pandas as pd
+from datasets import Dataset, DatasetDict
+
+from distillery.curation.neardup import clusters
+from distillery.curation.pii import scrub
+from distillery.errors import DistilleryError
+from distillery.store import STATUS_OK
+from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, caller_text
+
+SPLITS = ("train", "validation", "test")
+LEAKAGE_THRESHOLD = 0.75  # MinHash-estimated Jaccard of character 3-grams (distillery.neardup)
+_REFUSAL = re.compile(
+    r"^\s*(?:I'?m sorry,? but|I am sorry,? but|I (?:can(?:no|')t|am unable to|won't) (?:help|assist|provide|comply)"
+    r"|As an AI(?: language model)?,? I)", re.IGNORECASE)
+
+
+@dataclass
+class CurationReport:
+    task: str
+    steps: dict[str, int]  # "rows in", then rows dropped by each step, in order
+    duplicate_conflicts: int
+    pii: dict[str, int]
+    labels: list[str]
+    label_counts: dict[str, int]
+    train: int
+    validation: int
+    test: int
+    content_hash: str
+    first_log_id: int
+    last_log_id: int
+    log_ids: list[int] = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def normalize_prompt(messages: list[dict]) -> str:
+    return json.dumps([(m["role"], re.sub(r"\s+", " ", m["content"]).strip().casefold()) for m in messages])
+
+
+def infer_task(answers: pd.Series) -> str:
+    """Classification when a few short answers repeat, extraction when answers are JSON objects."""
+    answers = answers.str.strip()
+    if (answers.map(_is_json_object).mean() >= 0.9):
+        return EXTRACTION
+    distinct = answers.nunique()
+    if distinct <= 200 and len(answers) >= 2 * distinct and answers.str.len().max() <= 60:
+        return CLASSIFICATION
+    return FREE_TEXT
+
+
+def _valid_messages(messages) -> bool:
+    return isinstance(messages, list) and bool(messages) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages)
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except (json.JSONDecodeError, TypeError):
+        return False
+
+
+def curate(
+    rows: pd.DataFrame,
+    workload: str,
+    *,
+    seed: int = 0,
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    min_rows: int = 20,
+    task: str = "auto",
+    labels: list[str] | None = None,
+    min_label_count: int = 2,
+    json_schema: dict | None = None,
+    near_duplicate_threshold: float | None = LEAKAGE_THRESHOLD,
+    scrub_pii: bool = True,
+    max_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> tuple[DatasetDict, CurationReport]:
+    steps: dict[str, int] = {"rows in": len(rows)}
+
+    def keep(frame: pd.DataFrame, mask: pd.Series, step: str) -> pd.DataFrame:
+        steps[step] = int((~mask).sum())
+        return frame[mask]
+
+    well_formed = rows["request_messages"].map(_valid_messages) & rows["response_text"].map(
+        lambda answer: isinstance(answer, str) or (not isinstance(answer, (dict, list)) and pd.isna(answer)))
+    frame = keep(rows, well_formed, "malformed rows")
+    frame = keep(frame, frame["status"] == STATUS_OK, "failed exchanges")
+    frame = frame.assign(response_text=frame["response_text"].fillna("").str.strip())
+    frame = keep(frame, frame["response_text"] != "", "empty answers")
+    frame = keep(frame, frame["finish_reason"].fillna("") != "length", "truncated answers")
+    frame = keep(frame, ~frame["response_text"].str.match(_REFUSAL), "refusals")
+    if max_tokens and count_tokens:
+        lengths = frame.apply(lambda r: count_tokens(" ".join(m["content"] for m in r.request_messages)
+                                                     + r.response_text), axis=1)
+        frame = keep(frame, lengths <= max_tokens, f"over {max_tokens} tokens")
+
+    task = infer_task(frame["response_text"]) if task == "auto" and len(frame) else task
+    if task == CLASSIFICATION:
+        counts = frame["response_text"].value_counts()
+        label_set = list(labels) if labels else sorted(counts[counts >= min_label_count].index)
+        frame = keep(frame, frame["response_text"].isin(label_set), "answers outside the label set")
+    else:
+        label_set = []
+    if task == EXTRACTION:
+        frame = keep(frame, frame["response_text"].map(_is_json_object), "answers not a JSON object")
+        if json_schema:
+            validator = jsonschema.Draft202012Validator(json_schema)
+            conforms = frame["response_text"].map(lambda text: validator.is_valid(json.loads(text)))
+            frame = keep(frame, conforms, "answers violating the JSON schema")
+
+    frame = frame.assign(prompt_key=frame["request_messages"].map(normalize_prompt))
+    unique, conflicts = _deduplicate(frame)
+    steps["exact duplicate prompts"] = len(frame) - len(unique)
+    if near_duplicate_threshold is not None and len(unique) > 1:
+        cluster = clusters(list(unique["request_messages"].map(caller_text)), near_duplicate_threshold)
+        near = unique.assign(prompt_key=unique["prompt_key"].to_numpy()[cluster])
+        unique, near_conflicts = _deduplicate(near)
+        conflicts += near_conflicts
+        steps["near-duplicate prompts"] = len(near) - len(unique)
+
+    if len(unique) < min_rows:
+        dropped = ", ".join(f"{n} {step}" for step, n in list(steps.items())[1:] if n)
+        raise DistilleryError(
+            f"workload {workload!r} has {len(unique)} usable rows after curation ({steps['rows in']} in"
+            f"{'; dropped: ' + dropped if dropped else ''}); at least {min_rows} are needed to split into "
+            "train/validation/test: capture more traffic"
+        )
+
+    pii: Counter = Counter()
+    examples = []
+    for row in unique.itertuples():
+        clean = scrub if scrub_pii else (lambda text, _counts: text)
+        messages = [{**m, "content": clean(m["content"], pii)} for m in row.request_messages]
+        answer = clean(row.response_text, pii)
+        examples.append({"log_id": int(row.id), "messages": [*messages, {"role": "assistant", "content": answer}]})
+
+    parts = _split(examples, task, seed, validation_fraction, test_fraction)
+    moved = _move_leaks_to_train(examples, parts, near_duplicate_threshold or LEAKAGE_THRESHOLD)
+    if moved:
+        steps["test rows moved to train (near a train prompt)"] = moved
+    dataset = DatasetDict({split: Dataset.from_list([examples[i] for i in sorted(parts[split])]) for split in SPLITS})
+    answers = Counter(ex["messages"][-1]["content"] for ex in examples) if task == CLASSIFICATION else Counter()
+    report = CurationReport(
+        task=task, steps=steps, duplicate_conflicts=conflicts, pii=dict(pii), labels=label_set,
+        label_counts=dict(answers.most_common()),
+        train=len(parts["train"]), validation=len(parts["validation"]), test=len(parts["test"]),
+        content_hash=dataset_hash(dataset), first_log_id=int(unique["id"].min()),
+        last_log_id=int(unique["id"].max()), log_ids=sorted(int(i) for i in unique["id"]),
+    )
+    return dataset, report
+
+
+def _deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One row per prompt: the most common answer among its duplicates, the newest such row."""
+    answer_counts = frame.groupby(["prompt_key", "response_text"])["id"].transform("size")
+    ranked = frame.assign(answer_count=answer_counts).sort_values(["answer_count", "id"])
+    unique = ranked.drop_duplicates("prompt_key", keep="last").sort_values("id")
+    conflicts = int((frame.groupby("prompt_key")["response_text"].nunique() > 1).sum())
+    return unique.drop(columns=["answer_count"]), conflicts
+
+
+def _split(examples: list[dict], task: str, seed: int, validation_fraction: float,
+           test_fraction: float) -> dict[str, list[int]]:
+    rng = random.Random(seed)
+    if task == CLASSIFICATION:
+        groups: dict[str, list[int]] = {}
+        for i, example in enumerate(examples):
+            groups.setdefault(example["messages"][-1]["content"], []).append(i)
+        strata = [rng.sample(members, len(members)) for _, members in sorted(groups.items())]
+    else:
+        strata = [list(range(len(examples)))]  # examples are in log order: the newest go to test
+    parts: dict[str, list[int]] = {split: [] for split in SPLITS}
+    for members in strata:
+        n_test = round(len(members) * test_fraction)
+        n_validation = round(len(members) * validation_fraction)
+        if task != CLASSIFICATION:
+            n_test, n_validation = max(1, n_test), max(1, n_validation)
+        cut = len(members) - n_test
+        parts["test"] += members[cut:]
+        parts["validation"] += members[cut - n_validation : cut]
+        parts["train"] += members[: cut - n_validation]
+    for split in ("test", "validation"):  # tiny strata can round to zero everywhere
+        if not parts[split] and len(parts["train"]) > 1:
+            parts[split].append(parts["train"].pop(rng.randrange(len(parts["train"]))))
+    return parts
+
+
+def leaked_test_rows(train: list[list[dict]], test: list[list[dict]], threshold: float = LEAKAGE_THRESHOLD) -> list[int]:
+    """Positions in ``test`` of prompts that are exact or near duplicates of a ``train`` prompt.
+
+    Exact: the whole conversation, system prompt included. Near: what the caller wrote (the
+    system prompt left out, as it is shared), in one near-duplicate cluster with a train prompt.
+    """
+    train_keys = {normalize_prompt(messages) for messages in train}
+    cluster = clusters([caller_text(m) for m in train] + [caller_text(m) for m in test], threshold)
+    train_clusters = set(cluster[: len(train)])
+    return [i for i, (messages, c) in enumerate(zip(test, cluster[len(train):]))
+            if normalize_prompt(messages) in train_keys or c in train_clusters]
+
+
+def _move_leaks_to_train(examples: list[dict], parts: dict[str, list[int]], threshold: float) -> int:
+    """A held-out prompt that (nearly) repeats a train prompt would flatter the model: it goes to train instead.
+
+    Clusters are recomputed on what is left, since a move can change them; a few rounds settle it.
+    """
+    moved = 0
+    for _ in range(3):
+        prompts = {split: [examples[i]["messages"][:-1] for i in parts[split]] for split in ("train", "test")}
+        leaked = set(leaked_test_rows(prompts["train"], prompts["test"], threshold))
+        if not leaked or len(parts["test"]) - len(leaked) < 1:
+            break
+        parts["train"] += [parts["test"][k] for k in sorted(leaked)]
+        parts["test"] = [i for k, i in enumerate(parts["test"]) if k not in leaked]
+        moved += len(leaked)
+    return moved
+
+
+def dataset_hash(dataset: DatasetDict) -> str:
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for example in dataset[split]:
+            digest.update(split.encode())
+            digest.update(json.dumps(example, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def data_card(workload: str, report: CurationReport, dataset: DatasetDict, examples: int = 3) -> str:
+    lines = [f"# Data card: `{workload}`", "", f"Task: **{report.task}**. Content hash `{report.content_hash}`; "
+             f"log ids {report.first_log_id}-{report.last_log_id}.", "", "| step | rows |", "|---|---:|"]
+    lines += [f"| {step} | {n} |" if i == 0 else f"| dropped: {step} | {n} |" for i, (step, n) in
+              enumerate(report.steps.items())]
+    lines += [f"| train / validation / test | {report.train} / {report.validation} / {report.test} |", "",
+              f"Prompts with conflicting answers among duplicates: {report.duplicate_conflicts}.", ""]
+    lines += ["PII replaced: " + (", ".join(f"{k} {v}" for k, v in sorted(report.pii.items())) or "none") + ".", ""]
+    if report.label_counts:
+        lines += ["| label | rows |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in report.label_counts.items()]
+        lines.append("")
+    lines += ["Examples from train:", ""]
+    for example in dataset["train"].select(range(min(examples, len(dataset["train"])))):
+        prompt = example["messages"][-2]["content"].replace("\n", " ")[:120]
+        lines.append(f"- {prompt} → `{example['messages'][-1]['content'][:80]}`")
+    return "\n".join(lines)

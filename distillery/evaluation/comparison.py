@@ -1,0 +1,265 @@
+"""The held-out comparison: base, fine-tuned and champion model against the frontier's answers.
+
+Every model answers every test row (batched, greedy; a classification workload's decoding
+is constrained to its label set). Answers are scored with the task's metrics, the headline
+metric gets a bootstrap 95% interval, and the gate (``distillery.gate``) decides whether the
+fine-tuned model may replace the champion. Operational figures (latency, tokens, cost) are
+attached by the caller, which knows the logged traffic.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from datasets import Dataset
+
+from distillery.evaluation.costs import CostComparison, percentile
+from distillery.evaluation.gate import ChampionScore, GateDecision, GatePolicy, decide
+from distillery.evaluation.judge import JudgeResult
+from distillery.evaluation.metrics import (
+    bootstrap_interval,
+    classification_metrics,
+    extraction_metrics,
+    field_f1,
+    free_text_metrics,
+    record_match,
+)
+from distillery.serving import Generation, generate, load_model, using_adapter
+from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, agrees
+
+BASE, CANDIDATE, CHAMPION = "base", "fine-tuned", "champion"
+HEADLINE = {CLASSIFICATION: "accuracy", EXTRACTION: "field_f1", FREE_TEXT: "embedding_similarity"}
+
+# requests, frontier answers, fine-tuned answers -> the judge's verdicts
+Judge = Callable[[list[list[dict]], list[str], list[str]], JudgeResult]
+
+
+@dataclass
+class ModelScore:
+    name: str
+    headline: float  # the task's headline metric against the frontier's answers
+    headline_ci95: tuple[float, float]  # bootstrap over the test rows
+    agreement: float  # exact match after normalize_answer, on every task
+    metrics: dict[str, float]  # the task's metrics
+    latency_ms_p50: float
+    latency_ms_p95: float
+    rows_per_s: float
+    completion_tokens_mean: float
+
+
+@dataclass
+class EvalReport:
+    workload: str
+    task: str
+    rows: int
+    scores: dict[str, ModelScore]
+    gate: GateDecision
+    champion_version: str | None = None
+    examples: list[dict] = field(default_factory=list)  # worst rows of the fine-tuned model first
+    # Classification: distillery.metrics.classification_metrics per model (per-label F1, confusion).
+    classification: dict[str, dict] = field(default_factory=dict)
+    judge: JudgeResult | None = None
+    operations: CostComparison | None = None
+
+    @property
+    def headline_metric(self) -> str:
+        return HEADLINE[self.task]
+
+    @property
+    def candidate(self) -> ModelScore:
+        return self.scores[CANDIDATE]
+
+    @property
+    def passed(self) -> bool:
+        return self.gate.promote
+
+    @property
+    def verdict(self) -> str:
+        return self.gate.summary
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data.update(gate=self.gate.as_dict(), judge=self.judge.as_dict() if self.judge else None,
+                    operations=self.operations.as_dict() if self.operations else None,
+                    headline_metric=self.headline_metric, passed=self.passed, verdict=self.verdict)
+        return data
+
+    def markdown(self) -> str:
+        metric = self.headline_metric
+        lines = [
+            f"Held-out test split of `{self.workload}` ({self.task}): {self.rows} rows, each model's answers scored "
+            f"against the frontier's. Headline metric: **{metric}** (the frontier scores 1.000 on its own answers).",
+            "",
+            f"| model | {metric} | 95% interval | exact agreement | latency p50 (ms) | latency p95 (ms) | rows/s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for score in self.scores.values():
+            low, high = score.headline_ci95
+            name = f"{score.name} (v{self.champion_version})" if score.name == CHAMPION else score.name
+            lines.append(f"| {name} | {score.headline:.3f} | {low:.3f}-{high:.3f} | {score.agreement:.1%} | "
+                         f"{score.latency_ms_p50:.0f} | {score.latency_ms_p95:.0f} | {score.rows_per_s:.1f} |")
+        lines += ["", f"**Gate: {'PROMOTE' if self.passed else 'REFUSE'}**", ""]
+        lines += [f"- {reason}" for reason in self.gate.reasons] + [""]
+        names = list(self.candidate.metrics)
+        lines += ["| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        lines += [f"| {s.name} | " + " | ".join(f"{s.metrics[n]:.3f}" for n in names) + " |"
+                  for s in self.scores.values()]
+        lines.append("")
+        if self.operations:
+            lines += _operations_markdown(self.operations)
+        if self.judge:
+            j = self.judge
+            lines += [f"Pairwise judge `{j.model}` (each row judged in both answer orders), fine-tuned against "
+                      f"frontier: {j.wins} wins, {j.ties} ties, {j.losses} losses of {j.judged} rows "
+                      f"({j.unjudged} unjudged); win-or-tie rate {j.win_or_tie_rate:.1%}.", ""]
+        if self.classification:
+            worst = sorted(self.classification[CANDIDATE]["per_label_f1"].items(), key=lambda item: item[1])[:10]
+            lines += ["Fine-tuned model, lowest per-label F1:", "", "| label | F1 |", "|---|---:|"]
+            lines += [f"| {label} | {f1:.2f} |" for label, f1 in worst] + [""]
+        if self.examples:
+            shown = [name for name in (BASE, CANDIDATE, CHAMPION) if name in self.scores]
+            lines += ["Rows for review, the fine-tuned model's worst first:", "",
+                      "| prompt | frontier | " + " | ".join(shown) + " | agrees |", "|---|---|" + "---|" * len(shown) + "---|"]
+            for ex in self.examples:
+                cells = [ex["prompt"], ex["frontier"], *(ex[name] for name in shown), "yes" if ex["agrees"] else "**no**"]
+                lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        return "\n".join(lines)
+
+
+def _operations_markdown(ops: CostComparison) -> list[str]:
+    def number(value: float | None, pattern: str) -> str:
+        return "n/a" if value is None else pattern.format(value)
+
+    lines = ["| side | latency p50 (ms) | latency p95 (ms) | prompt tokens | answer tokens | $ per 1k requests | basis |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for side in (ops.frontier, ops.small_model):
+        lines.append(f"| {side.name} | {number(side.latency_ms_p50, '{:.0f}')} | {number(side.latency_ms_p95, '{:.0f}')} | "
+                     f"{number(side.prompt_tokens_per_request, '{:.1f}')} | "
+                     f"{number(side.completion_tokens_per_request, '{:.1f}')} | "
+                     f"{number(side.usd_per_1k_requests, '{:.4f}')} | {side.basis} |")
+    saving, payback = ops.monthly_saving_usd, ops.payback_months
+    lines += ["", f"Volume {ops.requests_per_month:,.0f} requests/month ({ops.volume_basis}): projected saving "
+              f"{number(saving, '${:,.2f}')} per month; payback of the ${ops.migration_cost_usd:,.0f} migration "
+              + (f"in {payback:.1f} months." if payback is not None else "never (no saving)."), ""]
+    return lines
+
+
+def _cell(text: str, limit: int = 80) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def score_answers(task: str, references: Sequence[str], answers: Sequence[str]) -> tuple[float, tuple[float, float],
+                                                                                         dict[str, float], list[float]]:
+    """The headline metric, its 95% interval, the task's metrics, and a per-row score (for picking review rows)."""
+    if task == CLASSIFICATION:
+        rows = [float(agrees(a, r)) for a, r in zip(answers, references)]
+        metrics = classification_metrics(references, answers)
+        headline = statistics.fmean(rows)
+        return headline, bootstrap_interval(rows), {"accuracy": headline, "macro_f1": metrics["macro_f1"]}, rows
+    if task == EXTRACTION:
+        matches = [record_match(r, a) for r, a in zip(references, answers)]
+        rows = [float(m.exact) + (m.true_positive / m.expected if m.expected else 0.0) for m in matches]
+        return (field_f1(matches), bootstrap_interval(matches, field_f1), extraction_metrics(references, answers),
+                rows)
+    if task == FREE_TEXT:
+        from distillery.evaluation.embeddings import cosine_similarities
+
+        rows = cosine_similarities(answers, references)
+        metrics = free_text_metrics(references, answers, rows)
+        return metrics["embedding_similarity"], bootstrap_interval(rows), metrics, rows
+    raise ValueError(f"unknown task {task!r}: expected one of {sorted(HEADLINE)}")
+
+
+def _score(name: str, task: str, generations: list[Generation], references: list[str],
+           seconds: float) -> tuple[ModelScore, list[float]]:
+    answers = [g.text for g in generations]
+    latencies = [g.latency_ms for g in generations]
+    headline, ci95, metrics, rows = score_answers(task, references, answers)
+    score = ModelScore(
+        name=name, headline=headline, headline_ci95=ci95,
+        agreement=statistics.fmean(agrees(a, r) for a, r in zip(answers, references)),
+        metrics=metrics,
+        latency_ms_p50=percentile(latencies, 50), latency_ms_p95=percentile(latencies, 95),
+        rows_per_s=len(references) / seconds if seconds else 0.0,
+        completion_tokens_mean=statistics.fmean(g.completion_tokens for g in generations),
+    )
+    return score, rows
+
+
+@dataclass
+class Outputs:
+    """What each model answered, kept for the operational figures."""
+
+    conversations: list[list[dict]]
+    references: list[str]
+    reference_tokens: list[int]  # the frontier's answers counted with the small model's tokenizer
+    generations: dict[str, list[Generation]]
+
+
+def evaluate(
+    test: Dataset,
+    workload: str,
+    base_model: str,
+    adapter_dir: Path,
+    *,
+    task: str,
+    policy: GatePolicy = GatePolicy(),
+    champion: tuple[str, Path] | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    examples: int = 8,
+    on_progress: Callable[[str], None] | None = None,
+    answers: list[str] | None = None,
+    judge: Judge | None = None,
+) -> tuple[EvalReport, Outputs]:
+    """Generate with the base model, the adapter and the champion (``(model version, adapter dir)``) on every
+    test row, score them, and apply the gate.
+
+    ``answers`` (a classification label set) constrains every model's decoding to those strings.
+    """
+    if len(test) == 0:
+        raise ValueError(f"workload {workload!r}: the test split is empty")
+    conversations = [row["messages"][:-1] for row in test]
+    references = [row["messages"][-1]["content"] for row in test]
+    adapters = {CANDIDATE: adapter_dir, **({CHAMPION: champion[1]} if champion else {})}
+    model, tokenizer = load_model(base_model, adapters)
+    reference_tokens = [len(ids) for ids in tokenizer(references, add_special_tokens=False)["input_ids"]]
+    if max_new_tokens is None:
+        max_new_tokens = min(max(reference_tokens) + 8, 256)
+
+    outputs: dict[str, list[Generation]] = {}
+    scores: dict[str, ModelScore] = {}
+    row_scores: dict[str, list[float]] = {}
+    for name in (BASE, *adapters):
+        if on_progress:
+            on_progress(f"generating {len(conversations)} answers with the {name} model")
+        started = time.perf_counter()
+        with using_adapter(model, None if name == BASE else name):
+            outputs[name] = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens, answers=answers,
+                                     batch_size=batch_size)
+        scores[name], row_scores[name] = _score(name, task, outputs[name], references, time.perf_counter() - started)
+
+    candidate = scores[CANDIDATE]
+    champion_score = ChampionScore(champion[0], scores[CHAMPION].headline) if champion else None
+    gate = decide(HEADLINE[task], candidate.headline, candidate.headline_ci95, champion_score, policy)
+
+    shown = sorted(range(len(references)), key=lambda i: row_scores[CANDIDATE][i])[:examples]
+    samples = [{"prompt": conversations[i][-1]["content"], "frontier": references[i],
+                **{name: outputs[name][i].text for name in outputs},
+                "agrees": agrees(outputs[CANDIDATE][i].text, references[i])} for i in shown]
+    classification = ({name: classification_metrics(references, [g.text for g in generations])
+                       for name, generations in outputs.items()} if task == CLASSIFICATION else {})
+    verdicts = None
+    if judge:
+        if on_progress:
+            on_progress("asking the judge to compare the fine-tuned and frontier answers")
+        verdicts = judge(conversations, references, [g.text for g in outputs[CANDIDATE]])
+    report = EvalReport(workload=workload, task=task, rows=len(references), scores=scores, gate=gate,
+                        champion_version=champion[0] if champion else None, examples=samples,
+                        classification=classification, judge=verdicts)
+    return report, Outputs(conversations, references, reference_tokens, outputs)

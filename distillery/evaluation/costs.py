@@ -1,0 +1,149 @@
+"""What a workload costs on the frontier and on the small model, and what moving it saves.
+
+Frontier: latency and tokens from the logged exchanges; cost from the ``cost_usd`` the
+gateway logged (its price table applied to the provider's usage), else the logged tokens
+priced with a given price, else tokens counted on the prompts and answers (the small model's
+tokenizer: an estimate, and the report says so).
+Small model: a machine at ``usd_per_hour`` serving at the throughput measured by the
+evaluation, so one request costs ``usd_per_hour / 3600 / requests_per_s``.
+Volume: the workload's logged requests per day, scaled to a 30.4-day month, unless a
+monthly volume is given. Payback: the one-off migration cost over the monthly saving.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+DAYS_PER_MONTH = 365.25 / 12
+
+
+@dataclass(frozen=True)
+class Price:
+    """A model's list price; the gateway's price table maps model names to these."""
+
+    input_per_million: float
+    output_per_million: float
+
+    def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+        return ((prompt_tokens or 0) * self.input_per_million + (completion_tokens or 0) * self.output_per_million) / 1e6
+
+
+@dataclass(frozen=True)
+class CostSettings:
+    serving_usd_per_hour: float = 1.0  # the small model's serving machine
+    migration_cost_usd: float = 5000.0  # one-off: engineering time, evaluation, the cut-over itself
+    monthly_requests: float | None = None  # None: the logged rate
+    # Used only for logged exchanges without a logged cost (imported logs); gpt-4o's list price.
+    frontier_price: Price = Price(2.50, 10.00)
+
+
+@dataclass
+class SideFigures:
+    name: str
+    latency_ms_p50: float | None
+    latency_ms_p95: float | None
+    prompt_tokens_per_request: float | None
+    completion_tokens_per_request: float | None
+    usd_per_1k_requests: float | None
+    basis: str  # where the cost figure comes from
+
+
+@dataclass
+class CostComparison:
+    frontier: SideFigures
+    small_model: SideFigures
+    requests_per_month: float
+    volume_basis: str
+    migration_cost_usd: float
+
+    @property
+    def monthly_saving_usd(self) -> float | None:
+        if self.frontier.usd_per_1k_requests is None or self.small_model.usd_per_1k_requests is None:
+            return None
+        per_1k = self.frontier.usd_per_1k_requests - self.small_model.usd_per_1k_requests
+        return per_1k * self.requests_per_month / 1000
+
+    @property
+    def payback_months(self) -> float | None:
+        """None when there is no saving to pay the migration back."""
+        saving = self.monthly_saving_usd
+        return self.migration_cost_usd / saving if saving and saving > 0 else None
+
+    def money(self) -> dict[str, float]:
+        """The headline money figures that are known (a missing cost leaves its figures out)."""
+        figures = {"frontier_usd_per_1k": self.frontier.usd_per_1k_requests,
+                   "small_model_usd_per_1k": self.small_model.usd_per_1k_requests,
+                   "monthly_saving_usd": self.monthly_saving_usd, "payback_months": self.payback_months}
+        return {key: value for key, value in figures.items() if value is not None}
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "monthly_saving_usd": self.monthly_saving_usd, "payback_months": self.payback_months}
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return float(values[0])
+    return float(statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1])
+
+
+def frontier_figures(rows: pd.DataFrame, *, price: Price, estimated_tokens: tuple[float, float]) -> SideFigures:
+    """The frontier's side from its successful logged exchanges (``rows``)."""
+    latencies = [float(v) for v in rows["latency_ms"].dropna()]
+    prompt = rows["prompt_tokens"].dropna()
+    completion = rows["completion_tokens"].dropna()
+    logged_cost = rows["cost_usd"].dropna()
+    if len(logged_cost) and (logged_cost > 0).any():
+        usd_per_1k = float(logged_cost.mean()) * 1000
+        basis = f"cost logged by the gateway on {len(logged_cost)} requests"
+    elif len(prompt) and len(completion):
+        usd_per_1k = price.cost(float(prompt.mean()), float(completion.mean())) * 1000
+        basis = (f"logged tokens at ${price.input_per_million:g}/${price.output_per_million:g} "
+                 "per million input/output tokens")
+    else:
+        usd_per_1k = price.cost(*estimated_tokens) * 1000
+        basis = (f"no usage logged: tokens counted with the small model's tokenizer, at "
+                 f"${price.input_per_million:g}/${price.output_per_million:g} per million input/output tokens")
+    return SideFigures(
+        name="frontier",
+        latency_ms_p50=percentile(latencies, 50),
+        latency_ms_p95=percentile(latencies, 95),
+        prompt_tokens_per_request=float(prompt.mean()) if len(prompt) else estimated_tokens[0],
+        completion_tokens_per_request=float(completion.mean()) if len(completion) else estimated_tokens[1],
+        usd_per_1k_requests=usd_per_1k,
+        basis=basis,
+    )
+
+
+def small_model_figures(latencies_ms: list[float], prompt_tokens: list[int], completion_tokens: list[int],
+                        requests_per_s: float, *, usd_per_hour: float) -> SideFigures:
+    return SideFigures(
+        name="fine-tuned",
+        latency_ms_p50=percentile(latencies_ms, 50),
+        latency_ms_p95=percentile(latencies_ms, 95),
+        prompt_tokens_per_request=statistics.fmean(prompt_tokens) if prompt_tokens else None,
+        completion_tokens_per_request=statistics.fmean(completion_tokens) if completion_tokens else None,
+        usd_per_1k_requests=usd_per_hour / 3600 / requests_per_s * 1000 if requests_per_s > 0 else None,
+        basis=f"${usd_per_hour:g}/hour serving machine at the {requests_per_s:.2f} requests/s measured in evaluation",
+    )
+
+
+def monthly_volume(created_at: pd.Series, override: float | None) -> tuple[float, str]:
+    """Requests per month: ``override``, else the logged rate (the span counts at least one hour)."""
+    if override is not None:
+        return float(override), "configured"
+    times = pd.to_datetime(created_at)
+    days = max((times.max() - times.min()).total_seconds(), 3600.0) / 86400
+    return len(times) / days * DAYS_PER_MONTH, f"{len(times)} logged requests over {days:.2f} days"
+
+
+def compare_costs(frontier_rows: pd.DataFrame, small_model: SideFigures, *, estimated_frontier_tokens: tuple[float, float],
+                  settings: CostSettings) -> CostComparison:
+    """Both sides' figures and the projected saving, from the workload's successful logged exchanges."""
+    volume, basis = monthly_volume(frontier_rows["created_at"], settings.monthly_requests)
+    frontier = frontier_figures(frontier_rows, price=settings.frontier_price, estimated_tokens=estimated_frontier_tokens)
+    return CostComparison(frontier, small_model, volume, basis, settings.migration_cost_usd)

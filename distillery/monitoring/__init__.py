@@ -1,0 +1,11 @@
+"""Monitoring: the deployed model on live traffic.
+
+Shadow agreement, invalid answers, prompt drift (PSI of length and of embedding clusters)
+and label shift against the training data, money saved, and whether to retrain.
+"""
+
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
+    "live": ["live_report", "LiveReport", "MonitoringPolicy", "psi", "length_psi", "cluster_psi", "label_shift"],
+})

@@ -1,0 +1,152 @@
+"""Live figures of a workload after deployment: shadow agreement, invalid answers, drift, money saved.
+
+Drift compares the prompts the gateway saw since the training data was cut with the training
+split: the population stability index (PSI) of prompt length (in characters, ten quantile bins
+of the training prompts) and of the prompts' nearest cluster among eight k-means clusters of
+the training prompts' MiniLM embeddings; and, for classification workloads, the total-variation
+distance between the frontier's label distribution in training and live. PSI below 0.1 is
+usually read as stable and above 0.25 as a real shift.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_OK
+from distillery.tasks import caller_text
+
+_EPSILON = 1e-4  # an empty bin counts as this share, so the PSI stays finite
+
+
+def psi(expected_shares: Sequence[float], actual_shares: Sequence[float]) -> float:
+    """Population stability index between two distributions over the same bins."""
+    total = 0.0
+    for e, a in zip(expected_shares, actual_shares):
+        e, a = max(e, _EPSILON), max(a, _EPSILON)
+        total += (a - e) * math.log(a / e)
+    return total
+
+
+def _shares(bins: np.ndarray, count: int) -> np.ndarray:
+    return np.bincount(bins, minlength=count) / max(len(bins), 1)
+
+
+def length_psi(train: Sequence[str], live: Sequence[str], bins: int = 10) -> float:
+    train_lengths = np.array([len(t) for t in train], dtype=float)
+    edges = np.unique(np.quantile(train_lengths, np.linspace(0, 1, bins + 1)[1:-1]))
+    count = len(edges) + 1
+    return psi(_shares(np.searchsorted(edges, train_lengths, side="right"), count),
+               _shares(np.searchsorted(edges, np.array([len(t) for t in live], dtype=float), side="right"), count))
+
+
+def cluster_psi(train_vectors: np.ndarray, live_vectors: np.ndarray, clusters: int = 8, seed: int = 0) -> float:
+    """PSI of the nearest-centroid shares, centroids from k-means on the training vectors."""
+    rng = np.random.default_rng(seed)
+    k = min(clusters, len(train_vectors))
+    centroids = train_vectors[rng.choice(len(train_vectors), k, replace=False)]
+    for _ in range(20):
+        nearest = np.argmax(train_vectors @ centroids.T, axis=1)  # unit vectors: cosine
+        for c in range(k):
+            members = train_vectors[nearest == c]
+            if len(members):
+                centroid = members.mean(axis=0)
+                centroids[c] = centroid / (np.linalg.norm(centroid) or 1.0)
+    train_bins = np.argmax(train_vectors @ centroids.T, axis=1)
+    live_bins = np.argmax(live_vectors @ centroids.T, axis=1)
+    return psi(_shares(train_bins, k), _shares(live_bins, k))
+
+
+def label_shift(train_labels: Sequence[str], live_labels: Sequence[str]) -> float:
+    """Total-variation distance between two label distributions (0: same, 1: disjoint)."""
+    train, live = pd.Series(train_labels).value_counts(normalize=True), pd.Series(live_labels).value_counts(
+        normalize=True)
+    return float(0.5 * train.subtract(live, fill_value=0).abs().sum())
+
+
+@dataclass
+class LiveReport:
+    workload: str
+    live_rows: int  # successful frontier exchanges since the training data was cut
+    small_served: int  # answered by the small model
+    fallbacks: int  # small model asked, frontier answered
+    shadow_compared: int
+    shadow_agreement: float | None
+    invalid_rate: float | None  # of small-model answers (served and shadow)
+    length_psi: float | None
+    cluster_psi: float | None
+    label_shift: float | None  # classification only
+    money_saved_usd: float  # small-served requests at the frontier's logged cost, less the small model's cost
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MonitoringPolicy:
+    min_shadow_agreement: float = 0.8
+    max_psi: float = 0.25  # prompt length and embedding clusters
+    max_label_shift: float = 0.15
+    max_invalid_rate: float = 0.05
+    retrain_after_rows: int = 1000  # new frontier rows since the training data was cut
+
+    def failures(self, report: LiveReport) -> dict[str, str | None]:
+        """Per check, why it fails (None: it passes, or there is not enough traffic to say)."""
+        def above(value: float | None, limit: float, what: str) -> str | None:
+            return f"{what} {value:.3f} > {limit:g}" if value is not None and value > limit else None
+
+        agreement = report.shadow_agreement
+        return {
+            "shadow_agreement": (f"shadow agreement {agreement:.1%} < {self.min_shadow_agreement:.0%}"
+                                 if agreement is not None and agreement < self.min_shadow_agreement else None),
+            "prompt_drift": above(max(report.length_psi or 0, report.cluster_psi or 0) if report.length_psi is not None
+                                  else None, self.max_psi, "prompt PSI (length or embedding clusters)"),
+            "label_shift": above(report.label_shift, self.max_label_shift, "label distribution shift"),
+            "invalid_answers": above(report.invalid_rate, self.max_invalid_rate, "invalid-answer rate"),
+        }
+
+
+def live_report(rows: pd.DataFrame, workload: str, *, train_prompts: list[list[dict]],
+                train_answers: list[str], since_log_id: int, classification: bool,
+                small_usd_per_request: float, min_rows: int = 20) -> LiveReport:
+    """The figures over ``rows`` (the workload's log rows) newer than ``since_log_id``."""
+    ok = rows[rows["status"] == STATUS_OK]
+    served_by = ok["served_by"].fillna(SERVED_BY_FRONTIER)
+    live = ok[(served_by == SERVED_BY_FRONTIER) & (ok["id"] > since_log_id)]
+    small = ok[served_by == SERVED_BY_SMALL]
+    shadow = ok[served_by == SERVED_BY_SHADOW]
+    fallbacks = int(ok["request_params"].map(lambda p: isinstance(p, dict) and "distillery_fallback" in p).sum())
+    compared = [p.get("agrees_with_frontier") for p in shadow["request_params"] if isinstance(p, dict)]
+    compared = [c for c in compared if c is not None]
+    shadow_valid = [p.get("valid_answer", True) for p in shadow["request_params"] if isinstance(p, dict)]
+    invalid_served = sum(1 for p in ok["request_params"] if isinstance(p, dict)
+                         and str(p.get("distillery_fallback", "")).startswith("invalid answer"))
+    answers = len(small) + invalid_served + len(shadow_valid)  # every answer the small model gave
+    invalid = invalid_served + shadow_valid.count(False)
+    frontier_cost = ok.loc[served_by == SERVED_BY_FRONTIER, "cost_usd"].dropna()
+    per_request = float(frontier_cost.mean()) if len(frontier_cost) else 0.0
+    notes = [] if len(frontier_cost) else ["no frontier cost logged: money saved counts 0 per request"]
+    report = LiveReport(
+        workload=workload, live_rows=len(live), small_served=len(small), fallbacks=fallbacks,
+        shadow_compared=len(compared), shadow_agreement=sum(compared) / len(compared) if compared else None,
+        invalid_rate=invalid / answers if answers else None,
+        length_psi=None, cluster_psi=None, label_shift=None,
+        money_saved_usd=len(small) * (per_request - small_usd_per_request), notes=notes,
+    )
+    if len(live) < min_rows:
+        report.notes.append(f"{len(live)} live rows since training: drift needs at least {min_rows}")
+        return report
+    from distillery.evaluation import encode
+
+    train_texts = [caller_text(p) for p in train_prompts]
+    live_texts = [caller_text(m) for m in live["request_messages"]]
+    report.length_psi = length_psi(train_texts, live_texts)
+    report.cluster_psi = cluster_psi(encode(train_texts), encode(live_texts))
+    if classification:
+        report.label_shift = label_shift(train_answers, list(live["response_text"]))
+    return report

@@ -1,0 +1,254 @@
+"""Model servers on this machine, one per base model, and which workload's adapters each serves.
+
+``LocalEndpoints`` starts a server as a detached process, so an endpoint outlives the Dagster
+run that deployed it. A new adapter must load and answer a real request before it is recorded
+as the workload's endpoint; if it fails, the endpoint serving now keeps serving.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from distillery.errors import DistilleryError
+from distillery.serving.model_server import adapter_mismatch
+from distillery.settings import home, validate_workload
+
+Ready = TypeVar("Ready")
+
+
+@dataclass
+class Endpoint:
+    workload: str
+    url: str
+    pid: int
+    model: str
+    adapter_path: str
+    base_model: str
+    log_path: str
+    started_at: str
+
+
+LOCAL, VLLM = "local", "vllm"
+
+
+class LocalEndpoints:
+    """Model servers on this machine and which workload's adapter each serves (``<state_dir>/<workload>.json``).
+
+    One server per base model serves every workload's adapters on it. ``backend`` says what
+    server starts: ``local`` (``python -m distillery.serving.model_server``: transformers on CPU or GPU) or
+    ``vllm`` (``vllm serve BASE --enable-lora``, with run-time adapter loading). Both speak the
+    same OpenAI API and load adapters through the same ``/v1/load_lora_adapter`` route.
+    """
+
+    def __init__(self, state_dir: Path | None = None, host: str = "127.0.0.1", startup_timeout_s: float = 300,
+                 backend: str = LOCAL, max_lora_rank: int = 64):
+        if backend not in (LOCAL, VLLM):
+            raise ValueError(f"unknown serving backend {backend!r}: use {LOCAL!r} or {VLLM!r}")
+        self.state_dir = Path(state_dir) if state_dir else home() / "endpoints"
+        self.host = host
+        self.startup_timeout_s = startup_timeout_s
+        self.backend = backend
+        self.max_lora_rank = max_lora_rank if backend == VLLM else None
+
+    def deploy(self, workload: str, base_model: str, adapter_dir: Path, model_name: str,
+               probe_messages: list[dict]) -> Endpoint:
+        """Serve ``adapter_dir`` as ``model_name``; it must answer ``probe_messages`` before this returns.
+
+        When a server for the same base model is running (this workload's or another's), the adapter
+        is loaded into it beside the ones it has (they stay loaded: a route can go back to them at
+        once); otherwise a new server starts, and the workload's old one stops unless another
+        workload still uses it. Either way, if the new adapter does not load or answer, the endpoint
+        serving now is left as it was.
+        """
+        validate_workload(workload)
+        problem = adapter_mismatch(adapter_dir, base_model, max_rank=self.max_lora_rank)
+        if problem:
+            raise DistilleryError(f"workload {workload!r}: refusing to deploy {adapter_dir}: {problem}")
+        previous = self.current(workload)
+        shared = next((e for e in self.all() if e.base_model == base_model and _answers(e.url)), None)
+        if shared:
+            endpoint = self._load_beside(shared, adapter_dir, model_name, probe_messages)
+            endpoint = replace(endpoint, workload=workload)
+        else:
+            endpoint = self._start_server(workload, base_model, adapter_dir, model_name, probe_messages)
+        self._write_state(endpoint)
+        if previous and previous.pid != endpoint.pid and not any(e.pid == previous.pid for e in self.all()
+                                                                 if e.workload != workload):
+            _terminate(previous.pid)
+        return endpoint
+
+    def _start_server(self, workload: str, base_model: str, adapter_dir: Path, model_name: str,
+                      probe_messages: list[dict]) -> Endpoint:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        ready_file = self.state_dir / f".{workload}-{stamp}.ready"
+        log_path = self.state_dir / f"{workload}-{stamp}.log"
+        ready_file.unlink(missing_ok=True)
+        env = None
+        if self.backend == VLLM:
+            port = _free_port(self.host)
+            command = ["vllm", "serve", base_model, "--enable-lora", "--max-lora-rank", str(self.max_lora_rank),
+                       "--host", self.host, "--port", str(port), "--lora-modules", f"{model_name}={adapter_dir}"]
+            env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+        else:
+            command = [sys.executable, "-m", "distillery.serving.model_server", "--base-model", base_model,
+                       "--adapter", f"{model_name}={adapter_dir}", "--host", self.host, "--port", "0",
+                       "--ready-file", str(ready_file)]
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        try:
+            if self.backend == VLLM:
+                url = f"http://{self.host}:{port}/v1"
+                self._wait_until_ready(process, log_path, lambda: url if _answers(url) else None, poll_s=1)
+            else:
+                bound = self._wait_until_ready(process, log_path, lambda: _read_ready_file(ready_file), poll_s=0.2)
+                url = f"http://{self.host}:{bound}/v1"
+            _probe(url, model_name, probe_messages)
+        except BaseException:
+            _terminate(process.pid)
+            raise
+        finally:
+            ready_file.unlink(missing_ok=True)
+        return Endpoint(workload, url, process.pid, model_name, str(adapter_dir), base_model, str(log_path),
+                        dt.datetime.now(dt.timezone.utc).isoformat())
+
+    def _load_beside(self, running: Endpoint, adapter_dir: Path, model_name: str, probe_messages: list[dict]) -> Endpoint:
+        if model_name not in _served_models(running.url):
+            status, text = _post_json(f"{running.url}/load_lora_adapter",
+                                      {"lora_name": model_name, "lora_path": str(adapter_dir)})
+            if status != 200:
+                raise DistilleryError(f"the model server at {running.url} refused adapter {adapter_dir}: {text[:500]}")
+        try:
+            _probe(running.url, model_name, probe_messages)
+        except BaseException:
+            _post_json(f"{running.url}/unload_lora_adapter", {"lora_name": model_name})
+            raise
+        return replace(running, model=model_name, adapter_path=str(adapter_dir))
+
+    def current(self, workload: str) -> Endpoint | None:
+        state = self.state_dir / f"{validate_workload(workload)}.json"
+        if not state.exists():
+            return None
+        endpoint = Endpoint(**json.loads(state.read_text()))
+        return endpoint if _alive(endpoint.pid) else None
+
+    def all(self) -> list[Endpoint]:
+        if not self.state_dir.exists():
+            return []
+        found = (self.current(p.stem) for p in sorted(self.state_dir.glob("*.json")))
+        return [e for e in found if e]
+
+    def stop(self, workload: str) -> bool:
+        """Stop serving the workload; its server process stops unless another workload's adapter is on it."""
+        endpoint = self.current(workload)
+        (self.state_dir / f"{workload}.json").unlink(missing_ok=True)
+        if endpoint and not any(e.pid == endpoint.pid for e in self.all()):
+            _terminate(endpoint.pid)
+        return endpoint is not None
+
+    def _write_state(self, endpoint: Endpoint) -> None:
+        tmp = self.state_dir / f".{endpoint.workload}.json.tmp"
+        tmp.write_text(json.dumps(asdict(endpoint), indent=2))
+        os.replace(tmp, self.state_dir / f"{endpoint.workload}.json")
+
+    def _wait_until_ready(self, process: subprocess.Popen, log_path: Path,
+                          ready: Callable[[], Ready | None], poll_s: float) -> Ready:
+        """Poll ``ready`` until it returns something; fail when the server exits (with its log's tail) or time is up."""
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            found = ready()
+            if found is not None:
+                return found
+            if process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise DistilleryError(
+                    f"model server exited with code {process.returncode} before it was ready:\n{tail}")
+            time.sleep(poll_s)
+        raise DistilleryError(f"model server not ready after {self.startup_timeout_s:.0f}s; its log: {log_path}")
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _read_ready_file(ready_file: Path) -> int | None:
+    """The port the local server bound, once it has loaded its model and written the file."""
+    return json.loads(ready_file.read_text())["port"] if ready_file.exists() else None
+
+
+def _answers(url: str) -> bool:
+    """A server whose process is alive can still be gone (killed, unreaped): it must answer too."""
+    try:
+        _served_models(url, timeout_s=10)
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _served_models(url: str, timeout_s: float = 30) -> list[str]:
+    with urllib.request.urlopen(f"{url}/models", timeout=timeout_s) as answer:
+        return [m["id"] for m in json.loads(answer.read())["data"]]
+
+
+def _post_json(url: str, body: dict, timeout_s: float = 300) -> tuple[int, str]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+            return answer.status, answer.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _probe(url: str, model: str, messages: list[dict]) -> None:
+    """A real chat request: the endpoint counts as healthy only if it answers it."""
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key="local", timeout=120, max_retries=0)
+    response = client.chat.completions.create(model=model, messages=messages, max_tokens=32)
+    if not (response.choices and response.choices[0].message.content):
+        raise DistilleryError(f"model server at {url} returned an empty answer to the health-check request")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this process counts as gone
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        pass
+    try:  # so does anyone else's zombie (in a container nobody may reap it)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _terminate(pid: int, timeout_s: float = 10) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)

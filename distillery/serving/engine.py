@@ -1,0 +1,218 @@
+"""Greedy generation for chat conversations, batched, with or without a LoRA adapter."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from distillery.models import load_tokenizer
+
+
+@dataclass
+class Generation:
+    text: str
+    completion_tokens: int
+    prompt_tokens: int
+    finish_reason: str
+    latency_ms: float  # wall time of the batch the request was in: what its caller waited
+
+
+def load_model(base_model: str, adapters: dict[str, Path] | None = None):
+    """The base model, wrapped in peft with every named adapter loaded when there are any."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    for i, (name, path) in enumerate((adapters or {}).items()):
+        if i == 0:
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+        else:
+            model.load_adapter(str(path), adapter_name=name)
+    model.eval()
+    tokenizer = load_tokenizer(base_model)
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def using_adapter(model, name: str | None) -> Iterator[None]:
+    """Generate with the named adapter, or with the bare base model when ``name`` is None."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        if name is not None:
+            raise ValueError(f"no adapter {name!r}: the model was loaded without adapters")
+        yield
+    elif name is None:
+        with model.disable_adapter():
+            yield
+    else:
+        model.set_adapter(name)
+        yield
+
+
+class AnswerTrie:
+    """The token sequences of a closed answer set (classification labels), for constrained decoding.
+
+    At each step only tokens that continue some answer are allowed; a completed answer allows
+    only end-of-turn. The model then always produces one of the answers, exactly spelled.
+    """
+
+    def __init__(self, tokenizer, answers: list[str]):
+        from distillery.models import answer_token_ids
+
+        self._children: dict[tuple[int, ...], set[int]] = {}
+        # prefix -> the one answer's full token ids, for prefixes only one answer starts with
+        self._unique: dict[tuple[int, ...], list[int]] = {}
+        starting: dict[tuple[int, ...], list[list[int]]] = {}
+        for answer in dict.fromkeys(answers):
+            ids = answer_token_ids(tokenizer, answer)
+            for i in range(len(ids)):
+                self._children.setdefault(tuple(ids[:i]), set()).add(ids[i])
+            for i in range(len(ids) + 1):
+                starting.setdefault(tuple(ids[:i]), []).append(ids)
+        self._unique = {prefix: found[0] for prefix, found in starting.items() if len(found) == 1}
+        self.end_ids = [tokenizer.eos_token_id]
+
+    def allowed(self, generated: list[int]) -> list[int]:
+        return sorted(self._children.get(tuple(generated), ())) or self.end_ids
+
+    def completion(self, generated: list[int]) -> list[int] | None:
+        """The whole answer when only one answer starts with ``generated``: no need to decode the rest."""
+        return self._unique.get(tuple(generated))
+
+
+def _stop_at(tokens: list[int], stop_ids: list[int]) -> tuple[list[int], bool]:
+    for k, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[:k], True
+    return tokens, False
+
+
+def _common_prefix(sequences: list[list[int]]) -> int:
+    first = min(sequences, key=len)
+    for k, token in enumerate(first):
+        if any(seq[k] != token for seq in sequences):
+            return k
+    return len(first)
+
+
+class _SharedPrefix:
+    """The key/value cache of the tokens every prompt starts with (system prompt, template), computed once."""
+
+    def __init__(self, model, prefix: list[int]):
+        from transformers import DynamicCache
+
+        self.length = len(prefix)
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if prefix:
+            cache = DynamicCache(config=model.config)
+            model(input_ids=torch.tensor([prefix], device=model.device), past_key_values=cache, use_cache=True,
+                  logits_to_keep=1)
+            self.layers = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def cache_for(self, model, rows: int):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+        for index, (keys, values) in enumerate(self.layers):
+            cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), index)
+        return cache
+
+
+@torch.no_grad()
+def _constrained_batch(model, suffixes: list[list[int]], prefix: _SharedPrefix, pad_id: int, trie: AnswerTrie,
+                       max_new_tokens: int) -> list[list[int]]:
+    """Greedy decoding restricted to ``trie``'s answers for one batch of prompts (``prefix`` + each suffix).
+
+    Faster than ``generate`` with a prefix function for the same answers: the shared prompt
+    prefix is computed once per call, a row stops as soon as only one answer can follow what it
+    has produced (the rest of the label is known without running the model), and finished rows
+    leave the batch, so later steps run on fewer rows. Suffixes are left-padded after the prefix;
+    the padding is masked out and positions skip it.
+    """
+    rows, width, device = len(suffixes), max(len(s) for s in suffixes), model.device
+    generated: list[list[int]] = [[] for _ in range(rows)]
+    answers: list[list[int] | None] = [trie.completion([])] * rows
+    active = [r for r in range(rows) if answers[r] is None]
+    if not active:
+        return answers  # type: ignore[return-value]
+    input_ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in suffixes], device=device)
+    suffix_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=device)
+    attention_mask = torch.cat([suffix_mask.new_ones((rows, prefix.length)), suffix_mask], dim=1)
+    positions = (prefix.length + suffix_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = prefix.cache_for(model, rows)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+    next_position = positions[:, -1] + 1
+    for _ in range(max_new_tokens):
+        tokens, still = [], []
+        for j, r in enumerate(active):
+            allowed = trie.allowed(generated[r])
+            token = allowed[int(logits[j, allowed].argmax())] if len(allowed) > 1 else allowed[0]
+            generated[r].append(token)
+            answers[r] = trie.completion(generated[r])
+            if answers[r] is None and token not in trie.end_ids:
+                tokens.append(token)
+                still.append(j)
+        if not still:
+            break
+        if len(still) < len(active):
+            keep = torch.tensor(still, device=device)
+            for layer in cache.layers:
+                layer.batch_select_indices(keep)
+            attention_mask, next_position = attention_mask[keep], next_position[keep]
+        active = [active[j] for j in still]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=1)
+        logits = model(input_ids=torch.tensor(tokens, device=device).unsqueeze(1), attention_mask=attention_mask,
+                       position_ids=next_position.unsqueeze(1), past_key_values=cache, use_cache=True).logits[:, -1, :]
+        next_position = next_position + 1
+    return [answer if answer is not None else tokens for answer, tokens in zip(answers, generated)]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 32,
+             batch_size: int = 16, answers: list[str] | None = None) -> list[Generation]:
+    """Greedy answers, in the order of ``conversations``.
+
+    Batches are formed from prompts of similar length (sorted, then restored), so little compute
+    goes into padding. With ``answers`` (a label set) decoding is constrained to exactly those strings.
+    """
+    stop_ids = [tokenizer.eos_token_id]
+    trie = AnswerTrie(tokenizer, answers) if answers else None
+    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    token_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    lengths = [len(ids) for ids in token_ids]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    if trie:  # at least one token of every prompt is left to run per row, for its logits
+        shared = min(_common_prefix(token_ids), min(lengths) - 1)
+        prefix = _SharedPrefix(model, token_ids[0][:shared])
+    results: list[Generation | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        began = time.perf_counter()
+        if trie:
+            outputs = _constrained_batch(model, [token_ids[i][shared:] for i in rows], prefix, tokenizer.pad_token_id,
+                                         trie, max_new_tokens)
+        else:
+            encoded = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(model.device)
+            output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids)
+            outputs = [row[encoded["input_ids"].shape[1]:].tolist() for row in output]
+        latency_ms = (time.perf_counter() - began) * 1000
+        for i, new in zip(rows, outputs):
+            new, stopped = _stop_at(new, stop_ids)
+            results[i] = Generation(
+                text=tokenizer.decode(new, skip_special_tokens=True).strip(),
+                completion_tokens=len(new),
+                prompt_tokens=lengths[i],
+                finish_reason="stop" if stopped else "length",
+                latency_ms=latency_ms,
+            )
+    return results

@@ -1,0 +1,140 @@
+"""The local model server: a base model with LoRA adapters behind an OpenAI-compatible API.
+
+It answers chat completions with the base model or any loaded adapter, chosen by the
+request's ``model`` field, and loads and unloads adapters at run time through vLLM's routes,
+so the deploy step drives it and vLLM the same way. ``LocalEndpoints`` starts it as
+``python -m distillery.serving.model_server``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from distillery.serving.openai_http import Completion, OpenAIServer, RequestError
+
+BASE_MODEL_NAME = "base"
+DEFAULT_MAX_TOKENS = 64
+
+
+def adapter_mismatch(adapter_dir: Path, base_model: str, module_names: set[str] | None = None,
+                     max_rank: int | None = None) -> str | None:
+    """Why a LoRA adapter cannot be served on ``base_model`` (None: it can).
+
+    Checked before any route may point at it: the base model it was trained on, its rank
+    against the server's limit (vLLM's ``--max-lora-rank``), and that every module it adapts
+    exists in the served model.
+    """
+    try:
+        config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"no readable adapter_config.json in {adapter_dir}: {exc}"
+    trained_on = config.get("base_model_name_or_path")
+    if trained_on and os.path.realpath(trained_on) != os.path.realpath(base_model) and trained_on != base_model:
+        return f"adapter was trained on {trained_on!r}, the server serves {base_model!r}"
+    rank = int(config.get("r") or 0)
+    if max_rank is not None and rank > max_rank:
+        return f"adapter rank {rank} is above the server's maximum LoRA rank {max_rank}"
+    targets = config.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    if module_names is not None:
+        missing = sorted(t for t in targets if t not in module_names)
+        if missing:
+            return f"adapter targets modules the served model does not have: {missing}"
+    return None
+
+
+class ModelServer:
+    """A base model with any number of LoRA adapters; adapters load and unload while it serves.
+
+    The load/unload routes are vLLM's (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``),
+    so the deploy step drives this server and vLLM the same way.
+    """
+
+    def __init__(self, base_model: str, adapters: dict[str, Path]):
+        from distillery.serving.engine import load_model
+
+        self.base_model = base_model
+        self.adapters = dict(adapters)
+        self.model, self.tokenizer = load_model(base_model, self.adapters)
+        self.module_names = {name.rsplit(".", 1)[-1] for name, _ in self.model.named_modules()}
+        self.default_model = next(iter(self.adapters), BASE_MODEL_NAME)
+        self._lock = threading.Lock()  # one generation at a time; the adapter switch is global state
+
+    def models(self) -> list[str]:
+        return [*self.adapters, BASE_MODEL_NAME]
+
+    def load_adapter(self, body: dict[str, Any]) -> dict[str, Any]:
+        from peft import PeftModel
+
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not isinstance(name, str) or not name or not isinstance(path, str):
+            raise RequestError(400, "'lora_name' and 'lora_path' are required strings")
+        if name in self.adapters or name == BASE_MODEL_NAME:
+            raise RequestError(400, f"an adapter named {name!r} is already loaded")
+        problem = adapter_mismatch(Path(path), self.base_model, self.module_names)
+        if problem:
+            raise RequestError(400, problem, "adapter_mismatch")
+        with self._lock:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(path, adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+            self.model.eval()
+            self.adapters[name] = Path(path)
+        return {"status": "ok", "loaded": name, "models": self.models()}
+
+    def unload_adapter(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("lora_name")
+        if name not in self.adapters:
+            raise RequestError(404, f"no adapter {name!r} is loaded", "model_not_found")
+        with self._lock:
+            self.model.delete_adapter(name)
+            del self.adapters[name]
+        return {"status": "ok", "unloaded": name, "models": self.models()}
+
+    def chat(self, body: dict[str, Any]) -> Completion:
+        from distillery.serving.engine import generate, using_adapter
+
+        name = body.get("model") or self.default_model
+        if name not in self.models():
+            raise RequestError(404, f"model {name!r} is not served here; available: {self.models()}", "model_not_found")
+        max_tokens = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None),
+                          DEFAULT_MAX_TOKENS)
+        if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
+            raise RequestError(400, "'max_tokens' must be an integer between 1 and 4096")
+        with self._lock, using_adapter(self.model, None if name == BASE_MODEL_NAME else name):
+            [result] = generate(self.model, self.tokenizer, [body["messages"]], max_new_tokens=max_tokens)
+        return Completion(result.text, name, result.prompt_tokens, result.completion_tokens, result.finish_reason)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a base model with LoRA adapters over the OpenAI API.")
+    parser.add_argument("--base-model", required=True)
+    parser.add_argument("--adapter", action="append", default=[], help="NAME=PATH, repeatable")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--ready-file", help="written with the bound port once the model is loaded")
+    args = parser.parse_args(argv)
+    adapters = dict(spec.split("=", 1) for spec in args.adapter)
+    model_server = ModelServer(args.base_model, {name: Path(path) for name, path in adapters.items()})
+    http = OpenAIServer((args.host, args.port), model_server.chat, model_server.models,
+                        {"/v1/load_lora_adapter": model_server.load_adapter,
+                         "/v1/unload_lora_adapter": model_server.unload_adapter})
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=http.shutdown).start())
+    port = http.server_address[1]
+    if args.ready_file:
+        tmp = Path(args.ready_file + ".tmp")
+        tmp.write_text(json.dumps({"port": port, "pid": os.getpid()}))
+        os.replace(tmp, args.ready_file)
+    print(f"serving {model_server.models()} on http://{args.host}:{port}/v1", flush=True)
+    http.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

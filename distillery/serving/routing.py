@@ -1,0 +1,201 @@
+"""Per-workload routes between the frontier and the small model, and automatic rollback.
+
+A workload's route moves through four modes, each a step of the cut-over:
+
+- ``frontier``: the frontier answers everything (also: no route stored);
+- ``shadow``: the frontier answers; the small model gets a copy off the request path, and
+  both answers are logged and compared;
+- ``canary``: ``canary_percent`` of callers get the small model, chosen by a stable hash of a
+  caller-supplied key (the ``X-Distillery-Route-Key`` header, else the body's ``user``), so a
+  caller stays on one side while the percentage holds;
+- ``small``: the small model answers everything.
+
+Whenever the small model fails to answer (error, timeout, unreadable completion) or answers
+something invalid for the workload (a label outside the set, a JSON object that does not
+parse), the caller gets the frontier's answer instead: a cut-over never fails a request. ``RolloutMonitor`` watches a
+sliding window of the small model's outcomes and, when a threshold is crossed, the route steps
+back one mode (small -> canary -> shadow -> frontier) and the rollback is recorded as an event.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import functools
+import hashlib
+import time
+from dataclasses import dataclass, replace
+
+import sqlalchemy as sa
+
+from distillery.store import RouteEventRow, RouteRow
+from distillery.tasks import normalize_answer, parse_record
+
+FRONTIER, SHADOW, CANARY, SMALL = "frontier", "shadow", "canary", "small"
+MODES = (FRONTIER, SHADOW, CANARY, SMALL)
+ROUTE_KEY_HEADER = "x-distillery-route-key"
+
+
+@dataclass(frozen=True)
+class Route:
+    workload: str
+    mode: str = FRONTIER
+    canary_percent: float = 0.0
+    small_url: str | None = None  # OpenAI base URL of the small-model server
+    small_model: str | None = None  # the model name to ask it for (the workload's adapter)
+    labels: tuple[str, ...] = ()  # classification: the only valid answers
+    json_answers: bool = False  # extraction: a valid answer is a JSON object
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown route mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if not 0 <= self.canary_percent <= 100:
+            raise ValueError(f"canary_percent must be between 0 and 100, got {self.canary_percent}")
+        if self.mode != FRONTIER and not (self.small_url and self.small_model):
+            raise ValueError(f"route {self.mode!r} for {self.workload!r} needs the small model's URL and name: "
+                             "deploy the workload first (deployed_endpoint) or pass --url and --model")
+
+    @functools.cached_property
+    def _normalized_labels(self) -> frozenset[str]:
+        return frozenset(normalize_answer(label) for label in self.labels)
+
+    def valid_answer(self, text: str) -> bool:
+        # On the gateway's request path: the label set is normalized once per route, not per answer.
+        if self.labels:
+            return normalize_answer(text) in self._normalized_labels
+        if self.json_answers:
+            return parse_record(text) is not None
+        return True
+
+    @property
+    def label(self) -> str:
+        return f"canary {self.canary_percent:g}%" if self.mode == CANARY else self.mode
+
+    def step_back(self) -> "Route":
+        """One step towards the frontier: small -> canary (at least 10%) -> shadow -> frontier."""
+        if self.mode == SMALL:
+            return replace(self, mode=CANARY, canary_percent=self.canary_percent or 10.0)
+        return replace(self, mode={CANARY: SHADOW, SHADOW: FRONTIER}.get(self.mode, FRONTIER))
+
+
+def canary_bucket(key: str) -> float:
+    """A stable position in [0, 100) for a caller key: the same key always lands on the same side."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 10_000 / 100
+
+
+def takes_small_model(route: Route | None, key: str) -> bool:
+    if route is None or route.mode in (FRONTIER, SHADOW):
+        return False
+    return route.mode == SMALL or canary_bucket(key) < route.canary_percent
+
+
+@dataclass(frozen=True)
+class RouteEvent:
+    workload: str
+    kind: str  # "set" (a person, the CLI, the deploy) or "rollback"
+    from_mode: str | None
+    to_mode: str
+    reason: str
+    created_at: dt.datetime
+
+
+class RouteStore:
+    """Routes and their history, in the log store's database."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    def get(self, workload: str) -> Route | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(RouteRow).where(RouteRow.workload == workload)).first()
+        return _route(row) if row else None
+
+    def all(self) -> dict[str, Route]:
+        with self.engine.connect() as conn:
+            return {row.workload: _route(row) for row in conn.execute(sa.select(RouteRow))}
+
+    def set(self, route: Route, reason: str, kind: str = "set") -> Route:
+        """Store ``route`` and record the change; returns the route it replaced's successor (``route``)."""
+        now = dt.datetime.now(dt.timezone.utc)
+        check = {"labels": list(route.labels)} if route.labels else {"json": True} if route.json_answers else None
+        values = {"mode": route.mode, "canary_percent": route.canary_percent, "small_url": route.small_url,
+                  "small_model": route.small_model, "answer_check": check, "updated_at": now}
+        with self.engine.begin() as conn:
+            before = conn.execute(sa.select(RouteRow).where(RouteRow.workload == route.workload)).first()
+            if before:
+                conn.execute(sa.update(RouteRow).where(RouteRow.workload == route.workload).values(**values))
+            else:
+                conn.execute(sa.insert(RouteRow).values(workload=route.workload, **values))
+            conn.execute(sa.insert(RouteEventRow).values(
+                workload=route.workload, kind=kind, from_mode=_route(before).label if before else None,
+                to_mode=route.label, reason=reason, created_at=now))
+        return route
+
+    def events(self, workload: str | None = None, limit: int = 50) -> list[RouteEvent]:
+        query = sa.select(RouteEventRow).order_by(RouteEventRow.id.desc()).limit(limit)
+        if workload:
+            query = query.where(RouteEventRow.workload == workload)
+        with self.engine.connect() as conn:
+            return [RouteEvent(r.workload, r.kind, r.from_mode, r.to_mode, r.reason, r.created_at)
+                    for r in conn.execute(query)]
+
+
+def _route(row) -> Route:
+    check = row.answer_check or {}
+    return Route(row.workload, row.mode, row.canary_percent, row.small_url, row.small_model,
+                 tuple(check.get("labels", ())), bool(check.get("json")))
+
+
+@dataclass(frozen=True)
+class RollbackPolicy:
+    window_s: float = 60.0  # the sliding window the figures are computed over
+    min_samples: int = 20  # no decision on fewer small-model outcomes than this
+    max_error_rate: float = 0.05  # small-model calls that failed (the caller got the frontier's answer)
+    max_p95_latency_ms: float = 2000.0
+    max_disagreement_rate: float = 0.3  # shadow answers that differ from the frontier's (normalized)
+    max_invalid_rate: float = 0.05  # answers outside the label set or not a JSON object
+
+
+class RolloutMonitor:
+    """A sliding window of one workload's small-model outcomes; says when the route must step back."""
+
+    def __init__(self, policy: RollbackPolicy):
+        self.policy = policy
+        self._outcomes: collections.deque[tuple[float, bool, float, bool | None, bool]] = collections.deque()
+
+    def observe(self, ok: bool, latency_ms: float, agreed: bool | None = None, valid: bool = True,
+                now: float | None = None) -> None:
+        """One small-model call: answered at all (``ok``), how fast, like the frontier (shadow), valid."""
+        self._outcomes.append((time.monotonic() if now is None else now, ok, latency_ms, agreed, valid))
+
+    def reset(self) -> None:
+        self._outcomes.clear()
+
+    def breach(self, now: float | None = None) -> str | None:
+        """The first threshold the window crosses, as a reason; None while the small model behaves."""
+        now = time.monotonic() if now is None else now
+        while self._outcomes and self._outcomes[0][0] < now - self.policy.window_s:
+            self._outcomes.popleft()
+        outcomes = self._outcomes
+        if len(outcomes) < self.policy.min_samples:
+            return None
+        policy, n = self.policy, len(outcomes)
+        errors = sum(not ok for _, ok, _, _, _ in outcomes) / n
+        if errors > policy.max_error_rate:
+            return f"error rate {errors:.1%} over {n} calls > {policy.max_error_rate:.1%}"
+        answered = [valid for _, ok, _, _, valid in outcomes if ok]
+        invalid = (len(answered) - sum(answered)) / len(answered) if answered else 0.0
+        if invalid > policy.max_invalid_rate:
+            return f"invalid-answer rate {invalid:.1%} over {len(answered)} answers > {policy.max_invalid_rate:.1%}"
+        latencies = sorted(latency for _, ok, latency, _, _ in outcomes if ok)
+        if latencies:
+            p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+            if p95 > policy.max_p95_latency_ms:
+                return f"p95 latency {p95:.0f} ms > {policy.max_p95_latency_ms:.0f} ms"
+        compared = [agreed for _, _, _, agreed, _ in outcomes if agreed is not None]
+        if len(compared) >= policy.min_samples:
+            disagreement = (len(compared) - sum(compared)) / len(compared)
+            if disagreement > policy.max_disagreement_rate:
+                return (f"shadow disagreement {disagreement:.1%} over {len(compared)} calls > "
+                        f"{policy.max_disagreement_rate:.1%}")
+        return None

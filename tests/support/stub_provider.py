@@ -1,0 +1,101 @@
+"""A fast fake OpenAI provider for tests and benchmarks (not a model: canned answers).
+
+The requested ``model`` picks the behaviour: ``fail-500`` answers 500, ``slow`` waits
+``slow_seconds`` first, anything else answers ``answer`` ("ok"; streamed when asked). The last
+Authorization header seen is kept, to check what the gateway forwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+from aiohttp import web
+
+ANSWER = "ok"
+
+
+def _completion(model: str, text_completion: bool, answer: str = ANSWER) -> dict:
+    choice = {"index": 0, "text": answer} if text_completion else {
+        "index": 0, "message": {"role": "assistant", "content": answer}}
+    return {"id": "stub-1", "object": "text_completion" if text_completion else "chat.completion",
+            "created": int(time.time()), "model": model, "choices": [{**choice, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
+
+
+class StubUpstream:
+    def __init__(self, slow_seconds: float = 2.0, fail_every: int = 0, answer: str = ANSWER):
+        self.answer = answer  # what every completion says
+        self.slow_seconds = slow_seconds
+        self.fail_every = fail_every  # also fail every Nth call of any model, for benchmarks
+        self.calls = 0
+        self.last_authorization: str | None = None
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.calls += 1
+        self.last_authorization = request.headers.get("Authorization")
+        body = await request.json()
+        model = body.get("model", "stub")
+        if model == "fail-500" or (self.fail_every and self.calls % self.fail_every == 0):
+            return web.json_response({"error": {"message": "stub upstream failure", "type": "server_error",
+                                                "param": None, "code": "server_error"}}, status=500)
+        if model == "slow":
+            await asyncio.sleep(self.slow_seconds)
+        text_completion = request.path.endswith("/completions") and "chat" not in request.path
+        if not body.get("stream"):
+            return web.json_response(_completion(model, text_completion, self.answer))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        base = {"id": "stub-1", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+        for delta, finish in (({"role": "assistant", "content": ""}, None), ({"content": self.answer}, None),
+                              ({}, "stop")):
+            event = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        usage = {**base, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
+        await response.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+        await response.write_eof()
+        return response
+
+    async def _start(self, host: str, port: int) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_post("/v1/completions", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        self.url = f"http://{host}:{self._runner.addresses[0][1]}/v1"
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> "StubUpstream":
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        asyncio.run_coroutine_threadsafe(self._start(host, port), self._loop).result(10)
+        return self
+
+    def serve_forever(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Run in this thread (a separate process for benchmarks); prints the URL when ready."""
+        import uvloop
+
+        self._loop = uvloop.new_event_loop()
+        self._loop.run_until_complete(self._start(host, port))
+        print(self.url, flush=True)
+        self._loop.run_forever()
+
+    def stop(self) -> None:
+        """Close the server (its port refuses connections from then on); a second call does nothing."""
+        if self._runner is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._runner = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+if __name__ == "__main__":
+    import sys
+
+    # python tests/support/stub_provider.py [FAIL_EVERY [ANSWER]]
+    StubUpstream(fail_every=int(sys.argv[1]) if len(sys.argv) > 1 else 0,
+                 answer=sys.argv[2] if len(sys.argv) > 2 else ANSWER).serve_forever()
