@@ -2,7 +2,7 @@
 
     python benchmarks/eval_throughput.py [--rows N] [--adapter PATH] [--batch-size B]
 
-Batched: ``distillery.inference.generate``, as ``eval_report`` runs it on a classification
+Batched: ``distillery.serving.generate``, as ``eval_report`` runs it on a classification
 workload: decoding constrained to the 77 labels, prompts of similar length batched together,
 the shared prompt prefix computed once, rows leaving the batch once their label is decided.
 Sequential: plain ``model.generate`` one request at a time with the same constraint (a prefix

@@ -33,7 +33,7 @@ from distillery.store import STATUS_OK
 from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, caller_text
 
 SPLITS = ("train", "validation", "test")
-LEAKAGE_THRESHOLD = 0.75  # MinHash-estimated Jaccard of character 3-grams (distillery.neardup)
+LEAKAGE_THRESHOLD = 0.75  # MinHash-estimated Jaccard of character 3-grams (neardup)
 _REFUSAL = re.compile(
     r"^\s*(?:I'?m sorry,? but|I am sorry,? but|I (?:can(?:no|')t|am unable to|won't) (?:help|assist|provide|comply)"
     r"|As an AI(?: language model)?,? I)", re.IGNORECASE)

@@ -2,7 +2,7 @@
 
 Every model answers every test row (batched, greedy; a classification workload's decoding
 is constrained to its label set). Answers are scored with the task's metrics, the headline
-metric gets a bootstrap 95% interval, and the gate (``distillery.gate``) decides whether the
+metric gets a bootstrap 95% interval, and the gate (``distillery.evaluation.gate``) decides whether the
 fine-tuned model may replace the champion. Operational figures (latency, tokens, cost) are
 attached by the caller, which knows the logged traffic.
 """
@@ -60,7 +60,7 @@ class EvalReport:
     gate: GateDecision
     champion_version: str | None = None
     examples: list[dict] = field(default_factory=list)  # worst rows of the fine-tuned model first
-    # Classification: distillery.metrics.classification_metrics per model (per-label F1, confusion).
+    # Classification: metrics.classification_metrics per model (per-label F1, confusion).
     classification: dict[str, dict] = field(default_factory=dict)
     judge: JudgeResult | None = None
     operations: CostComparison | None = None

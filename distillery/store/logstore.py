@@ -2,7 +2,7 @@
 
 SQLAlchemy 2 over SQLite by default (one file in the data directory) or any
 SQLAlchemy URL. The schema is owned by Alembic migrations in
-``distillery/migrations`` so a user's store survives upgrades; ``LogStore.upgrade``
+``distillery/store/migrations`` so a user's store survives upgrades; ``LogStore.upgrade``
 brings any store to the current revision.
 """
 

@@ -9,7 +9,7 @@ What a caller sees when something goes wrong, always as an OpenAI-style error ob
 passed through with its status. Every one of these that reached the proxy step is recorded
 as a failed exchange.
 
-Routes (``distillery.routing``) decide per workload whether the small model answers a
+Routes (``distillery.serving.routing``) decide per workload whether the small model answers a
 non-streamed chat completion, answers a copy in the shadow, or is not asked. When it is asked
 to answer and fails or answers something invalid for the workload, the caller gets the
 frontier's answer (a fallback, never an error), and the failure counts towards an automatic
