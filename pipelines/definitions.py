@@ -3,23 +3,10 @@
 import dagster as dg
 
 from assets import LIFECYCLE_ASSETS, live_monitoring
-from pipelines.automation import (
-                                  hourly_monitoring,
-                                  lifecycle_job,
-                                  monitoring_job,
-                                  new_workloads,
-                                  nightly_retrain,
-                                  retrain_when_needed,
-)
-from resources import (
-                                  ArtifactsResource,
-                                  JudgeResource,
-                                  LogStoreResource,
-                                  MlflowResource,
-                                  ServingResource,
-                                  TrainerResource,
-                                  TrainingLauncherResource,
-)
+from pipelines.automation import (hourly_monitoring, lifecycle_job, monitoring_job, new_workloads, nightly_retrain,
+                                  retrain_when_needed)
+from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
+                       TrainerResource, TrainingLauncherResource)
 
 defs = dg.Definitions(
     assets=[*LIFECYCLE_ASSETS, live_monitoring],

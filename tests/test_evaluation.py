@@ -1,16 +1,8 @@
 import pytest
 from datasets import Dataset
 
-from distillery.evaluation import (
-    ChampionScore,
-    CostComparison,
-    EvalReport,
-    GatePolicy,
-    ModelScore,
-    SideFigures,
-    decide,
-    evaluate,
-)
+from distillery.evaluation import (ChampionScore, CostComparison, EvalReport, GatePolicy, ModelScore, SideFigures,
+                                   decide, evaluate)
 from distillery.tasks import normalize_answer
 
 

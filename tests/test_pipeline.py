@@ -1,35 +1,24 @@
 """The five assets materialized in-process on a tiny model, with real SQLite, MLflow and server processes."""
 
 import datetime
+import os
+import subprocess
+import sys
 
 import dagster as dg
 import openai
 import pytest
 
-from assets import (
-    LIFECYCLE_ASSETS,
-    deployed_endpoint,
-    eval_report,
-    live_monitoring,
-    lora_adapter,
-    raw_llm_logs,
-    workload_partitions,
-)
+from assets import (LIFECYCLE_ASSETS, deployed_endpoint, eval_report, live_monitoring, lora_adapter, raw_llm_logs,
+                    workload_partitions)
 from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic, walk_cutover
 from distillery.serving import LocalEndpoints, RouteStore
 from distillery.store import LogStore
 from distillery.training import CHALLENGER, CHAMPION, Tracker, registered_model_name
 from pipelines.automation import new_workloads, nightly_retrain
 from pipelines.definitions import defs
-from resources import (
-    ArtifactsResource,
-    JudgeResource,
-    LogStoreResource,
-    MlflowResource,
-    ServingResource,
-    TrainerResource,
-    TrainingLauncherResource,
-)
+from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
+                       TrainerResource, TrainingLauncherResource)
 
 FAST_TRAINING = {"lora_adapter": {"config": {"max_steps": 3, "batch_size": 8, "rank": 4, "alpha": 8}}}
 
@@ -280,3 +269,20 @@ def test_an_extraction_workload_from_dstc8_is_scored_with_extraction_metrics(res
     assert "| json_valid_rate |" in report["report"]
     # Imported logs carry no usage: the frontier's cost is estimated from counted tokens, and says so.
     assert "no usage logged" in report["report"] and report["frontier_usd_per_1k"] > 0
+
+
+def test_distillery_run_reaches_the_job_through_run_lifecycle_and_reports_a_failed_step(distillery_home, tmp_path,
+                                                                                         monkeypatch):
+    """The command line's one way into Dagster: the run is recorded in $DAGSTER_HOME's instance; a workload with no
+    rows stops at raw_llm_logs with a message saying what to do, and the command exits 1."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    command = [sys.executable, "-m", "distillery.cli", "run", "no-rows-yet"]
+    result = subprocess.run(command, env=os.environ, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "workload 'no-rows-yet' has no rows in the log store" in output
+    assert "the lifecycle run for 'no-rows-yet' failed" in output
+    with dg.DagsterInstance.get() as instance:
+        [run] = instance.get_runs()
+        assert run.job_name == "workload_lifecycle" and run.tags["dagster/partition"] == "no-rows-yet"
+        assert run.status == dg.DagsterRunStatus.FAILURE

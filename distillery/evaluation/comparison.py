@@ -20,14 +20,8 @@ from datasets import Dataset
 from distillery.evaluation.costs import CostComparison, percentile
 from distillery.evaluation.gate import ChampionScore, GateDecision, GatePolicy, decide
 from distillery.evaluation.judge import JudgeResult
-from distillery.evaluation.metrics import (
-    bootstrap_interval,
-    classification_metrics,
-    extraction_metrics,
-    field_f1,
-    free_text_metrics,
-    record_match,
-)
+from distillery.evaluation.metrics import (bootstrap_interval, classification_metrics, extraction_metrics, field_f1,
+                                           free_text_metrics, record_match)
 from distillery.serving import Generation, generate, load_model, using_adapter
 from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, agrees
 

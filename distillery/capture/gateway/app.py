@@ -31,14 +31,8 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from distillery.capture.gateway.config import GatewayConfig
-from distillery.capture.gateway.http import (
-    ClientDisconnected,
-    Request,
-    Responder,
-    UpstreamPool,
-    UpstreamResponse,
-    error_body,
-)
+from distillery.capture.gateway.http import (ClientDisconnected, Request, Responder, UpstreamPool, UpstreamResponse,
+                                             error_body)
 from distillery.capture.gateway.keys import ApiKey, KeyStore
 from distillery.capture.recorder import Recorder
 from distillery.serving import ROUTE_KEY_HEADER, SHADOW, RolloutMonitor, Route, RouteStore, takes_small_model
