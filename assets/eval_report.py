@@ -16,8 +16,8 @@ class EvalConfig(dg.Config):
         default=5.0, description="Promote only if the headline metric is at most this many points below the "
         "frontier's (which scores 100 on its own answers).")
     batch_size: int = Field(default=32, description="Rows generated together.")
-    constrain_to_labels: bool = Field(
-        default=True, description="Classification workloads: decode only strings of the label set (every model).")
+    serving_concurrency: int = Field(
+        default=16, description="Concurrent callers when the fine-tuned model is served for its price and latency.")
     serving_usd_per_hour: float = Field(default=1.0, description="Hourly price of the small model's serving machine.")
     migration_cost_usd: float = Field(default=5000.0, description="One-off cost of the migration, for the payback.")
     monthly_requests: int | None = Field(
@@ -46,7 +46,7 @@ def eval_report(
         artifact, report = evaluate_adapter(
             artifacts.open(), mlflow.open(), context.partition_key,
             policy=GatePolicy(config.max_gap_to_frontier_points / 100), costs=costs, batch_size=config.batch_size,
-            constrain_to_labels=config.constrain_to_labels, judge=judge.open(), on_progress=context.log.info,
+            serving_concurrency=config.serving_concurrency, judge=judge.open(), on_progress=context.log.info,
         )
     candidate = report.candidate
     plots = {f"plot_{png.stem}": dg.MetadataValue.path(str(png)) for png in sorted(artifact.path.glob("plots/*.png"))}
@@ -63,8 +63,12 @@ def eval_report(
             **({"champion_headline": report.scores["champion"].headline,
                 "champion_model_version": report.champion_version} if report.champion_version else {}),
             **{f"fine_tuned_{name}": value for name, value in candidate.metrics.items()},
-            "latency_ms_p50": candidate.latency_ms_p50,
-            "latency_ms_p95": candidate.latency_ms_p95,
+            "decoding_policy": report.decoding,
+            "eval_rows_per_s": candidate.rows_per_s,
+            "served_requests_per_s": report.serving.requests_per_s,
+            "served_latency_ms_p50": report.serving.latency_ms_p50,
+            "served_latency_ms_p95": report.serving.latency_ms_p95,
+            "served_answers_match_eval": report.serving.answers_match_eval,
             "test_rows": report.rows,
             "passed": report.passed,
             "verdict": report.verdict,

@@ -92,7 +92,7 @@ def demo(
 
 
 def _print_outcome(workload: str) -> None:
-    from distillery.serving import LocalEndpoints
+    from distillery.serving import Endpoints
     from distillery.store import ArtifactStore
 
     reports = ArtifactStore()
@@ -101,7 +101,7 @@ def _print_outcome(workload: str) -> None:
     report = reports.latest(workload, "eval_report")
     _say("Evaluation on the held-out test split")
     typer.echo((report.path / "report.md").read_text())
-    endpoint = LocalEndpoints().current(workload)
+    endpoint = Endpoints().current(workload)
     if endpoint:
         _say(f"Endpoint: {endpoint.url} (model {endpoint.model!r}, pid {endpoint.pid})")
         typer.echo(f"  curl {endpoint.url}/chat/completions -H 'Content-Type: application/json' \\\n"
@@ -143,18 +143,18 @@ def standin(host: str = "127.0.0.1", port: int = 8100) -> None:
 @endpoints_app.command("list")
 def endpoints_list() -> None:
     """Running endpoints, one a line."""
-    from distillery.serving import LocalEndpoints
+    from distillery.serving import Endpoints
 
-    for endpoint in LocalEndpoints().all():
+    for endpoint in Endpoints().all():
         typer.echo(f"{endpoint.workload}\t{endpoint.url}\tmodel={endpoint.model}\tpid={endpoint.pid}")
 
 
 @endpoints_app.command("stop")
 def endpoints_stop(workload: str) -> None:
     """Stop a workload's endpoint."""
-    from distillery.serving import LocalEndpoints
+    from distillery.serving import Endpoints
 
-    stopped = LocalEndpoints().stop(workload)
+    stopped = Endpoints().stop(workload)
     typer.echo(f"stopped {workload}" if stopped else f"no endpoint is running for {workload}")
 
 

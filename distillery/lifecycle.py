@@ -19,9 +19,10 @@ from datasets import DatasetDict, load_from_disk
 from distillery import curation, evaluation, monitoring, training
 from distillery.errors import DistilleryError
 from distillery.evaluation import CostSettings, GatePolicy, compare_costs, small_model_figures
-from distillery.serving import FRONTIER, SHADOW, Endpoint, LocalEndpoints, Route, RouteStore
+from distillery.serving import FRONTIER, SHADOW, Endpoint, Endpoints, Route, RouteStore
 from distillery.settings import validate_workload
 from distillery.store import STATUS_OK, Artifact, ArtifactStore, LogStore, load_snapshot, save_snapshot
+from distillery.tasks import POLICY_FILE, DecodingPolicy
 from distillery.training import CHALLENGER, CHAMPION, Tracker, registered_model_name
 
 RAW, CURATED, ADAPTER, REPORT = "raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report"
@@ -84,7 +85,8 @@ def build_curated_dataset(artifacts: ArtifactStore, workload: str, *, seed: int,
                                       count_tokens=count_tokens)
     card = curation.data_card(workload, report, dataset)
     summary = {k: v for k, v in report.as_dict().items() if k != "log_ids"}
-    with artifacts.publish(workload, CURATED, {"raw_version": raw.version, **summary}) as folder:
+    manifest = {"raw_version": raw.version, **summary, "json_schema": json_schema}
+    with artifacts.publish(workload, CURATED, manifest) as folder:
         dataset.save_to_disk(str(folder / "dataset"))
         (folder / "log_ids.json").write_text(json.dumps(report.log_ids))
         (folder / "data_card.md").write_text(card)
@@ -100,9 +102,19 @@ class AdapterSummary:
     result: training.TrainingResult
 
 
-def _label_set(curated_manifest: dict) -> list[str] | None:
-    """A classification dataset's labels (what constrained decoding and label-vocabulary loss use); else None."""
-    return curated_manifest.get("labels") if curated_manifest.get("task") == "classification" else None
+def _decoding_policy(curated_manifest: dict) -> DecodingPolicy:
+    """How the workload's answers are decoded: its label set, its JSON schema (or any JSON object), or free text."""
+    return DecodingPolicy.for_task(curated_manifest["task"], curated_manifest.get("labels"),
+                                   curated_manifest.get("json_schema"))
+
+
+def _adapter_policy(adapter: Artifact) -> DecodingPolicy:
+    policy = DecodingPolicy.load(adapter.path / "adapter")
+    if policy is None:
+        raise DistilleryError(
+            f"lora_adapter {adapter.version} has no {POLICY_FILE} beside its weights (it was trained before "
+            "decoding policies were recorded): rematerialize lora_adapter")
+    return policy
 
 
 def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, base_model: str,
@@ -124,7 +136,7 @@ def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, bas
         "distillery.dataset_hash": source["content_hash"],
         "distillery.log_id_range": f"{source['first_log_id']}-{source['last_log_id']}",
     }
-    labels = _label_set(source)
+    decoding = _decoding_policy(source)
     checkpoint_dir = artifacts.root / workload / "checkpoints" / curated.version
     with tracker.run(workload, run_name=f"{workload}-{curated.version[:16]}", tags=tags) as run_id:
         tracker.log_params(run_id, {**asdict(config), "base_model": base_model,
@@ -141,8 +153,9 @@ def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, bas
                     "tracking_uri": tracker.tracking_uri, **{k.removeprefix("distillery."): v for k, v in tags.items()}}
         with artifacts.publish(workload, ADAPTER, manifest) as folder:
             result = training.train_lora(dataset["train"], dataset["validation"], base_model, folder / "adapter",
-                                         config, on_step=record_step, checkpoint_dir=checkpoint_dir, labels=labels,
-                                         log=log)
+                                         config, on_step=record_step, checkpoint_dir=checkpoint_dir,
+                                         labels=list(decoding.labels) or None, log=log)
+            decoding.save(folder / "adapter")  # evaluation, the model server and the gateway decode by it
             if result.resumed_from_step:
                 tracker.set_tag(run_id, "distillery.resumed_from_step", str(result.resumed_from_step))
             metrics = {"final_train_loss": result.final_train_loss, "train_seconds": result.seconds,
@@ -174,28 +187,27 @@ def _champion_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str,
 
 
 def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, *, policy: GatePolicy,
-                     costs: CostSettings = CostSettings(), batch_size: int, constrain_to_labels: bool = True,
+                     costs: CostSettings = CostSettings(), batch_size: int, serving_concurrency: int = 16,
                      judge: evaluation.Judge | None = None,
                      on_progress: Progress = _quiet) -> tuple[Artifact, evaluation.EvalReport]:
     """Score the latest adapter, its base model and the champion on the held-out split it was never trained on,
-    cost both sides from the logged traffic, and record the gate's decision.
-
-    For a classification workload, ``constrain_to_labels`` restricts decoding to its label set.
+    each decoded under the adapter's decoding policy; measure the adapter as the serving engine answers it under
+    ``serving_concurrency`` concurrent callers; cost both sides from the logged traffic; record the gate's decision.
     """
     adapter = artifacts.latest(workload, ADAPTER, needed_by=REPORT)
     trained = adapter.manifest
     curated = artifacts.get(workload, CURATED, trained["dataset_version"])
     test = load_from_disk(str(curated.path / "dataset"))["test"]
-    answers = _label_set(curated.manifest) if constrain_to_labels else None
+    decoding = _adapter_policy(adapter)
     champion = _champion_adapter(artifacts, tracker, workload, trained["model_version"])
     report, outputs = evaluation.evaluate(
         test, workload, trained["base_model"], adapter.path / "adapter", task=curated.manifest["task"],
-        policy=policy, champion=champion, batch_size=batch_size, on_progress=on_progress, answers=answers,
-        judge=judge)
-    served = outputs.generations[evaluation.CANDIDATE]
+        policy=policy, champion=champion, batch_size=batch_size, on_progress=on_progress, decoding=decoding,
+        serving_concurrency=serving_concurrency, judge=judge)
+    served = outputs.served.generations
     small = small_model_figures([g.latency_ms for g in served], [g.prompt_tokens for g in served],
-                                [g.completion_tokens for g in served], report.candidate.rows_per_s,
-                                usd_per_hour=costs.serving_usd_per_hour)
+                                [g.completion_tokens for g in served], outputs.served.requests_per_s,
+                                usd_per_hour=costs.serving_usd_per_hour, concurrency=serving_concurrency)
     raw = load_snapshot(artifacts.get(workload, RAW, curated.manifest["raw_version"]).path / "rows.parquet")
     estimated = (statistics.fmean(g.prompt_tokens for g in served), statistics.fmean(outputs.reference_tokens))
     report.operations = compare_costs(raw[raw["status"] == STATUS_OK], small, estimated_frontier_tokens=estimated,
@@ -209,8 +221,11 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
         "eval_headline_ci95_high": candidate.headline_ci95[1],
         "eval_agreement": candidate.agreement,
         "eval_base_headline": report.scores[evaluation.BASE].headline,
-        "eval_latency_ms_p50": candidate.latency_ms_p50,
-        "eval_latency_ms_p95": candidate.latency_ms_p95,
+        "eval_rows_per_s": candidate.rows_per_s,
+        "eval_served_requests_per_s": report.serving.requests_per_s,
+        "eval_served_latency_ms_p50": report.serving.latency_ms_p50,
+        "eval_served_latency_ms_p95": report.serving.latency_ms_p95,
+        "eval_served_answers_match": report.serving.answers_match_eval,
         "eval_gate_passed": float(report.passed),
         **{f"eval_{name}": value for name, value in candidate.metrics.items()},
         **{f"eval_{name}": value for name, value in report.operations.money().items()},
@@ -219,7 +234,8 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
     markdown = report.markdown()
     manifest = {"adapter_version": adapter.version, "model_version": trained["model_version"],
                 "mlflow_run_id": run_id, "passed": report.passed, "headline_metric": report.headline_metric,
-                "headline": candidate.headline, "probe_messages": test[0]["messages"][:-1]}
+                "headline": candidate.headline, "probe_messages": test[0]["messages"][:-1],
+                "decoding_policy": decoding.structured_outputs()}
     with artifacts.publish(workload, REPORT, manifest) as folder:
         (folder / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
         (folder / "report.md").write_text(markdown)
@@ -243,7 +259,7 @@ class DeploySummary:
     route: Route | None = None
 
 
-def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: LocalEndpoints, workload: str,
+def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: Endpoints, workload: str,
                    routes: RouteStore | None = None) -> DeploySummary:
     """Serve the latest adapter and make it champion, if and only if its report passed.
 
@@ -262,17 +278,22 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: LocalE
     version = adapter.manifest["model_version"]
     if not verdict["passed"]:
         return DeploySummary(False, reason, version, endpoints.current(workload))
+    decoding = _adapter_policy(adapter)
+    evaluated_under = verdict.get("decoding_policy", "missing")
+    if evaluated_under == "missing" or DecodingPolicy.from_structured_outputs(evaluated_under) != decoding:
+        raise DistilleryError(
+            f"workload {workload!r}: eval_report {report.version} did not evaluate adapter {adapter.version} under "
+            f"the decoding policy recorded beside it ({decoding.kind}): materialize eval_report before deploying")
     endpoint = endpoints.deploy(workload, adapter.manifest["base_model"], adapter.path / "adapter",
-                                model_name=f"{workload}-v{version}", probe_messages=verdict["probe_messages"])
+                                model_name=f"{workload}-v{version}", probe_messages=verdict["probe_messages"],
+                                policy=decoding)
     tracker.set_alias(workload, CHAMPION, version)
     route = None
     if routes is not None:
         current = routes.get(workload)
         mode = SHADOW if current is None or current.mode == FRONTIER else current.mode
-        curated = artifacts.get(workload, CURATED, adapter.manifest["dataset_version"]).manifest
         route = routes.set(Route(workload, mode, current.canary_percent if current else 0.0, endpoint.url,
-                                 endpoint.model, labels=tuple(_label_set(curated) or ()),
-                                 json_answers=curated.get("task") == "extraction"), f"deployed model version {version}")
+                                 endpoint.model, decoding), f"deployed model version {version}")
     return DeploySummary(True, reason, version, endpoint, route)
 
 

@@ -7,7 +7,7 @@ from distillery import lifecycle
 from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic
 from distillery.evaluation import GatePolicy
 from distillery.models import resolve_base_model
-from distillery.serving import LocalEndpoints
+from distillery.serving import Endpoints
 from distillery.store import ArtifactStore, LogStore
 from distillery.training import CHAMPION, Tracker, TrainingConfig
 
@@ -18,7 +18,7 @@ def test_fine_tuning_the_bundled_model_beats_it_on_held_out_tickets(distillery_h
     assert send_demo_traffic(100).written == 100
     store = LogStore()
 
-    artifacts, tracker, endpoints = ArtifactStore(), Tracker(), LocalEndpoints()
+    artifacts, tracker, endpoints = ArtifactStore(), Tracker(), Endpoints()
     base_model = resolve_base_model(None)
     lifecycle.snapshot_raw_logs(store, artifacts, WORKLOAD)
     lifecycle.build_curated_dataset(artifacts, WORKLOAD, seed=0, validation_fraction=0.05, test_fraction=0.1,

@@ -3,7 +3,7 @@ from datasets import Dataset
 
 from distillery.evaluation import (ChampionScore, CostComparison, EvalReport, GatePolicy, ModelScore, SideFigures,
                                    decide, evaluate)
-from distillery.tasks import normalize_answer
+from distillery.tasks import DecodingPolicy, normalize_answer
 
 
 @pytest.mark.parametrize("raw, expected", [(" Billing.", "billing"), ('"shipping"', "shipping"),
@@ -55,7 +55,7 @@ def test_gate_names_every_failed_rule_first():
 def _constructed_report(score: float, champion: float | None) -> EvalReport:
     def model(name: str, value: float) -> ModelScore:
         return ModelScore(name, value, (value - 0.03, min(value + 0.03, 1.0)), value, {"accuracy": value,
-                          "macro_f1": value - 0.01}, 40.0, 90.0, 12.0, 3.0)
+                          "macro_f1": value - 0.01}, 12.0, 3.0)
 
     scores = {"base": model("base", 0.12), "fine-tuned": model("fine-tuned", score)}
     if champion is not None:
@@ -94,7 +94,9 @@ def test_evaluate_scores_base_and_adapter_against_the_frontier(tiny_model_dir, t
     # The adapter was trained on these prompts: its answers open with a label, the base model's never do.
     assert all(ex["fine-tuned"].startswith(("billing", "shipping")) for ex in report.examples)
     assert not any(ex["base"].startswith(("billing", "shipping")) for ex in report.examples)
-    assert report.candidate.latency_ms_p50 > 0
+    served = report.serving  # the fine-tuned model through the serving engine, 16 concurrent callers by default
+    assert served.rows == 6 and served.requests_per_s > 0 and 0 < served.latency_ms_p50 <= served.latency_ms_p95
+    assert served.answers_match_eval == 1.0 and served.differences == []
     low, high = report.candidate.headline_ci95
     assert low <= report.candidate.headline <= high
     assert report.candidate.headline > report.scores["base"].headline
@@ -107,7 +109,7 @@ def test_constrained_decoding_answers_only_with_a_label(tiny_model_dir, tiny_ada
                                        {"role": "assistant", "content": ["billing", "shipping"][i % 2]}]}
             for i in range(6)]
     report, _ = evaluate(Dataset.from_list(rows), "triage", tiny_model_dir, tiny_adapter_dir, task="classification",
-                         batch_size=4, answers=["billing", "shipping", "refund request"],
+                         batch_size=4, decoding=DecodingPolicy(labels=("billing", "shipping", "refund request")),
                          champion=("1", tiny_adapter_dir))
     # Even the untrained base model, which otherwise never says a label, now says exactly one.
     assert all(ex[name] in ("billing", "shipping", "refund request") for ex in report.examples

@@ -12,7 +12,7 @@ import pytest
 from assets import (LIFECYCLE_ASSETS, deployed_endpoint, eval_report, live_monitoring, lora_adapter, raw_llm_logs,
                     workload_partitions)
 from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic, walk_cutover
-from distillery.serving import LocalEndpoints, RouteStore
+from distillery.serving import Endpoints, RouteStore
 from distillery.store import LogStore
 from distillery.training import CHALLENGER, CHAMPION, Tracker, registered_model_name
 from pipelines.automation import new_workloads, nightly_retrain
@@ -39,8 +39,8 @@ def resources(distillery_home, tiny_model_dir):
         "training_launcher": TrainingLauncherResource(),
         "judge": JudgeResource(),
     }
-    for endpoint in LocalEndpoints().all():
-        LocalEndpoints().stop(endpoint.workload)
+    for endpoint in Endpoints().all():
+        Endpoints().stop(endpoint.workload)
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert redeployed["url"] == deployed["url"] and redeployed["served_model"] == f"{WORKLOAD}-v2"
     assert {m.id for m in client.models.list()} >= {f"{WORKLOAD}-v1", f"{WORKLOAD}-v2"}
     assert routes.get(WORKLOAD).small_model == f"{WORKLOAD}-v2"
-    assert len(LocalEndpoints().all()) == 1
+    assert len(Endpoints().all()) == 1
 
     # The demo's cut-over walk through a live gateway. The tiny model's answers are not queue names, so each
     # small-model answer is invalid: the caller gets the frontier's, and the route rolls back.
@@ -152,7 +152,7 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert [step.route for step in steps] == ["shadow", "canary 50%", "small", "small, server dead"]
     assert all(step.failed == 0 for step in steps)
     assert any(event.kind == "rollback" for event in routes.events(WORKLOAD))
-    assert routes.get(WORKLOAD).mode == "shadow" and LocalEndpoints().current(WORKLOAD) is not None
+    assert routes.get(WORKLOAD).mode == "shadow" and Endpoints().current(WORKLOAD) is not None
 
 
 def test_a_refused_candidate_stops_the_deploy_and_deploying_a_stale_report_is_refused(resources, instance):
@@ -171,7 +171,7 @@ def test_a_refused_candidate_stops_the_deploy_and_deploying_a_stale_report_is_re
     assert alone.success
     deployed = _metadata(alone, deployed_endpoint)
     assert deployed["promoted"] is False and deployed["reason"].startswith("REFUSE")
-    assert LocalEndpoints().current(WORKLOAD) is None
+    assert Endpoints().current(WORKLOAD) is None
 
     assert _materialize([lora_adapter], instance, resources, run_config={"ops": FAST_TRAINING}).success
     stale = _materialize([deployed_endpoint], instance, resources)

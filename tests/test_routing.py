@@ -12,6 +12,7 @@ from distillery.serving import (CANARY, FRONTIER, SHADOW, SMALL, RollbackPolicy,
                                 takes_small_model)
 from distillery.serving.routing import canary_bucket
 from distillery.store import LogStore
+from distillery.tasks import DecodingPolicy
 
 MESSAGES = [{"role": "user", "content": "where is my parcel"}]
 
@@ -162,11 +163,12 @@ def test_a_dead_small_model_fails_no_request_and_the_route_rolls_back(tmp_path, 
 def test_an_invalid_answer_falls_back_to_the_frontier_and_rolls_the_route_back(tmp_path, stubs, store):
     frontier, small = stubs  # the small model answers "small": not one of the workload's labels
     routes = RouteStore(store.engine)
-    routes.set(Route("triage", SMALL, 0, small.url, "triage", labels=("billing", "shipping")), "test")
-    assert routes.get("triage").labels == ("billing", "shipping")
+    routes.set(Route("triage", SMALL, 0, small.url, "triage", DecodingPolicy(labels=("billing", "shipping"))), "test")
+    assert routes.get("triage").policy == DecodingPolicy(labels=("billing", "shipping"))
     with _gateway(tmp_path, frontier.url, rollback=RollbackPolicy(min_samples=5)) as gateway:
         client = _client(gateway)
-        answers = [client.chat.completions.create(model="gpt-x", messages=MESSAGES, user=f"u{i}")
+        answers = [client.chat.completions.create(model="gpt-x", messages=MESSAGES, user=f"u{i}",
+                                                  response_format={"type": "json_object"})
                    .choices[0].message.content for i in range(6)]
         logs = _settle(gateway, 6)
         deadline = time.monotonic() + 5
@@ -174,13 +176,16 @@ def test_an_invalid_answer_falls_back_to_the_frontier_and_rolls_the_route_back(t
             assert time.monotonic() < deadline, "the rollback was not stored"
             time.sleep(0.05)
     assert answers == ["ok"] * 6
+    # The small model was asked under the route's policy, in vLLM's terms, instead of the caller's own format.
+    assert small.last_body["model"] == "triage" and "response_format" not in small.last_body
+    assert small.last_body["structured_outputs"] == {"choice": ["billing", "shipping"]}
     assert logs.read("triage")["request_params"][0]["distillery_fallback"] == "invalid answer: small"
     assert routes.events("triage")[0].reason.startswith("automatic: invalid-answer rate 100.0%")
 
 
 def test_valid_answers_by_workload_kind():
-    labels = Route("t", SMALL, 0, "http://x/v1", "t", labels=("billing", "shipping"))
+    labels = Route("t", SMALL, 0, "http://x/v1", "t", DecodingPolicy(labels=("billing", "shipping")))
     assert labels.valid_answer(" Billing.") and not labels.valid_answer("refund")
-    extraction = Route("t", SMALL, 0, "http://x/v1", "t", json_answers=True)
+    extraction = Route("t", SMALL, 0, "http://x/v1", "t", DecodingPolicy(json_object=True))
     assert extraction.valid_answer('{"city": "Rome"}') and not extraction.valid_answer("Rome")
     assert Route("t").valid_answer("anything")

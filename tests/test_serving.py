@@ -2,7 +2,7 @@ import openai
 import pytest
 
 from distillery.errors import DistilleryError
-from distillery.serving import BASE_MODEL_NAME, LocalEndpoints, ModelServer, OpenAIServer
+from distillery.serving import BASE_MODEL_NAME, Endpoints, ModelServer, OpenAIServer
 from distillery.serving.endpoints import _alive
 
 PROBE = [{"role": "user", "content": "ticket 3"}]
@@ -53,7 +53,7 @@ def _adapter_copy(source, target, **changes):
 
 def test_a_new_adapter_loads_beside_the_served_one_only_if_it_fits_and_answers(tiny_model_dir, tiny_adapter_dir,
                                                                               tmp_path):
-    endpoints = LocalEndpoints(tmp_path / "endpoints", startup_timeout_s=120)
+    endpoints = Endpoints(tmp_path / "endpoints", startup_timeout_s=120)
     try:
         first = endpoints.deploy("triage", tiny_model_dir, tiny_adapter_dir, "triage-v1", PROBE)
         client = openai.OpenAI(base_url=first.url, api_key="local", max_retries=0)
@@ -87,13 +87,13 @@ def test_a_new_adapter_loads_beside_the_served_one_only_if_it_fits_and_answers(t
 
 
 def test_a_server_that_cannot_start_never_becomes_an_endpoint(tiny_model_dir, tiny_adapter_dir, tmp_path):
-    endpoints = LocalEndpoints(tmp_path / "endpoints", startup_timeout_s=120)
+    endpoints = Endpoints(tmp_path / "endpoints", startup_timeout_s=120)
     no_weights = _adapter_copy(tiny_adapter_dir, tmp_path / "no-weights", weights=False)
     with pytest.raises(DistilleryError, match="exited with code"):
         endpoints.deploy("billing", tiny_model_dir, no_weights, "billing-v1", PROBE)
     assert endpoints.current("billing") is None and endpoints.all() == []
     with pytest.raises(ValueError, match="unknown serving backend"):
-        LocalEndpoints(tmp_path, backend="triton")
+        Endpoints(tmp_path, backend="triton")
 
 
 def test_adapters_load_and_unload_at_run_time_over_vllms_routes(model_server, tiny_adapter_dir):
@@ -125,7 +125,7 @@ def test_a_killed_server_is_not_reused_and_a_new_one_starts(tiny_model_dir, tiny
     import signal
     import time
 
-    endpoints = LocalEndpoints(tmp_path / "endpoints", startup_timeout_s=120)
+    endpoints = Endpoints(tmp_path / "endpoints", startup_timeout_s=120)
     try:
         first = endpoints.deploy("triage", tiny_model_dir, tiny_adapter_dir, "triage-v1", PROBE)
         os.killpg(first.pid, signal.SIGKILL)

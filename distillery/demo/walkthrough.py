@@ -16,8 +16,9 @@ import openai
 from distillery.capture import WORKLOAD_HEADER, BackgroundGateway, GatewayConfig
 from distillery.demo.standin import STANDIN_MODEL, start_frontier_standin
 from distillery.demo.workload import WORKLOAD, demo_messages, generate_tickets
-from distillery.serving import CANARY, SHADOW, SMALL, LocalEndpoints, RollbackPolicy, RouteStore
+from distillery.serving import CANARY, SHADOW, SMALL, Endpoints, RollbackPolicy, RouteStore
 from distillery.store import LogStore
+from distillery.tasks import DecodingPolicy
 
 
 @contextlib.contextmanager
@@ -90,7 +91,7 @@ def walk_cutover(*, frontier_url: str | None = None, model: str = STANDIN_MODEL,
     small model's server mid-traffic: callers keep getting answers (from the frontier) and the route rolls back.
     The deployed endpoint is started again at the end, and the route left in shadow.
     """
-    routes, endpoints = RouteStore(LogStore().engine), LocalEndpoints()
+    routes, endpoints = RouteStore(LogStore().engine), Endpoints()
     route, endpoint = routes.get(WORKLOAD), endpoints.current(WORKLOAD)
     if route is None or endpoint is None:
         say("no deployed endpoint for the workload (the gate refused it): the cut-over walk is skipped")
@@ -135,8 +136,9 @@ def walk_cutover(*, frontier_url: str | None = None, model: str = STANDIN_MODEL,
                 if event.kind == "rollback":
                     say(f"  rollback recorded: {event.from_mode} -> {event.to_mode} ({event.reason})")
     finally:
-        restarted = endpoints.deploy(WORKLOAD, endpoint.base_model, Path(endpoint.adapter_path), endpoint.model,
-                                     demo_messages("I was charged twice"))
+        adapter = Path(endpoint.adapter_path)
+        restarted = endpoints.deploy(WORKLOAD, endpoint.base_model, adapter, endpoint.model,
+                                     demo_messages("I was charged twice"), DecodingPolicy.load(adapter))
         routes.set(replace(routes.get(WORKLOAD), mode=SHADOW, canary_percent=0.0, small_url=restarted.url),
                    "demo: endpoint restarted after the forced fault")
         say(f"  the endpoint is serving again at {restarted.url}; the route is back in shadow")

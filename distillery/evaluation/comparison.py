@@ -1,10 +1,13 @@
 """The held-out comparison: base, fine-tuned and champion model against the frontier's answers.
 
-Every model answers every test row (batched, greedy; a classification workload's decoding
-is constrained to its label set). Answers are scored with the task's metrics, the headline
-metric gets a bootstrap 95% interval, and the gate (``distillery.evaluation.gate``) decides whether the
-fine-tuned model may replace the champion. Operational figures (latency, tokens, cost) are
-attached by the caller, which knows the logged traffic.
+Every model answers every test row (batched, greedy, decoded under the adapter's decoding
+policy: a label set, a JSON object, or free text). Answers are scored with the task's metrics,
+the headline metric gets a bootstrap 95% interval, and the gate (``distillery.evaluation.gate``)
+decides whether the fine-tuned model may replace the champion. The fine-tuned model is then
+answered once more the way the model server answers it, through the serving engine under
+concurrent callers: its requests/s and per-request latency are what the small model is priced
+from, and its answers must equal the evaluated ones. Costs are attached by the caller, which
+knows the logged traffic.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from distillery.evaluation.gate import ChampionScore, GateDecision, GatePolicy, 
 from distillery.evaluation.judge import JudgeResult
 from distillery.evaluation.metrics import (bootstrap_interval, classification_metrics, extraction_metrics, field_f1,
                                            free_text_metrics, record_match)
-from distillery.serving import Generation, generate, load_model, using_adapter
-from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, agrees
+from distillery.serving import (BatchingEngine, Generation, LoadResult, generate, load_model, serve_under_load,
+                                using_adapter)
+from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, DecodingPolicy, agrees
 
 BASE, CANDIDATE, CHAMPION = "base", "fine-tuned", "champion"
 HEADLINE = {CLASSIFICATION: "accuracy", EXTRACTION: "field_f1", FREE_TEXT: "embedding_similarity"}
@@ -39,10 +43,21 @@ class ModelScore:
     headline_ci95: tuple[float, float]  # bootstrap over the test rows
     agreement: float  # exact match after normalize_answer, on every task
     metrics: dict[str, float]  # the task's metrics
-    latency_ms_p50: float
-    latency_ms_p95: float
-    rows_per_s: float
+    rows_per_s: float  # evaluation's batches (a batch's time is not a request's latency: see ServingFigures)
     completion_tokens_mean: float
+
+
+@dataclass
+class ServingFigures:
+    """The fine-tuned model through the serving engine, ``concurrency`` callers each waiting for its answer."""
+
+    concurrency: int
+    rows: int
+    requests_per_s: float
+    latency_ms_p50: float  # per request, queueing included
+    latency_ms_p95: float
+    answers_match_eval: float  # share of rows whose served answer equals the evaluated answer
+    differences: list[dict] = field(default_factory=list)  # the rows where they differ
 
 
 @dataclass
@@ -58,6 +73,8 @@ class EvalReport:
     classification: dict[str, dict] = field(default_factory=dict)
     judge: JudgeResult | None = None
     operations: CostComparison | None = None
+    serving: ServingFigures | None = None
+    decoding: str = "free"  # the decoding policy's kind: labels, json or free
 
     @property
     def headline_metric(self) -> str:
@@ -88,14 +105,16 @@ class EvalReport:
             f"Held-out test split of `{self.workload}` ({self.task}): {self.rows} rows, each model's answers scored "
             f"against the frontier's. Headline metric: **{metric}** (the frontier scores 1.000 on its own answers).",
             "",
-            f"| model | {metric} | 95% interval | exact agreement | latency p50 (ms) | latency p95 (ms) | rows/s |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            f"Every model decoded under the adapter's decoding policy ({self.decoding}).",
+            "",
+            f"| model | {metric} | 95% interval | exact agreement | rows/s (evaluation batches) |",
+            "|---|---:|---:|---:|---:|",
         ]
         for score in self.scores.values():
             low, high = score.headline_ci95
             name = f"{score.name} (v{self.champion_version})" if score.name == CHAMPION else score.name
             lines.append(f"| {name} | {score.headline:.3f} | {low:.3f}-{high:.3f} | {score.agreement:.1%} | "
-                         f"{score.latency_ms_p50:.0f} | {score.latency_ms_p95:.0f} | {score.rows_per_s:.1f} |")
+                         f"{score.rows_per_s:.1f} |")
         lines += ["", f"**Gate: {'PROMOTE' if self.passed else 'REFUSE'}**", ""]
         lines += [f"- {reason}" for reason in self.gate.reasons] + [""]
         names = list(self.candidate.metrics)
@@ -103,6 +122,12 @@ class EvalReport:
         lines += [f"| {s.name} | " + " | ".join(f"{s.metrics[n]:.3f}" for n in names) + " |"
                   for s in self.scores.values()]
         lines.append("")
+        if self.serving:
+            served = self.serving
+            lines += [f"Served as the model server serves it (the serving engine, {served.concurrency} concurrent "
+                      f"callers, {served.rows} held-out rows): {served.requests_per_s:.2f} requests/s, latency per "
+                      f"request p50 {served.latency_ms_p50:.0f} ms, p95 {served.latency_ms_p95:.0f} ms; served answers "
+                      f"equal the evaluated ones on {served.answers_match_eval:.1%} of the rows.", ""]
         if self.operations:
             lines += _operations_markdown(self.operations)
         if self.judge:
@@ -172,13 +197,11 @@ def score_answers(task: str, references: Sequence[str], answers: Sequence[str]) 
 def _score(name: str, task: str, generations: list[Generation], references: list[str],
            seconds: float) -> tuple[ModelScore, list[float]]:
     answers = [g.text for g in generations]
-    latencies = [g.latency_ms for g in generations]
     headline, ci95, metrics, rows = score_answers(task, references, answers)
     score = ModelScore(
         name=name, headline=headline, headline_ci95=ci95,
         agreement=statistics.fmean(agrees(a, r) for a, r in zip(answers, references)),
         metrics=metrics,
-        latency_ms_p50=percentile(latencies, 50), latency_ms_p95=percentile(latencies, 95),
         rows_per_s=len(references) / seconds if seconds else 0.0,
         completion_tokens_mean=statistics.fmean(g.completion_tokens for g in generations),
     )
@@ -193,6 +216,18 @@ class Outputs:
     references: list[str]
     reference_tokens: list[int]  # the frontier's answers counted with the small model's tokenizer
     generations: dict[str, list[Generation]]
+    served: LoadResult  # the fine-tuned model through the serving engine
+
+
+def serving_figures(served: LoadResult, evaluated: list[Generation], conversations: list[list[dict]],
+                    concurrency: int) -> ServingFigures:
+    latencies = [g.latency_ms for g in served.generations]
+    differences = [{"row": i, "prompt": conversations[i][-1]["content"][:200], "evaluated": e.text, "served": s.text}
+                   for i, (e, s) in enumerate(zip(evaluated, served.generations)) if e.text != s.text]
+    rows = len(served.generations)
+    return ServingFigures(concurrency, rows, served.requests_per_s, percentile(latencies, 50) or 0.0,
+                          percentile(latencies, 95) or 0.0, (rows - len(differences)) / rows if rows else 1.0,
+                          differences)
 
 
 def evaluate(
@@ -208,13 +243,13 @@ def evaluate(
     max_new_tokens: int | None = None,
     examples: int = 8,
     on_progress: Callable[[str], None] | None = None,
-    answers: list[str] | None = None,
+    decoding: DecodingPolicy = DecodingPolicy(),
+    serving_concurrency: int = 16,
     judge: Judge | None = None,
 ) -> tuple[EvalReport, Outputs]:
     """Generate with the base model, the adapter and the champion (``(model version, adapter dir)``) on every
-    test row, score them, and apply the gate.
-
-    ``answers`` (a classification label set) constrains every model's decoding to those strings.
+    test row, each decoded under ``decoding``; score them and apply the gate; then answer the rows again with the
+    adapter through the serving engine from ``serving_concurrency`` concurrent callers.
     """
     if len(test) == 0:
         raise ValueError(f"workload {workload!r}: the test split is empty")
@@ -234,9 +269,18 @@ def evaluate(
             on_progress(f"generating {len(conversations)} answers with the {name} model")
         started = time.perf_counter()
         with using_adapter(model, None if name == BASE else name):
-            outputs[name] = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens, answers=answers,
+            outputs[name] = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens, policy=decoding,
                                      batch_size=batch_size)
         scores[name], row_scores[name] = _score(name, task, outputs[name], references, time.perf_counter() - started)
+    if on_progress:
+        on_progress(f"serving the {len(conversations)} rows to {serving_concurrency} concurrent callers, "
+                    "as the model server answers them")
+    engine = BatchingEngine(model, tokenizer, max_batch=batch_size)
+    try:
+        served = serve_under_load(engine, conversations, concurrency=serving_concurrency, adapter=CANDIDATE,
+                                  policy=decoding, max_new_tokens=max_new_tokens)
+    finally:
+        engine.close()
 
     candidate = scores[CANDIDATE]
     champion_score = ChampionScore(champion[0], scores[CHAMPION].headline) if champion else None
@@ -255,5 +299,6 @@ def evaluate(
         verdicts = judge(conversations, references, [g.text for g in outputs[CANDIDATE]])
     report = EvalReport(workload=workload, task=task, rows=len(references), scores=scores, gate=gate,
                         champion_version=champion[0] if champion else None, examples=samples,
-                        classification=classification, judge=verdicts)
-    return report, Outputs(conversations, references, reference_tokens, outputs)
+                        classification=classification, judge=verdicts, decoding=decoding.kind,
+                        serving=serving_figures(served, outputs[CANDIDATE], conversations, serving_concurrency))
+    return report, Outputs(conversations, references, reference_tokens, outputs, served)

@@ -4,8 +4,9 @@ Frontier: latency and tokens from the logged exchanges; cost from the ``cost_usd
 gateway logged (its price table applied to the provider's usage), else the logged tokens
 priced with a given price, else tokens counted on the prompts and answers (the small model's
 tokenizer: an estimate, and the report says so).
-Small model: a machine at ``usd_per_hour`` serving at the throughput measured by the
-evaluation, so one request costs ``usd_per_hour / 3600 / requests_per_s``.
+Small model: a machine at ``usd_per_hour`` serving at the throughput the serving engine
+delivered to concurrent callers in evaluation (not evaluation's own batches), so one request
+costs ``usd_per_hour / 3600 / requests_per_s``; latency is per request, queueing included.
 Volume: the workload's logged requests per day, scaled to a 30.4-day month, unless a
 monthly volume is given. Payback: the one-off migration cost over the monthly saving.
 """
@@ -120,7 +121,8 @@ def frontier_figures(rows: pd.DataFrame, *, price: Price, estimated_tokens: tupl
 
 
 def small_model_figures(latencies_ms: list[float], prompt_tokens: list[int], completion_tokens: list[int],
-                        requests_per_s: float, *, usd_per_hour: float) -> SideFigures:
+                        requests_per_s: float, *, usd_per_hour: float, concurrency: int) -> SideFigures:
+    """The small model's side from what the serving engine delivered to ``concurrency`` concurrent callers."""
     return SideFigures(
         name="fine-tuned",
         latency_ms_p50=percentile(latencies_ms, 50),
@@ -128,7 +130,8 @@ def small_model_figures(latencies_ms: list[float], prompt_tokens: list[int], com
         prompt_tokens_per_request=statistics.fmean(prompt_tokens) if prompt_tokens else None,
         completion_tokens_per_request=statistics.fmean(completion_tokens) if completion_tokens else None,
         usd_per_1k_requests=usd_per_hour / 3600 / requests_per_s * 1000 if requests_per_s > 0 else None,
-        basis=f"${usd_per_hour:g}/hour serving machine at the {requests_per_s:.2f} requests/s measured in evaluation",
+        basis=f"${usd_per_hour:g}/hour serving machine at the {requests_per_s:.2f} requests/s the serving engine "
+              f"answered {concurrency} concurrent callers with; latency per request",
     )
 
 

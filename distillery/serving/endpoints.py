@@ -1,6 +1,6 @@
 """Model servers on this machine, one per base model, and which workload's adapters each serves.
 
-``LocalEndpoints`` starts a server as a detached process, so an endpoint outlives the Dagster
+``Endpoints`` starts a server as a detached process, so an endpoint outlives the Dagster
 run that deployed it. A new adapter must load and answer a real request before it is recorded
 as the workload's endpoint; if it fails, the endpoint serving now keeps serving.
 """
@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from distillery.errors import DistilleryError
-from distillery.serving.model_server import adapter_mismatch
+from distillery.serving.model_server import BASE_MODEL_NAME, adapter_mismatch
 from distillery.settings import home, validate_workload
+from distillery.tasks import DecodingPolicy
 
 Ready = TypeVar("Ready")
 
@@ -31,65 +32,97 @@ Ready = TypeVar("Ready")
 class Endpoint:
     workload: str
     url: str
-    pid: int
+    pid: int  # 0: a remote server this machine did not start
     model: str
-    adapter_path: str
+    adapter_path: str  # as the server reads it
     base_model: str
     log_path: str
     started_at: str
 
 
-LOCAL, VLLM = "local", "vllm"
+LOCAL, VLLM, REMOTE = "local", "vllm", "remote"
+BACKENDS = (LOCAL, VLLM, REMOTE)
 
 
-class LocalEndpoints:
-    """Model servers on this machine and which workload's adapter each serves (``<state_dir>/<workload>.json``).
+class Endpoints:
+    """Model servers and which workload's adapter each serves (``<state_dir>/<workload>.json``).
 
-    One server per base model serves every workload's adapters on it. ``backend`` says what
-    server starts: ``local`` (``python -m distillery.serving.model_server``: transformers on CPU or GPU) or
-    ``vllm`` (``vllm serve BASE --enable-lora``, with run-time adapter loading). Both speak the
-    same OpenAI API and load adapters through the same ``/v1/load_lora_adapter`` route.
+    One server per base model serves every workload's adapters on it. ``backend`` says which:
+    ``local`` starts ``python -m distillery.serving.model_server`` (transformers, CPU or GPU);
+    ``vllm`` starts vLLM's OpenAI server (``vllm_python -m vllm.entrypoints.openai.api_server``, with
+    run-time adapter loading; ``vllm_args`` adds flags such as ``--dtype float32`` on CPUs);
+    ``remote`` starts nothing and loads adapters into the vLLM server at ``remote_url``, reading them
+    at the path the server sees (``remote_path_map`` rewrites a local path prefix to the server's).
+    All speak the same OpenAI API and load adapters through the same ``/v1/load_lora_adapter`` route.
     """
 
     def __init__(self, state_dir: Path | None = None, host: str = "127.0.0.1", startup_timeout_s: float = 300,
-                 backend: str = LOCAL, max_lora_rank: int = 64):
-        if backend not in (LOCAL, VLLM):
-            raise ValueError(f"unknown serving backend {backend!r}: use {LOCAL!r} or {VLLM!r}")
+                 backend: str = LOCAL, max_lora_rank: int = 64, *, vllm_python: str | None = None,
+                 vllm_args: list[str] | None = None, remote_url: str | None = None,
+                 remote_path_map: dict[str, str] | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown serving backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        if backend == REMOTE and not remote_url:
+            raise ValueError("the remote serving backend needs remote_url, the vLLM server's OpenAI base URL")
         self.state_dir = Path(state_dir) if state_dir else home() / "endpoints"
         self.host = host
         self.startup_timeout_s = startup_timeout_s
         self.backend = backend
-        self.max_lora_rank = max_lora_rank if backend == VLLM else None
+        self.max_lora_rank = max_lora_rank if backend in (VLLM, REMOTE) else None
+        self.vllm_python = vllm_python or sys.executable
+        self.vllm_args = list(vllm_args or [])
+        self.remote_url = remote_url.rstrip("/") if remote_url else None
+        self.remote_path_map = dict(remote_path_map or {})
 
     def deploy(self, workload: str, base_model: str, adapter_dir: Path, model_name: str,
-               probe_messages: list[dict]) -> Endpoint:
-        """Serve ``adapter_dir`` as ``model_name``; it must answer ``probe_messages`` before this returns.
+               probe_messages: list[dict], policy: DecodingPolicy | None = None) -> Endpoint:
+        """Serve ``adapter_dir`` as ``model_name``; it must answer ``probe_messages`` under ``policy`` before this
+        returns.
 
-        When a server for the same base model is running (this workload's or another's), the adapter
-        is loaded into it beside the ones it has (they stay loaded: a route can go back to them at
-        once); otherwise a new server starts, and the workload's old one stops unless another
-        workload still uses it. Either way, if the new adapter does not load or answer, the endpoint
-        serving now is left as it was.
+        When a server for the same base model is running (this workload's or another's, or the remote
+        one), the adapter is loaded into it beside the ones it has (they stay loaded: a route can go
+        back to them at once); otherwise a new server starts, and the workload's old one stops unless
+        another workload still uses it. Either way, if the new adapter does not load or answer, the
+        endpoint serving now is left as it was and the error says why.
         """
         validate_workload(workload)
-        problem = adapter_mismatch(adapter_dir, base_model, max_rank=self.max_lora_rank)
+        # A remote server's model lives at its own path: its base model is checked by vLLM when it loads.
+        problem = adapter_mismatch(adapter_dir, None if self.backend == REMOTE else base_model,
+                                   max_rank=self.max_lora_rank)
         if problem:
             raise DistilleryError(f"workload {workload!r}: refusing to deploy {adapter_dir}: {problem}")
         previous = self.current(workload)
-        shared = next((e for e in self.all() if e.base_model == base_model and _answers(e.url)), None)
+        if self.backend == REMOTE:
+            shared = self._remote_server(base_model)
+        else:
+            shared = next((e for e in self.all() if e.pid and e.base_model == base_model and _answers(e.url)), None)
         if shared:
-            endpoint = self._load_beside(shared, adapter_dir, model_name, probe_messages)
+            endpoint = self._load_beside(shared, self._server_path(adapter_dir), model_name, probe_messages, policy)
             endpoint = replace(endpoint, workload=workload)
         else:
-            endpoint = self._start_server(workload, base_model, adapter_dir, model_name, probe_messages)
+            endpoint = self._start_server(workload, base_model, adapter_dir, model_name, probe_messages, policy)
         self._write_state(endpoint)
-        if previous and previous.pid != endpoint.pid and not any(e.pid == previous.pid for e in self.all()
-                                                                 if e.workload != workload):
+        if previous and previous.pid and previous.pid != endpoint.pid and not any(
+                e.pid == previous.pid for e in self.all() if e.workload != workload):
             _terminate(previous.pid)
         return endpoint
 
+    def _remote_server(self, base_model: str) -> Endpoint:
+        if not _answers(self.remote_url):
+            raise DistilleryError(f"the remote model server at {self.remote_url} does not answer GET /models: "
+                                  "start it, or check ServingResource.remote_url")
+        return Endpoint("", self.remote_url, 0, "", "", base_model, "", dt.datetime.now(dt.timezone.utc).isoformat())
+
+    def _server_path(self, adapter_dir: Path) -> str:
+        """The adapter's path as the model server reads it."""
+        path = str(adapter_dir)
+        for local, remote in self.remote_path_map.items():
+            if path.startswith(local):
+                return remote + path[len(local):]
+        return path
+
     def _start_server(self, workload: str, base_model: str, adapter_dir: Path, model_name: str,
-                      probe_messages: list[dict]) -> Endpoint:
+                      probe_messages: list[dict], policy: DecodingPolicy | None) -> Endpoint:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         ready_file = self.state_dir / f".{workload}-{stamp}.ready"
@@ -98,8 +131,10 @@ class LocalEndpoints:
         env = None
         if self.backend == VLLM:
             port = _free_port(self.host)
-            command = ["vllm", "serve", base_model, "--enable-lora", "--max-lora-rank", str(self.max_lora_rank),
-                       "--host", self.host, "--port", str(port), "--lora-modules", f"{model_name}={adapter_dir}"]
+            command = [self.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", base_model,
+                       "--served-model-name", BASE_MODEL_NAME, "--enable-lora",
+                       "--max-lora-rank", str(self.max_lora_rank), "--host", self.host, "--port", str(port),
+                       "--lora-modules", f"{model_name}={adapter_dir}", *self.vllm_args]
             env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
         else:
             command = [sys.executable, "-m", "distillery.serving.model_server", "--base-model", base_model,
@@ -114,7 +149,7 @@ class LocalEndpoints:
             else:
                 bound = self._wait_until_ready(process, log_path, lambda: _read_ready_file(ready_file), poll_s=0.2)
                 url = f"http://{self.host}:{bound}/v1"
-            _probe(url, model_name, probe_messages)
+            _probe(url, model_name, probe_messages, policy)
         except BaseException:
             _terminate(process.pid)
             raise
@@ -123,25 +158,39 @@ class LocalEndpoints:
         return Endpoint(workload, url, process.pid, model_name, str(adapter_dir), base_model, str(log_path),
                         dt.datetime.now(dt.timezone.utc).isoformat())
 
-    def _load_beside(self, running: Endpoint, adapter_dir: Path, model_name: str, probe_messages: list[dict]) -> Endpoint:
+    def _load_beside(self, running: Endpoint, adapter_path: str, model_name: str, probe_messages: list[dict],
+                     policy: DecodingPolicy | None) -> Endpoint:
         if model_name not in _served_models(running.url):
             status, text = _post_json(f"{running.url}/load_lora_adapter",
-                                      {"lora_name": model_name, "lora_path": str(adapter_dir)})
+                                      {"lora_name": model_name, "lora_path": adapter_path})
             if status != 200:
-                raise DistilleryError(f"the model server at {running.url} refused adapter {adapter_dir}: {text[:500]}")
+                raise DistilleryError(f"the model server at {running.url} refused adapter {adapter_path} "
+                                      f"(HTTP {status}): {text[:500]}")
         try:
-            _probe(running.url, model_name, probe_messages)
+            _probe(running.url, model_name, probe_messages, policy)
         except BaseException:
             _post_json(f"{running.url}/unload_lora_adapter", {"lora_name": model_name})
             raise
-        return replace(running, model=model_name, adapter_path=str(adapter_dir))
+        return replace(running, model=model_name, adapter_path=adapter_path)
+
+    def unload(self, workload: str, model_name: str) -> None:
+        """Take an adapter version off the workload's server; the version the workload serves now stays."""
+        endpoint = self.current(workload)
+        if endpoint is None:
+            raise DistilleryError(f"no endpoint is serving workload {workload!r}")
+        if model_name == endpoint.model:
+            raise DistilleryError(f"{model_name!r} is the version {workload!r} serves now: deploy another first")
+        status, text = _post_json(f"{endpoint.url}/unload_lora_adapter", {"lora_name": model_name})
+        if status != 200:
+            raise DistilleryError(f"the model server at {endpoint.url} did not unload {model_name!r} "
+                                  f"(HTTP {status}): {text[:500]}")
 
     def current(self, workload: str) -> Endpoint | None:
         state = self.state_dir / f"{validate_workload(workload)}.json"
         if not state.exists():
             return None
         endpoint = Endpoint(**json.loads(state.read_text()))
-        return endpoint if _alive(endpoint.pid) else None
+        return endpoint if (_alive(endpoint.pid) if endpoint.pid else _answers(endpoint.url)) else None
 
     def all(self) -> list[Endpoint]:
         if not self.state_dir.exists():
@@ -150,10 +199,13 @@ class LocalEndpoints:
         return [e for e in found if e]
 
     def stop(self, workload: str) -> bool:
-        """Stop serving the workload; its server process stops unless another workload's adapter is on it."""
+        """Stop serving the workload. A server this machine started stops unless another workload's adapter is on
+        it; on a remote server the workload's adapter is unloaded."""
         endpoint = self.current(workload)
         (self.state_dir / f"{workload}.json").unlink(missing_ok=True)
-        if endpoint and not any(e.pid == endpoint.pid for e in self.all()):
+        if endpoint and not endpoint.pid:
+            _post_json(f"{endpoint.url}/unload_lora_adapter", {"lora_name": endpoint.model})
+        elif endpoint and not any(e.pid == endpoint.pid for e in self.all()):
             _terminate(endpoint.pid)
         return endpoint is not None
 
@@ -214,14 +266,25 @@ def _post_json(url: str, body: dict, timeout_s: float = 300) -> tuple[int, str]:
         return exc.code, exc.read().decode(errors="replace")
 
 
-def _probe(url: str, model: str, messages: list[dict]) -> None:
-    """A real chat request: the endpoint counts as healthy only if it answers it."""
+def _probe(url: str, model: str, messages: list[dict], policy: DecodingPolicy | None) -> None:
+    """A real chat request under the workload's decoding policy: the endpoint counts as healthy only if it answers
+    it with an answer the policy allows."""
     import openai
 
+    policy = policy or DecodingPolicy()
+    constraint = policy.structured_outputs()
     client = openai.OpenAI(base_url=url, api_key="local", timeout=120, max_retries=0)
-    response = client.chat.completions.create(model=model, messages=messages, max_tokens=32)
-    if not (response.choices and response.choices[0].message.content):
+    try:
+        response = client.chat.completions.create(model=model, messages=messages, max_tokens=64,
+                                                  extra_body={"structured_outputs": constraint} if constraint else None)
+    except openai.APIError as exc:
+        raise DistilleryError(f"model server at {url} failed the health-check request to {model!r}: {exc}") from exc
+    text = response.choices[0].message.content if response.choices else None
+    if not text:
         raise DistilleryError(f"model server at {url} returned an empty answer to the health-check request")
+    if not policy.valid_answer(text):
+        raise DistilleryError(f"model server at {url} answered the health-check request outside the workload's "
+                              f"{policy.kind} policy: {text[:200]!r}")
 
 
 def _alive(pid: int) -> bool:

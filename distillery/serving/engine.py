@@ -1,8 +1,21 @@
-"""Greedy generation for chat conversations, batched, with or without a LoRA adapter."""
+"""The inference engine behind evaluation and the local model server: greedy, batched, decoded by policy.
+
+``generate`` answers a list of conversations in batches of similar length. The workload's
+``DecodingPolicy`` decides the decoding: a label set is decoded through ``AnswerTrie`` (the
+prompt prefix every row shares computed once per batch, a row done as soon as one label is
+left), a JSON object through an llguidance grammar (the workload's schema when it has one),
+free text unconstrained. ``BatchingEngine`` serves concurrent requests with the same
+``generate``: requests that arrive together run as one batch, so the server answers what
+evaluation scored.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +23,8 @@ from typing import Iterator
 
 import torch
 
-from distillery.models import load_tokenizer
+from distillery.models import answer_token_ids, load_tokenizer
+from distillery.tasks import DecodingPolicy
 
 
 @dataclass
@@ -19,7 +33,7 @@ class Generation:
     completion_tokens: int
     prompt_tokens: int
     finish_reason: str
-    latency_ms: float  # wall time of the batch the request was in: what its caller waited
+    latency_ms: float  # generate: the wall time of the row's batch; BatchingEngine: from submit to answer
 
 
 def load_model(base_model: str, adapters: dict[str, Path] | None = None):
@@ -63,9 +77,7 @@ class AnswerTrie:
     only end-of-turn. The model then always produces one of the answers, exactly spelled.
     """
 
-    def __init__(self, tokenizer, answers: list[str]):
-        from distillery.models import answer_token_ids
-
+    def __init__(self, tokenizer, answers: tuple[str, ...]):
         self._children: dict[tuple[int, ...], set[int]] = {}
         # prefix -> the one answer's full token ids, for prefixes only one answer starts with
         self._unique: dict[tuple[int, ...], list[int]] = {}
@@ -175,16 +187,65 @@ def _constrained_batch(model, suffixes: list[list[int]], prefix: _SharedPrefix, 
     return [answer if answer is not None else tokens for answer, tokens in zip(answers, generated)]
 
 
+@functools.lru_cache(maxsize=64)
+def _answer_trie(tokenizer, labels: tuple[str, ...]) -> AnswerTrie:
+    return AnswerTrie(tokenizer, labels)
+
+
+@functools.lru_cache(maxsize=8)
+def _grammar_tokenizer(tokenizer):
+    import llguidance.hf
+
+    return llguidance.hf.from_tokenizer(tokenizer)
+
+
+@functools.lru_cache(maxsize=64)
+def _json_grammar(json_schema: str | None) -> str:
+    import llguidance
+
+    return llguidance.LLMatcher.grammar_from_json_schema(json_schema or '{"type": "object"}')
+
+
+class _GrammarConstraint:
+    """A ``generate`` logits processor that allows only tokens continuing a JSON text the grammar accepts, per row.
+
+    llguidance (also one of vLLM's structured-output backends) keeps one matcher per row and writes
+    the allowed tokens into a bitmask; rows that have finished are left alone.
+    """
+
+    def __init__(self, tokenizer, json_schema: str | None, rows: int, prompt_width: int):
+        import llguidance
+        import llguidance.torch
+
+        grammar_tokenizer = _grammar_tokenizer(tokenizer)
+        grammar = _json_grammar(json_schema)
+        self._matchers = [llguidance.LLMatcher(grammar_tokenizer, grammar) for _ in range(rows)]
+        self._bitmask = llguidance.torch.allocate_token_bitmask(rows, grammar_tokenizer.vocab_size)
+        self._prompt_width = prompt_width
+        self._fill, self._apply = llguidance.torch.fill_next_token_bitmask, llguidance.torch.apply_token_bitmask_inplace
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for row, matcher in enumerate(self._matchers):
+            if input_ids.shape[1] > self._prompt_width and not matcher.is_stopped():
+                matcher.consume_token(int(input_ids[row, -1]))
+            self._fill(matcher, self._bitmask, row)
+        self._apply(scores, self._bitmask.to(scores.device))
+        return scores
+
+
 @torch.no_grad()
 def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 32,
-             batch_size: int = 16, answers: list[str] | None = None) -> list[Generation]:
-    """Greedy answers, in the order of ``conversations``.
+             batch_size: int = 16, policy: DecodingPolicy | None = None) -> list[Generation]:
+    """Greedy answers, in the order of ``conversations``, decoded as ``policy`` says (free text without one).
 
     Batches are formed from prompts of similar length (sorted, then restored), so little compute
-    goes into padding. With ``answers`` (a label set) decoding is constrained to exactly those strings.
+    goes into padding.
     """
+    from transformers import LogitsProcessorList
+
+    policy = policy or DecodingPolicy()
     stop_ids = [tokenizer.eos_token_id]
-    trie = AnswerTrie(tokenizer, answers) if answers else None
+    trie = _answer_trie(tokenizer, policy.labels) if policy.labels else None
     prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     token_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     lengths = [len(ids) for ids in token_ids]
@@ -202,9 +263,13 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
         else:
             encoded = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
                                 add_special_tokens=False).to(model.device)
+            width = encoded["input_ids"].shape[1]
+            constraint = ([_GrammarConstraint(tokenizer, policy.json_schema, len(rows), width)]
+                          if policy.json_object else [])
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids)
-            outputs = [row[encoded["input_ids"].shape[1]:].tolist() for row in output]
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids,
+                                    logits_processor=LogitsProcessorList(constraint))
+            outputs = [row[width:].tolist() for row in output]
         latency_ms = (time.perf_counter() - began) * 1000
         for i, new in zip(rows, outputs):
             new, stopped = _stop_at(new, stop_ids)
@@ -216,3 +281,125 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
                 latency_ms=latency_ms,
             )
     return results
+
+
+@dataclass
+class _Request:
+    conversation: list[dict]
+    adapter: str | None
+    policy: DecodingPolicy
+    max_new_tokens: int
+    submitted: float
+    future: concurrent.futures.Future
+
+
+class BatchingEngine:
+    """Concurrent requests to one model, answered in micro-batches by ``generate``.
+
+    A batch closes when ``max_batch`` requests are waiting, when no new one has arrived for
+    ``quiet_ms``, or ``max_wait_ms`` after its first request, whichever comes first; it then runs as one
+    ``generate`` call per (adapter, policy, max tokens) among its requests. A request's latency runs
+    from ``submit`` to its answer, queueing included. Changing the model (loading or unloading an
+    adapter) happens inside ``exclusive()``, between batches. A batch that fails fails its requests
+    with that error; the engine keeps serving.
+    """
+
+    def __init__(self, model, tokenizer, *, max_batch: int = 32, quiet_ms: float = 5.0, max_wait_ms: float = 50.0):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch, self.quiet_s, self.max_wait_s = max_batch, quiet_ms / 1000, max_wait_ms / 1000
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._model_lock = threading.Lock()
+        self._worker = threading.Thread(target=self._serve, name="batching-engine", daemon=True)
+        self._worker.start()
+
+    def submit(self, conversation: list[dict], *, adapter: str | None, policy: DecodingPolicy | None = None,
+               max_new_tokens: int = 64) -> concurrent.futures.Future:
+        """A future of the ``Generation`` for ``conversation`` with ``adapter`` (None: the base model)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put(_Request(conversation, adapter, policy or DecodingPolicy(), max_new_tokens,
+                                 time.perf_counter(), future))
+        return future
+
+    def answer(self, conversation: list[dict], **options) -> Generation:
+        return self.submit(conversation, **options).result()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the model between batches, to change it."""
+        with self._model_lock:
+            yield
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._worker.join(timeout=60)
+
+    def _next_batch(self) -> list[_Request] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        deadline = first.submitted + self.max_wait_s
+        while len(batch) < self.max_batch:
+            wait = min(self.quiet_s, deadline - time.perf_counter())
+            try:
+                request = self._queue.get(timeout=max(wait, 0)) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if request is None:
+                self._queue.put(None)
+                break
+            batch.append(request)
+        return batch
+
+    def _serve(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            groups: dict[tuple, list[_Request]] = {}
+            for request in batch:
+                groups.setdefault((request.adapter, request.policy, request.max_new_tokens), []).append(request)
+            for (adapter, policy, max_new_tokens), requests in groups.items():
+                try:
+                    with self._model_lock, using_adapter(self.model, adapter):
+                        generations = generate(self.model, self.tokenizer, [r.conversation for r in requests],
+                                               max_new_tokens=max_new_tokens, batch_size=len(requests), policy=policy)
+                except Exception as exc:  # noqa: BLE001 - the callers get the error; the engine serves on
+                    for request in requests:
+                        request.future.set_exception(exc)
+                    continue
+                done = time.perf_counter()
+                for request, generation in zip(requests, generations):
+                    generation.latency_ms = (done - request.submitted) * 1000
+                    request.future.set_result(generation)
+
+
+@dataclass
+class LoadResult:
+    """Answers and timings of ``conversations`` sent by ``concurrency`` callers, each waiting for its answer."""
+
+    generations: list[Generation]
+    seconds: float
+
+    @property
+    def requests_per_s(self) -> float:
+        return len(self.generations) / self.seconds if self.seconds else 0.0
+
+
+def serve_under_load(engine: BatchingEngine, conversations: list[list[dict]], *, concurrency: int,
+                     **options) -> LoadResult:
+    """Every conversation through ``engine`` from ``concurrency`` callers at once: what the server delivers."""
+    generations: list[Generation | None] = [None] * len(conversations)
+    pending = iter(range(len(conversations)))
+    lock = threading.Lock()
+
+    def caller() -> None:
+        while True:
+            with lock:
+                index = next(pending, None)
+            if index is None:
+                return
+            generations[index] = engine.answer(conversations[index], **options)
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        for running in [pool.submit(caller) for _ in range(concurrency)]:
+            running.result()
+    return LoadResult(generations, time.perf_counter() - started)

@@ -2,7 +2,7 @@
 
 It answers chat completions with the base model or any loaded adapter, chosen by the
 request's ``model`` field, and loads and unloads adapters at run time through vLLM's routes,
-so the deploy step drives it and vLLM the same way. ``LocalEndpoints`` starts it as
+so the deploy step drives it and vLLM the same way. ``Endpoints`` starts it as
 ``python -m distillery.serving.model_server``.
 """
 
@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from distillery.serving.openai_http import Completion, OpenAIServer, RequestError
+from distillery.tasks import POLICY_FILE, DecodingPolicy
 
 BASE_MODEL_NAME = "base"
 DEFAULT_MAX_TOKENS = 64
 
 
-def adapter_mismatch(adapter_dir: Path, base_model: str, module_names: set[str] | None = None,
+def adapter_mismatch(adapter_dir: Path, base_model: str | None, module_names: set[str] | None = None,
                      max_rank: int | None = None) -> str | None:
-    """Why a LoRA adapter cannot be served on ``base_model`` (None: it can).
+    """Why a LoRA adapter cannot be served on ``base_model`` (None: it can; a None base model is not checked).
 
     Checked before any route may point at it: the base model it was trained on, its rank
     against the server's limit (vLLM's ``--max-lora-rank``), and that every module it adapts
@@ -35,7 +36,8 @@ def adapter_mismatch(adapter_dir: Path, base_model: str, module_names: set[str] 
     except (OSError, json.JSONDecodeError) as exc:
         return f"no readable adapter_config.json in {adapter_dir}: {exc}"
     trained_on = config.get("base_model_name_or_path")
-    if trained_on and os.path.realpath(trained_on) != os.path.realpath(base_model) and trained_on != base_model:
+    if base_model and trained_on and os.path.realpath(trained_on) != os.path.realpath(base_model) \
+            and trained_on != base_model:
         return f"adapter was trained on {trained_on!r}, the server serves {base_model!r}"
     rank = int(config.get("r") or 0)
     if max_rank is not None and rank > max_rank:
@@ -50,26 +52,31 @@ def adapter_mismatch(adapter_dir: Path, base_model: str, module_names: set[str] 
 
 
 class ModelServer:
-    """A base model with any number of LoRA adapters; adapters load and unload while it serves.
+    """A base model with any number of LoRA adapters, answering through one ``BatchingEngine``.
 
-    The load/unload routes are vLLM's (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``),
-    so the deploy step drives this server and vLLM the same way.
+    Adapters load and unload while it serves, through vLLM's routes (``/v1/load_lora_adapter``,
+    ``/v1/unload_lora_adapter``), so the deploy step drives this server and vLLM the same way. Each
+    adapter is answered under its decoding policy (``decoding_policy.json`` beside its weights, the
+    one its evaluation used) unless a request names one in vLLM's ``structured_outputs`` or OpenAI's
+    ``response_format``.
     """
 
-    def __init__(self, base_model: str, adapters: dict[str, Path]):
-        from distillery.serving.engine import load_model
+    def __init__(self, base_model: str, adapters: dict[str, Path], *, max_batch: int = 32):
+        from distillery.serving.engine import BatchingEngine, load_model
 
         self.base_model = base_model
         self.adapters = dict(adapters)
-        self.model, self.tokenizer = load_model(base_model, self.adapters)
-        self.module_names = {name.rsplit(".", 1)[-1] for name, _ in self.model.named_modules()}
+        self.policies = {name: DecodingPolicy.load(path) for name, path in self.adapters.items()}
+        model, tokenizer = load_model(base_model, self.adapters)
+        self.engine = BatchingEngine(model, tokenizer, max_batch=max_batch)
+        self.module_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         self.default_model = next(iter(self.adapters), BASE_MODEL_NAME)
-        self._lock = threading.Lock()  # one generation at a time; the adapter switch is global state
 
     def models(self) -> list[str]:
         return [*self.adapters, BASE_MODEL_NAME]
 
     def load_adapter(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Load an adapter beside the others; a failed load leaves the server as it was (400 with the reason)."""
         from peft import PeftModel
 
         name, path = body.get("lora_name"), body.get("lora_path")
@@ -80,27 +87,35 @@ class ModelServer:
         problem = adapter_mismatch(Path(path), self.base_model, self.module_names)
         if problem:
             raise RequestError(400, problem, "adapter_mismatch")
-        with self._lock:
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(path, adapter_name=name)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
-            self.model.eval()
-            self.adapters[name] = Path(path)
+        try:
+            policy = DecodingPolicy.load(Path(path))
+        except (ValueError, KeyError) as exc:
+            raise RequestError(400, f"unreadable {POLICY_FILE} in {path}: {exc}", "adapter_mismatch") from exc
+        engine = self.engine
+        with engine.exclusive():
+            try:
+                if isinstance(engine.model, PeftModel):
+                    engine.model.load_adapter(path, adapter_name=name)
+                else:
+                    engine.model = PeftModel.from_pretrained(engine.model, path, adapter_name=name)
+            except Exception as exc:  # noqa: BLE001 - unreadable or corrupt weights: refuse, keep serving
+                if isinstance(engine.model, PeftModel) and name in engine.model.peft_config:
+                    engine.model.delete_adapter(name)
+                raise RequestError(400, f"adapter {path} did not load: {exc}", "adapter_load_failed") from exc
+            engine.model.eval()
+            self.adapters[name], self.policies[name] = Path(path), policy
         return {"status": "ok", "loaded": name, "models": self.models()}
 
     def unload_adapter(self, body: dict[str, Any]) -> dict[str, Any]:
         name = body.get("lora_name")
         if name not in self.adapters:
             raise RequestError(404, f"no adapter {name!r} is loaded", "model_not_found")
-        with self._lock:
-            self.model.delete_adapter(name)
-            del self.adapters[name]
+        with self.engine.exclusive():
+            self.engine.model.delete_adapter(name)
+            del self.adapters[name], self.policies[name]
         return {"status": "ok", "unloaded": name, "models": self.models()}
 
     def chat(self, body: dict[str, Any]) -> Completion:
-        from distillery.serving.engine import generate, using_adapter
-
         name = body.get("model") or self.default_model
         if name not in self.models():
             raise RequestError(404, f"model {name!r} is not served here; available: {self.models()}", "model_not_found")
@@ -108,9 +123,25 @@ class ModelServer:
                           DEFAULT_MAX_TOKENS)
         if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
             raise RequestError(400, "'max_tokens' must be an integer between 1 and 4096")
-        with self._lock, using_adapter(self.model, None if name == BASE_MODEL_NAME else name):
-            [result] = generate(self.model, self.tokenizer, [body["messages"]], max_new_tokens=max_tokens)
+        adapter = None if name == BASE_MODEL_NAME else name
+        result = self.engine.answer(body["messages"], adapter=adapter, policy=self._policy(body, adapter),
+                                    max_new_tokens=max_tokens)
         return Completion(result.text, name, result.prompt_tokens, result.completion_tokens, result.finish_reason)
+
+    def _policy(self, body: dict[str, Any], adapter: str | None) -> DecodingPolicy:
+        """The request's own constraint (vLLM's ``structured_outputs``, OpenAI's ``response_format``), else the
+        adapter's recorded policy, else free text."""
+        try:
+            if body.get("structured_outputs") is not None:
+                return DecodingPolicy.from_structured_outputs(body["structured_outputs"])
+            response_format = body.get("response_format") or {}
+            if response_format.get("type") == "json_schema":
+                return DecodingPolicy.from_structured_outputs({"json": response_format["json_schema"]["schema"]})
+            if response_format.get("type") == "json_object":
+                return DecodingPolicy(json_object=True)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise RequestError(400, f"unsupported decoding constraint: {exc}") from exc
+        return (self.policies.get(adapter) if adapter else None) or DecodingPolicy()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,9 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--ready-file", help="written with the bound port once the model is loaded")
+    parser.add_argument("--max-batch", type=int, default=32, help="requests answered together at most")
     args = parser.parse_args(argv)
     adapters = dict(spec.split("=", 1) for spec in args.adapter)
-    model_server = ModelServer(args.base_model, {name: Path(path) for name, path in adapters.items()})
+    model_server = ModelServer(args.base_model, {name: Path(path) for name, path in adapters.items()},
+                               max_batch=args.max_batch)
     http = OpenAIServer((args.host, args.port), model_server.chat, model_server.models,
                         {"/v1/load_lora_adapter": model_server.load_adapter,
                          "/v1/unload_lora_adapter": model_server.unload_adapter})

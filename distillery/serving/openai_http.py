@@ -87,6 +87,7 @@ class OpenAIServer(ThreadingHTTPServer):
     """Serves ``chat`` (request body -> Completion) under the OpenAI routes."""
 
     daemon_threads = True
+    request_queue_size = 256  # listen backlog: concurrent callers connect at once (the default 5 drops them)
 
     def __init__(self, address: tuple[str, int], chat: ChatHandler, models: Callable[[], list[str]],
                  admin: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import sqlalchemy as sa
 
 from distillery.store import RouteEventRow, RouteRow
-from distillery.tasks import normalize_answer, parse_record
+from distillery.tasks import DecodingPolicy
 
 FRONTIER, SHADOW, CANARY, SMALL = "frontier", "shadow", "canary", "small"
 MODES = (FRONTIER, SHADOW, CANARY, SMALL)
@@ -43,8 +43,8 @@ class Route:
     canary_percent: float = 0.0
     small_url: str | None = None  # OpenAI base URL of the small-model server
     small_model: str | None = None  # the model name to ask it for (the workload's adapter)
-    labels: tuple[str, ...] = ()  # classification: the only valid answers
-    json_answers: bool = False  # extraction: a valid answer is a JSON object
+    # How the small model decodes (sent with every call to it) and so what a valid answer is.
+    policy: DecodingPolicy = DecodingPolicy()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -55,17 +55,15 @@ class Route:
             raise ValueError(f"route {self.mode!r} for {self.workload!r} needs the small model's URL and name: "
                              "deploy the workload first (deployed_endpoint) or pass --url and --model")
 
-    @functools.cached_property
-    def _normalized_labels(self) -> frozenset[str]:
-        return frozenset(normalize_answer(label) for label in self.labels)
-
     def valid_answer(self, text: str) -> bool:
-        # On the gateway's request path: the label set is normalized once per route, not per answer.
-        if self.labels:
-            return normalize_answer(text) in self._normalized_labels
-        if self.json_answers:
-            return parse_record(text) is not None
-        return True
+        return self.policy.valid_answer(text)
+
+    @functools.cached_property
+    def small_model_request(self) -> dict:
+        """What the gateway sets in a call's body for the small model: its name, and the policy as vLLM's
+        ``structured_outputs`` (computed once per route; a caller's own ``response_format`` is replaced by it)."""
+        constraint = self.policy.structured_outputs()
+        return {"model": self.small_model, **({"structured_outputs": constraint} if constraint else {})}
 
     @property
     def label(self) -> str:
@@ -117,9 +115,9 @@ class RouteStore:
     def set(self, route: Route, reason: str, kind: str = "set") -> Route:
         """Store ``route`` and record the change; returns the route it replaced's successor (``route``)."""
         now = dt.datetime.now(dt.timezone.utc)
-        check = {"labels": list(route.labels)} if route.labels else {"json": True} if route.json_answers else None
         values = {"mode": route.mode, "canary_percent": route.canary_percent, "small_url": route.small_url,
-                  "small_model": route.small_model, "answer_check": check, "updated_at": now}
+                  "small_model": route.small_model, "decoding_policy": route.policy.structured_outputs(),
+                  "updated_at": now}
         with self.engine.begin() as conn:
             before = conn.execute(sa.select(RouteRow).where(RouteRow.workload == route.workload)).first()
             if before:
@@ -141,9 +139,8 @@ class RouteStore:
 
 
 def _route(row) -> Route:
-    check = row.answer_check or {}
     return Route(row.workload, row.mode, row.canary_percent, row.small_url, row.small_model,
-                 tuple(check.get("labels", ())), bool(check.get("json")))
+                 DecodingPolicy.from_structured_outputs(row.decoding_policy))
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ class RouteRow(Base):
     canary_percent: Mapped[float] = mapped_column(sa.Float)
     small_url: Mapped[str | None] = mapped_column(sa.String(500))
     small_model: Mapped[str | None] = mapped_column(sa.String(200))
-    answer_check: Mapped[dict | None] = mapped_column(sa.JSON)
+    decoding_policy: Mapped[dict | None] = mapped_column(sa.JSON)  # vLLM's structured_outputs; NULL: free text
     updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
 
 

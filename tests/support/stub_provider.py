@@ -2,7 +2,7 @@
 
 The requested ``model`` picks the behaviour: ``fail-500`` answers 500, ``slow`` waits
 ``slow_seconds`` first, anything else answers ``answer`` ("ok"; streamed when asked). The last
-Authorization header seen is kept, to check what the gateway forwards.
+Authorization header and request body seen are kept, to check what the gateway forwards.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class StubUpstream:
         self.fail_every = fail_every  # also fail every Nth call of any model, for benchmarks
         self.calls = 0
         self.last_authorization: str | None = None
+        self.last_body: dict | None = None
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -39,7 +40,7 @@ class StubUpstream:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1
         self.last_authorization = request.headers.get("Authorization")
-        body = await request.json()
+        body = self.last_body = await request.json()
         model = body.get("model", "stub")
         if model == "fail-500" or (self.fail_every and self.calls % self.fail_every == 0):
             return web.json_response({"error": {"message": "stub upstream failure", "type": "server_error",

@@ -400,7 +400,8 @@ class Gateway:
 
     async def _ask_small_model(self, route: Route, body: dict) -> tuple[bytes, dict, str]:
         """The small model's raw answer, parsed, and its text; raises on any failure (the caller falls back)."""
-        raw = orjson.dumps({**body, "model": route.small_model})
+        # The route's decoding policy replaces whatever output format the caller asked the frontier for.
+        raw = orjson.dumps({**{k: v for k, v in body.items() if k != "response_format"}, **route.small_model_request})
         answer = await asyncio.wait_for(
             self._small_pool(route.small_url).post("/chat/completions", raw, {"Content-Type": "application/json"}),
             self.config.small_timeout_s)
