@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from distillery.evaluation import classification_metrics  # noqa: E402
 from distillery.models import load_tokenizer, resolve_base_model  # noqa: E402
 from distillery.serving import generate, load_model  # noqa: E402
+from distillery.tasks import DecodingPolicy  # noqa: E402
 from distillery.training import TrainingConfig, train_lora  # noqa: E402
 from distillery.training.trainer import build_lora_model, render_example  # noqa: E402
 
@@ -134,7 +135,7 @@ def main() -> None:
             model = model.to("cuda")
         began = time.perf_counter()
         generations = generate(model, tokenizer, [conversation(t) for t in test["text"]], max_new_tokens=24,
-                               batch_size=64, answers=labels)
+                               batch_size=64, policy=DecodingPolicy(labels=tuple(labels)))
         eval_seconds = time.perf_counter() - began
     metrics = classification_metrics(list(test["category"]), [g.text for g in generations])
     print(json.dumps({

@@ -31,6 +31,7 @@ from banking77 import DATA, conversation  # noqa: E402
 
 from distillery.models import resolve_base_model  # noqa: E402
 from distillery.serving import AnswerTrie, generate, load_model  # noqa: E402
+from distillery.tasks import DecodingPolicy  # noqa: E402
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ def main() -> None:
     if torch.cuda.is_available():
         model = model.to("cuda")
     labels = None if args.free else json.loads((DATA / "categories.json").read_text())
-    trie = AnswerTrie(tokenizer, labels) if labels else None
+    trie = AnswerTrie(tokenizer, tuple(labels)) if labels else None
 
     sample = conversations[: args.sequential_rows]
     began = time.perf_counter()
@@ -70,7 +71,7 @@ def main() -> None:
 
     began = time.perf_counter()
     generations = generate(model, tokenizer, conversations, max_new_tokens=args.max_new_tokens,
-                           batch_size=args.batch_size, answers=labels)
+                           batch_size=args.batch_size, policy=DecodingPolicy(labels=tuple(labels or ())))
     seconds = time.perf_counter() - began
     print(json.dumps({
         "rows": len(generations),

@@ -158,6 +158,21 @@ def endpoints_stop(workload: str) -> None:
     typer.echo(f"stopped {workload}" if stopped else f"no endpoint is running for {workload}")
 
 
+@endpoints_app.command("unload")
+def endpoints_unload(workload: str,
+                     version: str = typer.Argument(..., help="Its served name, e.g. support-triage-v1.")) -> None:
+    """Take an old adapter version off the workload's model server (the version it serves now stays)."""
+    from distillery.errors import DistilleryError
+    from distillery.serving import Endpoints
+
+    try:
+        Endpoints().unload(workload, version)
+    except DistilleryError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"unloaded {version}")
+
+
 @app.command()
 def gateway(
     config: Optional[Path] = typer.Option(None, help="Gateway TOML file (see gateway.example.toml)."),
