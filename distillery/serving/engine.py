@@ -138,30 +138,64 @@ class _SharedPrefix:
 
 
 @torch.no_grad()
-def _constrained_batch(model, suffixes: list[list[int]], prefix: _SharedPrefix, pad_id: int, trie: AnswerTrie,
+def _packed_prefill(model, suffixes: list[list[int]], prefix: _SharedPrefix):
+    """Run every suffix after the shared prefix as one packed sequence, without padding.
+
+    Rows of different lengths padded to the longest spend their padding's compute: micro-batches of 16
+    random held-out demo prompts ran at 10.4-12.5 rows/s padded and 12.6-13.6 packed, against 13.9-14.8
+    for evaluation's length-sorted batches of 32 (2-core machine, interleaved runs). Packed, each token
+    attends to the prefix and to its own
+    row's earlier tokens (a block-diagonal causal mask). Returns each row's next-token logits and the state
+    decoding continues from: the cache rebuilt per row, left-padded, with its attention mask and positions.
+    """
+    from transformers import DynamicCache
+
+    device, rows, shared = model.device, len(suffixes), prefix.length
+    lengths = torch.tensor([len(s) for s in suffixes], device=device)
+    ends = lengths.cumsum(0)
+    starts, total, width = ends - lengths, int(ends[-1]), int(lengths.max())
+    row_of = torch.repeat_interleave(torch.arange(rows, device=device), lengths)
+    offsets = torch.arange(total, device=device) - starts[row_of]
+    own_row = (row_of[:, None] == row_of[None, :]) & torch.ones(total, total, dtype=torch.bool, device=device).tril()
+    mask = torch.cat([own_row.new_ones((total, shared)), own_row], dim=1)[None, None]
+    cache = prefix.cache_for(model, 1)
+    logits = model(input_ids=torch.tensor([[t for s in suffixes for t in s]], device=device), attention_mask=mask,
+                   position_ids=(shared + offsets)[None], past_key_values=cache, use_cache=True,
+                   logits_to_keep=ends - 1).logits[0]
+    if rows == 1:  # already the layout decoding continues from
+        return logits, cache, lengths.new_ones((1, shared + total)), shared + lengths
+    pad = width - lengths
+    # Row r's tokens sit at [shared + starts[r], shared + ends[r]); left-padded, row r's slot k holds token
+    # k - pad[r] of its row (slots before pad[r] are masked out).
+    slot = torch.arange(width, device=device)[None, :] - pad[:, None]
+    gather = (shared + starts[:, None] + slot.clamp(min=0)).reshape(-1)
+    unpacked = DynamicCache(config=model.config)
+    for index, layer in enumerate(cache.layers):
+        keys, values = (t[0].index_select(1, gather).unflatten(1, (rows, width)).transpose(0, 1)
+                        for t in (layer.keys, layer.values))
+        unpacked.update(torch.cat([layer.keys[:, :, :shared].expand(rows, -1, -1, -1), keys], dim=2),
+                        torch.cat([layer.values[:, :, :shared].expand(rows, -1, -1, -1), values], dim=2), index)
+    attention_mask = torch.cat([lengths.new_ones((rows, shared)), (slot >= 0).long()], dim=1)
+    return logits, unpacked, attention_mask, shared + lengths
+
+
+@torch.no_grad()
+def _constrained_batch(model, suffixes: list[list[int]], prefix: _SharedPrefix, trie: AnswerTrie,
                        max_new_tokens: int) -> list[list[int]]:
     """Greedy decoding restricted to ``trie``'s answers for one batch of prompts (``prefix`` + each suffix).
 
     Faster than ``generate`` with a prefix function for the same answers: the shared prompt
-    prefix is computed once per call, a row stops as soon as only one answer can follow what it
-    has produced (the rest of the label is known without running the model), and finished rows
-    leave the batch, so later steps run on fewer rows. Suffixes are left-padded after the prefix;
-    the padding is masked out and positions skip it.
+    prefix is computed once per call, the suffixes run packed (``_packed_prefill``), a row stops as
+    soon as only one answer can follow what it has produced (the rest of the label is known without
+    running the model), and finished rows leave the batch, so later steps run on fewer rows.
     """
-    rows, width, device = len(suffixes), max(len(s) for s in suffixes), model.device
+    rows, device = len(suffixes), model.device
     generated: list[list[int]] = [[] for _ in range(rows)]
     answers: list[list[int] | None] = [trie.completion([])] * rows
     active = [r for r in range(rows) if answers[r] is None]
     if not active:
         return answers  # type: ignore[return-value]
-    input_ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in suffixes], device=device)
-    suffix_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=device)
-    attention_mask = torch.cat([suffix_mask.new_ones((rows, prefix.length)), suffix_mask], dim=1)
-    positions = (prefix.length + suffix_mask.cumsum(-1) - 1).clamp(min=0)
-    cache = prefix.cache_for(model, rows)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-    next_position = positions[:, -1] + 1
+    logits, cache, attention_mask, next_position = _packed_prefill(model, suffixes, prefix)
     for _ in range(max_new_tokens):
         tokens, still = [], []
         for j, r in enumerate(active):
@@ -259,8 +293,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
         rows = order[start : start + batch_size]
         began = time.perf_counter()
         if trie:
-            outputs = _constrained_batch(model, [token_ids[i][shared:] for i in rows], prefix, tokenizer.pad_token_id,
-                                         trie, max_new_tokens)
+            outputs = _constrained_batch(model, [token_ids[i][shared:] for i in rows], prefix, trie, max_new_tokens)
         else:
             encoded = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
                                 add_special_tokens=False).to(model.device)
