@@ -151,6 +151,9 @@ def main() -> None:
     evaluated, first_eval = evaluate_rows()
     eval_rates = [first_eval]
 
+    # vLLM on CPUs: a fixed KV cache (GiB) instead of a share of the machine's memory, which it refuses to start
+    # without when this process already holds a model.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     env = {**os.environ, "DISTILLERY_HOME": str(workdir), "PYTHONPATH": str(ROOT)}
     endpoints = Endpoints(workdir / "endpoints", backend=args.backend, max_lora_rank=64,

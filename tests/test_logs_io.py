@@ -7,9 +7,10 @@ from typer.testing import CliRunner
 from distillery.capture import export_finetune_jsonl, import_logs
 from distillery.cli import app
 from distillery.curation import infer_task
+from distillery.serving import RouteStore
 from distillery.store import LogStore
 from distillery.store.migrations import current_revision, upgrade
-from distillery.tasks import EXTRACTION
+from distillery.tasks import EXTRACTION, DecodingPolicy
 
 
 @pytest.fixture
@@ -86,6 +87,25 @@ def test_rows_from_revision_0001_survive_the_upgrade_to_head(tmp_path):
     old = store.read("old").iloc[0]
     assert store.workloads() == {"old": 1} and old["uid"] is None and old["served_by"] is None
     assert len(store.read("old", frontier_only=True)) == 1  # rows from before routing were the frontier's
+
+
+def test_routes_from_revision_0003_keep_their_answer_rule_as_a_decoding_policy(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(engine, "0003")
+    with engine.begin() as conn:
+        for workload, check in (("triage", '{"labels": ["billing", "shipping"]}'), ("invoices", '{"json": true}'),
+                                ("notes", None)):
+            conn.execute(sa.text("INSERT INTO routes (workload, mode, canary_percent, small_url, small_model, "
+                                 "answer_check, updated_at) VALUES (:w, 'shadow', 0, 'http://x/v1', 'm', :c, "
+                                 "'2026-11-01 00:00:00')"), {"w": workload, "c": check})
+    store = LogStore(f"sqlite:///{tmp_path / 'old.db'}")
+    store.upgrade()
+    routes = RouteStore(store.engine)
+    assert routes.get("triage").policy == DecodingPolicy(labels=("billing", "shipping"))
+    assert routes.get("invoices").policy == DecodingPolicy(json_object=True)
+    assert routes.get("notes").policy == DecodingPolicy()
+    assert routes.get("triage").small_model_request == {"model": "m", "structured_outputs": {"choice": ["billing",
+                                                                                                      "shipping"]}}
 
 
 def test_cli_manages_keys_and_imports(distillery_home, tmp_path):

@@ -4,6 +4,7 @@ import datetime
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import openai
@@ -14,6 +15,7 @@ from assets import (LIFECYCLE_ASSETS, deployed_endpoint, eval_report, live_monit
 from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic, walk_cutover
 from distillery.serving import Endpoints, RouteStore
 from distillery.store import LogStore
+from distillery.tasks import POLICY_FILE
 from distillery.training import CHALLENGER, CHAMPION, Tracker, registered_model_name
 from pipelines.automation import new_workloads, nightly_retrain
 from pipelines.definitions import defs
@@ -147,6 +149,18 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert {m.id for m in client.models.list()} >= {f"{WORKLOAD}-v1", f"{WORKLOAD}-v2"}
     assert routes.get(WORKLOAD).small_model == f"{WORKLOAD}-v2"
     assert len(Endpoints().all()) == 1
+    # The report priced the small model from the serving engine, whose answers were the evaluated ones.
+    assert rescored["decoding_policy"] == "labels" and rescored["served_answers_match_eval"] == 1.0
+    assert rescored["served_requests_per_s"] > 0 and rescored["served_latency_ms_p50"] > 0
+
+    # An adapter without its recorded decoding policy is never deployed: nothing says how to serve it.
+    policy_file = Path(redeployed["adapter_path"]) / POLICY_FILE
+    recorded = policy_file.read_text()
+    policy_file.unlink()
+    missing = _materialize([deployed_endpoint], instance, resources)
+    assert not missing.success and f"no {POLICY_FILE} beside its weights" in _failure_message(missing)
+    assert routes.get(WORKLOAD).small_model == f"{WORKLOAD}-v2"  # the route did not move
+    policy_file.write_text(recorded)
 
     # The demo's cut-over walk through a live gateway. The tiny model's answers are not queue names, so each
     # small-model answer is invalid: the caller gets the frontier's, and the route rolls back.
