@@ -1,6 +1,6 @@
 """Dagster assets of the workload lifecycle: thin wrappers over ``distillery.lifecycle``."""
 
-from assets.curated_dataset import curated_dataset
+from assets.curated_dataset import curated_dataset, label_balance_check
 from assets.deployed_endpoint import deployed_endpoint
 from assets.eval_report import eval_report
 from assets.live_monitoring import live_monitoring
@@ -11,6 +11,6 @@ from assets.raw_llm_logs import raw_llm_logs
 LIFECYCLE_ASSETS = [raw_llm_logs, curated_dataset, lora_adapter, eval_report, deployed_endpoint]
 
 __all__ = [
-    "LIFECYCLE_ASSETS", "curated_dataset", "deployed_endpoint", "eval_report", "live_monitoring", "lora_adapter",
-    "raw_llm_logs", "workload_partitions",
+    "LIFECYCLE_ASSETS", "curated_dataset", "deployed_endpoint", "eval_report", "label_balance_check", "live_monitoring",
+    "lora_adapter", "raw_llm_logs", "workload_partitions",
 ]

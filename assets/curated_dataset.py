@@ -6,8 +6,9 @@ from pydantic import Field
 from assets.errors import user_errors_as_failures
 from assets.partitions import workload_partitions
 from assets.raw_llm_logs import raw_llm_logs
-from distillery.curation import checks
-from distillery.lifecycle import build_curated_dataset
+from assets.upstream import recorded_version
+from distillery.curation import label_balance
+from distillery.lifecycle import CURATED, build_curated_dataset
 from distillery.models import load_tokenizer
 from resources import ArtifactsResource, TrainerResource
 
@@ -34,8 +35,7 @@ class CurationConfig(dg.Config):
 @dg.asset(
     partitions_def=workload_partitions, deps=[raw_llm_logs], kinds={"huggingface", "pandas"}, group_name="lifecycle",
     check_specs=[dg.AssetCheckSpec(name, asset="curated_dataset", description=text, blocking=True)
-                 for name, text in BLOCKING_CHECKS.items()]
-    + [dg.AssetCheckSpec("label_balance", asset="curated_dataset", description="Warns on heavy label imbalance.")],
+                 for name, text in BLOCKING_CHECKS.items()],
 )
 def curated_dataset(
     context: dg.AssetExecutionContext, config: CurationConfig, artifacts: ArtifactsResource,
@@ -49,25 +49,13 @@ def curated_dataset(
             validation_fraction=config.validation_fraction, test_fraction=config.test_fraction,
             min_rows=config.min_rows, task=config.task, labels=config.labels or None,
             json_schema=json.loads(config.json_schema) if config.json_schema else None, scrub_pii=config.scrub_pii,
-            max_tokens=config.max_tokens,
+            max_tokens=config.max_tokens, min_train_rows=config.min_train_rows,
             count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+            raw_version=recorded_version(context, raw_llm_logs),
         )
-    dataset, report, artifact = curated.dataset, curated.report, curated.artifact
-    outcomes = {
-        "enough_rows": checks.enough_rows(dataset, config.min_train_rows),
-        "no_pii_in_train": checks.no_pii_in_train(dataset),
-        "no_test_leakage": checks.no_test_leakage(dataset),
-        "label_balance": checks.label_balance(report.label_counts),
-    }
-    check_results = [
-        dg.AssetCheckResult(
-            check_name=name, passed=outcome.passed, description=outcome.description,
-            metadata={k: dg.MetadataValue.json(v) if isinstance(v, (list, dict)) else v
-                      for k, v in outcome.details.items()},
-            severity=dg.AssetCheckSeverity.WARN if name == "label_balance" else dg.AssetCheckSeverity.ERROR,
-        )
-        for name, outcome in outcomes.items()
-    ]
+    report, artifact = curated.report, curated.artifact
+    check_results = [_check_result(name, outcome, dg.AssetCheckSeverity.ERROR)
+                     for name, outcome in curated.checks.items()]
     return dg.MaterializeResult(
         metadata={
             "task": report.task,
@@ -82,4 +70,28 @@ def curated_dataset(
             "path": dg.MetadataValue.path(str(artifact.path)),
         },
         check_results=check_results,
+        data_version=dg.DataVersion(artifact.version),
     )
+
+
+def _check_result(name: str, outcome, severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=name, passed=outcome.passed, description=outcome.description, severity=severity,
+        metadata={key: dg.MetadataValue.json(value) if isinstance(value, (list, dict)) else value
+                  for key, value in outcome.details.items()},
+    )
+
+
+class LabelBalanceConfig(dg.Config):
+    max_ratio: float = Field(default=10.0, description="Largest/smallest label count above which the check warns.")
+
+
+@dg.asset_check(asset=curated_dataset, name="label_balance", partitions_def=workload_partitions,
+                description="Warns on heavy label imbalance in the version Dagster recorded; rerun it alone with "
+                "another max_ratio.")
+def label_balance_check(context: dg.AssetCheckExecutionContext, config: LabelBalanceConfig,
+                        artifacts: ArtifactsResource) -> dg.AssetCheckResult:
+    version = recorded_version(context, curated_dataset)
+    manifest = artifacts.open().get(context.partition_key, CURATED, version).manifest
+    outcome = label_balance(manifest["label_counts"], config.max_ratio)
+    return _check_result("label_balance", outcome, dg.AssetCheckSeverity.WARN)

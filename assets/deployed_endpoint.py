@@ -2,7 +2,9 @@ import dagster as dg
 
 from assets.errors import user_errors_as_failures
 from assets.eval_report import eval_report
+from assets.lora_adapter import lora_adapter
 from assets.partitions import workload_partitions
+from assets.upstream import recorded_version
 from distillery.lifecycle import deploy_adapter
 from distillery.serving import RouteStore
 from resources import ArtifactsResource, LogStoreResource, MlflowResource, ServingResource
@@ -18,7 +20,9 @@ def deployed_endpoint(
     model for the workload (in shadow when it was on the frontier), only if its report passed."""
     with user_errors_as_failures():
         summary = deploy_adapter(artifacts.open(), mlflow.open(), serving.open(), context.partition_key,
-                                 RouteStore(log_store.open().engine))
+                                 RouteStore(log_store.open().engine),
+                                 adapter_version=recorded_version(context, lora_adapter),
+                                 report_version=recorded_version(context, eval_report))
     endpoint = summary.endpoint
     if not summary.promoted:
         context.log.warning(f"not promoted: {summary.reason}; the current endpoint (if any) keeps serving")

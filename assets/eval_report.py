@@ -4,6 +4,7 @@ from pydantic import Field
 from assets.errors import user_errors_as_failures
 from assets.lora_adapter import lora_adapter
 from assets.partitions import workload_partitions
+from assets.upstream import recorded_version
 from distillery.evaluation import CostSettings, GatePolicy, Price
 from distillery.lifecycle import evaluate_adapter
 from resources import ArtifactsResource, JudgeResource, MlflowResource
@@ -47,6 +48,7 @@ def eval_report(
             artifacts.open(), mlflow.open(), context.partition_key,
             policy=GatePolicy(config.max_gap_to_frontier_points / 100), costs=costs, batch_size=config.batch_size,
             serving_concurrency=config.serving_concurrency, judge=judge.open(), on_progress=context.log.info,
+            adapter_version=recorded_version(context, lora_adapter),
         )
     candidate = report.candidate
     plots = {f"plot_{png.stem}": dg.MetadataValue.path(str(png)) for png in sorted(artifact.path.glob("plots/*.png"))}
@@ -82,4 +84,5 @@ def eval_report(
             metadata={"reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in report.gate.reasons)),
                       report.headline_metric: candidate.headline},
         )],
+        data_version=dg.DataVersion(artifact.version),
     )

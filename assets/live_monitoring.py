@@ -3,7 +3,9 @@ from pydantic import Field
 
 from assets.deployed_endpoint import deployed_endpoint
 from assets.errors import user_errors_as_failures
+from assets.eval_report import eval_report
 from assets.partitions import workload_partitions
+from assets.upstream import recorded_version
 from distillery.lifecycle import monitor_live_traffic
 from distillery.monitoring import MonitoringPolicy
 from resources import ArtifactsResource, LogStoreResource
@@ -35,7 +37,8 @@ def live_monitoring(context: dg.AssetExecutionContext, config: MonitoringConfig,
     policy = MonitoringPolicy(config.min_shadow_agreement, config.max_psi, config.max_label_shift,
                               config.max_invalid_rate, config.retrain_after_rows)
     with user_errors_as_failures():
-        summary = monitor_live_traffic(log_store.open(), artifacts.open(), context.partition_key, policy)
+        summary = monitor_live_traffic(log_store.open(), artifacts.open(), context.partition_key, policy,
+                                       report_version=recorded_version(context, eval_report))
     report = summary.report
     events = "\n".join(f"- {e.created_at:%Y-%m-%d %H:%M:%S} {e.kind}: {e.from_mode or '-'} -> {e.to_mode} ({e.reason})"
                        for e in summary.route_events) or "none"

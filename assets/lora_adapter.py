@@ -4,6 +4,7 @@ from pydantic import Field
 from assets.curated_dataset import curated_dataset
 from assets.errors import user_errors_as_failures
 from assets.partitions import workload_partitions
+from assets.upstream import recorded_version
 from distillery.models import resolve_base_model
 from distillery.training import TrainingConfig
 from resources import ArtifactsResource, MlflowResource, TrainerResource, TrainingLauncherResource
@@ -57,6 +58,7 @@ def lora_adapter(
     tracker = mlflow.open()
     return training_launcher.launch(context, extras={
         "workload": context.partition_key,
+        "dataset_version": recorded_version(context, curated_dataset),
         "config": training,
         "base_model": base_model,
         "torch_threads": trainer.torch_threads,

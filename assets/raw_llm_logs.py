@@ -22,5 +22,6 @@ def raw_llm_logs(
             "time_range": f"{summary.first_at} .. {summary.last_at}",
             "version": summary.artifact.version,
             "path": dg.MetadataValue.path(str(summary.artifact.path)),
-        }
+        },
+        data_version=dg.DataVersion(summary.artifact.version),
     )

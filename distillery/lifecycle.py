@@ -1,8 +1,9 @@
-"""The five lifecycle steps of a workload, each reading the previous step's latest artifact.
+"""The five lifecycle steps of a workload, each reading a version of the previous step's artifact.
 
-Every step publishes through ``ArtifactStore.publish``, so a step that fails leaves the
-previous version in place as the latest. Each function returns a summary the Dagster
-asset turns into metadata; nothing here knows about Dagster.
+A step reads the upstream version it is given (the one Dagster recorded for the upstream asset),
+else the latest, and refuses a version whose blocking checks failed. Every step publishes through
+``ArtifactStore.publish``, so a step that fails leaves the previous version in place. Each function
+returns a summary the Dagster asset turns into metadata; nothing here knows about Dagster.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from distillery.tasks import POLICY_FILE, DecodingPolicy
 from distillery.training import CHALLENGER, CHAMPION, Tracker, registered_model_name
 
 RAW, CURATED, ADAPTER, REPORT = "raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report"
+DEPLOYED = "deployed_endpoint"
 
 Progress = Callable[[str], None]
 
@@ -64,33 +66,50 @@ def snapshot_raw_logs(store: LogStore, artifacts: ArtifactStore, workload: str) 
     return RawLogsSummary(artifacts.latest(workload, RAW), len(rows), ok, len(rows) - ok, **span)
 
 
+def _upstream(artifacts: ArtifactStore, workload: str, stage: str, version: str | None, needed_by: str) -> Artifact:
+    """The upstream artifact a step reads: ``version`` when given, else the latest; never one that failed a
+    blocking check."""
+    artifact = (artifacts.get(workload, stage, version) if version
+                else artifacts.latest(workload, stage, needed_by=needed_by))
+    for name, check in artifact.manifest.get("blocking_checks", {}).items():
+        if not check["passed"]:
+            raise DistilleryError(
+                f"workload {workload!r}: {stage} version {artifact.version} failed its blocking check {name} "
+                f"({check['description']}), so {needed_by} refuses it: fix the cause and rematerialize {stage}")
+    return artifact
+
+
 @dataclass
 class CuratedSummary:
     artifact: Artifact
     dataset: DatasetDict
     report: curation.CurationReport
     data_card: str  # Markdown
+    checks: dict[str, curation.CheckOutcome]
 
 
 def build_curated_dataset(artifacts: ArtifactStore, workload: str, *, seed: int, validation_fraction: float,
-                          test_fraction: float, min_rows: int, task: str = "auto", labels: list[str] | None = None,
-                          json_schema: dict | None = None, scrub_pii: bool = True, max_tokens: int | None = None,
-                          count_tokens: Callable[[str], int] | None = None) -> CuratedSummary:
-    """Curate the latest snapshot and publish the dataset with its data card."""
-    raw = artifacts.latest(workload, RAW, needed_by=CURATED)
+                          test_fraction: float, min_rows: int, min_train_rows: int, task: str = "auto",
+                          labels: list[str] | None = None, json_schema: dict | None = None, scrub_pii: bool = True,
+                          max_tokens: int | None = None, count_tokens: Callable[[str], int] | None = None,
+                          raw_version: str | None = None) -> CuratedSummary:
+    """Curate a snapshot and publish the dataset with its data card and its checks' outcomes."""
+    raw = _upstream(artifacts, workload, RAW, raw_version, CURATED)
     rows = load_snapshot(raw.path / "rows.parquet")
     dataset, report = curation.curate(rows, workload, seed=seed, validation_fraction=validation_fraction,
                                       test_fraction=test_fraction, min_rows=min_rows, task=task, labels=labels,
                                       json_schema=json_schema, scrub_pii=scrub_pii, max_tokens=max_tokens,
                                       count_tokens=count_tokens)
     card = curation.data_card(workload, report, dataset)
+    checks = curation.blocking_checks(dataset, min_train_rows)
     summary = {k: v for k, v in report.as_dict().items() if k != "log_ids"}
-    manifest = {"raw_version": raw.version, **summary, "json_schema": json_schema}
+    recorded = {name: {"passed": c.passed, "description": c.description} for name, c in checks.items()}
+    manifest = {"raw_version": raw.version, **summary, "json_schema": json_schema, "blocking_checks": recorded}
     with artifacts.publish(workload, CURATED, manifest) as folder:
         dataset.save_to_disk(str(folder / "dataset"))
         (folder / "log_ids.json").write_text(json.dumps(report.log_ids))
         (folder / "data_card.md").write_text(card)
-    return CuratedSummary(artifacts.latest(workload, CURATED), dataset, report, card)
+    return CuratedSummary(artifacts.latest(workload, CURATED), dataset, report, card, checks)
 
 
 @dataclass
@@ -120,13 +139,14 @@ def _adapter_policy(adapter: Artifact) -> DecodingPolicy:
 def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, base_model: str,
                   config: training.TrainingConfig, run_tags: dict[str, str],
                   on_step: training.StepCallback | None = None,
-                  log: Callable[[str], None] = lambda message: None) -> AdapterSummary:
+                  log: Callable[[str], None] = lambda message: None,
+                  dataset_version: str | None = None) -> AdapterSummary:
     """Train on the latest curated dataset; record the run and a new model version in MLflow.
 
     A crashed training of the same dataset version resumes from its last checkpoint (kept
     under the artifact root until the run finishes); the new MLflow run says so in its tags.
     """
-    curated = artifacts.latest(workload, CURATED, needed_by=ADAPTER)
+    curated = _upstream(artifacts, workload, CURATED, dataset_version, ADAPTER)
     dataset = load_from_disk(str(curated.path / "dataset"))
     source = curated.manifest
     tags = {
@@ -188,13 +208,13 @@ def _champion_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str,
 
 def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, *, policy: GatePolicy,
                      costs: CostSettings = CostSettings(), batch_size: int, serving_concurrency: int = 16,
-                     judge: evaluation.Judge | None = None,
-                     on_progress: Progress = _quiet) -> tuple[Artifact, evaluation.EvalReport]:
+                     judge: evaluation.Judge | None = None, on_progress: Progress = _quiet,
+                     adapter_version: str | None = None) -> tuple[Artifact, evaluation.EvalReport]:
     """Score the latest adapter, its base model and the champion on the held-out split it was never trained on,
     each decoded under the adapter's decoding policy; measure the adapter as the serving engine answers it under
     ``serving_concurrency`` concurrent callers; cost both sides from the logged traffic; record the gate's decision.
     """
-    adapter = artifacts.latest(workload, ADAPTER, needed_by=REPORT)
+    adapter = _upstream(artifacts, workload, ADAPTER, adapter_version, REPORT)
     trained = adapter.manifest
     curated = artifacts.get(workload, CURATED, trained["dataset_version"])
     test = load_from_disk(str(curated.path / "dataset"))["test"]
@@ -260,19 +280,20 @@ class DeploySummary:
 
 
 def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: Endpoints, workload: str,
-                   routes: RouteStore | None = None) -> DeploySummary:
+                   routes: RouteStore | None = None, *, adapter_version: str | None = None,
+                   report_version: str | None = None) -> DeploySummary:
     """Serve the latest adapter and make it champion, if and only if its report passed.
 
     With ``routes``, the workload's gateway route points at the new endpoint: a workload still
     on the frontier starts in shadow; one already further along keeps its mode.
     """
-    adapter = artifacts.latest(workload, ADAPTER, needed_by="deployed_endpoint")
-    report = artifacts.latest(workload, REPORT, needed_by="deployed_endpoint")
+    adapter = _upstream(artifacts, workload, ADAPTER, adapter_version, DEPLOYED)
+    report = _upstream(artifacts, workload, REPORT, report_version, DEPLOYED)
     verdict = report.manifest
     if verdict["adapter_version"] != adapter.version:
         raise DistilleryError(
-            f"workload {workload!r}: the latest eval_report scored adapter {verdict['adapter_version']}, "
-            f"not the latest lora_adapter {adapter.version}: materialize eval_report before deploying"
+            f"workload {workload!r}: eval_report {report.version} scored adapter {verdict['adapter_version']}, "
+            f"not lora_adapter {adapter.version}: materialize eval_report before deploying"
         )
     reason = json.loads((report.path / "report.json").read_text())["verdict"]
     version = adapter.manifest["model_version"]
@@ -311,9 +332,10 @@ class LiveSummary:
 
 
 def monitor_live_traffic(store: LogStore, artifacts: ArtifactStore, workload: str,
-                         policy: monitoring.MonitoringPolicy = monitoring.MonitoringPolicy()) -> LiveSummary:
+                         policy: monitoring.MonitoringPolicy = monitoring.MonitoringPolicy(),
+                         report_version: str | None = None) -> LiveSummary:
     """The deployed model's live figures against the data it was trained on, and whether to retrain."""
-    report_artifact = artifacts.latest(workload, REPORT, needed_by=LIVE)
+    report_artifact = _upstream(artifacts, workload, REPORT, report_version, LIVE)
     adapter = artifacts.get(workload, ADAPTER, report_artifact.manifest["adapter_version"])
     curated = artifacts.get(workload, CURATED, adapter.manifest["dataset_version"])
     train = load_from_disk(str(curated.path / "dataset"))["train"]

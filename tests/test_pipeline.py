@@ -2,6 +2,7 @@
 
 import datetime
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,8 @@ import dagster as dg
 import openai
 import pytest
 
-from assets import (LIFECYCLE_ASSETS, deployed_endpoint, eval_report, live_monitoring, lora_adapter, raw_llm_logs,
-                    workload_partitions)
+from assets import (LIFECYCLE_ASSETS, curated_dataset, deployed_endpoint, eval_report, label_balance_check,
+                    live_monitoring, lora_adapter, raw_llm_logs, workload_partitions)
 from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic, walk_cutover
 from distillery.serving import Endpoints, RouteStore
 from distillery.store import LogStore
@@ -238,25 +239,64 @@ def test_definitions_load_with_the_lifecycle_and_monitoring_in_one_graph():
     assert defs.resolve_job_def("live_monitoring_job").partitions_def == workload_partitions
 
 
-def test_a_failed_blocking_check_stops_training(resources, instance):
+def _worker_error(instance, run_id: str) -> str:
+    """The error a Pipes worker ended with, as Dagster recorded it."""
+    [closed] = [entry.dagster_event for entry in instance.all_logs(run_id)
+                if entry.dagster_event and "closed with exception" in (entry.dagster_event.message or "")]
+    return closed.event_specific_data.error.message
+
+
+def test_a_failed_blocking_check_stops_training_in_the_same_run_and_alone(resources, instance):
     _capture_demo_traffic(40)
     run_config = {"ops": {"curated_dataset": {"config": {"min_train_rows": 1000}}, **FAST_TRAINING}}
-    result = _materialize(LIFECYCLE_ASSETS[:3], instance, resources, run_config=run_config)
+    result = _materialize([*LIFECYCLE_ASSETS[:3], label_balance_check], instance, resources, run_config=run_config)
     assert not result.success
     checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
               for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
-    assert checks == {"enough_rows": False, "no_pii_in_train": True, "no_test_leakage": True, "label_balance": True}
+    assert checks == {"enough_rows": False, "no_pii_in_train": True, "no_test_leakage": True}
+    # A failed blocking check fails the step, so nothing downstream of it runs, not even the label_balance check.
     assert not result.asset_materializations_for_node(lora_adapter.op.name)
+    rejected = _metadata(result, curated_dataset)["version"]
+
+    # Alone, outside the run that held the check, training refuses the version too, naming the check.
+    alone = _materialize([lora_adapter], instance, resources, run_config={"ops": FAST_TRAINING})
+    assert not alone.success
+    refusal = _worker_error(instance, alone.run_id)
+    assert f"curated_dataset version {rejected} failed its blocking check enough_rows" in refusal
     assert ArtifactsResource().open().versions(WORKLOAD, "lora_adapter") == []
+
+    # A version that passes is what Dagster records; training reads that one, not the latest folder.
+    passing = _materialize([curated_dataset], instance, resources)
+    accepted = _metadata(passing, curated_dataset)["version"]
+    store = ArtifactsResource().open()
+    with store.publish(WORKLOAD, "curated_dataset", store.get(WORKLOAD, "curated_dataset", rejected).manifest):
+        pass  # a newer folder, written outside Dagster
+    assert store.latest(WORKLOAD, "curated_dataset").version not in (accepted, rejected)
+    trained = _materialize([lora_adapter], instance, resources, run_config={"ops": FAST_TRAINING})
+    assert trained.success
+    assert store.latest(WORKLOAD, "lora_adapter").manifest["dataset_version"] == accepted
+
+    # The non-blocking check reruns alone on the recorded version, with its own threshold.
+    strict = {"ops": {label_balance_check.node_def.name: {"config": {"max_ratio": 1.0}}}}
+    rerun = defs.resolve_job_def("workload_lifecycle").execute_in_process(
+        op_selection=[label_balance_check.node_def.name], partition_key=WORKLOAD, instance=instance, run_config=strict)
+    [evaluation] = rerun.get_asset_check_evaluations()
+    assert rerun.success and not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert "largest/smallest label ratio" in evaluation.description
 
 
 def test_training_errors_reach_dagster_from_the_worker_and_bad_configs_never_start_one(resources, instance):
-    # No curated dataset yet: the Pipes worker fails and its message is the step's failure.
+    # No curated dataset recorded yet: the asset stops before any worker starts.
+    result = _materialize([lora_adapter], instance, resources, run_config={"ops": FAST_TRAINING})
+    assert "curated_dataset has no materialization for 'support-triage' yet" in _failure_message(result)
+    # A recorded version that is gone from the artifact store: the worker's error is the step's failure.
+    _capture_demo_traffic(40)
+    curated = _materialize([raw_llm_logs, curated_dataset], instance, resources)
+    version = _metadata(curated, curated_dataset)["version"]
+    shutil.rmtree(ArtifactsResource().open().get(WORKLOAD, "curated_dataset", version).path)
     result = _materialize([lora_adapter], instance, resources, run_config={"ops": FAST_TRAINING})
     assert not result.success
-    [closed] = [entry.dagster_event for entry in instance.all_logs(result.run_id)
-                if entry.dagster_event and "closed with exception" in (entry.dagster_event.message or "")]
-    assert "has no curated_dataset yet: materialize curated_dataset" in closed.event_specific_data.error.message
+    assert f"has no curated_dataset version {version!r}" in _worker_error(instance, result.run_id)
     bad = {"ops": {"lora_adapter": {"config": {"lr_schedule": "warm"}}}}
     result = _materialize([lora_adapter], instance, resources, run_config=bad)
     assert "lr_schedule must be one of" in _failure_message(result)

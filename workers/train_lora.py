@@ -5,8 +5,9 @@ node (``resources/training_launcher.py``); the same command runs in both:
 
     python -m workers.train_lora
 
-It reads its inputs from the Pipes extras (workload, training config, base model, artifact
-root, MLflow URIs, run tags), trains through ``distillery.lifecycle.train_adapter``, streams
+It reads its inputs from the Pipes extras (workload, the curated dataset version Dagster
+recorded, training config, base model, artifact root, MLflow URIs, run tags), trains
+through ``distillery.lifecycle.train_adapter``, streams
 progress as Pipes log lines, and reports the materialization's metadata back. A user error
 (``DistilleryError``) ends it with that message, which Dagster shows as the asset's failure.
 """
@@ -34,7 +35,7 @@ def run(pipes: PipesContext) -> None:
     summary = train_adapter(
         ArtifactStore(extras["artifacts_root"]), Tracker(extras["tracking_uri"], extras["mlflow_artifact_root"]),
         workload, extras["base_model"], TrainingConfig(**extras["config"]), run_tags=extras["run_tags"],
-        on_step=progress, log=pipes.log.info,
+        on_step=progress, log=pipes.log.info, dataset_version=extras["dataset_version"],
     )
     result = summary.result
     pipes.report_asset_materialization(metadata={
@@ -53,7 +54,7 @@ def run(pipes: PipesContext) -> None:
         "peak_gpu_memory_mb": round(result.peak_memory_mb),
         "version": summary.artifact.version,
         "path": {"raw_value": str(summary.artifact.path), "type": "path"},
-    })
+    }, data_version=summary.artifact.version)
 
 
 def main() -> None:

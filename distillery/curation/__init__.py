@@ -9,6 +9,7 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
     "dataset": ["curate", "data_card", "infer_task", "leaked_test_rows", "CurationReport", "LEAKAGE_THRESHOLD"],
-    "checks": ["CheckOutcome", "enough_rows", "no_pii_in_train", "no_test_leakage", "label_balance"],
+    "checks": ["CheckOutcome", "blocking_checks", "enough_rows", "no_pii_in_train", "no_test_leakage",
+               "label_balance"],
     "pii": ["scrub", "find_pii"],
 })

@@ -1,4 +1,8 @@
-"""Checks on a curated dataset that decide whether training may use it (framework-free)."""
+"""Checks on a curated dataset that decide whether training may use it (framework-free).
+
+A blocking check that fails makes the dataset version unusable: it is recorded with the version,
+and training refuses that version whoever asks for it.
+"""
 
 from __future__ import annotations
 
@@ -46,3 +50,9 @@ def label_balance(label_counts: dict[str, int], max_ratio: float = 10.0) -> Chec
     ratio = most / least
     return CheckOutcome(ratio <= max_ratio, f"largest/smallest label ratio {ratio:.1f} (warn above {max_ratio:g})",
                         {"ratio": round(ratio, 2)})
+
+
+def blocking_checks(dataset: DatasetDict, min_train_rows: int) -> dict[str, CheckOutcome]:
+    """The checks a dataset version must pass before anything trains on it."""
+    return {"enough_rows": enough_rows(dataset, min_train_rows), "no_pii_in_train": no_pii_in_train(dataset),
+            "no_test_leakage": no_test_leakage(dataset)}
