@@ -3,6 +3,7 @@ import json
 import dagster as dg
 from pydantic import Field
 
+from assets.conditions import follow_upstream
 from assets.errors import user_errors_as_failures
 from assets.partitions import workload_partitions
 from assets.raw_llm_logs import raw_llm_logs
@@ -34,8 +35,10 @@ class CurationConfig(dg.Config):
 
 @dg.asset(
     partitions_def=workload_partitions, deps=[raw_llm_logs], kinds={"huggingface", "pandas"}, group_name="lifecycle",
-    check_specs=[dg.AssetCheckSpec(name, asset="curated_dataset", description=text, blocking=True)
+    check_specs=[dg.AssetCheckSpec(name, asset="curated_dataset", description=text, blocking=True,
+                                   automation_condition=follow_upstream, partitions_def=workload_partitions)
                  for name, text in BLOCKING_CHECKS.items()],
+    automation_condition=follow_upstream, pool="cpu",
 )
 def curated_dataset(
     context: dg.AssetExecutionContext, config: CurationConfig, artifacts: ArtifactsResource,
@@ -88,7 +91,7 @@ class LabelBalanceConfig(dg.Config):
 
 @dg.asset_check(asset=curated_dataset, name="label_balance", partitions_def=workload_partitions,
                 description="Warns on heavy label imbalance in the version Dagster recorded; rerun it alone with "
-                "another max_ratio.")
+                "another max_ratio.", automation_condition=follow_upstream)
 def label_balance_check(context: dg.AssetCheckExecutionContext, config: LabelBalanceConfig,
                         artifacts: ArtifactsResource) -> dg.AssetCheckResult:
     version = recorded_version(context, curated_dataset)

@@ -1,5 +1,6 @@
 import dagster as dg
 
+from assets.conditions import follow_checked_upstream
 from assets.errors import user_errors_as_failures
 from assets.eval_report import eval_report
 from assets.lora_adapter import lora_adapter
@@ -11,7 +12,7 @@ from resources import ArtifactsResource, LogStoreResource, MlflowResource, Servi
 
 
 @dg.asset(partitions_def=workload_partitions, deps=[eval_report], kinds={"python", "mlflow"},
-          group_name="lifecycle")
+          group_name="lifecycle", automation_condition=follow_checked_upstream)
 def deployed_endpoint(
     context: dg.AssetExecutionContext, artifacts: ArtifactsResource, mlflow: MlflowResource,
     serving: ServingResource, log_store: LogStoreResource,

@@ -1,6 +1,7 @@
 import dagster as dg
 from pydantic import Field
 
+from assets.conditions import follow_upstream
 from assets.errors import user_errors_as_failures
 from assets.lora_adapter import lora_adapter
 from assets.partitions import workload_partitions
@@ -30,9 +31,11 @@ class EvalConfig(dg.Config):
 
 @dg.asset(
     partitions_def=workload_partitions, deps=[lora_adapter], kinds={"pytorch", "mlflow"}, group_name="lifecycle",
-    check_specs=[dg.AssetCheckSpec(GATE_CHECK, asset="eval_report", blocking=True,
+    check_specs=[dg.AssetCheckSpec(GATE_CHECK, asset="eval_report", blocking=True, automation_condition=follow_upstream,
+                                   partitions_def=workload_partitions,
                                    description="The cut-over gate: within the margin of the frontier and not worse "
                                    "than the champion beyond the interval. Failing stops deployed_endpoint.")],
+    automation_condition=follow_upstream, pool="gpu",
 )
 def eval_report(
     context: dg.AssetExecutionContext, config: EvalConfig, artifacts: ArtifactsResource,

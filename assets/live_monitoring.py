@@ -1,6 +1,7 @@
 import dagster as dg
 from pydantic import Field
 
+from assets.conditions import every_monitoring_tick
 from assets.deployed_endpoint import deployed_endpoint
 from assets.errors import user_errors_as_failures
 from assets.eval_report import eval_report
@@ -23,19 +24,19 @@ class MonitoringConfig(dg.Config):
     max_psi: float = Field(default=0.25, description="Prompt PSI (length or embedding clusters) above this is drift.")
     max_label_shift: float = Field(default=0.15, description="Total-variation distance of the label distributions.")
     max_invalid_rate: float = Field(default=0.05, description="Invalid small-model answers above this fail.")
-    retrain_after_rows: int = Field(default=1000, description="New frontier rows since training that ask for retraining.")
 
 
 @dg.asset(
     partitions_def=workload_partitions, deps=[deployed_endpoint], kinds={"python"}, group_name="monitoring",
     check_specs=[dg.AssetCheckSpec(name, asset="live_monitoring", description=text) for name, text in CHECKS.items()],
+    automation_condition=every_monitoring_tick,
 )
 def live_monitoring(context: dg.AssetExecutionContext, config: MonitoringConfig, log_store: LogStoreResource,
                     artifacts: ArtifactsResource) -> dg.MaterializeResult:
     """The deployed model on live traffic: shadow agreement, invalid answers, prompt and label drift, money saved,
     the gateway route and its latest events (rollbacks included); says when to retrain."""
     policy = MonitoringPolicy(config.min_shadow_agreement, config.max_psi, config.max_label_shift,
-                              config.max_invalid_rate, config.retrain_after_rows)
+                              config.max_invalid_rate)
     with user_errors_as_failures():
         summary = monitor_live_traffic(log_store.open(), artifacts.open(), context.partition_key, policy,
                                        report_version=recorded_version(context, eval_report))

@@ -1,6 +1,7 @@
 import dagster as dg
 from pydantic import Field
 
+from assets.conditions import follow_checked_upstream
 from assets.curated_dataset import curated_dataset
 from assets.errors import user_errors_as_failures
 from assets.partitions import workload_partitions
@@ -42,7 +43,7 @@ class LoraConfig(dg.Config):
 
 
 @dg.asset(partitions_def=workload_partitions, deps=[curated_dataset], kinds={"pytorch", "mlflow"},
-          group_name="lifecycle")
+          group_name="lifecycle", automation_condition=follow_checked_upstream, pool="gpu")
 def lora_adapter(
     context: dg.AssetExecutionContext, config: LoraConfig, artifacts: ArtifactsResource,
     mlflow: MlflowResource, trainer: TrainerResource, training_launcher: TrainingLauncherResource,

@@ -347,8 +347,6 @@ def monitor_live_traffic(store: LogStore, artifacts: ArtifactStore, workload: st
         classification=curated.manifest.get("task") == "classification", small_usd_per_request=small_per_1k / 1000)
     failures = policy.failures(report)
     reasons = [reason for key, reason in failures.items() if reason and key != "invalid_answers"]
-    if report.live_rows >= policy.retrain_after_rows:
-        reasons.append(f"{report.live_rows} new frontier rows since training (retrain after {policy.retrain_after_rows})")
     routes = RouteStore(store.engine)
     with artifacts.publish(workload, LIVE, {**report.as_dict(), "retrain_reasons": reasons,
                                             "failures": failures}) as folder:

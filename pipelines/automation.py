@@ -1,10 +1,15 @@
-"""The lifecycle job, its nightly schedule, and the sensor that discovers new workloads."""
+"""What starts work: the log-store watch (new workloads, the retrain signal) and Dagster's declarative automation.
+
+The assets carry their own ``AutomationCondition`` (``assets/conditions.py``); ``lifecycle_automation`` evaluates
+them. The jobs are for runs a person or the CLI starts.
+"""
+
+import json
 
 import dagster as dg
 
-from assets import LIFECYCLE_ASSETS, live_monitoring, workload_partitions
-from distillery.lifecycle import LIVE
-from resources import ArtifactsResource, LogStoreResource
+from assets import LIFECYCLE_ASSETS, frontier_traffic, live_monitoring, raw_llm_logs, workload_partitions
+from resources import LogStoreResource
 
 lifecycle_job = dg.define_asset_job(
     "workload_lifecycle",
@@ -13,60 +18,69 @@ lifecycle_job = dg.define_asset_job(
     description="Snapshot, curate, fine-tune, evaluate and deploy one workload.",
 )
 
-
-@dg.schedule(job=lifecycle_job, cron_schedule="0 2 * * *", execution_timezone="UTC",
-             default_status=dg.DefaultScheduleStatus.RUNNING)
-def nightly_retrain(context: dg.ScheduleEvaluationContext):
-    """Every night, rematerialize the whole lifecycle for every known workload."""
-    workloads = context.instance.get_dynamic_partitions(workload_partitions.name)
-    if not workloads:
-        return dg.SkipReason("no workloads yet: the new_workloads sensor adds them from the log store")
-    date = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    return [dg.RunRequest(run_key=f"{w}-{date}", partition_key=w) for w in workloads]
-
-
-@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
-def new_workloads(context: dg.SensorEvaluationContext, log_store: LogStoreResource):
-    """Add a workload partition for every workload that has appeared in the log store."""
-    known = set(context.instance.get_dynamic_partitions(workload_partitions.name))
-    new = sorted(set(log_store.open().workloads()) - known)
-    if not new:
-        return dg.SkipReason(f"no new workloads ({len(known)} known)")
-    context.log.info(f"new workloads in the log store: {', '.join(new)}")
-    return dg.SensorResult(dynamic_partitions_requests=[workload_partitions.build_add_request(new)])
-
-
 monitoring_job = dg.define_asset_job(
     "live_monitoring_job", selection=dg.AssetSelection.assets(live_monitoring), partitions_def=workload_partitions,
     description="Shadow agreement, drift, invalid answers and money saved for one deployed workload.")
 
+lifecycle_automation = dg.AutomationConditionSensorDefinition(
+    "lifecycle_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description="Evaluates the assets' automation conditions: a workload retrains when frontier_traffic signals it "
+    "(at most nightly), each lifecycle step follows its upstream, and live_monitoring runs hourly once deployed.",
+)
 
-@dg.schedule(job=monitoring_job, cron_schedule="0 * * * *", execution_timezone="UTC",
-             default_status=dg.DefaultScheduleStatus.RUNNING)
-def hourly_monitoring(context: dg.ScheduleEvaluationContext, artifacts: ArtifactsResource):
-    """Every hour, the live figures of every workload that has an evaluation report (and so may be deployed)."""
-    store = artifacts.open()
-    workloads = [w for w in context.instance.get_dynamic_partitions(workload_partitions.name)
-                 if store.versions(w, "eval_report")]
-    if not workloads:
-        return dg.SkipReason("no evaluated workloads yet")
-    hour = context.scheduled_execution_time.strftime("%Y-%m-%dT%H")
-    return [dg.RunRequest(run_key=f"{w}-{hour}", partition_key=w) for w in workloads]
+NEW_ROWS_TO_RETRAIN = 1000
 
 
-@dg.sensor(job=lifecycle_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING)
-def retrain_when_needed(context: dg.SensorEvaluationContext, artifacts: ArtifactsResource):
-    """Retrain a workload when its latest live figures say so: drift, disagreement, or enough new rows."""
-    store = artifacts.open()
-    requests = []
-    for workload in context.instance.get_dynamic_partitions(workload_partitions.name):
-        if not store.versions(workload, LIVE):
-            continue
-        latest = store.latest(workload, LIVE)
-        reasons = latest.manifest.get("retrain_reasons") or []
-        if reasons:
-            context.log.info(f"{workload}: retraining because " + "; ".join(reasons))
-            # One run per monitoring result: the same result never triggers twice.
-            requests.append(dg.RunRequest(run_key=f"{workload}-{latest.version}", partition_key=workload,
-                                          tags={"distillery/retrain_reasons": "; ".join(reasons)[:1000]}))
-    return requests or dg.SkipReason("no workload needs retraining")
+def _latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetsDefinition, workload: str) -> tuple[int, dict]:
+    """The storage id and metadata of the asset's latest materialization for the workload ((0, {}) if none)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=[workload]), limit=1).records
+    if not records:
+        return 0, {}
+    return records[0].storage_id, {key: value.value for key, value in records[0].asset_materialization.metadata.items()}
+
+
+def build_log_store_watch(new_rows_to_retrain: int = NEW_ROWS_TO_RETRAIN) -> dg.SensorDefinition:
+    """The sensor that turns the log store into Dagster events: new workload partitions, and a ``frontier_traffic``
+    update per workload when ``new_rows_to_retrain`` frontier answers arrived since its last snapshot or its latest
+    live monitoring gave retrain reasons (drift, disagreement). Each signal is recorded once (the cursor)."""
+
+    @dg.sensor(name="log_store_watch", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"Adds a partition per new workload in the log store; signals frontier_traffic when "
+               f"{new_rows_to_retrain} new frontier answers arrived since the last snapshot or live monitoring asked "
+               "for a retrain.")
+    def log_store_watch(context: dg.SensorEvaluationContext, log_store: LogStoreResource):
+        store = log_store.open()
+        known = set(context.instance.get_dynamic_partitions(workload_partitions.name))
+        counts = store.workloads()
+        new = sorted(set(counts) - known)
+        signalled = json.loads(context.cursor) if context.cursor else {}
+        events = []
+        for workload in sorted(known):  # a new workload's partition exists from the next tick on
+            _, snapshot = _latest_metadata(context.instance, raw_llm_logs, workload)
+            last_log_id = snapshot.get("last_log_id", 0)
+            monitored_at, monitored = _latest_metadata(context.instance, live_monitoring, workload)
+            reasons = []
+            fresh = store.frontier_rows_after(workload, last_log_id)
+            if fresh >= new_rows_to_retrain:
+                reasons.append(f"{fresh} new frontier answers since log id {last_log_id}")
+            if monitored.get("retrain_reasons"):
+                reasons += monitored["retrain_reasons"]
+            signal = f"{last_log_id}:{monitored_at}"
+            if reasons and signalled.get(workload) != signal:
+                signalled[workload] = signal
+                context.log.info(f"{workload}: retrain signalled: " + "; ".join(reasons))
+                events.append(dg.AssetMaterialization(frontier_traffic.key, partition=workload, metadata={
+                    "new_frontier_answers": fresh, "since_log_id": last_log_id,
+                    "reasons": dg.MetadataValue.md("\n".join(f"- {reason}" for reason in reasons))}))
+        if not new and not events:
+            return dg.SkipReason(f"no new workloads ({len(known)} known) and no retrain signal")
+        return dg.SensorResult(
+            dynamic_partitions_requests=[workload_partitions.build_add_request(new)] if new else [],
+            asset_events=events, cursor=json.dumps(signalled))
+
+    return log_store_watch
+
+
+log_store_watch = build_log_store_watch()

@@ -2,18 +2,16 @@
 
 import dagster as dg
 
-from assets import LIFECYCLE_ASSETS, label_balance_check, live_monitoring
-from pipelines.automation import (hourly_monitoring, lifecycle_job, monitoring_job, new_workloads, nightly_retrain,
-                                  retrain_when_needed)
+from assets import LIFECYCLE_ASSETS, frontier_traffic, label_balance_check, live_monitoring
+from pipelines.automation import lifecycle_automation, lifecycle_job, log_store_watch, monitoring_job
 from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
                        TrainerResource, TrainingLauncherResource)
 
 defs = dg.Definitions(
-    assets=[*LIFECYCLE_ASSETS, live_monitoring],
+    assets=[frontier_traffic, *LIFECYCLE_ASSETS, live_monitoring],
     asset_checks=[label_balance_check],
     jobs=[lifecycle_job, monitoring_job],
-    schedules=[nightly_retrain, hourly_monitoring],
-    sensors=[new_workloads, retrain_when_needed],
+    sensors=[log_store_watch, lifecycle_automation],
     resources={
         "log_store": LogStoreResource(),
         "artifacts": ArtifactsResource(),

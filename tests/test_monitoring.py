@@ -1,13 +1,13 @@
-"""Live figures and drift on rows read back from a real SQLite log store; the retraining sensor."""
+"""Live figures and drift on rows read back from a real SQLite log store; the retrain signal they raise."""
 
 import dagster as dg
 import pytest
 
-from distillery.lifecycle import LIVE
 from distillery.monitoring import MonitoringPolicy, label_shift, length_psi, live_report, psi
-from distillery.store import ArtifactStore, Exchange, LogStore
-from pipelines.automation import retrain_when_needed
-from resources import ArtifactsResource
+from distillery.store import Exchange, LogStore
+from assets import frontier_traffic, live_monitoring
+from pipelines.automation import build_log_store_watch
+from resources import LogStoreResource
 
 TRAIN = [[{"role": "user", "content": f"my card payment {i} failed at the shop"}] for i in range(40)]
 
@@ -58,16 +58,28 @@ def test_too_little_live_traffic_says_so_instead_of_a_drift_figure(tmp_path):
     assert not any(MonitoringPolicy().failures(report).values())
 
 
-def test_the_retraining_sensor_asks_once_per_monitoring_result(tmp_path):
-    artifacts = ArtifactStore(tmp_path / "artifacts")
-    with artifacts.publish("triage", LIVE, {"retrain_reasons": ["label distribution shift 0.400 > 0.15"]}):
-        pass
-    with artifacts.publish("quiet", LIVE, {"retrain_reasons": []}):
-        pass
+def test_live_monitoring_retrain_reasons_signal_frontier_traffic_once_per_result(tmp_path):
+    url = f"sqlite:///{tmp_path / 'logs.db'}"
+    _rows(tmp_path, [Exchange("triage", TRAIN[0], "billing"), Exchange("quiet", TRAIN[1], "billing")])
+    resources = {"log_store": LogStoreResource(url=url)}
+    watch = build_log_store_watch(new_rows_to_retrain=1000)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("workload", ["triage", "quiet"])
-        context = dg.build_sensor_context(instance=instance,
-                                          resources={"artifacts": ArtifactsResource(root=str(tmp_path / "artifacts"))})
-        [request] = retrain_when_needed(context)
-    assert request.partition_key == "triage" and request.run_key == f"triage-{artifacts.latest('triage', LIVE).version}"
-    assert "label distribution shift" in request.tags["distillery/retrain_reasons"]
+
+        def monitored(workload, reasons):
+            instance.report_runless_asset_event(dg.AssetMaterialization(
+                live_monitoring.key, partition=workload, metadata={"retrain_reasons": dg.MetadataValue.json(reasons)}))
+
+        def tick(cursor):
+            return watch(dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor))
+
+        monitored("triage", ["label distribution shift 0.400 > 0.15"])
+        monitored("quiet", [])
+        result = tick(None)
+        [signal] = result.asset_events
+        assert signal.asset_key == frontier_traffic.key and signal.partition == "triage"
+        assert "label distribution shift" in signal.metadata["reasons"].value
+        assert isinstance(tick(result.cursor), dg.SkipReason)  # the same result never signals twice
+        monitored("triage", ["shadow agreement 0.52 < 0.8"])
+        [again] = tick(result.cursor).asset_events
+        assert "shadow agreement" in again.metadata["reasons"].value

@@ -11,14 +11,14 @@ import dagster as dg
 import openai
 import pytest
 
-from assets import (LIFECYCLE_ASSETS, curated_dataset, deployed_endpoint, eval_report, label_balance_check,
-                    live_monitoring, lora_adapter, raw_llm_logs, workload_partitions)
+from assets import (LIFECYCLE_ASSETS, curated_dataset, deployed_endpoint, eval_report, frontier_traffic,
+                    label_balance_check, live_monitoring, lora_adapter, raw_llm_logs, workload_partitions)
 from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic, walk_cutover
 from distillery.serving import Endpoints, RouteStore
 from distillery.store import LogStore
 from distillery.tasks import POLICY_FILE
 from distillery.training import CHALLENGER, CHAMPION, Tracker, registered_model_name
-from pipelines.automation import new_workloads, nightly_retrain
+from pipelines.automation import build_log_store_watch
 from pipelines.definitions import defs
 from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
                        TrainerResource, TrainingLauncherResource)
@@ -212,27 +212,64 @@ def test_too_few_rows_stops_curation_without_a_dataset(resources, instance):
     assert ArtifactsResource().open().versions(WORKLOAD, "curated_dataset") == []
 
 
-def test_sensor_adds_new_workloads_and_the_schedule_runs_every_one(resources, instance):
-    store = LogStoreResource().open()
-    assert isinstance(new_workloads(dg.build_sensor_context(instance=instance, resources=resources)), dg.SkipReason)
-    _capture_demo_traffic(3)
-    result = new_workloads(dg.build_sensor_context(instance=instance, resources=resources))
-    [request] = result.dynamic_partitions_requests
-    assert list(request.partition_keys) == [WORKLOAD] and set(store.workloads()) == {WORKLOAD}
+def _tick(sensor, instance, resources, cursor=None):
+    """One evaluation of the sensor, its partitions and asset events applied to the instance as the daemon would."""
+    result = sensor(dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor))
+    if isinstance(result, dg.SkipReason):
+        return result, cursor
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
+    return result, result.cursor
 
-    instance.add_dynamic_partitions(workload_partitions.name, [WORKLOAD, "invoice-extract"])
-    tick = datetime.datetime(2026, 11, 28, 2, tzinfo=datetime.timezone.utc)
-    runs = nightly_retrain(dg.build_schedule_context(instance=instance, scheduled_execution_time=tick))
-    assert sorted((r.partition_key, r.run_key) for r in runs) == [
-        ("invoice-extract", "invoice-extract-2026-11-28"), (WORKLOAD, f"{WORKLOAD}-2026-11-28")]
+
+def _requested(evaluation) -> set[str]:
+    return {f"{asset.key.to_user_string()}[{partition}]" for asset in [*LIFECYCLE_ASSETS, live_monitoring]
+            for partition in evaluation.get_requested_partitions(asset.key)}
+
+
+def test_new_rows_signal_a_retrain_that_the_nightly_tick_bounds_and_the_clock_alone_never_starts(resources, instance):
+    watch = build_log_store_watch(new_rows_to_retrain=5)
+    assert isinstance(_tick(watch, instance, resources)[0], dg.SkipReason)
+    _capture_demo_traffic(3)
+    result, cursor = _tick(watch, instance, resources)
+    assert list(result.dynamic_partitions_requests[0].partition_keys) == [WORKLOAD]
+    # 3 new frontier answers are below the threshold: no signal, and nothing runs at the nightly tick.
+    assert isinstance(_tick(watch, instance, resources, cursor)[0], dg.SkipReason)
+    night = datetime.datetime(2026, 11, 28, 1, 59, tzinfo=datetime.timezone.utc)
+    first = dg.evaluate_automation_conditions(defs, instance, evaluation_time=night)
+    after_tick = dg.evaluate_automation_conditions(defs, instance, evaluation_time=night + datetime.timedelta(minutes=2),
+                                                   cursor=first.cursor)
+    assert after_tick.total_requested == 0
+
+    _capture_demo_traffic(2)
+    result, cursor = _tick(watch, instance, resources, cursor)
+    [signal] = result.asset_events
+    assert signal.asset_key == frontier_traffic.key and signal.metadata["new_frontier_answers"].value == 5
+    assert isinstance(_tick(watch, instance, resources, cursor)[0], dg.SkipReason)  # each signal once
+
+    # The signal came after tonight's tick was handled: the whole lifecycle is requested at the next evaluation
+    # (one period has passed since the last handled tick), in one tick, with monitoring after the deploy.
+    signalled = dg.evaluate_automation_conditions(defs, instance, evaluation_time=night + datetime.timedelta(hours=1),
+                                                  cursor=after_tick.cursor)
+    assert _requested(signalled) == {f"{asset.key.to_user_string()}[{WORKLOAD}]"
+                                     for asset in [*LIFECYCLE_ASSETS, live_monitoring]}, _requested(signalled)
+    # Requested once: the next evaluation (no new signal, no new tick) asks for nothing.
+    again = dg.evaluate_automation_conditions(defs, instance, evaluation_time=night + datetime.timedelta(hours=2),
+                                              cursor=signalled.cursor)
+    assert again.total_requested == 0
 
 
 def test_definitions_load_with_the_lifecycle_and_monitoring_in_one_graph():
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {"raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report", "deployed_endpoint",
-                    "live_monitoring"}
+    assert keys == {"frontier_traffic", "raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report",
+                    "deployed_endpoint", "live_monitoring"}
+    assert graph.get(dg.AssetKey("raw_llm_logs")).parent_keys == {frontier_traffic.key}
+    pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys()}
+    assert pools["lora_adapter"] == pools["eval_report"] == {"gpu"} and not pools["live_monitoring"]
     assert graph.get(dg.AssetKey("deployed_endpoint")).parent_keys == {dg.AssetKey("eval_report")}
     assert graph.get(dg.AssetKey("live_monitoring")).parent_keys == {dg.AssetKey("deployed_endpoint")}
     assert defs.resolve_job_def("workload_lifecycle").partitions_def == workload_partitions

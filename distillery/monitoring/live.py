@@ -93,7 +93,6 @@ class MonitoringPolicy:
     max_psi: float = 0.25  # prompt length and embedding clusters
     max_label_shift: float = 0.15
     max_invalid_rate: float = 0.05
-    retrain_after_rows: int = 1000  # new frontier rows since the training data was cut
 
     def failures(self, report: LiveReport) -> dict[str, str | None]:
         """Per check, why it fails (None: it passes, or there is not enough traffic to say)."""

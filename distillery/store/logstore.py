@@ -124,6 +124,7 @@ class Exchange:
 
 
 COLUMNS = [c.name for c in ExchangeRow.__table__.columns]
+_FRONTIER_ANSWER = sa.or_(ExchangeRow.served_by.is_(None), ExchangeRow.served_by == SERVED_BY_FRONTIER)
 
 
 class LogStore:
@@ -177,6 +178,13 @@ class LogStore:
         with self.engine.connect() as conn:
             return {name: count for name, count in conn.execute(query)}
 
+    def frontier_rows_after(self, workload: str, log_id: int) -> int:
+        """How many frontier answers the workload has logged after row ``log_id`` (new training data)."""
+        query = (sa.select(sa.func.count()).where(ExchangeRow.workload == workload, ExchangeRow.id > log_id)
+                 .where(_FRONTIER_ANSWER))
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one()
+
     def read(self, workload: str, *, frontier_only: bool = False) -> pd.DataFrame:
         """All rows of one workload, oldest first, one column per table column.
 
@@ -185,7 +193,7 @@ class LogStore:
         """
         query = sa.select(ExchangeRow.__table__).where(ExchangeRow.workload == workload).order_by(ExchangeRow.id)
         if frontier_only:
-            query = query.where(sa.or_(ExchangeRow.served_by.is_(None), ExchangeRow.served_by == SERVED_BY_FRONTIER))
+            query = query.where(_FRONTIER_ANSWER)
         with self.engine.connect() as conn:
             result = conn.execute(query)
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
