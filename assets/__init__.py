@@ -11,6 +11,6 @@ from assets.raw_llm_logs import frontier_traffic, raw_llm_logs
 LIFECYCLE_ASSETS = [raw_llm_logs, curated_dataset, lora_adapter, eval_report, deployed_endpoint]
 
 __all__ = [
-    "LIFECYCLE_ASSETS", "curated_dataset", "deployed_endpoint", "eval_report", "frontier_traffic", "label_balance_check",
-    "live_monitoring", "lora_adapter", "raw_llm_logs", "workload_partitions",
+    "LIFECYCLE_ASSETS", "curated_dataset", "deployed_endpoint", "eval_report", "frontier_traffic",
+    "label_balance_check", "live_monitoring", "lora_adapter", "raw_llm_logs", "workload_partitions",
 ]

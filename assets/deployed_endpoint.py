@@ -7,20 +7,31 @@ from assets.lora_adapter import lora_adapter
 from assets.partitions import workload_partitions
 from assets.upstream import recorded_version
 from distillery.lifecycle import deploy_adapter
-from distillery.serving import RouteStore
-from resources import ArtifactsResource, LogStoreResource, MlflowResource, ServingResource
+from distillery.serving import REMOTE, RouteStore
+from resources import ArtifactsResource, LogStoreResource, MlflowResource, ServingResource, WorkerLauncherResource
+from resources.workers import KUBERNETES
 
 
 @dg.asset(partitions_def=workload_partitions, deps=[eval_report], kinds={"python", "mlflow"},
           group_name="lifecycle", automation_condition=follow_checked_upstream)
 def deployed_endpoint(
     context: dg.AssetExecutionContext, artifacts: ArtifactsResource, mlflow: MlflowResource,
-    serving: ServingResource, log_store: LogStoreResource,
+    serving: ServingResource, log_store: LogStoreResource, workers: WorkerLauncherResource,
 ) -> dg.MaterializeResult:
     """The workload's served endpoint: the new adapter goes live, becomes MLflow champion and the gateway's small
-    model for the workload (in shadow when it was on the frontier), only if its report passed."""
+    model for the workload (in shadow when it was on the frontier), only if its report passed.
+
+    On a cluster (workers in kubernetes mode) the adapter goes to the serving service by URL (backend remote):
+    a model server started here would live in the run worker's pod, unreachable, and die with it.
+    """
+    endpoints = serving.open()
+    if workers.mode == KUBERNETES and endpoints.backend != REMOTE:
+        raise dg.Failure(
+            f"WorkerLauncherResource.mode is kubernetes but ServingResource.backend is {endpoints.backend!r}: on a "
+            "cluster set backend='remote' and remote_url to the vLLM service (deploy/vllm.yaml), so no model server "
+            "starts in the run worker's pod", allow_retries=False)
     with user_errors_as_failures():
-        summary = deploy_adapter(artifacts.open(), mlflow.open(), serving.open(), context.partition_key,
+        summary = deploy_adapter(artifacts.open(), mlflow.open(), endpoints, context.partition_key,
                                  RouteStore(log_store.open().engine),
                                  adapter_version=recorded_version(context, lora_adapter),
                                  report_version=recorded_version(context, eval_report))

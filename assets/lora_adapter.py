@@ -6,9 +6,9 @@ from assets.curated_dataset import curated_dataset
 from assets.errors import user_errors_as_failures
 from assets.partitions import workload_partitions
 from assets.upstream import recorded_version
-from distillery.models import resolve_base_model
 from distillery.training import TrainingConfig
-from resources import ArtifactsResource, MlflowResource, TrainerResource, TrainingLauncherResource
+from resources import ArtifactsResource, MlflowResource, TrainerResource, WorkerLauncherResource
+from resources.workers import TRAIN_LORA
 
 _DEFAULTS = TrainingConfig()
 
@@ -46,22 +46,22 @@ class LoraConfig(dg.Config):
           group_name="lifecycle", automation_condition=follow_checked_upstream, pool="gpu")
 def lora_adapter(
     context: dg.AssetExecutionContext, config: LoraConfig, artifacts: ArtifactsResource,
-    mlflow: MlflowResource, trainer: TrainerResource, training_launcher: TrainingLauncherResource,
+    mlflow: MlflowResource, trainer: TrainerResource, workers: WorkerLauncherResource,
 ) -> dg.MaterializeResult:
     """A peft LoRA adapter on the base model, loss on assistant tokens only; an MLflow run and model version.
 
-    Trains out of process (workers/train_lora.py through Dagster Pipes): locally or on a GPU node.
+    Trains out of process (workers/train_lora.py through Dagster Pipes): locally or on a GPU node. The worker
+    resolves the base model itself, where it runs.
     """
     training = config.model_dump(exclude={"base_model"})
     with user_errors_as_failures():
         TrainingConfig(**training)  # refuse a bad config here, before a worker starts
-        base_model = resolve_base_model(config.base_model) if config.base_model else trainer.prepare()
     tracker = mlflow.open()
-    return training_launcher.launch(context, extras={
+    return workers.launch(context, TRAIN_LORA, extras={
         "workload": context.partition_key,
         "dataset_version": recorded_version(context, curated_dataset),
         "config": training,
-        "base_model": base_model,
+        "base_model": config.base_model or trainer.base_model,
         "torch_threads": trainer.torch_threads,
         "artifacts_root": str(artifacts.open().root),
         "tracking_uri": tracker.tracking_uri,

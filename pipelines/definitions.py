@@ -5,7 +5,7 @@ import dagster as dg
 from assets import LIFECYCLE_ASSETS, frontier_traffic, label_balance_check, live_monitoring
 from pipelines.automation import lifecycle_automation, lifecycle_job, log_store_watch, monitoring_job
 from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
-                       TrainerResource, TrainingLauncherResource)
+                       TrainerResource, WorkerLauncherResource)
 
 defs = dg.Definitions(
     assets=[frontier_traffic, *LIFECYCLE_ASSETS, live_monitoring],
@@ -17,7 +17,7 @@ defs = dg.Definitions(
         "artifacts": ArtifactsResource(),
         "mlflow": MlflowResource(),
         "trainer": TrainerResource(),
-        "training_launcher": TrainingLauncherResource(),
+        "workers": WorkerLauncherResource(),
         "serving": ServingResource(),
         "judge": JudgeResource(),
     },

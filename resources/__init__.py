@@ -6,7 +6,7 @@ from resources.log_store import LogStoreResource
 from resources.mlflow import MlflowResource
 from resources.serving import ServingResource
 from resources.trainer import TrainerResource
-from resources.training_launcher import TrainingLauncherResource
+from resources.workers import WorkerLauncherResource
 
 __all__ = ["ArtifactsResource", "JudgeResource", "LogStoreResource", "MlflowResource", "ServingResource", "TrainerResource",
-           "TrainingLauncherResource"]
+           "WorkerLauncherResource"]

@@ -1,7 +1,7 @@
 import dagster as dg
 from pydantic import Field
 
-from distillery.evaluation import judge_pairwise
+from distillery.evaluation import JUDGE_API_KEY_VARIABLE, JudgeSettings
 
 
 class JudgeResource(dg.ConfigurableResource):
@@ -10,21 +10,10 @@ class JudgeResource(dg.ConfigurableResource):
 
     base_url: str = Field(default="http://127.0.0.1:8080/v1", description="OpenAI-compatible base URL.")
     model: str = Field(default="", description="Judge model; empty: no judge.")
-    api_key: str = Field(default="", description="Key for base_url; pass dg.EnvVar('DISTILLERY_JUDGE_API_KEY').")
+    api_key: str = Field(default="", description=f"Key for base_url; pass dg.EnvVar('{JUDGE_API_KEY_VARIABLE}').")
     timeout_s: float = Field(default=60, description="Per call; a failed call leaves its row unjudged.")
     max_rows: int = Field(default=50, description="Test rows judged (each twice, answers swapped).")
 
-    def open(self):
-        """The judge as ``evaluation.Judge``, or None when no model is configured."""
-        if not self.model:
-            return None
-        import openai
-
-        client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "none", timeout=self.timeout_s,
-                               max_retries=1)
-
-        def judge(requests, frontier, candidate):
-            rows = slice(0, self.max_rows)
-            return judge_pairwise(client, self.model, requests[rows], frontier[rows], candidate[rows])
-
-        return judge
+    def settings(self) -> JudgeSettings | None:
+        """The judge's settings without its key, or None when no model is configured."""
+        return JudgeSettings(self.base_url, self.model, self.timeout_s, self.max_rows) if self.model else None

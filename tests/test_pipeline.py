@@ -21,7 +21,7 @@ from distillery.training import CHALLENGER, CHAMPION, Tracker, registered_model_
 from pipelines.automation import build_log_store_watch
 from pipelines.definitions import defs
 from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
-                       TrainerResource, TrainingLauncherResource)
+                       TrainerResource, WorkerLauncherResource)
 
 FAST_TRAINING = {"lora_adapter": {"config": {"max_steps": 3, "batch_size": 8, "rank": 4, "alpha": 8}}}
 
@@ -39,7 +39,7 @@ def resources(distillery_home, tiny_model_dir):
         "mlflow": MlflowResource(),
         "trainer": TrainerResource(base_model=tiny_model_dir),
         "serving": ServingResource(startup_timeout_s=120),
-        "training_launcher": TrainingLauncherResource(),
+        "workers": WorkerLauncherResource(),
         "judge": JudgeResource(),
     }
     for endpoint in Endpoints().all():
@@ -178,7 +178,7 @@ def test_a_refused_candidate_stops_the_deploy_and_deploying_a_stale_report_is_re
     # The gate's blocking check fails: the run fails and deployed_endpoint is never materialized.
     assert not result.success
     check = _gate_check(result)
-    assert not check.passed and "points below the frontier" in check.description
+    assert not check.passed and "points below the frontier" in check.metadata["verdict"].value
     assert _metadata(result, eval_report)["passed"] is False
     assert not result.asset_materializations_for_node(deployed_endpoint.op.name)
     assert Tracker().alias_version(WORKLOAD, CHAMPION) is None
@@ -239,8 +239,8 @@ def test_new_rows_signal_a_retrain_that_the_nightly_tick_bounds_and_the_clock_al
     assert isinstance(_tick(watch, instance, resources, cursor)[0], dg.SkipReason)
     night = datetime.datetime(2026, 11, 28, 1, 59, tzinfo=datetime.timezone.utc)
     first = dg.evaluate_automation_conditions(defs, instance, evaluation_time=night)
-    after_tick = dg.evaluate_automation_conditions(defs, instance, evaluation_time=night + datetime.timedelta(minutes=2),
-                                                   cursor=first.cursor)
+    after_tick = dg.evaluate_automation_conditions(
+        defs, instance, evaluation_time=night + datetime.timedelta(minutes=2), cursor=first.cursor)
     assert after_tick.total_requested == 0
 
     _capture_demo_traffic(2)
@@ -259,6 +259,13 @@ def test_new_rows_signal_a_retrain_that_the_nightly_tick_bounds_and_the_clock_al
     again = dg.evaluate_automation_conditions(defs, instance, evaluation_time=night + datetime.timedelta(hours=2),
                                               cursor=signalled.cursor)
     assert again.total_requested == 0
+
+
+def test_on_a_cluster_deployment_goes_to_the_serving_service_and_never_starts_a_server_here(resources, instance):
+    on_cluster = {**resources, "workers": WorkerLauncherResource(mode="kubernetes", image="registry.example/d:1")}
+    result = _materialize([deployed_endpoint], instance, on_cluster)
+    assert "ServingResource.backend is 'local': on a cluster set backend='remote'" in _failure_message(result)
+    assert Endpoints().all() == []
 
 
 def test_definitions_load_with_the_lifecycle_and_monitoring_in_one_graph():

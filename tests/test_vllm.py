@@ -22,7 +22,7 @@ from distillery.serving import SMALL, Endpoints, RouteStore
 from distillery.store import LogStore
 from distillery.tasks import DecodingPolicy
 from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
-                       TrainerResource, TrainingLauncherResource)
+                       TrainerResource, WorkerLauncherResource)
 
 pytestmark = pytest.mark.vllm
 
@@ -50,7 +50,7 @@ def lifecycle(tmp_path_factory):
         instance.add_dynamic_partitions(workload_partitions.name, [WORKLOAD])
         resources = {
             "log_store": LogStoreResource(), "artifacts": ArtifactsResource(), "mlflow": MlflowResource(),
-            "trainer": TrainerResource(), "training_launcher": TrainingLauncherResource(), "judge": JudgeResource(),
+            "trainer": TrainerResource(), "workers": WorkerLauncherResource(), "judge": JudgeResource(),
             "serving": ServingResource(backend="vllm", vllm_python=str(VLLM_PYTHON), max_lora_rank=MAX_LORA_RANK,
                                        vllm_args=["--dtype", "float32", "--max-model-len", "2048", "-O0"]),
         }

@@ -1,7 +1,7 @@
 """The fine-tune, out of the Dagster code-server process: a Dagster Pipes worker.
 
 The ``lora_adapter`` asset starts it as a local subprocess or as a Kubernetes job on a GPU
-node (``resources/training_launcher.py``); the same command runs in both:
+node (``resources/workers.py``); the same command runs in both:
 
     python -m workers.train_lora
 
@@ -18,6 +18,7 @@ import torch
 from dagster_pipes import PipesContext, open_dagster_pipes
 
 from distillery.lifecycle import train_adapter
+from distillery.models import resolve_base_model
 from distillery.store import ArtifactStore
 from distillery.training import Tracker, TrainingConfig
 
@@ -34,7 +35,8 @@ def run(pipes: PipesContext) -> None:
 
     summary = train_adapter(
         ArtifactStore(extras["artifacts_root"]), Tracker(extras["tracking_uri"], extras["mlflow_artifact_root"]),
-        workload, extras["base_model"], TrainingConfig(**extras["config"]), run_tags=extras["run_tags"],
+        workload, resolve_base_model(extras["base_model"]), TrainingConfig(**extras["config"]),
+        run_tags=extras["run_tags"],
         on_step=progress, log=pipes.log.info, dataset_version=extras["dataset_version"],
     )
     result = summary.result

@@ -13,7 +13,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
     "metrics": ["classification_metrics", "extraction_metrics", "free_text_metrics", "bootstrap_interval"],
     "gate": ["GatePolicy", "GateDecision", "ChampionScore", "decide"],
     "costs": ["Price", "CostSettings", "CostComparison", "SideFigures", "compare_costs", "small_model_figures"],
-    "judge": ["judge_pairwise", "JudgeResult"],
+    "judge": ["judge_pairwise", "pairwise_judge", "JudgeResult", "JudgeSettings", "JUDGE_API_KEY_VARIABLE"],
     "plots": ["confusion_matrix_png", "per_label_f1_png", "latency_and_cost_png", "metric_by_version_png"],
     "embeddings": ["encode", "cosine_similarities"],
 })

@@ -17,6 +17,8 @@ INSTRUCTIONS = (
     "You compare two answers, A and B, to the same request. Judge which one answers the request better: "
     "correct, complete, and in the requested format. Reply with exactly one word: A, B, or TIE."
 )
+# The variable a judge's key travels in to a worker process (never in its Pipes extras).
+JUDGE_API_KEY_VARIABLE = "DISTILLERY_JUDGE_API_KEY"
 _VERDICT = re.compile(r"\b(A|B|TIE)\b")
 
 
@@ -72,3 +74,27 @@ def judge_pairwise(client, model: str, requests: list[list[dict]], frontier: lis
         else:
             ties += 1
     return JudgeResult(model, wins + ties + losses, wins, ties, losses, unjudged)
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """Where the judge is reached: an OpenAI-compatible URL (the gateway, so its calls are logged and costed)."""
+
+    base_url: str
+    model: str
+    timeout_s: float = 60
+    max_rows: int = 50  # test rows judged (each twice, answers swapped)
+
+
+def pairwise_judge(settings: JudgeSettings, api_key: str):
+    """``evaluate(..., judge=)``'s callable for these settings: judges the first ``max_rows`` rows."""
+    import openai
+
+    client = openai.OpenAI(base_url=settings.base_url, api_key=api_key or "none", timeout=settings.timeout_s,
+                           max_retries=1)
+
+    def judge(requests, frontier, candidate):
+        rows = slice(0, settings.max_rows)
+        return judge_pairwise(client, settings.model, requests[rows], frontier[rows], candidate[rows])
+
+    return judge

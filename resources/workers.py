@@ -4,29 +4,33 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-WORKER = ["-m", "workers.train_lora"]
+SUBPROCESS, KUBERNETES = "subprocess", "kubernetes"
+TRAIN_LORA, EVALUATE = "workers.train_lora", "workers.evaluate"
 
 
-class TrainingLauncherResource(dg.ConfigurableResource):
-    """Where ``lora_adapter`` trains: a local Pipes subprocess, or a Kubernetes job on a GPU node.
+class WorkerLauncherResource(dg.ConfigurableResource):
+    """Where the steps that load a model run (``lora_adapter``, ``eval_report``): a local Pipes subprocess, or a
+    Kubernetes pod on a GPU node. Nothing they start outlives them on the run worker.
 
-    Both run ``python -m workers.train_lora`` and report progress and metadata back through
-    Dagster Pipes. On Kubernetes the pod must see the same artifact root (mount a volume claim
-    at ``artifacts_mount_path`` and point ``ArtifactsResource.root`` there) and an MLflow
+    Both run ``python -m workers.<name>`` and report progress, metadata and checks back through
+    Dagster Pipes. On Kubernetes the pod must reach the same artifact root (an object-store URL in
+    ``ArtifactsResource.root``, or a volume claim mounted at ``artifacts_mount_path``) and an MLflow
     tracking server (``MlflowResource.tracking_uri`` as an http URI); see docs/kubernetes.md.
     """
 
-    mode: str = Field(default="subprocess", description="subprocess | kubernetes")
+    mode: str = Field(default=SUBPROCESS, description="subprocess | kubernetes")
     image: str | None = Field(default=None, description="Kubernetes: the image with distillery installed.")
-    namespace: str = Field(default="default", description="Kubernetes namespace of the training pods.")
+    namespace: str = Field(default="default", description="Kubernetes namespace of the worker pods.")
     gpus: int = Field(default=1, description="Kubernetes: nvidia.com/gpu requested (and limited) per pod.")
     cpu: str = Field(default="8", description="Kubernetes: CPU request.")
     memory: str = Field(default="32Gi", description="Kubernetes: memory request and limit.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Kubernetes: e.g. a GPU node pool label.")
     gpu_toleration: bool = Field(default=True, description="Tolerate the usual nvidia.com/gpu NoSchedule taint.")
-    artifacts_volume_claim: str | None = Field(default=None, description="PVC holding the artifact root.")
+    artifacts_volume_claim: str | None = Field(default=None, description="PVC holding the artifact root, when the "
+                                               "root is a folder rather than an object-store URL.")
     artifacts_mount_path: str = Field(default="/data/distillery", description="Where the PVC is mounted.")
-    env_secret: str | None = Field(default=None, description="Secret exposed as env vars (MLflow credentials).")
+    env_secret: str | None = Field(default=None, description="Secret exposed as env vars (object-store and MLflow "
+                                   "credentials, the judge's key).")
 
     def pod_spec(self) -> dict[str, Any]:
         """The base pod spec for dagster-k8s: GPU requests, node placement, volumes, secrets."""
@@ -49,17 +53,20 @@ class TrainingLauncherResource(dg.ConfigurableResource):
             container["env_from"] = [{"secret_ref": {"name": self.env_secret}}]
         return spec
 
-    def launch(self, context: dg.AssetExecutionContext, extras: dict[str, Any]) -> dg.MaterializeResult:
-        if self.mode == "subprocess":
-            invocation = dg.PipesSubprocessClient().run(context=context, command=[sys.executable, *WORKER],
-                                                         extras=extras)
-        elif self.mode == "kubernetes":
+    def launch(self, context: dg.AssetExecutionContext, worker: str, extras: dict[str, Any],
+               env: dict[str, str] | None = None) -> dg.MaterializeResult:
+        """Run ``python -m worker`` to completion and return what it reported. ``env`` carries secrets in
+        subprocess mode; on Kubernetes they come from ``env_secret`` instead, never from the pod spec."""
+        if self.mode == SUBPROCESS:
+            invocation = dg.PipesSubprocessClient().run(context=context, command=[sys.executable, "-m", worker],
+                                                         extras=extras, env=env)
+        elif self.mode == KUBERNETES:
             if not self.image:
-                raise dg.Failure("TrainingLauncherResource.image is required in kubernetes mode")
+                raise dg.Failure("WorkerLauncherResource.image is required in kubernetes mode")
             from dagster_k8s import PipesK8sClient  # the k8s extra: pip install 'distillery[k8s]'
 
-            invocation = PipesK8sClient().run(context=context, image=self.image, command=["python", *WORKER],
+            invocation = PipesK8sClient().run(context=context, image=self.image, command=["python", "-m", worker],
                                               namespace=self.namespace, extras=extras, base_pod_spec=self.pod_spec())
         else:
-            raise dg.Failure(f"TrainingLauncherResource.mode must be subprocess or kubernetes, not {self.mode!r}")
+            raise dg.Failure(f"WorkerLauncherResource.mode must be subprocess or kubernetes, not {self.mode!r}")
         return invocation.get_materialize_result()

@@ -1,18 +1,18 @@
-"""Where training runs: the Kubernetes job spec that dagster-k8s would submit (no cluster here)."""
+"""Where the model-loading steps run: the Kubernetes pod that dagster-k8s would submit (no cluster here)."""
 
 import dagster as dg
 import pytest
 from dagster_k8s.pipes import build_pod_body
 
-from resources import TrainingLauncherResource
-from resources.training_launcher import WORKER
+from resources import WorkerLauncherResource
+from resources.workers import EVALUATE, TRAIN_LORA
 
 
 def test_kubernetes_pod_requests_a_gpu_and_mounts_the_artifacts():
-    launcher = TrainingLauncherResource(mode="kubernetes", image="registry.example/distillery:1", gpus=1,
+    launcher = WorkerLauncherResource(mode="kubernetes", image="registry.example/distillery:1", gpus=1,
                                         node_selector={"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
                                         artifacts_volume_claim="distillery-artifacts", env_secret="mlflow-credentials")
-    pod = build_pod_body(pod_name="train-banking77", image=launcher.image, command=["python", *WORKER],
+    pod = build_pod_body(pod_name="train-banking77", image=launcher.image, command=["python", "-m", TRAIN_LORA],
                          env_vars={"DAGSTER_PIPES_CONTEXT": "x"}, base_pod_meta=None,
                          base_pod_spec=launcher.pod_spec())
     [container] = pod.spec.containers
@@ -29,11 +29,11 @@ def test_kubernetes_pod_requests_a_gpu_and_mounts_the_artifacts():
 
 
 def test_a_cpu_pod_asks_for_no_gpu():
-    spec = TrainingLauncherResource(mode="kubernetes", image="i", gpus=0).pod_spec()
+    spec = WorkerLauncherResource(mode="kubernetes", image="i", gpus=0).pod_spec()
     assert "nvidia.com/gpu" not in spec["containers"][0]["resources"]["limits"] and "tolerations" not in spec
 
 
 def test_kubernetes_mode_needs_an_image():
     context = dg.build_asset_context()
     with pytest.raises(dg.Failure, match="image is required"):
-        TrainingLauncherResource(mode="kubernetes").launch(context, extras={})
+        WorkerLauncherResource(mode="kubernetes").launch(context, EVALUATE, extras={})
