@@ -57,7 +57,7 @@ def eval_report(
         "batch_size": config.batch_size,
         "serving_concurrency": config.serving_concurrency,
         "judge": judge_settings and dataclasses.asdict(judge_settings),
-        "artifacts_root": str(artifacts.open().root),
+        **artifacts.worker_extras(),
         "tracking_uri": tracker.tracking_uri,
         "mlflow_artifact_root": tracker.artifact_root,
     }, env={JUDGE_API_KEY_VARIABLE: judge.api_key} if judge.api_key else None)

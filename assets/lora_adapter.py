@@ -63,7 +63,7 @@ def lora_adapter(
         "config": training,
         "base_model": config.base_model or trainer.base_model,
         "torch_threads": trainer.torch_threads,
-        "artifacts_root": str(artifacts.open().root),
+        **artifacts.worker_extras(),
         "tracking_uri": tracker.tracking_uri,
         "mlflow_artifact_root": tracker.artifact_root,
         "run_tags": {"dagster.run_id": context.run.run_id, "dagster.partition": context.partition_key},

@@ -157,7 +157,7 @@ def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, bas
         "distillery.log_id_range": f"{source['first_log_id']}-{source['last_log_id']}",
     }
     decoding = _decoding_policy(source)
-    checkpoint_dir = artifacts.root / workload / "checkpoints" / curated.version
+    checkpoint_dir = artifacts.scratch(workload, "checkpoints") / curated.version
     with tracker.run(workload, run_name=f"{workload}-{curated.version[:16]}", tags=tags) as run_id:
         tracker.log_params(run_id, {**asdict(config), "base_model": base_model,
                                     "train_rows": len(dataset["train"]), "validation_rows": len(dataset["validation"])})
@@ -203,7 +203,7 @@ def _champion_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str,
         adapter = artifacts.get(workload, ADAPTER, adapter_version)
         if adapter.manifest.get("model_version") == version and (adapter.path / "adapter").is_dir():
             return version, adapter.path / "adapter"
-    return version, tracker.download_adapter(workload, version, artifacts.root / workload / "champion-download")
+    return version, tracker.download_adapter(workload, version, artifacts.scratch(workload, "champion-download"))
 
 
 def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, *, policy: GatePolicy,

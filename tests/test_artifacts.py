@@ -42,3 +42,33 @@ def test_missing_stage_names_the_workload_and_the_step_to_run(tmp_path):
 def test_workload_names_must_be_path_safe(tmp_path):
     with pytest.raises(ValueError, match="invalid workload name"):
         ArtifactStore(tmp_path).latest("../etc", "raw_llm_logs")
+
+
+def test_on_an_object_store_a_version_published_on_one_machine_is_read_on_another(s3_endpoint, s3_bucket, tmp_path):
+    root, options = f"s3://{s3_bucket}/artifacts", {"endpoint_url": s3_endpoint}
+    here = ArtifactStore(root, options, cache_dir=tmp_path / "cache-here")
+    with here.publish("triage", "curated_dataset", {"rows": 2}) as folder:
+        (folder / "dataset").mkdir()
+        (folder / "dataset" / "part-0.txt").write_text("two rows")
+    with pytest.raises(RuntimeError):
+        with here.publish("triage", "curated_dataset") as folder:
+            (folder / "half.txt").write_text("half")
+            raise RuntimeError("curation crashed")
+
+    # Another machine: its own cache, the same bucket.
+    there = ArtifactStore(root, options, cache_dir=tmp_path / "cache-there")
+    latest = there.latest("triage", "curated_dataset")
+    assert there.versions("triage", "curated_dataset") == [latest.version]
+    assert latest.manifest["rows"] == 2 and (latest.path / "dataset" / "part-0.txt").read_text() == "two rows"
+    assert latest.path.is_relative_to(tmp_path / "cache-there")
+    import boto3
+
+    keys = sorted(o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint)
+                  .list_objects_v2(Bucket=s3_bucket)["Contents"])
+    assert keys == [f"artifacts/triage/curated_dataset/{latest.version}/dataset/part-0.txt",
+                    f"artifacts/triage/curated_dataset/{latest.version}/manifest.json",
+                    "artifacts/triage/curated_dataset/LATEST"]
+    with pytest.raises(DistilleryError, match=f"no curated_dataset version 'nope' under s3://{s3_bucket}/artifacts"):
+        there.get("triage", "curated_dataset", "nope")
+    with pytest.raises(DistilleryError, match="workload 'triage' has no lora_adapter yet"):
+        there.latest("triage", "lora_adapter")

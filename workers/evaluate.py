@@ -33,7 +33,7 @@ def run(pipes: PipesContext) -> None:
     extras = pipes.extras
     costs = extras["costs"]
     judge = extras.get("judge")
-    artifacts = ArtifactStore(extras["artifacts_root"])
+    artifacts = ArtifactStore(extras["artifacts_root"], extras["artifacts_storage_options"])
     artifact, report = evaluate_adapter(
         artifacts, Tracker(extras["tracking_uri"], extras["mlflow_artifact_root"]), extras["workload"],
         policy=GatePolicy(extras["max_gap_to_frontier"]),

@@ -34,7 +34,7 @@ def run(pipes: PipesContext) -> None:
             pipes.log.info(f"training {workload}: step {step}/{total}, loss {loss:.4f}")
 
     summary = train_adapter(
-        ArtifactStore(extras["artifacts_root"]), Tracker(extras["tracking_uri"], extras["mlflow_artifact_root"]),
+        ArtifactStore(extras["artifacts_root"], extras["artifacts_storage_options"]), Tracker(extras["tracking_uri"], extras["mlflow_artifact_root"]),
         workload, resolve_base_model(extras["base_model"]), TrainingConfig(**extras["config"]),
         run_tags=extras["run_tags"],
         on_step=progress, log=pipes.log.info, dataset_version=extras["dataset_version"],
