@@ -59,14 +59,26 @@ def postgres_admin() -> sa.Engine:
 
 
 @pytest.fixture
-def postgres_url(postgres_admin):
+def new_postgres_database(postgres_admin):
+    """Makes new, empty PostgreSQL databases (returns each one's URL); all dropped after the test."""
+    names = []
+
+    def create() -> str:
+        names.append(f"distillery_test_{uuid.uuid4().hex[:10]}")
+        with postgres_admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{names[-1]}"'))
+        return postgres_admin.url.set(database=names[-1]).render_as_string(hide_password=False)
+
+    yield create
+    with postgres_admin.connect() as conn:
+        for name in names:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def postgres_url(new_postgres_database):
     """A new, empty PostgreSQL database, dropped after the test."""
-    name = f"distillery_test_{uuid.uuid4().hex[:10]}"
-    with postgres_admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield postgres_admin.url.set(database=name).render_as_string(hide_password=False)
-    with postgres_admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    return new_postgres_database()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
