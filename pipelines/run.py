@@ -26,7 +26,7 @@ def run_lifecycle(workload: str, *, epochs: float | None = None, max_gap_points:
             instance = stack.enter_context(dg.DagsterInstance.get())
         if workload not in instance.get_dynamic_partitions(workload_partitions.name):
             instance.add_dynamic_partitions(workload_partitions.name, [workload])
-        result = defs.resolve_job_def(lifecycle_job.name).execute_in_process(
+        result = defs().resolve_job_def(lifecycle_job.name).execute_in_process(
             partition_key=workload, instance=instance, raise_on_error=False,
             run_config={"ops": ops, "loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )

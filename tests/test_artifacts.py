@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from distillery.errors import DistilleryError
@@ -72,3 +74,23 @@ def test_on_an_object_store_a_version_published_on_one_machine_is_read_on_anothe
         there.get("triage", "curated_dataset", "nope")
     with pytest.raises(DistilleryError, match="workload 'triage' has no lora_adapter yet"):
         there.latest("triage", "lora_adapter")
+
+
+def test_a_worker_resolves_a_base_model_folder_on_the_object_store_once(s3_endpoint, s3_bucket, tiny_model_dir,
+                                                                         tmp_path, monkeypatch):
+    import boto3
+
+    from distillery.models import resolve_base_model
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)  # how a pod names an S3-compatible server
+    monkeypatch.setenv("DISTILLERY_MODEL_CACHE", str(tmp_path / "models"))
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    for path in Path(tiny_model_dir).iterdir():
+        client.upload_file(str(path), s3_bucket, f"models/tiny/{path.name}")
+    local = Path(resolve_base_model(f"s3://{s3_bucket}/models/tiny"))
+    assert local.is_relative_to(tmp_path / "models")
+    assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in Path(tiny_model_dir).iterdir())
+    client.delete_object(Bucket=s3_bucket, Key="models/tiny/config.json")
+    assert Path(resolve_base_model(f"s3://{s3_bucket}/models/tiny")) == local  # the cached copy, not refetched
+    with pytest.raises(DistilleryError, match=r"base model s3://.*/models/none has no config.json"):
+        resolve_base_model(f"s3://{s3_bucket}/models/none")

@@ -238,9 +238,9 @@ def test_new_rows_signal_a_retrain_that_the_nightly_tick_bounds_and_the_clock_al
     # 3 new frontier answers are below the threshold: no signal, and nothing runs at the nightly tick.
     assert isinstance(_tick(watch, instance, resources, cursor)[0], dg.SkipReason)
     night = datetime.datetime(2026, 11, 28, 1, 59, tzinfo=datetime.timezone.utc)
-    first = dg.evaluate_automation_conditions(defs, instance, evaluation_time=night)
+    first = dg.evaluate_automation_conditions(defs(), instance, evaluation_time=night)
     after_tick = dg.evaluate_automation_conditions(
-        defs, instance, evaluation_time=night + datetime.timedelta(minutes=2), cursor=first.cursor)
+        defs(), instance, evaluation_time=night + datetime.timedelta(minutes=2), cursor=first.cursor)
     assert after_tick.total_requested == 0
 
     _capture_demo_traffic(2)
@@ -251,12 +251,12 @@ def test_new_rows_signal_a_retrain_that_the_nightly_tick_bounds_and_the_clock_al
 
     # The signal came after tonight's tick was handled: the whole lifecycle is requested at the next evaluation
     # (one period has passed since the last handled tick), in one tick, with monitoring after the deploy.
-    signalled = dg.evaluate_automation_conditions(defs, instance, evaluation_time=night + datetime.timedelta(hours=1),
+    signalled = dg.evaluate_automation_conditions(defs(), instance, evaluation_time=night + datetime.timedelta(hours=1),
                                                   cursor=after_tick.cursor)
     assert _requested(signalled) == {f"{asset.key.to_user_string()}[{WORKLOAD}]"
                                      for asset in [*LIFECYCLE_ASSETS, live_monitoring]}, _requested(signalled)
     # Requested once: the next evaluation (no new signal, no new tick) asks for nothing.
-    again = dg.evaluate_automation_conditions(defs, instance, evaluation_time=night + datetime.timedelta(hours=2),
+    again = dg.evaluate_automation_conditions(defs(), instance, evaluation_time=night + datetime.timedelta(hours=2),
                                               cursor=signalled.cursor)
     assert again.total_requested == 0
 
@@ -269,8 +269,8 @@ def test_on_a_cluster_deployment_goes_to_the_serving_service_and_never_starts_a_
 
 
 def test_definitions_load_with_the_lifecycle_and_monitoring_in_one_graph():
-    dg.Definitions.validate_loadable(defs)
-    graph = defs.resolve_asset_graph()
+    dg.Definitions.validate_loadable(defs())
+    graph = defs().resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys == {"frontier_traffic", "raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report",
                     "deployed_endpoint", "live_monitoring"}
@@ -279,8 +279,8 @@ def test_definitions_load_with_the_lifecycle_and_monitoring_in_one_graph():
     assert pools["lora_adapter"] == pools["eval_report"] == {"gpu"} and not pools["live_monitoring"]
     assert graph.get(dg.AssetKey("deployed_endpoint")).parent_keys == {dg.AssetKey("eval_report")}
     assert graph.get(dg.AssetKey("live_monitoring")).parent_keys == {dg.AssetKey("deployed_endpoint")}
-    assert defs.resolve_job_def("workload_lifecycle").partitions_def == workload_partitions
-    assert defs.resolve_job_def("live_monitoring_job").partitions_def == workload_partitions
+    assert defs().resolve_job_def("workload_lifecycle").partitions_def == workload_partitions
+    assert defs().resolve_job_def("live_monitoring_job").partitions_def == workload_partitions
 
 
 def _worker_error(instance, run_id: str) -> str:
@@ -322,7 +322,7 @@ def test_a_failed_blocking_check_stops_training_in_the_same_run_and_alone(resour
 
     # The non-blocking check reruns alone on the recorded version, with its own threshold.
     strict = {"ops": {label_balance_check.node_def.name: {"config": {"max_ratio": 1.0}}}}
-    rerun = defs.resolve_job_def("workload_lifecycle").execute_in_process(
+    rerun = defs().resolve_job_def("workload_lifecycle").execute_in_process(
         op_selection=[label_balance_check.node_def.name], partition_key=WORKLOAD, instance=instance, run_config=strict)
     [evaluation] = rerun.get_asset_check_evaluations()
     assert rerun.success and not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
