@@ -209,11 +209,20 @@ def _store(url: str | None = None):
 
 
 @keys_app.command("create")
-def keys_create(name: str, workload: Optional[str] = typer.Option(None, help="Default workload of its calls.")) -> None:
+def keys_create(
+    name: str,
+    workload: list[str] = typer.Option([], help="A workload the key may write to (repeat for more); the first is "
+                                       "the default of its calls, a header or metadata.workload picks another."),
+    all_workloads: bool = typer.Option(False, "--all-workloads", help="May write to any workload: for trusted "
+                                       "importers and admins."),
+) -> None:
     """Create a key and print it (once)."""
     from distillery.capture import KeyStore
 
-    typer.echo(KeyStore(_store()).create(name, workload))
+    if not workload and not all_workloads:
+        typer.echo("give the key a scope: --workload NAME (repeatable) or --all-workloads", err=True)
+        raise typer.Exit(2)
+    typer.echo(KeyStore(_store()).create(name, workload, all_workloads=all_workloads))
 
 
 @keys_app.command("list")
@@ -222,7 +231,7 @@ def keys_list() -> None:
 
     for key in KeyStore(_store()).list():
         state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
-        typer.echo(f"{key.name}\tworkload={key.default_workload or '-'}\t{state}")
+        typer.echo(f"{key.name}\tscope={key.scope}\t{state}")
 
 
 @keys_app.command("revoke")

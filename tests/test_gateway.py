@@ -92,27 +92,42 @@ def test_text_completions_endpoint(gateway):
     assert row.endpoint == "completions" and row.request_messages == [{"role": "user", "content": "say ok"}]
 
 
-def test_workload_comes_from_header_then_metadata_then_key_then_default(tmp_path, stub):
+def test_a_key_writes_only_to_its_workloads_and_a_foreign_one_is_refused_and_never_stored_under_it(tmp_path, stub):
     config = _config(tmp_path, stub.url, require_api_key=True)
     with BackgroundGateway(config) as gw:
         keys = KeyStore(gw.gateway.recorder.store)
-        tagged_key, plain_key = keys.create("billing-app", "invoices"), keys.create("other-app")
-        _client(gw, tagged_key, **{"X-Distillery-Workload": "from-header"}).chat.completions.create(
-            model="stub-model", messages=MESSAGES, metadata={"workload": "from-metadata"})
-        _client(gw, tagged_key).chat.completions.create(model="stub-model", messages=MESSAGES,
-                                                        metadata={"workload": "from-metadata"})
-        _client(gw, tagged_key).chat.completions.create(model="stub-model", messages=MESSAGES)
-        _client(gw, plain_key).chat.completions.create(model="stub-model", messages=MESSAGES)
+        scoped = keys.create("billing-app", ["invoices", "refunds"])
+        importer = keys.create("importer", all_workloads=True)
+        # Within its scope a header or metadata.workload picks the workload; the first is the default.
+        _client(gw, scoped, **{"X-Distillery-Workload": "refunds"}).chat.completions.create(
+            model="stub-model", messages=MESSAGES, metadata={"workload": "invoices"})
+        _client(gw, scoped).chat.completions.create(model="stub-model", messages=MESSAGES,
+                                                    metadata={"workload": "refunds"})
+        _client(gw, scoped).chat.completions.create(model="stub-model", messages=MESSAGES)
+        for headers, metadata in (({"X-Distillery-Workload": "beta"}, None), ({}, {"workload": "beta"})):
+            with pytest.raises(openai.PermissionDeniedError) as refused:
+                _client(gw, scoped, **headers).chat.completions.create(model="stub-model", messages=MESSAGES,
+                                                                        metadata=metadata)
+            assert refused.value.status_code == 403 and refused.value.code == "permission_denied"
+            assert "may not write to workload 'beta' (its scope: invoices, refunds)" in refused.value.message
+        _client(gw, importer, **{"X-Distillery-Workload": "beta"}).chat.completions.create(
+            model="stub-model", messages=MESSAGES)
         _flushed(gw)
-        assert LogStore(config.log_store_url).workloads() == {
-            "from-header": 1, "from-metadata": 1, "invoices": 1, "default": 1}
+        store = LogStore(config.log_store_url)
+        # Only the importer's call is under beta; the refused ones are errors under the key's default workload.
+        assert store.workloads() == {"refunds": 2, "invoices": 3, "beta": 1}
+        invoices = store.read("invoices")
+        refused_rows = invoices[invoices["status_code"] == 403]
+        assert len(refused_rows) == 2 and set(refused_rows["status"]) == {"error"}
+        assert [params["refused_workload"] for params in refused_rows["request_params"]] == ["beta", "beta"]
+        assert store.frontier_rows_after("invoices", 0) == 1  # refused calls never count as training data
 
 
 def test_keys_are_required_hashed_and_revocable(tmp_path, stub):
     config = _config(tmp_path, stub.url, require_api_key=True)
     with BackgroundGateway(config) as gw:
         keys = KeyStore(gw.gateway.recorder.store)
-        key = keys.create("app")
+        key = keys.create("app", ["default"])
         with pytest.raises(openai.AuthenticationError, match="unknown or revoked"):
             _client(gw, "dst-not-a-key").chat.completions.create(model="stub-model", messages=MESSAGES)
         assert _client(gw, key).chat.completions.create(model="stub-model", messages=MESSAGES).choices

@@ -4,7 +4,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from distillery.capture import export_finetune_jsonl, import_logs
+from distillery.capture import KeyStore, export_finetune_jsonl, import_logs
 from distillery.cli import app
 from distillery.curation import infer_task
 from distillery.serving import RouteStore
@@ -83,10 +83,25 @@ def test_rows_from_revision_0001_survive_the_upgrade_to_head(tmp_path):
             "VALUES ('old', '2025-01-01 00:00:00', 'chat.completions', '[]', '{}', 'ok')"))
     store = LogStore(f"sqlite:///{tmp_path / 'old.db'}")
     store.upgrade()
-    assert current_revision(store.engine) == "0004"
+    assert current_revision(store.engine) == "0005"
     old = store.read("old").iloc[0]
     assert store.workloads() == {"old": 1} and old["uid"] is None and old["served_by"] is None
     assert len(store.read("old", frontier_only=True)) == 1  # rows from before routing were the frontier's
+
+
+def test_keys_from_revision_0004_get_their_default_workload_as_their_scope(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(engine, "0004")
+    with engine.begin() as conn:
+        for name, workload in (("tagged", "invoices"), ("plain", None)):
+            conn.execute(sa.text("INSERT INTO api_keys (name, key_hash, default_workload, created_at) "
+                                 "VALUES (:n, :h, :w, '2026-11-01 00:00:00')"), {"n": name, "h": name * 8, "w": workload})
+    store = LogStore(f"sqlite:///{tmp_path / 'old.db'}")
+    store.upgrade()
+    keys = {key.name: key for key in KeyStore(store).list()}
+    assert keys["tagged"].workloads == ("invoices",) and not keys["tagged"].all_workloads
+    # A key without a default wrote to the default workload; that is all it may write to now.
+    assert keys["plain"].workloads == ("default",) and not keys["plain"].may_write("invoices")
 
 
 def test_routes_from_revision_0003_keep_their_answer_rule_as_a_decoding_policy(tmp_path):
@@ -110,10 +125,14 @@ def test_routes_from_revision_0003_keep_their_answer_rule_as_a_decoding_policy(t
 
 def test_cli_manages_keys_and_imports(distillery_home, tmp_path):
     runner = CliRunner()
-    created = runner.invoke(app, ["keys", "create", "billing-app", "--workload", "invoices"])
+    created = runner.invoke(app, ["keys", "create", "billing-app", "--workload", "invoices", "--workload", "refunds"])
     assert created.exit_code == 0 and created.stdout.strip().startswith("dst-")
+    assert runner.invoke(app, ["keys", "create", "importer", "--all-workloads"]).exit_code == 0
+    unscoped = runner.invoke(app, ["keys", "create", "loose"])
+    assert unscoped.exit_code != 0 and "--workload NAME (repeatable) or --all-workloads" in unscoped.output
     listed = runner.invoke(app, ["keys", "list"])
-    assert "billing-app\tworkload=invoices\tactive" in listed.stdout
+    assert "billing-app\tscope=invoices, refunds\tactive" in listed.stdout
+    assert "importer\tscope=all workloads\tactive" in listed.stdout and "loose" not in listed.stdout
     assert runner.invoke(app, ["keys", "revoke", "billing-app"]).exit_code == 0
     assert runner.invoke(app, ["keys", "revoke", "billing-app"]).exit_code == 1
     path = tmp_path / "t.jsonl"

@@ -94,7 +94,8 @@ class ApiKeyRow(Base):
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(sa.String(100), unique=True)
     key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
-    default_workload: Mapped[str | None] = mapped_column(sa.String(100))
+    workloads: Mapped[list[str]] = mapped_column(sa.JSON)  # the workloads it may write to, the first its default
+    all_workloads: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())  # trusted importers, admins
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
     revoked_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
@@ -181,7 +182,7 @@ class LogStore:
     def frontier_rows_after(self, workload: str, log_id: int) -> int:
         """How many frontier answers the workload has logged after row ``log_id`` (new training data)."""
         query = (sa.select(sa.func.count()).where(ExchangeRow.workload == workload, ExchangeRow.id > log_id)
-                 .where(_FRONTIER_ANSWER))
+                 .where(_FRONTIER_ANSWER, ExchangeRow.status == STATUS_OK))
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one()
 

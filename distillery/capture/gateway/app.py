@@ -3,7 +3,9 @@
 The HTTP layer under it is ``distillery.capture.gateway.http`` (why: see there).
 
 What a caller sees when something goes wrong, always as an OpenAI-style error object:
-401 unknown or revoked gateway key; 400 malformed JSON or an invalid workload name;
+401 unknown or revoked gateway key; 403 a workload outside the key's scope (recorded as an error under
+the key's default workload, so it never becomes training data or a new workload); 400 malformed JSON or
+an invalid workload name;
 413 body over ``max_body_bytes``; 404/405 unknown path or method; 502 upstream unreachable
 (connection refused, reset, invalid HTTP); 504 upstream timed out; an upstream 4xx/5xx is
 passed through with its status. Every one of these that reached the proxy step is recorded
@@ -331,14 +333,14 @@ class Gateway:
         model = body.get("model")
         upstream = self.config.upstream_for(model)
         stream = bool(body.get("stream"))
-        row = {
-            "uid": f"{_UID_PREFIX}{next(_uid_counter):016x}", "workload": workload,
-            "created_at": dt.datetime.now(dt.timezone.utc),
-            "endpoint": endpoint, "request_messages": body.get("messages") or [{"role": "user", "content":
-                                                                                 str(body.get("prompt", ""))}],
-            "request_params": {k: v for k, v in body.items() if k not in ("messages", "prompt")},
-            "model": model, "upstream": upstream.name, "served_by": SERVED_BY_FRONTIER,
-        }
+        if caller is not None and not caller.may_write(workload):
+            # Recorded, as an error under the key's own default workload: it never becomes training data
+            # and never creates the foreign workload (a Dagster partition).
+            row = _new_row(body, caller.default_workload, endpoint, upstream.name)
+            row["request_params"]["refused_workload"] = workload
+            message = f"gateway key {caller.name!r} may not write to workload {workload!r} (its scope: {caller.scope})"
+            return self._fail(responder, endpoint, row, started, 403, message, "permission_denied")
+        row = _new_row(body, workload, endpoint, upstream.name)
         route = self.routes.get(workload) if endpoint == "chat.completions" and not stream else None
         if route and takes_small_model(route, _route_key(request, body, row["uid"])):
             if await self._small_model_answers(route, body, row, responder, started):
@@ -539,6 +541,18 @@ class Gateway:
         self.metrics.count(endpoint, status, cause, time.perf_counter() - started)
 
 
+def _new_row(body: dict[str, Any], workload: str, endpoint: str, upstream: str) -> dict[str, Any]:
+    """The log row of one call, before its answer is known."""
+    return {
+        "uid": f"{_UID_PREFIX}{next(_uid_counter):016x}", "workload": workload,
+        "created_at": dt.datetime.now(dt.timezone.utc),
+        "endpoint": endpoint, "request_messages": body.get("messages") or [{"role": "user", "content":
+                                                                             str(body.get("prompt", ""))}],
+        "request_params": {k: v for k, v in body.items() if k not in ("messages", "prompt")},
+        "model": body.get("model"), "upstream": upstream, "served_by": SERVED_BY_FRONTIER,
+    }
+
+
 def _workload(request: Request, body: dict[str, Any], caller: ApiKey | None) -> str:
     header = request.headers.get(WORKLOAD_HEADER)
     if header:
@@ -546,9 +560,7 @@ def _workload(request: Request, body: dict[str, Any], caller: ApiKey | None) -> 
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("workload"), str):
         return metadata["workload"]
-    if caller is not None and caller.default_workload:
-        return caller.default_workload
-    return DEFAULT_WORKLOAD
+    return caller.default_workload if caller is not None else DEFAULT_WORKLOAD
 
 
 def _route_key(request: Request, body: dict[str, Any], fallback: str) -> str:
