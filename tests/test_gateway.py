@@ -123,6 +123,25 @@ def test_a_key_writes_only_to_its_workloads_and_a_foreign_one_is_refused_and_nev
         assert store.frontier_rows_after("invoices", 0) == 1  # refused calls never count as training data
 
 
+def test_the_provider_headers_a_caller_needs_pass_through(gateway, stub):
+    client = _client(gateway)
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.chat.completions.create(model="rate-limited", messages=MESSAGES)
+    headers = limited.value.response.headers
+    assert headers["retry-after"] == "7" and headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-request-id"] == f"req-stub-{stub.calls}"
+    answer = client.chat.completions.with_raw_response.create(model="stub-model", messages=MESSAGES)
+    assert answer.headers["x-request-id"] == f"req-stub-{stub.calls}"
+    assert answer.headers["x-ratelimit-limit-requests"] == "500" and answer.parse().choices[0].message.content
+    with client.chat.completions.with_streaming_response.create(model="stub-model", messages=MESSAGES,
+                                                                stream=True) as streamed:
+        assert streamed.headers["x-request-id"] == f"req-stub-{stub.calls}"
+        assert "".join(streamed.iter_lines())
+    _flushed(gateway)
+    [limited_row] = [row for row in _rows(gateway).itertuples() if row.status_code == 429]
+    assert limited_row.status == "error"
+
+
 def test_keys_are_required_hashed_and_revocable(tmp_path, stub):
     config = _config(tmp_path, stub.url, require_api_key=True)
     with BackgroundGateway(config) as gw:

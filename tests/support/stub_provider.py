@@ -1,8 +1,10 @@
 """A fast fake OpenAI provider for tests and benchmarks (not a model: canned answers).
 
-The requested ``model`` picks the behaviour: ``fail-500`` answers 500, ``slow`` waits
-``slow_seconds`` first, anything else answers ``answer`` ("ok"; streamed when asked). The last
-Authorization header and request body seen are kept, to check what the gateway forwards.
+The requested ``model`` picks the behaviour: ``fail-500`` answers 500, ``rate-limited`` answers 429
+with ``Retry-After``, ``slow`` waits ``slow_seconds`` first, anything else answers ``answer`` ("ok";
+streamed when asked). Every answer carries ``x-request-id`` and ``x-ratelimit-*`` headers, as
+OpenAI's do. The last Authorization header and request body seen are kept, to check what the
+gateway forwards.
 """
 
 from __future__ import annotations
@@ -42,15 +44,21 @@ class StubUpstream:
         self.last_authorization = request.headers.get("Authorization")
         body = self.last_body = await request.json()
         model = body.get("model", "stub")
+        headers = {"x-request-id": f"req-stub-{self.calls}", "x-ratelimit-limit-requests": "500",
+                   "x-ratelimit-remaining-requests": "0" if model == "rate-limited" else "499"}
         if model == "fail-500" or (self.fail_every and self.calls % self.fail_every == 0):
             return web.json_response({"error": {"message": "stub upstream failure", "type": "server_error",
-                                                "param": None, "code": "server_error"}}, status=500)
+                                                "param": None, "code": "server_error"}}, status=500, headers=headers)
+        if model == "rate-limited":
+            return web.json_response({"error": {"message": "Rate limit reached", "type": "requests",
+                                                "param": None, "code": "rate_limit_exceeded"}}, status=429,
+                                     headers={**headers, "Retry-After": "7"})
         if model == "slow":
             await asyncio.sleep(self.slow_seconds)
         text_completion = request.path.endswith("/completions") and "chat" not in request.path
         if not body.get("stream"):
-            return web.json_response(_completion(model, text_completion, self.answer))
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            return web.json_response(_completion(model, text_completion, self.answer), headers=headers)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
         await response.prepare(request)
         base = {"id": "stub-1", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
         for delta, finish in (({"role": "assistant", "content": ""}, None), ({"content": self.answer}, None),

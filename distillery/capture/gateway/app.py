@@ -355,7 +355,8 @@ class Gateway:
             answer = await self._pools[upstream.name].post(path, raw, self._upstream_headers[upstream.name])
             try:
                 if stream and answer.status == 200:
-                    return await self._relay_stream(responder, answer, row, endpoint, started)
+                    return await self._relay_stream(responder, answer, row, endpoint, started,
+                                                    _provider_headers(answer.headers))
                 data = await answer.read()
             finally:
                 answer.release()
@@ -373,9 +374,11 @@ class Gateway:
         finally:
             self._deadlines.discard(task)
 
+        provider_headers = _provider_headers(answer.headers)
         if answer.status >= 400:
             return self._fail(responder, endpoint, row, started, answer.status,
-                              _upstream_error_message(data, answer.status), "upstream_error", passthrough=data)
+                              _upstream_error_message(data, answer.status), "upstream_error", passthrough=data,
+                              headers=provider_headers)
         try:
             payload = orjson.loads(data)
             choice = payload["choices"][0]
@@ -386,7 +389,7 @@ class Gateway:
         text = message.get("content", choice.get("text"))
         self._record_ok(row, started, payload.get("model"), text, choice.get("finish_reason"), payload.get("usage"))
         self._observe(endpoint, answer.status, started)
-        responder.send(answer.status, data)
+        responder.send(answer.status, data, extra=provider_headers)
         if route:
             self.metrics.increment(self.metrics.served, row["workload"], SERVED_BY_FRONTIER)
             if route.mode == SHADOW and isinstance(text, str):
@@ -479,10 +482,10 @@ class Gateway:
         self.metrics.increment(self.metrics.rollbacks, route.workload)
 
     async def _relay_stream(self, responder: Responder, answer: UpstreamResponse, row: dict, endpoint: str,
-                            started: float) -> None:
+                            started: float, provider_headers: list[tuple[str, str]]) -> None:
         summary = _StreamSummary()
         try:
-            responder.start(200, "text/event-stream", [("cache-control", "no-cache")])
+            responder.start(200, "text/event-stream", [("cache-control", "no-cache"), *provider_headers])
             async for chunk in answer.chunks():
                 summary.feed(chunk)
                 await responder.write(chunk)
@@ -525,13 +528,13 @@ class Gateway:
         self.recorder.submit(row)
 
     def _fail(self, responder: Responder, endpoint: str, row: dict, started: float, status: int, message: str,
-              cause: str, passthrough: bytes | None = None) -> None:
+              cause: str, passthrough: bytes | None = None, headers: list[tuple[str, str]] = ()) -> None:
         self._record_error(row, started, status, message)
         self._observe(endpoint, status, started, cause)
         if passthrough is not None and _is_openai_error(passthrough):
-            responder.send(status, passthrough)
+            responder.send(status, passthrough, extra=headers)
         else:
-            responder.send(status, error_body(message, cause))
+            responder.send(status, error_body(message, cause), extra=headers)
 
     def _refuse(self, endpoint: str, responder: Responder, error: GatewayError, cause: str) -> None:
         self.metrics.count(endpoint, error.status, cause)
@@ -539,6 +542,16 @@ class Gateway:
 
     def _observe(self, endpoint: str, status: int, started: float, cause: str | None = None) -> None:
         self.metrics.count(endpoint, status, cause, time.perf_counter() - started)
+
+
+# What a caller needs from the provider's answer: when to retry, the id to quote to its support, its rate limits.
+_PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-request-id")
+_PASSED_PREFIX = "x-ratelimit-"
+
+
+def _provider_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in headers.items()
+            if name in _PASSED_HEADERS or name.startswith(_PASSED_PREFIX)]
 
 
 def _new_row(body: dict[str, Any], workload: str, endpoint: str, upstream: str) -> dict[str, Any]:

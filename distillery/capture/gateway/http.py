@@ -85,11 +85,12 @@ class Responder:
         self.status = 0
         self.finished = False
 
-    def send(self, status: int, body: bytes, content_type: str = "application/json", close: bool = False) -> None:
+    def send(self, status: int, body: bytes, content_type: str = "application/json", close: bool = False,
+             extra: list[tuple[str, str]] = ()) -> None:
         """``close``: end the connection after this answer even if the caller asked to keep it."""
         self.status = status
         self._keep_alive = self._keep_alive and not close
-        headers = [("content-type", content_type), ("content-length", str(len(body)))]
+        headers = [("content-type", content_type), ("content-length", str(len(body))), *extra]
         if not self._keep_alive:
             headers.append(("connection", "close"))
         self._connection.write(_head(status, headers) + body)
