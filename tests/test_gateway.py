@@ -142,6 +142,43 @@ def test_the_provider_headers_a_caller_needs_pass_through(gateway, stub):
     assert limited_row.status == "error"
 
 
+def test_a_long_stream_is_delivered_whole_and_only_a_quiet_one_is_cut(tmp_path, stub, monkeypatch):
+    monkeypatch.setenv("STUB_PROVIDER_KEY", PROVIDER_KEY)
+    config = _config(tmp_path, stub.url, upstream_timeout_s=2, stream_idle_timeout_s=2)
+    with BackgroundGateway(config) as gw:
+        started = time.monotonic()
+        stream = _client(gw).chat.completions.create(model="slow-stream", messages=MESSAGES, stream=True)
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        assert text == "one two three four five" and time.monotonic() - started > 4  # longer than both timeouts
+        stalled = _client(gw).chat.completions.create(model="stalled-stream", messages=MESSAGES, stream=True)
+        received = []
+        with pytest.raises(openai.APIError):
+            for chunk in stalled:
+                received.append(chunk.choices[0].delta.content if chunk.choices else "")
+        assert "one " in received and "two" not in received
+        _flushed(gw)
+        rows = {row.model: row for row in _rows(gw).itertuples()}
+        assert rows["slow-stream"].status == "ok" and rows["slow-stream"].response_text == text
+        assert rows["stalled-stream"].status_code == 502 and "timed out" in rows["stalled-stream"].error
+        assert rows["stalled-stream"].response_text == "one "
+
+
+def test_key_lookups_are_cached_in_a_bounded_lru_and_a_revoked_key_stops_within_the_ttl(tmp_path, stub):
+    config = _config(tmp_path, stub.url, require_api_key=True, key_cache_size=8, key_cache_ttl_s=0.5)
+    with BackgroundGateway(config) as gw:
+        keys = KeyStore(gw.gateway.recorder.store)
+        key = keys.create("app", ["default"])
+        for attempt in range(50):
+            with pytest.raises(openai.AuthenticationError):
+                _client(gw, f"dst-random-{attempt}").chat.completions.create(model="stub-model", messages=MESSAGES)
+        assert len(gw.gateway._key_cache) <= 8
+        assert _client(gw, key).chat.completions.create(model="stub-model", messages=MESSAGES).choices
+        assert keys.revoke("app")
+        time.sleep(0.6)
+        with pytest.raises(openai.AuthenticationError):
+            _client(gw, key).chat.completions.create(model="stub-model", messages=MESSAGES)
+
+
 def test_keys_are_required_hashed_and_revocable(tmp_path, stub):
     config = _config(tmp_path, stub.url, require_api_key=True)
     with BackgroundGateway(config) as gw:
@@ -154,7 +191,7 @@ def test_keys_are_required_hashed_and_revocable(tmp_path, stub):
             stored = conn.execute(sa.text("SELECT key_hash FROM api_keys")).scalar_one()
         assert key not in stored and len(stored) == 64
         assert keys.revoke("app")
-        gw.gateway._key_cache.clear()  # the gateway re-reads keys every few seconds; skip the wait
+        gw.gateway._key_cache.clear()  # the gateway re-reads keys after key_cache_ttl_s; skip the wait
         with pytest.raises(openai.AuthenticationError):
             _client(gw, key).chat.completions.create(model="stub-model", messages=MESSAGES)
 

@@ -128,6 +128,60 @@ def test_idle_keep_alive_connections_are_closed_and_shutdown_closes_the_rest():
     assert answer.startswith(b"HTTP/1.1 200") and idle == b"" and shutdown == b""
 
 
+async def _ok(request: Request, responder: Responder) -> None:
+    responder.send(200, b"{}")
+
+
+def test_at_the_default_settings_callers_that_never_finish_their_head_are_answered_408_and_closed():
+    async def scenario() -> list[tuple[bytes, float]]:
+        server = HttpServer(_ok, 1024)
+        port = await server.start("127.0.0.1", 0)
+        started = asyncio.get_running_loop().time()
+
+        async def slow_caller() -> tuple[bytes, float]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            try:
+                answer = await asyncio.wait_for(reader.read(), timeout=20)
+            except asyncio.TimeoutError:
+                answer = b"still open"
+            writer.close()
+            return answer, asyncio.get_running_loop().time() - started
+
+        callers = await asyncio.gather(*(slow_caller() for _ in range(300)))
+        await server.close()
+        return callers
+
+    callers = asyncio.run(scenario())
+    closed = [seconds for answer, seconds in callers if answer.startswith(b"HTTP/1.1 408")]
+    assert len(closed) >= 0.95 * 300 and max(closed) < 20
+    assert b"request head not received within 10s" in callers[0][0]
+
+
+def test_a_body_that_stops_coming_gets_408_and_past_max_connections_a_new_one_gets_503():
+    async def scenario() -> tuple[bytes, bytes, bytes]:
+        server = HttpServer(_ok, 1024, body_timeout_s=0.5, head_timeout_s=30, max_connections=3)
+        port = await server.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        slow_body = await asyncio.wait_for(reader.read(), timeout=10)
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        extra_reader, _ = await asyncio.open_connection("127.0.0.1", port)
+        refused = await asyncio.wait_for(extra_reader.read(), timeout=10)
+        held[0][1].close()
+        await asyncio.sleep(0.2)
+        fresh_reader, fresh_writer = await asyncio.open_connection("127.0.0.1", port)
+        fresh_writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        accepted = await asyncio.wait_for(fresh_reader.read(), timeout=10)
+        await server.close()
+        return slow_body, refused, accepted
+
+    slow_body, refused, accepted = asyncio.run(scenario())
+    assert slow_body.startswith(b"HTTP/1.1 408") and b"request body not received within 0.5s" in slow_body
+    assert refused.startswith(b"HTTP/1.1 503") and json.loads(refused.split(b"\r\n\r\n")[1])["error"]["message"]
+    assert accepted.startswith(b"HTTP/1.1 200")
+
+
 def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(gateway):
     head = _post("/v1/chat/completions", b"").replace(b"Content-Length: 0", b"Content-Length: 50000000")
     answer = _exchange(gateway, head)  # no body follows: the answer must not wait for it

@@ -1,8 +1,9 @@
 """A fast fake OpenAI provider for tests and benchmarks (not a model: canned answers).
 
 The requested ``model`` picks the behaviour: ``fail-500`` answers 500, ``rate-limited`` answers 429
-with ``Retry-After``, ``slow`` waits ``slow_seconds`` first, anything else answers ``answer`` ("ok";
-streamed when asked). Every answer carries ``x-request-id`` and ``x-ratelimit-*`` headers, as
+with ``Retry-After``, ``slow`` waits ``slow_seconds`` first, ``slow-stream`` streams five words
+one second apart, ``stalled-stream`` streams one word and then nothing for five seconds, anything else
+answers ``answer`` ("ok"; streamed when asked). Every answer carries ``x-request-id`` and ``x-ratelimit-*`` headers, as
 OpenAI's do. The last Authorization header and request body seen are kept, to check what the
 gateway forwards.
 """
@@ -61,8 +62,12 @@ class StubUpstream:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
         await response.prepare(request)
         base = {"id": "stub-1", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-        for delta, finish in (({"role": "assistant", "content": ""}, None), ({"content": self.answer}, None),
-                              ({}, "stop")):
+        words, pause = {"slow-stream": (["one ", "two ", "three ", "four ", "five"], 1.0),
+                        "stalled-stream": (["one ", "two"], 5.0)}.get(model, ([self.answer], 0.0))
+        deltas = [({"role": "assistant", "content": ""}, None), *(({"content": w}, None) for w in words), ({}, "stop")]
+        for position, (delta, finish) in enumerate(deltas):
+            if pause and 1 < position < len(deltas) - 1:
+                await asyncio.sleep(pause)
             event = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             await response.write(f"data: {json.dumps(event)}\n\n".encode())
         usage = {**base, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import cachetools
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -43,7 +44,6 @@ from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMA
 from distillery.tasks import agrees
 
 WORKLOAD_HEADER = "x-distillery-workload"
-_KEY_CACHE_SECONDS = 5.0
 # Row uids: a random per-process prefix and a counter, as unique as uuid4 at a fraction of its cost.
 _UID_PREFIX = os.urandom(8).hex()
 _uid_counter = itertools.count()
@@ -152,8 +152,9 @@ class _Deadlines:
         self._expired: set[asyncio.Task] = set()
         self._timer: asyncio.TimerHandle | None = None
 
-    def add(self, task: asyncio.Task) -> None:
-        self._due[task] = time.monotonic() + self.timeout_s
+    def add(self, task: asyncio.Task, timeout_s: float | None = None) -> None:
+        """Watch ``task`` (again): it is cancelled once ``timeout_s`` (default: ``self.timeout_s``) pass."""
+        self._due[task] = time.monotonic() + (timeout_s or self.timeout_s)
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self._sweep)
 
@@ -225,7 +226,8 @@ class Gateway:
         self._monitors: dict[str, RolloutMonitor] = {}
         self._small_pools: dict[str, UpstreamPool] = {}
         self._background: set[asyncio.Task] = set()
-        self._key_cache: dict[str, tuple[ApiKey | None, float]] = {}
+        self._key_cache: cachetools.TTLCache[str, ApiKey | None] = cachetools.TTLCache(
+            config.key_cache_size, config.key_cache_ttl_s)
         self._deadlines = _Deadlines(config.upstream_timeout_s)
         self._pools = {name: UpstreamPool(upstream.base_url) for name, upstream in config.upstreams.items()}
         # Provider keys are read from the environment once, at start.
@@ -292,15 +294,14 @@ class Gateway:
         key = header[7:].strip() if header[:7].lower() == "bearer " else ""
         if not key:
             raise GatewayError(401, "missing gateway API key (Authorization: Bearer ...)", "invalid_api_key")
-        cached = self._key_cache.get(key)
-        now = time.monotonic()
-        if cached is None or cached[1] < now:
-            record = await asyncio.get_running_loop().run_in_executor(None, self.keys.lookup, key)
-            cached = (record, now + _KEY_CACHE_SECONDS)
-            self._key_cache[key] = cached
-        if cached[0] is None:
+        if key in self._key_cache:
+            record = self._key_cache[key]
+        else:
+            record = self._key_cache[key] = await asyncio.get_running_loop().run_in_executor(
+                None, self.keys.lookup, key)
+        if record is None:
             raise GatewayError(401, "unknown or revoked gateway API key", "invalid_api_key")
-        return cached[0]
+        return record
 
     def _parse(self, request: Request, caller: ApiKey | None) -> tuple[dict, str]:
         """The request body and its workload; GatewayError 413/400 when the request is unusable."""
@@ -483,12 +484,24 @@ class Gateway:
 
     async def _relay_stream(self, responder: Responder, answer: UpstreamResponse, row: dict, endpoint: str,
                             started: float, provider_headers: list[tuple[str, str]]) -> None:
+        """Relay a stream as it arrives. Its deadline restarts with every chunk: a stream is cut when the provider
+        goes quiet for ``stream_idle_timeout_s``, never for its length."""
         summary = _StreamSummary()
+        task = asyncio.current_task()
         try:
             responder.start(200, "text/event-stream", [("cache-control", "no-cache"), *provider_headers])
+            self._deadlines.add(task, self.config.stream_idle_timeout_s)
             async for chunk in answer.chunks():
+                self._deadlines.add(task, self.config.stream_idle_timeout_s)
                 summary.feed(chunk)
                 await responder.write(chunk)
+        except asyncio.CancelledError:
+            if not self._deadlines.discard(task):
+                raise
+            task.uncancel()
+            self._upstream_stream_broke(row, endpoint, started, f"timed out: no chunk for "
+                                        f"{self.config.stream_idle_timeout_s:g}s", "".join(summary.parts))
+            return
         except ClientDisconnected:
             self._record_error(row, started, 499, "client disconnected mid-stream", "".join(summary.parts))
             self._observe(endpoint, 499, started, "client_disconnect")

@@ -37,7 +37,14 @@ class GatewayConfig:
     port: int = 8080
     max_body_bytes: int = 1 << 20
     require_api_key: bool = True
-    upstream_timeout_s: float = 60.0
+    upstream_timeout_s: float = 60.0  # connecting to the provider and its first byte (a whole non-streamed answer)
+    stream_idle_timeout_s: float = 60.0  # between two chunks of a stream; a long stream is never cut for its length
+    head_timeout_s: float = 10.0  # a caller's request head, from its connection (or its first byte) to its end
+    body_timeout_s: float = 30.0  # a caller's request body, after its head
+    keep_alive_s: float = 75.0  # an idle keep-alive connection
+    max_connections: int = 4096  # past it a new connection gets 503 and is closed
+    key_cache_size: int = 10_000  # gateway keys looked up (known or not), least recently used dropped first
+    key_cache_ttl_s: float = 5.0  # so a revoked key stops working within this
     queue_size: int = 50_000
     batch_size: int = 500
     flush_interval_s: float = 0.05

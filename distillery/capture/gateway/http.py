@@ -10,7 +10,10 @@ and a keep-alive pool of upstream connections (TLS for https upstreams).
 
 Failure behaviour: a request that does not parse gets 400 and the connection is closed; a
 head over ``MAX_HEAD_BYTES`` gets 431; a body over the limit is read and dropped and the
-handler sees ``Request.too_large`` (it answers 413 in its own format). Upstream: connection
+handler sees ``Request.too_large`` (it answers 413 in its own format). Slow or idle callers
+cannot hold connections: a head not complete within ``head_timeout_s`` of the connection (or of
+its first byte, on a kept-alive one), or a body not complete within ``body_timeout_s`` after it,
+gets 408 and the connection is closed; past ``max_connections`` a new connection gets 503. Upstream: connection
 refused/reset raise ``ConnectionError``/``OSError``; a reused keep-alive connection that the
 upstream closed before answering is retried once on a new one, nothing else is retried.
 """
@@ -121,12 +124,15 @@ class Responder:
 
 class _ServerConnection(asyncio.Protocol):
     def __init__(self, handler: Handler, max_body_bytes: int, tasks: set[asyncio.Task],
-                 connections: set["_ServerConnection"]):
+                 connections: set["_ServerConnection"], max_connections: int):
         self._handler = handler
         self._max_body = max_body_bytes
         self._tasks = tasks
         self._connections = connections
+        self._max_connections = max_connections
         self.last_active = 0.0
+        # What the caller still owes: None, or ("head" | "body", since when); the server's sweep enforces it.
+        self.reading: tuple[str, float] | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._queue: deque[tuple[Request, bool]] = deque()
@@ -148,8 +154,12 @@ class _ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self._peer = transport.get_extra_info("peername")
+        if len(self._connections) >= self._max_connections:
+            self._reject(503, f"the gateway has {self._max_connections} connections open: retry shortly")
+            return
         self._connections.add(self)
         self.last_active = time.monotonic()
+        self.reading = ("head", self.last_active)
 
     def data_received(self, data: bytes) -> None:
         if self._rejecting:
@@ -179,6 +189,10 @@ class _ServerConnection(asyncio.Protocol):
         self._can_write = None
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.reading is None:  # a kept-alive connection's next request: its head is due from now
+            self.reading = ("head", time.monotonic())
+
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._count_head(len(url))
@@ -195,6 +209,7 @@ class _ServerConnection(asyncio.Protocol):
             self._enqueue(keep_alive=False)
             self._transport.pause_reading()
             raise httptools.HttpParserCallbackError("body over the limit")  # stops this parse; see data_received
+        self.reading = ("body", time.monotonic())
         if self._headers.get("expect", "").lower() == "100-continue":
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -206,6 +221,7 @@ class _ServerConnection(asyncio.Protocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.reading = None
         self._enqueue(self._parser.should_keep_alive())
 
     def _enqueue(self, keep_alive: bool) -> None:
@@ -260,6 +276,13 @@ class _ServerConnection(asyncio.Protocol):
             self._transport.resume_reading()
         self._next()
 
+    def reject(self, status: int, message: str) -> None:
+        """Answer ``status`` now (unless an answer is under way) and close."""
+        if self._busy:
+            self.close()
+        else:
+            self._reject(status, message)
+
     def _reject(self, status: int, message: str) -> None:
         if self._transport and not self._closed:
             body = error_body(message, "invalid_request_error")
@@ -285,13 +308,17 @@ class _ServerConnection(asyncio.Protocol):
 class HttpServer:
     """Serves ``handler`` on host:port; ``close()`` stops accepting and waits for requests in flight.
 
-    Keep-alive connections idle for ``keep_alive_s`` are closed (checked every few seconds).
+    One sweep a second closes keep-alive connections idle for ``keep_alive_s`` and answers 408 to
+    callers whose head or body is overdue (``head_timeout_s``, ``body_timeout_s``).
     """
 
-    def __init__(self, handler: Handler, max_body_bytes: int, keep_alive_s: float = 75.0):
+    def __init__(self, handler: Handler, max_body_bytes: int, *, keep_alive_s: float = 75.0,
+                 head_timeout_s: float = 10.0, body_timeout_s: float = 30.0, max_connections: int = 4096):
         self._handler = handler
         self._max_body = max_body_bytes
         self._keep_alive_s = keep_alive_s
+        self._due = {"head": head_timeout_s, "body": body_timeout_s}
+        self._max_connections = max_connections
         self._tasks: set[asyncio.Task] = set()
         self._connections: set[_ServerConnection] = set()
         self._server: asyncio.Server | None = None
@@ -300,17 +327,25 @@ class HttpServer:
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _ServerConnection(self._handler, self._max_body, self._tasks, self._connections), host, port,
-            reuse_address=True)
-        self._sweeper = loop.call_later(min(5.0, self._keep_alive_s), self._close_idle)
+            lambda: _ServerConnection(self._handler, self._max_body, self._tasks, self._connections,
+                                      self._max_connections), host, port, reuse_address=True)
+        self._sweeper = loop.call_later(self._sweep_interval, self._sweep)
         return self._server.sockets[0].getsockname()[1]
 
-    def _close_idle(self) -> None:
-        cutoff = time.monotonic() - self._keep_alive_s
+    @property
+    def _sweep_interval(self) -> float:
+        return min(1.0, self._keep_alive_s, *self._due.values())
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
         for connection in list(self._connections):
-            if connection.idle and connection.last_active < cutoff:
+            if connection.reading is not None:
+                part, since = connection.reading
+                if now - since > self._due[part]:
+                    connection.reject(408, f"request {part} not received within {self._due[part]:g}s")
+            elif connection.idle and connection.last_active < now - self._keep_alive_s:
                 connection.close()
-        self._sweeper = asyncio.get_running_loop().call_later(min(5.0, self._keep_alive_s), self._close_idle)
+        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_interval, self._sweep)
 
     async def close(self, timeout_s: float = 30.0) -> None:
         if self._sweeper:

@@ -38,10 +38,16 @@ async def _shutdown(server: HttpServer, gateway: Gateway) -> None:
     await asyncio.get_running_loop().run_in_executor(None, gateway.close)
 
 
+def _http_server(gateway: Gateway, config: GatewayConfig) -> HttpServer:
+    return HttpServer(gateway.handle, config.max_body_bytes, keep_alive_s=config.keep_alive_s,
+                      head_timeout_s=config.head_timeout_s, body_timeout_s=config.body_timeout_s,
+                      max_connections=config.max_connections)
+
+
 def serve_forever(config: GatewayConfig) -> None:
     """Until SIGINT or SIGTERM; then shut down as ``_shutdown`` says."""
     gateway = build_gateway(config)
-    server = HttpServer(gateway.handle, config.max_body_bytes)
+    server = _http_server(gateway, config)
     loop = _event_loop()
     stop = asyncio.Event()
 
@@ -64,7 +70,7 @@ class BackgroundGateway:
     def __init__(self, config: GatewayConfig):
         self.gateway = build_gateway(config)
         self._config = config
-        self._server = HttpServer(self.gateway.handle, config.max_body_bytes)
+        self._server = _http_server(self.gateway, config)
         self._loop = _event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="gateway", daemon=True)
         self.url = ""
