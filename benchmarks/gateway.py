@@ -9,8 +9,10 @@ gateway shut down and flushed, how many exchanges reached the log store. 10% of 
 are streamed and the stub fails 1% of all calls with a 500. --outage-seconds makes a
 PostgreSQL --db refuse connections for that long in the middle of the throughput run.
 A bare pass-through on the gateway's own HTTP layer that records nothing (benchmarks/bare_proxy.py)
-runs the same load in the same run: the ceiling for the gateway on this machine. The last line is
-one JSON object.
+runs the same load in the same run: the ceiling for the gateway on this machine. The same request
+handler served by uvicorn (httptools, uvloop; benchmarks/gateway_on_uvicorn.py) runs it too, in
+rounds interleaved with the gateway's (the median of two each), to choose the HTTP layer by
+measurement: ``uvicorn_vs_hand_written``. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -132,9 +134,15 @@ def main() -> None:
     bare = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "bare_proxy.py"), stub_url, str(port + 1)],
                             env=env)
     bare_url = f"http://127.0.0.1:{port + 1}/v1"
+    uvicorn_url, uvicorn_workload = f"http://127.0.0.1:{port + 2}/v1", f"{workload}-uvicorn"
+    on_uvicorn = None
     try:
         wait_until_up(f"http://127.0.0.1:{port}/healthz", gateway)
+        # Only now: the first gateway has migrated the log store, which two processes must not do at once.
+        on_uvicorn = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "gateway_on_uvicorn.py"), stub_url,
+                                       str(port + 2)], env=env)
         wait_until_up(f"{bare_url}/chat/completions", bare)
+        wait_until_up(f"http://127.0.0.1:{port + 2}/healthz", on_uvicorn)
 
         loop = uvloop.new_event_loop()
         direct_ms, gateway_ms = loop.run_until_complete(
@@ -154,12 +162,21 @@ def main() -> None:
                 await asyncio.sleep(args.outage_seconds)
                 set_connections(admin, url.database, True)
 
-        gateway_rps, gateway_failed = loop.run_until_complete(
-            throughput(gateway_url, args.requests, args.concurrency, workload, during))
+        gateway_rounds, uvicorn_rounds, gateway_failed = [], [], 0
+        for round_ in range(2):
+            rps, failed = loop.run_until_complete(throughput(gateway_url, args.requests, args.concurrency, workload,
+                                                             during if round_ == 0 else None))
+            gateway_rounds.append(rps)
+            gateway_failed += failed
+            uvicorn_rounds.append(loop.run_until_complete(
+                throughput(uvicorn_url, args.requests, args.concurrency, uvicorn_workload))[0])
+        gateway_rps, uvicorn_rps = statistics.median(gateway_rounds), statistics.median(uvicorn_rounds)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(120)
+        for process in (gateway, on_uvicorn):
+            if process is not None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(120)
         for process in (bare, stub):
             process.terminate()
             process.wait(30)
@@ -168,10 +185,12 @@ def main() -> None:
         line = next(l for l in metrics.splitlines() if l.startswith(name + " "))
         return int(float(line.split()[1]))
 
-    sent = args.latency_samples + args.requests  # the gateway's share of the latency phase, then the load phase
+    sent = args.latency_samples + 2 * args.requests  # the gateway's share of the latency phase, then two load rounds
     store = sa.create_engine(db)
+    count = sa.text("SELECT count(*) FROM exchanges WHERE workload = :w")
     with store.connect() as conn:
-        stored = conn.execute(sa.text("SELECT count(*) FROM exchanges WHERE workload = :w"), {"w": workload}).scalar()
+        stored = conn.execute(count, {"w": workload}).scalar()
+        stored_via_uvicorn = conn.execute(count, {"w": uvicorn_workload}).scalar()
     still_journaled = sum(1 for path in workdir.glob("gateway-journal.jsonl*") for _ in open(path))
     result = {
         "requests": args.requests,
@@ -194,6 +213,10 @@ def main() -> None:
         "journaled": gauge("distillery_gateway_rows_journaled"),
         "still_in_journal": still_journaled,
         "lost": sent - stored - still_journaled,
+        "uvicorn_rps": round(uvicorn_rps),
+        "uvicorn_throughput_ratio": round(uvicorn_rps / direct_rps, 3),
+        "uvicorn_vs_hand_written": round(uvicorn_rps / gateway_rps, 3),
+        "uvicorn_lost": 2 * args.requests - stored_via_uvicorn,
     }
     print(json.dumps(result))
 
