@@ -23,10 +23,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import jsonschema
+import numpy as np
 import pandas as pd
 from datasets import Dataset, DatasetDict
 
-from distillery.curation.neardup import clusters
+from distillery.curation.neardup import clusters_of, signatures
 from distillery.curation.pii import scrub
 from distillery.errors import DistilleryError
 from distillery.store import STATUS_OK
@@ -140,10 +141,13 @@ def curate(
     frame = frame.assign(prompt_key=frame["request_messages"].map(normalize_prompt))
     unique, conflicts = _deduplicate(frame)
     steps["exact duplicate prompts"] = len(frame) - len(unique)
+    # One MinHash signature per prompt, for the near-duplicate removal and the leak check both.
+    sigs = signatures(list(unique["request_messages"].map(caller_text)))
     if near_duplicate_threshold is not None and len(unique) > 1:
-        cluster = clusters(list(unique["request_messages"].map(caller_text)), near_duplicate_threshold)
-        near = unique.assign(prompt_key=unique["prompt_key"].to_numpy()[cluster])
+        cluster = clusters_of(sigs, near_duplicate_threshold)
+        near = unique.assign(prompt_key=unique["prompt_key"].to_numpy()[cluster], signature_row=np.arange(len(unique)))
         unique, near_conflicts = _deduplicate(near)
+        sigs = sigs[unique["signature_row"].to_numpy()]
         conflicts += near_conflicts
         steps["near-duplicate prompts"] = len(near) - len(unique)
 
@@ -164,16 +168,18 @@ def curate(
         examples.append({"log_id": int(row.id), "messages": [*messages, {"role": "assistant", "content": answer}]})
 
     parts = _split(examples, task, seed, validation_fraction, test_fraction)
-    moved = _move_leaks_to_train(examples, parts, near_duplicate_threshold or LEAKAGE_THRESHOLD)
+    moved = _move_leaks_to_train(parts, unique["prompt_key"].to_numpy(), sigs,
+                                 near_duplicate_threshold or LEAKAGE_THRESHOLD)
     if moved:
         steps["test rows moved to train (near a train prompt)"] = moved
-    dataset = DatasetDict({split: Dataset.from_list([examples[i] for i in sorted(parts[split])]) for split in SPLITS})
+    splits = {split: [examples[i] for i in sorted(parts[split])] for split in SPLITS}
+    dataset = DatasetDict({split: Dataset.from_list(rows) for split, rows in splits.items()})
     answers = Counter(ex["messages"][-1]["content"] for ex in examples) if task == CLASSIFICATION else Counter()
     report = CurationReport(
         task=task, steps=steps, duplicate_conflicts=conflicts, pii=dict(pii), labels=label_set,
         label_counts=dict(answers.most_common()),
         train=len(parts["train"]), validation=len(parts["validation"]), test=len(parts["test"]),
-        content_hash=dataset_hash(dataset), first_log_id=int(unique["id"].min()),
+        content_hash=dataset_hash(splits), first_log_id=int(unique["id"].min()),
         last_log_id=int(unique["id"].max()), log_ids=sorted(int(i) for i in unique["id"]),
     )
     return dataset, report
@@ -220,22 +226,30 @@ def leaked_test_rows(train: list[list[dict]], test: list[list[dict]], threshold:
     Exact: the whole conversation, system prompt included. Near: what the caller wrote (the
     system prompt left out, as it is shared), in one near-duplicate cluster with a train prompt.
     """
-    train_keys = {normalize_prompt(messages) for messages in train}
-    cluster = clusters([caller_text(m) for m in train] + [caller_text(m) for m in test], threshold)
-    train_clusters = set(cluster[: len(train)])
-    return [i for i, (messages, c) in enumerate(zip(test, cluster[len(train):]))
-            if normalize_prompt(messages) in train_keys or c in train_clusters]
+    keys = np.array([normalize_prompt(messages) for messages in [*train, *test]], dtype=object)
+    sigs = signatures([caller_text(messages) for messages in [*train, *test]])
+    return _leaked(keys[: len(train)], sigs[: len(train)], keys[len(train):], sigs[len(train):], threshold)
 
 
-def _move_leaks_to_train(examples: list[dict], parts: dict[str, list[int]], threshold: float) -> int:
+def _leaked(train_keys: np.ndarray, train_sigs: np.ndarray, test_keys: np.ndarray, test_sigs: np.ndarray,
+            threshold: float) -> list[int]:
+    """``leaked_test_rows`` on prompt keys and MinHash signatures computed once by the caller."""
+    cluster = clusters_of(np.concatenate([train_sigs, test_sigs]), threshold)
+    train_clusters, known = set(cluster[: len(train_keys)]), set(train_keys)
+    return [i for i, (key, c) in enumerate(zip(test_keys, cluster[len(train_keys):]))
+            if key in known or c in train_clusters]
+
+
+def _move_leaks_to_train(parts: dict[str, list[int]], keys: np.ndarray, sigs: np.ndarray, threshold: float) -> int:
     """A held-out prompt that (nearly) repeats a train prompt would flatter the model: it goes to train instead.
 
-    Clusters are recomputed on what is left, since a move can change them; a few rounds settle it.
+    ``keys`` and ``sigs`` are the examples' prompt keys and signatures (taken before PII scrubbing). Clusters are
+    recomputed on what is left, since a move can change them; a few rounds settle it.
     """
     moved = 0
     for _ in range(3):
-        prompts = {split: [examples[i]["messages"][:-1] for i in parts[split]] for split in ("train", "test")}
-        leaked = set(leaked_test_rows(prompts["train"], prompts["test"], threshold))
+        train, test = np.array(parts["train"], dtype=int), np.array(parts["test"], dtype=int)
+        leaked = set(_leaked(keys[train], sigs[train], keys[test], sigs[test], threshold))
         if not leaked or len(parts["test"]) - len(leaked) < 1:
             break
         parts["train"] += [parts["test"][k] for k in sorted(leaked)]
@@ -244,10 +258,11 @@ def _move_leaks_to_train(examples: list[dict], parts: dict[str, list[int]], thre
     return moved
 
 
-def dataset_hash(dataset: DatasetDict) -> str:
+def dataset_hash(splits: dict[str, list[dict]]) -> str:
+    """A hash of the examples of each split, as they go into the dataset (not read back from Arrow: 10x slower)."""
     digest = hashlib.sha256()
     for split in SPLITS:
-        for example in dataset[split]:
+        for example in splits[split]:
             digest.update(split.encode())
             digest.update(json.dumps(example, sort_keys=True).encode())
     return digest.hexdigest()[:16]
