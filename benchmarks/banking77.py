@@ -28,14 +28,15 @@ from datasets import Dataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from distillery.errors import DistilleryError  # noqa: E402
 from distillery.evaluation import classification_metrics  # noqa: E402
 from distillery.models import load_tokenizer, resolve_base_model  # noqa: E402
 from distillery.serving import generate, load_model  # noqa: E402
+from distillery.settings import public_dataset  # noqa: E402
 from distillery.tasks import DecodingPolicy  # noqa: E402
 from distillery.training import TrainingConfig, train_lora  # noqa: E402
 from distillery.training.trainer import build_lora_model, render_example  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "banking77"
 SYSTEM = "Banking intent."
 
 
@@ -95,11 +96,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--baseline-steps", type=int, default=6)
     args = parser.parse_args()
+    try:
+        data = public_dataset("banking77")
+    except DistilleryError as exc:
+        sys.exit(f"benchmarks/banking77.py: {exc}")
     torch.manual_seed(0)
 
     base_model = resolve_base_model(args.base_model)
-    train = pd.read_csv(DATA / "train.csv")
-    test = pd.read_csv(DATA / "test.csv")
+    train = pd.read_csv(data / "train.csv")
+    test = pd.read_csv(data / "test.csv")
     labels = sorted(train["category"].unique())
     validation = stratified(train, 2, seed=1)
     train = train.drop(validation.index).sample(frac=1.0, random_state=0)

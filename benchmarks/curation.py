@@ -23,8 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from distillery.curation import curate
+from distillery.settings import public_dataset
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 
 
 def luhn_card(rng: random.Random) -> str:
@@ -62,7 +62,8 @@ def edit(text: str, rng: random.Random) -> str:
 
 def synthetic_rows(n: int, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     rng = random.Random(seed)
-    bank = pd.concat([pd.read_csv(DATA / "train.csv"), pd.read_csv(DATA / "test.csv")])
+    data = public_dataset("banking77")
+    bank = pd.concat([pd.read_csv(data / "train.csv"), pd.read_csv(data / "test.csv")])
     texts, labels = list(bank["text"]), list(bank["category"])
     prompts, answers, kinds, sources, injected = [], [], [], [], []
     for i in range(n):

@@ -21,6 +21,27 @@ def model_cache() -> Path:
     return Path(os.environ.get("DISTILLERY_MODEL_CACHE", default)).resolve()
 
 
+# The public datasets the benchmarks and tests read, and the files each must hold (README: "Public datasets").
+PUBLIC_DATASETS = {
+    "banking77": "banking77/train.csv and banking77/test.csv (columns text, category)",
+    "dstc8_spans": "dstc8_spans/<domain>/{train_0,test}.json (DSTC8 SGD dialogues with slot spans), e.g. Buses_1",
+}
+
+
+def public_dataset(name: str) -> Path:
+    """The folder of a public dataset under $DISTILLERY_DATA (default: ../shared/data beside the checkout)."""
+    beside_checkout = Path(__file__).resolve().parents[2] / "shared" / "data"
+    root = Path(os.environ.get("DISTILLERY_DATA") or beside_checkout).resolve()
+    folder = root / name
+    if not folder.is_dir() or not any(folder.iterdir()):
+        from distillery.errors import DistilleryError
+
+        raise DistilleryError(
+            f"the {name} dataset is not in {root}: set DISTILLERY_DATA to a folder that holds "
+            f"{PUBLIC_DATASETS[name]} (the README's 'Public datasets' says where to get it)")
+    return folder
+
+
 def default_log_store_url() -> str:
     return os.environ.get("DISTILLERY_LOG_STORE_URL") or f"sqlite:///{home() / 'logs.db'}"
 

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from distillery.errors import DistilleryError
+from distillery.settings import public_dataset
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# The workplace's shared data sits beside the checkout (CI lays a copy there too); never copied into the repo.
-SHARED_DATA = Path(os.environ.get("DISTILLERY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 POSTGRES_ADMIN_URL = os.environ.get("DISTILLERY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -105,9 +106,11 @@ def tiny_adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not (SHARED_DATA / "banking77" / "train.csv").exists():
-        pytest.fail(f"the shared data is not at {SHARED_DATA}: set DISTILLERY_SHARED_DATA to the shared data folder")
-    return SHARED_DATA
+    """$DISTILLERY_DATA (default ../shared/data beside the checkout; never copied into the repository)."""
+    try:
+        return public_dataset("banking77").parent
+    except DistilleryError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -20,3 +20,12 @@ def test_quick_banking77_run_prints_its_figures():
     assert figures["test_rows"] == 77 and figures["device"] == "cpu" and figures["quick"] is True
     assert figures["accuracy"] > 0.05  # chance is 1/77; 20 s of training already gets ~0.25
     assert figures["train_steps"] > 0 and figures["tokens_per_s"] > 0 and figures["baseline_tokens_per_s"] > 0
+
+
+def test_without_the_data_it_stops_and_names_the_setting(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "banking77.py"), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "DISTILLERY_DATA": str(tmp_path)})
+    assert done.returncode != 0
+    assert f"the banking77 dataset is not in {tmp_path}: set DISTILLERY_DATA" in done.stderr
+    assert "banking77/train.csv and banking77/test.csv" in done.stderr
