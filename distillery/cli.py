@@ -254,16 +254,23 @@ def logs_import(
     answer_column: str = typer.Option("label", help="CSV: column with the answer."),
     system_prompt: Optional[str] = typer.Option(None, help="CSV: system message to put before each prompt."),
     requests: Optional[Path] = typer.Option(None, help="Batch: the input JSONL, to recover request messages."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on any bad record, importing nothing."),
 ) -> None:
-    """Import logs; re-importing the same file adds nothing."""
+    """Import logs; re-importing the same file adds nothing. Bad records are summarized by cause."""
     from distillery.capture import import_logs
+    from distillery.errors import DistilleryError
 
-    result = import_logs(_store(), path, workload, fmt, prompt_column=prompt_column, answer_column=answer_column,
-                         system_prompt=system_prompt, requests_path=requests)
+    try:
+        result = import_logs(_store(), path, workload, fmt, prompt_column=prompt_column,
+                             answer_column=answer_column, system_prompt=system_prompt, requests_path=requests,
+                             strict=strict)
+    except DistilleryError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
     typer.echo(f"read {result.read}, imported {result.imported}, already stored {result.already_stored}, "
                f"skipped {len(result.skipped)}")
-    for reason in result.skipped[:20]:
-        typer.echo(f"  skipped {reason}", err=True)
+    for cause, count, where in result.by_cause():
+        typer.echo(f"  skipped {count}: {cause} (first: {', '.join(where)})", err=True)
 
 
 @logs_app.command("export")

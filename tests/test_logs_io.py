@@ -155,3 +155,32 @@ def test_dstc8_slot_spans_import_as_an_extraction_workload(store, shared_data):
     system = rows.iloc[1]["request_messages"][0]["content"]
     assert "from_location, leaving_date, to_location" in system and "just asked for: to_location" in system
     assert infer_task(rows["response_text"]) == EXTRACTION
+
+
+def test_dstc8_records_without_ids_import_once_and_repeated_records_stay_separate(store, shared_data, tmp_path):
+    records = json.loads((shared_data / "dstc8_spans" / "Buses_1" / "test.json").read_text())
+    for record in records:
+        del record["id"]
+    path = tmp_path / "Buses_1" / "test.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(records + records[:1]))  # the first record twice: two callers, same text
+    result = import_logs(store, path, "buses", "dstc8")
+    assert (result.read, result.imported, result.skipped) == (len(records) + 1, len(records) + 1, [])
+    again = import_logs(store, path, "buses", "dstc8")
+    assert (again.imported, again.already_stored) == (0, len(records) + 1)
+
+
+def test_bad_records_are_summarized_by_cause_and_strict_imports_nothing(distillery_home, tmp_path):
+    path = tmp_path / "train.jsonl"
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    path.write_text("\n".join([json.dumps(good), *[json.dumps({"x": i}) for i in range(5)], "{broken"]) + "\n")
+    runner = CliRunner()
+    done = runner.invoke(app, ["logs", "import", str(path), "--workload", "chat"])
+    assert done.exit_code == 0 and "read 7, imported 1" in done.stdout
+    assert "skipped 5: KeyError: 'messages' (first: line 2, line 3, line 4)" in done.output
+    assert done.output.count("skipped") == 3  # the totals line and one line per cause, not one per record
+    other = tmp_path / "other.jsonl"
+    other.write_text(path.read_text().replace("hello", "hi there"))
+    strict = runner.invoke(app, ["logs", "import", str(other), "--workload", "chat", "--strict"])
+    assert strict.exit_code == 1 and "6 of 7 records are bad, so nothing was imported (strict)" in strict.output
+    assert LogStore().workloads() == {"chat": 1}

@@ -5,9 +5,11 @@ answer), OpenAI Batch API output JSONL (joined with its input file by ``custom_i
 the request messages), CSV with the prompt and answer columns named by the caller, and
 DSTC8 slot-span files (Span-ConveRT's ``dstc8_spans``: a user turn in, a JSON object of its
 labelled slot values out).
-Every imported row gets a uid derived from the workload and the source record, so
-importing the same file twice adds nothing. Lines that cannot be read are counted and
-reported with their line number, never silently dropped, and never stop the import.
+Every imported row gets a uid derived from the workload and the source record (a DSTC8
+record without an id: the file's name, its position and its content), so importing the
+same file twice adds nothing, while repeated records stay separate exchanges. Records that
+cannot be read are counted and summarized by cause, never silently dropped; they never stop
+the import, unless ``strict``: then one bad record fails it and nothing is imported.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from distillery.errors import DistilleryError
 from distillery.settings import validate_workload
 from distillery.store import STATUS_ERROR, STATUS_OK, Exchange, LogStore, exchange_values
 
@@ -31,6 +34,19 @@ class ImportResult:
     imported: int = 0
     already_stored: int = 0  # rows of an earlier import of the same records
     skipped: list[str] = field(default_factory=list)  # "line N: reason"
+
+    def by_cause(self, examples: int = 3) -> list[tuple[str, int, list[str]]]:
+        """(cause, how many, where the first ``examples`` were), the most frequent cause first."""
+        groups: dict[str, list[str]] = {}
+        for entry in self.skipped:
+            where, _, cause = entry.partition(": ")
+            groups.setdefault(cause, []).append(where)
+        return sorted(((cause, len(found), found[:examples]) for cause, found in groups.items()),
+                      key=lambda group: -group[1])
+
+    def summary(self) -> str:
+        return "; ".join(f"{count} x {cause} ({', '.join(where)}{', ...' if count > len(where) else ''})"
+                         for cause, count, where in self.by_cause())
 
 
 def _uid(workload: str, source: str) -> str:
@@ -133,14 +149,21 @@ def _dstc8_records(path: Path, workload: str, result: ImportResult) -> Iterator[
             yield Exchange(workload=workload, request_messages=[{"role": "system", "content": system},
                                                                 {"role": "user", "content": text}],
                            response_text=json.dumps(dict(sorted(values.items())), ensure_ascii=False),
-                           model="imported", finish_reason="stop", uid=_uid(workload, f"{path.name}:{example['id']}"))
+                           model="imported", finish_reason="stop", uid=_uid(workload, _dstc8_source(path, number, example)))
         except (KeyError, TypeError, AttributeError) as exc:
             result.skipped.append(f"record {number}: {exc.__class__.__name__}: {exc}")
 
 
+def _dstc8_source(path: Path, number: int, example: dict) -> str:
+    """What identifies a record: its id, else its file, position and content (the same text twice is two calls)."""
+    if "id" in example:
+        return f"{path.name}:{example['id']}"
+    return f"{path.name}:{number}:{json.dumps(example, sort_keys=True, ensure_ascii=False)}"
+
+
 def import_logs(store: LogStore, path: Path, workload: str, fmt: str, *, prompt_column: str = "text",
                 answer_column: str = "label", system_prompt: str | None = None,
-                requests_path: Path | None = None) -> ImportResult:
+                requests_path: Path | None = None, strict: bool = False) -> ImportResult:
     validate_workload(workload)
     result = ImportResult()
     if fmt == "finetune":
@@ -159,12 +182,16 @@ def import_logs(store: LogStore, path: Path, workload: str, fmt: str, *, prompt_
     try:
         for exchange in records:
             batch.append(exchange_values(exchange))
-            if len(batch) >= IMPORT_BATCH:
+            if len(batch) >= IMPORT_BATCH and not strict:  # strict: nothing is stored until all records are read
                 handed += store.insert_rows(batch)
                 batch = []
     except UnicodeDecodeError as exc:
         result.skipped.append(f"the rest of the file: undecodable bytes ({exc})")
-    handed += store.insert_rows(batch)
+    if strict and result.skipped:
+        raise DistilleryError(f"{path}: {len(result.skipped)} of {result.read} records are bad, so nothing was "
+                              f"imported (strict): {result.summary()}")
+    for start in range(0, len(batch), IMPORT_BATCH):
+        handed += store.insert_rows(batch[start : start + IMPORT_BATCH])
     result.imported = store.workloads().get(workload, 0) - before
     result.already_stored = handed - result.imported
     return result
