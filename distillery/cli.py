@@ -249,10 +249,13 @@ def logs_import(
     path: Path,
     workload: str = typer.Option(..., help="Workload the rows belong to."),
     fmt: str = typer.Option("finetune", "--format",
-                            help="finetune (messages JSONL), batch (Batch API output), csv, dstc8 (slot spans)."),
-    prompt_column: str = typer.Option("text", help="CSV: column with the user message."),
-    answer_column: str = typer.Option("label", help="CSV: column with the answer."),
-    system_prompt: Optional[str] = typer.Option(None, help="CSV: system message to put before each prompt."),
+                            help="finetune (messages JSONL), batch (Batch API output), openai-chat (stored chat "
+                            "completions JSONL), jsonl or csv (with --prompt-field/--answer-field), dstc8 (slot spans)."),
+    prompt_field: str = typer.Option("text", help="jsonl, csv: the user message's field (a dotted path into JSONL "
+                                     "records, e.g. input.text) or column."),
+    answer_field: str = typer.Option("label", help="jsonl, csv: the answer's field or column (e.g. "
+                                     "output.choices.0.text)."),
+    system_prompt: Optional[str] = typer.Option(None, help="jsonl, csv: system message to put before each prompt."),
     requests: Optional[Path] = typer.Option(None, help="Batch: the input JSONL, to recover request messages."),
     strict: bool = typer.Option(False, "--strict", help="Fail on any bad record, importing nothing."),
 ) -> None:
@@ -261,9 +264,8 @@ def logs_import(
     from distillery.errors import DistilleryError
 
     try:
-        result = import_logs(_store(), path, workload, fmt, prompt_column=prompt_column,
-                             answer_column=answer_column, system_prompt=system_prompt, requests_path=requests,
-                             strict=strict)
+        result = import_logs(_store(), path, workload, fmt, prompt_field=prompt_field, answer_field=answer_field,
+                             system_prompt=system_prompt, requests_path=requests, strict=strict)
     except DistilleryError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from exc

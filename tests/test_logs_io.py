@@ -21,10 +21,10 @@ def store(tmp_path):
 
 
 def test_banking77_csv_imports_once_and_exports_as_finetuning_jsonl(store, tmp_path, banking77_train):
-    result = import_logs(store, banking77_train, "banking77", "csv", prompt_column="text",
-                         answer_column="category", system_prompt="Classify the banking query.")
+    result = import_logs(store, banking77_train, "banking77", "csv", prompt_field="text",
+                         answer_field="category", system_prompt="Classify the banking query.")
     assert (result.read, result.imported, result.skipped) == (10003, 10003, [])
-    again = import_logs(store, banking77_train, "banking77", "csv", prompt_column="text", answer_column="category")
+    again = import_logs(store, banking77_train, "banking77", "csv", prompt_field="text", answer_field="category")
     assert (again.imported, again.already_stored) == (0, 10003)
     first = store.read("banking77").iloc[0]
     assert first["request_messages"] == [{"role": "system", "content": "Classify the banking query."},
@@ -71,7 +71,7 @@ def test_csv_with_missing_columns_is_refused(store, tmp_path):
     path = tmp_path / "x.csv"
     path.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="no column"):
-        import_logs(store, path, "w", "csv", prompt_column="text", answer_column="label")
+        import_logs(store, path, "w", "csv", prompt_field="text", answer_field="label")
 
 
 def test_rows_from_revision_0001_survive_the_upgrade_to_head(tmp_path):
@@ -184,3 +184,33 @@ def test_bad_records_are_summarized_by_cause_and_strict_imports_nothing(distille
     strict = runner.invoke(app, ["logs", "import", str(other), "--workload", "chat", "--strict"])
     assert strict.exit_code == 1 and "6 of 7 records are bad, so nothing was imported (strict)" in strict.output
     assert LogStore().workloads() == {"chat": 1}
+
+
+def test_openai_stored_chat_completions_and_a_generic_jsonl_mapping_import(store, tmp_path):
+    stored = tmp_path / "stored.jsonl"
+    request = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "route: card lost"}]}
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini-2024-07-18",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "lost_card"},
+                           "finish_reason": "stop"}], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}
+    failed = {"id": "chatcmpl-2", "status_code": 429, "error": {"message": "rate limited"}}
+    stored.write_text("\n".join(json.dumps(r) for r in (
+        {"request": request, "response": answer}, {"request": request, "response": failed}, {"request": request})))
+    result = import_logs(store, stored, "stored", "openai-chat")
+    assert (result.read, result.imported) == (3, 2) and result.by_cause()[0][0] == "KeyError: 'response'"
+    rows = store.read("stored")
+    ok = rows[rows["status"] == "ok"].iloc[0]
+    assert ok["response_text"] == "lost_card" and ok["request_params"] == {"model": "gpt-4o-mini", "temperature": 0}
+    assert ok["prompt_tokens"] == 9 and set(rows["status_code"]) == {200, 429}
+    assert import_logs(store, stored, "stored", "openai-chat").imported == 0
+
+    mapped = tmp_path / "mapped.jsonl"
+    mapped.write_text("\n".join(json.dumps(r) for r in (
+        {"input": {"text": "where is my card"}, "output": {"choices": [{"text": "card_arrival"}]}},
+        {"input": {"text": "refund please"}, "output": {"choices": []}})) + "\n{broken\n")
+    result = import_logs(store, mapped, "mapped", "jsonl", prompt_field="input.text",
+                         answer_field="output.choices.0.text")
+    assert (result.read, result.imported) == (3, 1)
+    assert [cause for cause, _, _ in result.by_cause()] == ["missing field: no 'output.choices.0.text'",
+                                                            "JSONDecodeError: Expecting property name enclosed in "
+                                                            "double quotes"]
+    assert store.read("mapped").iloc[0]["response_text"] == "card_arrival"

@@ -2,9 +2,11 @@
 
 Formats: OpenAI fine-tuning JSONL (``{"messages": [...]}``, the last assistant turn is the
 answer), OpenAI Batch API output JSONL (joined with its input file by ``custom_id`` for
-the request messages), CSV with the prompt and answer columns named by the caller, and
-DSTC8 slot-span files (Span-ConveRT's ``dstc8_spans``: a user turn in, a JSON object of its
-labelled slot values out).
+the request messages), OpenAI stored chat completions exported as JSONL (``openai-chat``: the
+request body and the chat.completion in one record), any JSONL or CSV whose prompt and answer
+the caller names (``--prompt-field``/``--answer-field``, dotted paths into JSONL records such as
+``input.text`` or ``choices.0.message.content``), and DSTC8 slot-span files (Span-ConveRT's
+``dstc8_spans``: a user turn in, a JSON object of its labelled slot values out).
 Every imported row gets a uid derived from the workload and the source record (a DSTC8
 record without an id: the file's name, its position and its content), so importing the
 same file twice adds nothing, while repeated records stay separate exchanges. Records that
@@ -106,23 +108,78 @@ def _batch_records(path: Path, requests_path: Path | None, workload: str,
             result.skipped.append(f"line {number}: {exc.__class__.__name__}: {exc}")
 
 
-def _csv_records(path: Path, workload: str, prompt_column: str, answer_column: str, system_prompt: str | None,
-                 result: ImportResult) -> Iterator[Exchange]:
+def _field(record, path: str):
+    """The value at a dotted path (``a.b.0.c``: keys, and list positions as numbers); KeyError when absent."""
+    value = record
+    for part in path.split("."):
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
+            raise KeyError(f"no {path!r}")
+    return value
+
+
+def _mapped(path: Path, workload: str, records: Iterator[tuple[int, dict]], prompt_field: str, answer_field: str,
+            system_prompt: str | None, result: ImportResult) -> Iterator[Exchange]:
+    """Records whose prompt and answer sit at the fields the caller named (JSONL records or CSV rows)."""
+    prefix = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for number, record in records:
+        result.read += 1
+        try:
+            prompt, answer = _field(record, prompt_field), _field(record, answer_field)
+        except KeyError as exc:
+            result.skipped.append(f"line {number}: missing field: {exc.args[0]}")
+            continue
+        if not isinstance(prompt, str) or not prompt or not isinstance(answer, str):
+            result.skipped.append(f"line {number}: empty or non-text {prompt_field!r} or {answer_field!r}")
+            continue
+        yield Exchange(workload=workload, request_messages=[*prefix, {"role": "user", "content": prompt}],
+                       response_text=answer, model="imported", finish_reason="stop",
+                       uid=_uid(workload, f"{path.name}:{number}:{prompt}\0{answer}"))
+
+
+def _csv_rows(path: Path, prompt_field: str, answer_field: str) -> Iterator[tuple[int, dict]]:
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
-        missing = {prompt_column, answer_column} - set(reader.fieldnames or [])
+        missing = {prompt_field, answer_field} - set(reader.fieldnames or [])
         if missing:
             raise ValueError(f"{path} has no column(s) {sorted(missing)}; it has {reader.fieldnames}")
-        prefix = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        for number, record in enumerate(reader, 2):
+        yield from enumerate(reader, 2)
+
+
+def _jsonl_rows(path: Path, result: ImportResult) -> Iterator[tuple[int, dict]]:
+    for number, line in _jsonl(path):
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
             result.read += 1
-            prompt, answer = record.get(prompt_column), record.get(answer_column)
-            if not prompt or answer is None:
-                result.skipped.append(f"line {number}: empty {prompt_column!r} or {answer_column!r}")
+            result.skipped.append(f"line {number}: JSONDecodeError: {exc.msg}")
+
+
+def _openai_chat_records(path: Path, workload: str, result: ImportResult) -> Iterator[Exchange]:
+    """Stored chat completions, one JSON object per line: ``request`` (the request body, its messages included)
+    and ``response`` (the chat.completion, or an ``error``)."""
+    for number, record in _jsonl_rows(path, result):
+        result.read += 1
+        try:
+            request, response = record["request"], record["response"]
+            params = {k: v for k, v in request.items() if k != "messages"}
+            uid = _uid(workload, f"{path.name}:{response.get('id') or number}")
+            if "error" in response:
+                yield Exchange(workload=workload, request_messages=request["messages"], response_text=None,
+                               model=request.get("model"), request_params=params, status=STATUS_ERROR,
+                               status_code=response.get("status_code"), error=json.dumps(response["error"]), uid=uid)
                 continue
-            yield Exchange(workload=workload, request_messages=[*prefix, {"role": "user", "content": prompt}],
-                           response_text=answer, model="imported", finish_reason="stop",
-                           uid=_uid(workload, f"{path.name}:{number}:{prompt}\0{answer}"))
+            choice, usage = response["choices"][0], response.get("usage") or {}
+            yield Exchange(workload=workload, request_messages=request["messages"],
+                           response_text=choice["message"]["content"], model=response.get("model"),
+                           request_params=params, finish_reason=choice.get("finish_reason"),
+                           prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
+                           uid=uid)
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            result.skipped.append(f"line {number}: {exc.__class__.__name__}: {exc}")
 
 
 def dstc8_system_prompt(slots: list[str], requested: list[str]) -> str:
@@ -161,8 +218,8 @@ def _dstc8_source(path: Path, number: int, example: dict) -> str:
     return f"{path.name}:{number}:{json.dumps(example, sort_keys=True, ensure_ascii=False)}"
 
 
-def import_logs(store: LogStore, path: Path, workload: str, fmt: str, *, prompt_column: str = "text",
-                answer_column: str = "label", system_prompt: str | None = None,
+def import_logs(store: LogStore, path: Path, workload: str, fmt: str, *, prompt_field: str = "text",
+                answer_field: str = "label", system_prompt: str | None = None,
                 requests_path: Path | None = None, strict: bool = False) -> ImportResult:
     validate_workload(workload)
     result = ImportResult()
@@ -171,11 +228,17 @@ def import_logs(store: LogStore, path: Path, workload: str, fmt: str, *, prompt_
     elif fmt == "batch":
         records = _batch_records(path, requests_path, workload, result)
     elif fmt == "csv":
-        records = _csv_records(path, workload, prompt_column, answer_column, system_prompt, result)
+        records = _mapped(path, workload, _csv_rows(path, prompt_field, answer_field), prompt_field, answer_field,
+                          system_prompt, result)
+    elif fmt == "jsonl":
+        records = _mapped(path, workload, _jsonl_rows(path, result), prompt_field, answer_field, system_prompt,
+                          result)
+    elif fmt == "openai-chat":
+        records = _openai_chat_records(path, workload, result)
     elif fmt == "dstc8":
         records = _dstc8_records(path, workload, result)
     else:
-        raise ValueError(f"unknown format {fmt!r}: use finetune, batch, csv or dstc8")
+        raise ValueError(f"unknown format {fmt!r}: use finetune, batch, openai-chat, jsonl, csv or dstc8")
     before = store.workloads().get(workload, 0)
     handed = 0
     batch: list[dict] = []
