@@ -24,6 +24,7 @@ from typing import Callable
 
 import jsonschema
 import numpy as np
+import orjson
 import pandas as pd
 from datasets import Dataset, DatasetDict
 
@@ -61,7 +62,8 @@ class CurationReport:
 
 
 def normalize_prompt(messages: list[dict]) -> str:
-    return json.dumps([(m["role"], re.sub(r"\s+", " ", m["content"]).strip().casefold()) for m in messages])
+    """The prompt as exact duplicates are compared: roles and contents, whitespace and case folded."""
+    return orjson.dumps([(m["role"], " ".join(m["content"].split()).casefold()) for m in messages]).decode()
 
 
 def infer_task(answers: pd.Series) -> str:
@@ -264,7 +266,7 @@ def dataset_hash(splits: dict[str, list[dict]]) -> str:
     for split in SPLITS:
         for example in splits[split]:
             digest.update(split.encode())
-            digest.update(json.dumps(example, sort_keys=True).encode())
+            digest.update(orjson.dumps(example, option=orjson.OPT_SORT_KEYS))
     return digest.hexdigest()[:16]
 
 

@@ -19,15 +19,12 @@ to compute them three times.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
 
 NUM_PERM, BANDS = 64, 16
 _BATCH_BYTES = 1 << 18  # 128 MiB of hashes per batch (3-grams x 64 permutations x 8 bytes)
-_WHITESPACE = re.compile(r"\s+")
 
 
 def _hash_parameters(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +38,7 @@ def _hash_parameters(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _normalized(text: str) -> bytes:
-    data = _WHITESPACE.sub(" ", text).strip().casefold().encode("utf-8")
+    data = " ".join(text.split()).casefold().encode("utf-8")  # str.split: the whitespace of regex's \s, faster
     return data.ljust(3, b"\0")  # a text under 3 bytes is one 3-gram of itself
 
 
