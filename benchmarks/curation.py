@@ -18,7 +18,6 @@ import random
 import re
 import resource
 import time
-from pathlib import Path
 
 import pandas as pd
 
