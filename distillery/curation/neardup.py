@@ -90,7 +90,11 @@ def clusters_of(sigs: np.ndarray, threshold: float = 0.75) -> np.ndarray:
     rows = NUM_PERM // BANDS
     heads, members = [], []
     for band in range(BANDS):
-        keys = np.ascontiguousarray(sigs[:, band * rows : (band + 1) * rows]).view(f"V{rows * 4}").ravel()
+        # The band's values folded into one 64-bit key: sorting those is ~10x faster than sorting the raw
+        # bytes, and two bands that collide only make a candidate, which the full signature then rejects.
+        keys = np.zeros(n, dtype=np.uint64)
+        for column in sigs[:, band * rows : (band + 1) * rows].T:
+            keys = keys * np.uint64(0x9E3779B97F4A7C15) + column
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         new_bucket = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
@@ -99,7 +103,7 @@ def clusters_of(sigs: np.ndarray, threshold: float = 0.75) -> np.ndarray:
         heads.append(bucket_head[candidates])
         members.append(order[candidates])
     head, member = np.concatenate(heads), np.concatenate(members)
-    similar = (sigs[head] == sigs[member]).mean(axis=1) >= threshold
+    similar = (sigs[head] == sigs[member]).sum(axis=1) >= threshold * NUM_PERM
     graph = scipy.sparse.coo_matrix((np.ones(int(similar.sum()), dtype=np.int8), (head[similar], member[similar])),
                                     shape=(n, n))
     _, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
