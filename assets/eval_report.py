@@ -45,7 +45,6 @@ def eval_report(
 
     Runs out of process (workers/evaluate.py through Dagster Pipes), like training: it loads three models.
     """
-    tracker = mlflow.open()
     judge_settings = judge.settings()
     return workers.launch(context, EVALUATE, extras={
         "workload": context.partition_key,
@@ -58,6 +57,5 @@ def eval_report(
         "serving_concurrency": config.serving_concurrency,
         "judge": judge_settings and dataclasses.asdict(judge_settings),
         **artifacts.worker_extras(),
-        "tracking_uri": tracker.tracking_uri,
-        "mlflow_artifact_root": tracker.artifact_root,
+        **mlflow.worker_extras(),
     }, env={JUDGE_API_KEY_VARIABLE: judge.api_key} if judge.api_key else None)

@@ -56,7 +56,6 @@ def lora_adapter(
     training = config.model_dump(exclude={"base_model"})
     with user_errors_as_failures():
         TrainingConfig(**training)  # refuse a bad config here, before a worker starts
-    tracker = mlflow.open()
     return workers.launch(context, TRAIN_LORA, extras={
         "workload": context.partition_key,
         "dataset_version": recorded_version(context, curated_dataset),
@@ -64,7 +63,6 @@ def lora_adapter(
         "base_model": config.base_model or trainer.base_model,
         "torch_threads": trainer.torch_threads,
         **artifacts.worker_extras(),
-        "tracking_uri": tracker.tracking_uri,
-        "mlflow_artifact_root": tracker.artifact_root,
+        **mlflow.worker_extras(),
         "run_tags": {"dagster.run_id": context.run.run_id, "dagster.partition": context.partition_key},
     })

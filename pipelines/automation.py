@@ -9,6 +9,7 @@ import json
 import dagster as dg
 
 from assets import LIFECYCLE_ASSETS, frontier_traffic, live_monitoring, raw_llm_logs, workload_partitions
+from assets.upstream import latest_materialization
 from resources import LogStoreResource
 
 lifecycle_job = dg.define_asset_job(
@@ -34,11 +35,10 @@ NEW_ROWS_TO_RETRAIN = 1000
 
 def _latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetsDefinition, workload: str) -> tuple[int, dict]:
     """The storage id and metadata of the asset's latest materialization for the workload ((0, {}) if none)."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=[workload]), limit=1).records
-    if not records:
+    record = latest_materialization(instance, asset, workload)
+    if record is None:
         return 0, {}
-    return records[0].storage_id, {key: value.value for key, value in records[0].asset_materialization.metadata.items()}
+    return record.storage_id, {key: value.value for key, value in record.asset_materialization.metadata.items()}
 
 
 def build_log_store_watch(new_rows_to_retrain: int = NEW_ROWS_TO_RETRAIN) -> dg.SensorDefinition:
@@ -53,8 +53,7 @@ def build_log_store_watch(new_rows_to_retrain: int = NEW_ROWS_TO_RETRAIN) -> dg.
     def log_store_watch(context: dg.SensorEvaluationContext, log_store: LogStoreResource):
         store = log_store.open()
         known = set(context.instance.get_dynamic_partitions(workload_partitions.name))
-        counts = store.workloads()
-        new = sorted(set(counts) - known)
+        new = sorted(set(store.workloads()) - known)
         signalled = json.loads(context.cursor) if context.cursor else {}
         events = []
         for workload in sorted(known):  # a new workload's partition exists from the next tick on

@@ -22,5 +22,5 @@ class ArtifactsResource(dg.ConfigurableResource):
         return ArtifactStore(self.root, self.storage_options, self.cache_dir)
 
     def worker_extras(self) -> dict[str, Any]:
-        """What a worker process needs to open the same store (it keeps its own cache)."""
+        """What a worker process needs to open the same store, with its own cache (``workers.open_stores``)."""
         return {"artifacts_root": self.open().location, "artifacts_storage_options": dict(self.storage_options)}

@@ -17,3 +17,8 @@ class MlflowResource(dg.ConfigurableResource):
 
     def open(self) -> Tracker:
         return Tracker(self.tracking_uri, self.artifact_root)
+
+    def worker_extras(self) -> dict[str, str]:
+        """What a worker process needs to record in the same MLflow (``workers.open_stores`` reads it)."""
+        tracker = self.open()
+        return {"tracking_uri": tracker.tracking_uri, "mlflow_artifact_root": tracker.artifact_root}

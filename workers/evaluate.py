@@ -19,8 +19,7 @@ from dagster_pipes import PipesContext, open_dagster_pipes
 
 from distillery.evaluation import JUDGE_API_KEY_VARIABLE, CostSettings, GatePolicy, JudgeSettings, Price, pairwise_judge
 from distillery.lifecycle import evaluate_adapter
-from distillery.store import ArtifactStore
-from distillery.training import Tracker
+from workers import open_stores
 
 GATE_CHECK = "gate_passed"
 
@@ -33,9 +32,8 @@ def run(pipes: PipesContext) -> None:
     extras = pipes.extras
     costs = extras["costs"]
     judge = extras.get("judge")
-    artifacts = ArtifactStore(extras["artifacts_root"], extras["artifacts_storage_options"])
     artifact, report = evaluate_adapter(
-        artifacts, Tracker(extras["tracking_uri"], extras["mlflow_artifact_root"]), extras["workload"],
+        *open_stores(extras), extras["workload"],
         policy=GatePolicy(extras["max_gap_to_frontier"]),
         costs=CostSettings(costs["serving_usd_per_hour"], costs["migration_cost_usd"], costs["monthly_requests"],
                            Price(*costs["frontier_price"])),

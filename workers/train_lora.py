@@ -19,8 +19,8 @@ from dagster_pipes import PipesContext, open_dagster_pipes
 
 from distillery.lifecycle import train_adapter
 from distillery.models import resolve_base_model
-from distillery.store import ArtifactStore
-from distillery.training import Tracker, TrainingConfig
+from distillery.training import TrainingConfig
+from workers import open_stores
 
 
 def run(pipes: PipesContext) -> None:
@@ -34,10 +34,8 @@ def run(pipes: PipesContext) -> None:
             pipes.log.info(f"training {workload}: step {step}/{total}, loss {loss:.4f}")
 
     summary = train_adapter(
-        ArtifactStore(extras["artifacts_root"], extras["artifacts_storage_options"]), Tracker(extras["tracking_uri"], extras["mlflow_artifact_root"]),
-        workload, resolve_base_model(extras["base_model"]), TrainingConfig(**extras["config"]),
-        run_tags=extras["run_tags"],
-        on_step=progress, log=pipes.log.info, dataset_version=extras["dataset_version"],
+        *open_stores(extras), workload, resolve_base_model(extras["base_model"]), TrainingConfig(**extras["config"]),
+        run_tags=extras["run_tags"], on_step=progress, log=pipes.log.info, dataset_version=extras["dataset_version"],
     )
     result = summary.result
     pipes.report_asset_materialization(metadata={
