@@ -6,6 +6,8 @@ import os
 import re
 from pathlib import Path
 
+from distillery.errors import DistilleryError
+
 DEFAULT_WORKLOAD = "default"
 _WORKLOAD_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
@@ -34,8 +36,6 @@ def public_dataset(name: str) -> Path:
     root = Path(os.environ.get("DISTILLERY_DATA") or beside_checkout).resolve()
     folder = root / name
     if not folder.is_dir() or not any(folder.iterdir()):
-        from distillery.errors import DistilleryError
-
         raise DistilleryError(
             f"the {name} dataset is not in {root}: set DISTILLERY_DATA to a folder that holds "
             f"{PUBLIC_DATASETS[name]} (the README's 'Public datasets' says where to get it)")
