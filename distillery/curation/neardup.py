@@ -110,8 +110,3 @@ def clusters_of(sigs: np.ndarray, threshold: float = 0.75) -> np.ndarray:
     smallest = np.full(component.max() + 1, n)
     np.minimum.at(smallest, component, np.arange(n))
     return smallest[component]
-
-
-def clusters(texts: list[str], threshold: float = 0.75) -> np.ndarray:
-    """A cluster id per text; near-duplicates share one (the smallest index among them)."""
-    return clusters_of(signatures(texts), threshold)
