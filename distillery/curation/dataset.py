@@ -161,19 +161,21 @@ def curate(
             "train/validation/test: capture more traffic"
         )
 
+    # Split and leak check before the examples are built, so that the signatures are gone by then (memory).
+    parts = _split(list(unique["response_text"]), task, seed, validation_fraction, test_fraction)
+    moved = _move_leaks_to_train(parts, unique["prompt_key"].to_numpy(), sigs,
+                                 near_duplicate_threshold or LEAKAGE_THRESHOLD)
+    del sigs
+    if moved:
+        steps["test rows moved to train (near a train prompt)"] = moved
+
     pii: Counter = Counter()
+    clean = scrub if scrub_pii else (lambda text, _counts: text)
     examples = []
     for row in unique.itertuples():
-        clean = scrub if scrub_pii else (lambda text, _counts: text)
         messages = [{**m, "content": clean(m["content"], pii)} for m in row.request_messages]
         answer = clean(row.response_text, pii)
         examples.append({"log_id": int(row.id), "messages": [*messages, {"role": "assistant", "content": answer}]})
-
-    parts = _split(examples, task, seed, validation_fraction, test_fraction)
-    moved = _move_leaks_to_train(parts, unique["prompt_key"].to_numpy(), sigs,
-                                 near_duplicate_threshold or LEAKAGE_THRESHOLD)
-    if moved:
-        steps["test rows moved to train (near a train prompt)"] = moved
     splits = {split: [examples[i] for i in sorted(parts[split])] for split in SPLITS}
     dataset = DatasetDict({split: Dataset.from_list(rows) for split, rows in splits.items()})
     answers = Counter(ex["messages"][-1]["content"] for ex in examples) if task == CLASSIFICATION else Counter()
@@ -196,16 +198,17 @@ def _deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return unique.drop(columns=["answer_count"]), conflicts
 
 
-def _split(examples: list[dict], task: str, seed: int, validation_fraction: float,
+def _split(answers: list[str], task: str, seed: int, validation_fraction: float,
            test_fraction: float) -> dict[str, list[int]]:
+    """Positions per split: stratified by answer (the label) for classification, else the newest to test."""
     rng = random.Random(seed)
     if task == CLASSIFICATION:
         groups: dict[str, list[int]] = {}
-        for i, example in enumerate(examples):
-            groups.setdefault(example["messages"][-1]["content"], []).append(i)
+        for i, answer in enumerate(answers):
+            groups.setdefault(answer, []).append(i)
         strata = [rng.sample(members, len(members)) for _, members in sorted(groups.items())]
     else:
-        strata = [list(range(len(examples)))]  # examples are in log order: the newest go to test
+        strata = [list(range(len(answers)))]  # rows are in log order: the newest go to test
     parts: dict[str, list[int]] = {split: [] for split in SPLITS}
     for members in strata:
         n_test = round(len(members) * test_fraction)
@@ -230,34 +233,32 @@ def leaked_test_rows(train: list[list[dict]], test: list[list[dict]], threshold:
     """
     keys = np.array([normalize_prompt(messages) for messages in [*train, *test]], dtype=object)
     sigs = signatures([caller_text(messages) for messages in [*train, *test]])
-    return _leaked(keys[: len(train)], sigs[: len(train)], keys[len(train):], sigs[len(train):], threshold)
+    return _leaked(keys, sigs, len(train), threshold)
 
 
-def _leaked(train_keys: np.ndarray, train_sigs: np.ndarray, test_keys: np.ndarray, test_sigs: np.ndarray,
-            threshold: float) -> list[int]:
-    """``leaked_test_rows`` on prompt keys and MinHash signatures computed once by the caller."""
-    cluster = clusters_of(np.concatenate([train_sigs, test_sigs]), threshold)
-    train_clusters, known = set(cluster[: len(train_keys)]), set(train_keys)
-    return [i for i, (key, c) in enumerate(zip(test_keys, cluster[len(train_keys):]))
+def _leaked(keys: np.ndarray, sigs: np.ndarray, n_train: int, threshold: float) -> list[int]:
+    """``leaked_test_rows`` on the prompt keys and MinHash signatures of train then test, computed by the caller."""
+    cluster = clusters_of(sigs, threshold)
+    train_clusters, known = set(cluster[:n_train]), set(keys[:n_train])
+    return [i for i, (key, c) in enumerate(zip(keys[n_train:], cluster[n_train:]))
             if key in known or c in train_clusters]
 
 
 def _move_leaks_to_train(parts: dict[str, list[int]], keys: np.ndarray, sigs: np.ndarray, threshold: float) -> int:
     """A held-out prompt that (nearly) repeats a train prompt would flatter the model: it goes to train instead.
 
-    ``keys`` and ``sigs`` are the examples' prompt keys and signatures (taken before PII scrubbing). Clusters are
-    recomputed on what is left, since a move can change them; a few rounds settle it.
+    ``keys`` and ``sigs`` are the examples' prompt keys and signatures (taken before PII scrubbing). One pass is
+    enough: moving rows from test to train leaves their union, and so its clusters, as they were, and an exact
+    repeat has the same signature, so it is in its original's cluster. (Near-duplicate removal does not make this
+    pass empty: it compares each band's rows with that band's first row only, and the first row can be gone.)
     """
-    moved = 0
-    for _ in range(3):
-        train, test = np.array(parts["train"], dtype=int), np.array(parts["test"], dtype=int)
-        leaked = set(_leaked(keys[train], sigs[train], keys[test], sigs[test], threshold))
-        if not leaked or len(parts["test"]) - len(leaked) < 1:
-            break
-        parts["train"] += [parts["test"][k] for k in sorted(leaked)]
-        parts["test"] = [i for k, i in enumerate(parts["test"]) if k not in leaked]
-        moved += len(leaked)
-    return moved
+    rows = np.array(parts["train"] + parts["test"], dtype=int)
+    leaked = set(_leaked(keys[rows], sigs[rows], len(parts["train"]), threshold))
+    if not leaked or len(parts["test"]) - len(leaked) < 1:
+        return 0
+    parts["train"] += [parts["test"][k] for k in sorted(leaked)]
+    parts["test"] = [i for k, i in enumerate(parts["test"]) if k not in leaked]
+    return len(leaked)
 
 
 def dataset_hash(splits: dict[str, list[dict]]) -> str:
