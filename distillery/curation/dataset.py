@@ -7,7 +7,8 @@ answers outside the label set (classification) or not a JSON object, or not vali
 workload's JSON schema (extraction), then
 exact duplicates of the normalized prompt, then near duplicates (MinHash, ``neardup``) of
 what the caller wrote (system messages are shared by every call and left out); among
-duplicates the most common answer wins, then the newest, and conflicts are counted. PII is replaced by typed placeholders in prompts and answers.
+duplicates the most common answer wins, then the newest, and conflicts are counted. PII is
+replaced by typed placeholders in prompts and answers.
 The split is stratified by label for classification and by time otherwise (newest rows to
 test); the test split is never trained on.
 """
@@ -225,7 +226,8 @@ def _split(answers: list[str], task: str, seed: int, validation_fraction: float,
     return parts
 
 
-def leaked_test_rows(train: list[list[dict]], test: list[list[dict]], threshold: float = LEAKAGE_THRESHOLD) -> list[int]:
+def leaked_test_rows(train: list[list[dict]], test: list[list[dict]],
+                     threshold: float = LEAKAGE_THRESHOLD) -> list[int]:
     """Positions in ``test`` of prompts that are exact or near duplicates of a ``train`` prompt.
 
     Exact: the whole conversation, system prompt included. Near: what the caller wrote (the
