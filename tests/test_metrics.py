@@ -1,7 +1,7 @@
 import pytest
 
 from distillery.evaluation import bootstrap_interval, classification_metrics, extraction_metrics, free_text_metrics
-from distillery.evaluation.metrics import field_f1, record_match
+from distillery.evaluation.metrics import field_f1, leaf_fields, record_match
 from distillery.tasks import parse_record
 
 
@@ -54,3 +54,26 @@ def test_bootstrap_interval_brackets_the_metric_and_narrows_with_more_rows():
     matches = [record_match('{"a": 1}', '{"a": 1}')] * 5 + [record_match('{"a": 1}', "{}")] * 5
     low, high = bootstrap_interval(matches, field_f1, resamples=300)
     assert low < field_f1(matches) < high
+
+
+def test_extraction_scores_nested_answers_leaf_by_leaf():
+    reference = '{"intents": ["book", "pay", "cancel"], "slots": {"city": "Paris", "date": "friday", "time": "7pm", ' \
+                '"people": 2}}'
+    # 2 of 3 intents and 3 of 4 slots right, one intent and one slot wrong.
+    prediction = '{"intents": ["pay", "book", "refund"], "slots": {"city": "Paris", "date": "friday", "time": "7pm", ' \
+                 '"people": 3}}'
+    match = record_match(reference, prediction)
+    assert match == (True, 5, 7, 7, False)
+    assert field_f1([match]) == pytest.approx(5 / 7)
+    # Lists are multisets: a repeated element counts once per occurrence, order does not matter.
+    assert record_match('{"tags": ["a", "a", "b"]}', '{"tags": ["b", "a"]}') == (True, 2, 2, 3, False)
+    assert record_match('{"rows": [{"id": 1, "x": "y"}]}', '{"rows": [{"x": "y", "id": 1}]}').exact
+    assert leaf_fields({"a": {"b": None, "c": ""}, "d": []}) == {}
+
+
+def test_the_eval_report_names_the_extraction_scoring():
+    from distillery.evaluation.comparison import EvalReport
+    from distillery.evaluation.gate import GateDecision
+
+    report = EvalReport("extract", "extraction", 0, {}, GateDecision(False, "field_f1"))
+    assert "leaf fields" in report.scoring

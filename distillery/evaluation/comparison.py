@@ -23,8 +23,8 @@ from datasets import Dataset
 from distillery.evaluation.costs import CostComparison, percentile
 from distillery.evaluation.gate import ChampionScore, GateDecision, GatePolicy, decide
 from distillery.evaluation.judge import JudgeResult
-from distillery.evaluation.metrics import (bootstrap_interval, classification_metrics, extraction_metrics, field_f1,
-                                           free_text_metrics, record_match)
+from distillery.evaluation.metrics import (EXTRACTION_SCORING, bootstrap_interval, classification_metrics,
+                                           extraction_metrics, field_f1, free_text_metrics, record_match)
 from distillery.serving import (BatchingEngine, Generation, LoadResult, generate, load_model, serve_under_load,
                                 using_adapter)
 from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, DecodingPolicy, agrees
@@ -81,6 +81,13 @@ class EvalReport:
         return HEADLINE[self.task]
 
     @property
+    def scoring(self) -> str:
+        """How answers are scored against the frontier's (extraction: which fields count)."""
+        if self.task == EXTRACTION:
+            return EXTRACTION_SCORING
+        return {CLASSIFICATION: "exact label", FREE_TEXT: "sentence-embedding cosine, ROUGE-L, chrF"}[self.task]
+
+    @property
     def candidate(self) -> ModelScore:
         return self.scores[CANDIDATE]
 
@@ -96,7 +103,8 @@ class EvalReport:
         data = asdict(self)
         data.update(gate=self.gate.as_dict(), judge=self.judge.as_dict() if self.judge else None,
                     operations=self.operations.as_dict() if self.operations else None,
-                    headline_metric=self.headline_metric, passed=self.passed, verdict=self.verdict)
+                    headline_metric=self.headline_metric, scoring=self.scoring, passed=self.passed,
+                    verdict=self.verdict)
         return data
 
     def markdown(self) -> str:
@@ -105,7 +113,7 @@ class EvalReport:
             f"Held-out test split of `{self.workload}` ({self.task}): {self.rows} rows, each model's answers scored "
             f"against the frontier's. Headline metric: **{metric}** (the frontier scores 1.000 on its own answers).",
             "",
-            f"Every model decoded under the adapter's decoding policy ({self.decoding}).",
+            f"Every model decoded under the adapter's decoding policy ({self.decoding}). Scoring: {self.scoring}.",
             "",
             f"| model | {metric} | 95% interval | exact agreement | rows/s (evaluation batches) |",
             "|---|---:|---:|---:|---:|",

@@ -2,8 +2,9 @@
 
 Classification: accuracy, macro-F1 over the labels the frontier used, F1 per label, and the
 confusion matrix. Extraction (a JSON object of fields per answer): the share of answers that
-parse as a JSON object, field-level precision/recall/F1 over (field, value) pairs, and
-exact-record match. Free text: ROUGE-L F1, chrF (both on a 0-1 scale) and the cosine
+parse as a JSON object, precision/recall/F1 over leaf fields (``leaf_fields``: nested objects
+flattened to dotted paths, lists compared as multisets of their elements, so 2 of 3 intents
+right earn 2 of 3 credits), and exact-record match. Free text: ROUGE-L F1, chrF (both on a 0-1 scale) and the cosine
 similarity of sentence embeddings. ``bootstrap_interval`` resamples per-row values to put a
 95% interval on any statistic of them.
 """
@@ -41,8 +42,26 @@ def classification_metrics(references: Sequence[str], predictions: Sequence[str]
     }
 
 
-def _fields(record: dict) -> set[tuple[str, str]]:
-    return {(key, json.dumps(value, sort_keys=True)) for key, value in record.items() if value not in (None, "", [])}
+EXTRACTION_SCORING = "leaf fields: nested objects as dotted paths, lists as multisets of their elements"
+
+
+def leaf_fields(value: Any, path: str = "") -> Counter:
+    """A JSON value's leaves as a multiset of (dotted path, JSON-encoded value).
+
+    ``{"slots": {"city": "Paris"}, "intents": ["book", "pay"]}`` has the leaves ``("slots.city", '"Paris"')``,
+    ``("intents[]", '"book"')`` and ``("intents[]", '"pay"')``; a list of objects puts its elements' leaves under
+    ``path[].``. Empty values (null, "", [], {}) are absent.
+    """
+    leaves: Counter = Counter()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            leaves += leaf_fields(inner, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for element in value:
+            leaves += leaf_fields(element, f"{path}[]")
+    elif value is not None and value != "":
+        leaves[(path, json.dumps(value))] += 1
+    return leaves
 
 
 class RecordMatch(NamedTuple):
@@ -56,17 +75,17 @@ class RecordMatch(NamedTuple):
 
 
 def record_match(reference: str, prediction: str) -> RecordMatch:
-    """A prediction that does not parse counts as a record with no fields (all its reference fields are
-    misses). Empty values (null, "", []) count as absent on both sides."""
-    expected = _fields(parse_record(reference) or {})
+    """Leaf fields matched as multisets. A prediction that does not parse counts as a record with no fields (all
+    its reference fields are misses). Empty values (null, "", [], {}) count as absent on both sides."""
+    expected = leaf_fields(parse_record(reference) or {})
     record = parse_record(prediction)
-    got = _fields(record or {})
-    return RecordMatch(record is not None, len(expected & got), len(got), len(expected),
+    got = leaf_fields(record or {})
+    return RecordMatch(record is not None, sum((expected & got).values()), sum(got.values()), sum(expected.values()),
                        record is not None and got == expected)
 
 
 def field_f1(matches: Sequence[RecordMatch]) -> float:
-    """Micro F1 over (field, value) pairs."""
+    """Micro F1 over leaf (path, value) pairs."""
     true_positive = sum(m.true_positive for m in matches)
     predicted, expected = sum(m.predicted for m in matches), sum(m.expected for m in matches)
     precision = true_positive / predicted if predicted else 0.0
@@ -75,7 +94,7 @@ def field_f1(matches: Sequence[RecordMatch]) -> float:
 
 
 def extraction_metrics(references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:
-    """JSON validity, micro field precision/recall/F1 over (field, value) pairs, exact-record match."""
+    """JSON validity, micro precision/recall/F1 over leaf (path, value) pairs, exact-record match."""
     matches = [record_match(r, p) for r, p in zip(references, predictions)]
     true_positive = sum(m.true_positive for m in matches)
     predicted, expected = sum(m.predicted for m in matches), sum(m.expected for m in matches)
