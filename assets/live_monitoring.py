@@ -9,13 +9,18 @@ from assets.partitions import workload_partitions
 from assets.upstream import recorded_version
 from distillery.lifecycle import monitor_live_traffic
 from distillery.monitoring import MonitoringPolicy
-from resources import ArtifactsResource, LogStoreResource
+from distillery.evaluation import pairwise_judge
+from resources import ArtifactsResource, JudgeResource, LogStoreResource
 
 CHECKS = {
     "shadow_agreement": "Sampled shadow answers agree with the frontier's often enough.",
     "prompt_drift": "Live prompts look like the training prompts (PSI of length and embedding clusters).",
     "label_shift": "The frontier's live label distribution is close to the training one (classification).",
     "invalid_answers": "The small model's answers are valid for the workload (label set, JSON object).",
+    "hallucination": "The small model does not make things up: extraction values are in the prompt and its fields "
+                     "are the frontier's; free text is faithful to the prompt and agrees with the frontier; labels "
+                     "are ones the frontier gave similar prompts. A failure while the small model answers callers "
+                     "steps the route back.",
 }
 
 
@@ -24,6 +29,14 @@ class MonitoringConfig(dg.Config):
     max_psi: float = Field(default=0.25, description="Prompt PSI (length or embedding clusters) above this is drift.")
     max_label_shift: float = Field(default=0.15, description="Total-variation distance of the label distributions.")
     max_invalid_rate: float = Field(default=0.05, description="Invalid small-model answers above this fail.")
+    max_ungrounded_share: float = Field(default=0.1, description="Extraction: answer values not found in the prompt.")
+    max_invented_field_share: float = Field(default=0.1,
+                                            description="Extraction: answer fields the frontier's answer lacks.")
+    min_faithfulness: float = Field(default=0.3, description="Free text: embedding similarity of answer and prompt.")
+    min_frontier_agreement: float = Field(default=0.6, description="Free text: the judge's win-or-tie rate when a "
+                                          "judge is configured, else embedding similarity to the frontier's answer.")
+    max_unsupported_label_share: float = Field(default=0.1, description="Classification: labels the frontier never "
+                                               "gave the ten most similar training prompts.")
 
 
 @dg.asset(
@@ -32,18 +45,23 @@ class MonitoringConfig(dg.Config):
     automation_condition=every_monitoring_tick,
 )
 def live_monitoring(context: dg.AssetExecutionContext, config: MonitoringConfig, log_store: LogStoreResource,
-                    artifacts: ArtifactsResource) -> dg.MaterializeResult:
-    """The deployed model on live traffic: shadow agreement, invalid answers, prompt and label drift, money saved,
-    the gateway route and its latest events (rollbacks included); says when to retrain."""
-    policy = MonitoringPolicy(config.min_shadow_agreement, config.max_psi, config.max_label_shift,
-                              config.max_invalid_rate)
+                    artifacts: ArtifactsResource, judge: JudgeResource) -> dg.MaterializeResult:
+    """The deployed model on live traffic: shadow agreement, invalid answers, prompt and label drift,
+    hallucination, money saved, the gateway route and its latest events (rollbacks included); says when to
+    retrain."""
+    policy = MonitoringPolicy(**config.model_dump())
+    settings = judge.settings()
     with user_errors_as_failures():
         summary = monitor_live_traffic(log_store.open(), artifacts.open(), context.partition_key, policy,
-                                       report_version=recorded_version(context, eval_report))
+                                       report_version=recorded_version(context, eval_report),
+                                       judge=pairwise_judge(settings, judge.api_key) if settings else None,
+                                       judge_name=judge.model)
     report = summary.report
     events = "\n".join(f"- {e.created_at:%Y-%m-%d %H:%M:%S} {e.kind}: {e.from_mode or '-'} -> {e.to_mode} ({e.reason})"
                        for e in summary.route_events) or "none"
     figures = {key: value for key, value in report.as_dict().items() if isinstance(value, (int, float))}
+    figures.update({f"hallucination_{key}": value for key, value in report.as_dict()["hallucination"].items()
+                    if value is not None})
     return dg.MaterializeResult(
         metadata={
             **figures,

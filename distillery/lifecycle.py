@@ -20,7 +20,7 @@ from datasets import DatasetDict, load_from_disk
 from distillery import curation, evaluation, monitoring, training
 from distillery.errors import DistilleryError
 from distillery.evaluation import CostSettings, GatePolicy, compare_costs, small_model_figures
-from distillery.serving import FRONTIER, SHADOW, Endpoint, Endpoints, Route, RouteStore
+from distillery.serving import CANARY, FRONTIER, SHADOW, SMALL, Endpoint, Endpoints, Route, RouteStore
 from distillery.settings import validate_workload
 from distillery.store import STATUS_OK, Artifact, ArtifactStore, LogStore, load_snapshot, save_snapshot
 from distillery.tasks import POLICY_FILE, DecodingPolicy
@@ -333,23 +333,35 @@ class LiveSummary:
 
 def monitor_live_traffic(store: LogStore, artifacts: ArtifactStore, workload: str,
                          policy: monitoring.MonitoringPolicy = monitoring.MonitoringPolicy(),
-                         report_version: str | None = None) -> LiveSummary:
-    """The deployed model's live figures against the data it was trained on, and whether to retrain."""
+                         report_version: str | None = None, judge: evaluation.Judge | None = None,
+                         judge_name: str = "") -> LiveSummary:
+    """The deployed model's live figures against the data it was trained on, and whether to retrain.
+
+    Drift, disagreement and hallucination are retrain reasons (``log_store_watch`` signals them). A hallucination
+    failure while the small model answers callers (canary, small) also steps the route back one mode at once: the
+    gateway's own rollback watches errors, latency, validity and disagreement, not what an answer invents.
+    """
     report_artifact = _upstream(artifacts, workload, REPORT, report_version, LIVE)
     adapter = artifacts.get(workload, ADAPTER, report_artifact.manifest["adapter_version"])
     curated = artifacts.get(workload, CURATED, adapter.manifest["dataset_version"])
     train = load_from_disk(str(curated.path / "dataset"))["train"]
     operations = json.loads((report_artifact.path / "report.json").read_text()).get("operations") or {}
     small_per_1k = (operations.get("small_model") or {}).get("usd_per_1k_requests") or 0.0
+    agreement_judge = (lambda requests, frontier, small: judge(requests, frontier, small).win_or_tie_rate) if judge \
+        else None
     report = monitoring.live_report(
         store.read(workload), workload, train_prompts=[ex["messages"][:-1] for ex in train],
         train_answers=[ex["messages"][-1]["content"] for ex in train], since_log_id=curated.manifest["last_log_id"],
-        classification=curated.manifest.get("task") == "classification", small_usd_per_request=small_per_1k / 1000)
+        task=curated.manifest.get("task"), small_usd_per_request=small_per_1k / 1000, judge=agreement_judge,
+        judge_name=judge_name)
     failures = policy.failures(report)
     reasons = [reason for key, reason in failures.items() if reason and key != "invalid_answers"]
     routes = RouteStore(store.engine)
+    route = routes.get(workload)
+    if failures["hallucination"] and route is not None and route.mode in (CANARY, SMALL):
+        route = routes.set(route.step_back(), f"live monitoring: {failures['hallucination']}", kind="rollback")
     with artifacts.publish(workload, LIVE, {**report.as_dict(), "retrain_reasons": reasons,
                                             "failures": failures}) as folder:
         (folder / "live.json").write_text(json.dumps(report.as_dict(), indent=2))
-    return LiveSummary(artifacts.latest(workload, LIVE), report, failures, reasons, routes.get(workload),
+    return LiveSummary(artifacts.latest(workload, LIVE), report, failures, reasons, route,
                        routes.events(workload, limit=10))

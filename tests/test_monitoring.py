@@ -1,5 +1,7 @@
 """Live figures and drift on rows read back from a real SQLite log store; the retrain signal they raise."""
 
+import json
+
 import dagster as dg
 import pytest
 
@@ -39,7 +41,7 @@ def test_live_report_counts_shadow_agreement_invalid_answers_money_and_drift(tmp
                          request_params={"distillery_fallback": "invalid answer: nonsense"}, cost_usd=0.002)]
     rows = _rows(tmp_path, live + shadow + small + fallback)
     report = live_report(rows, "triage", train_prompts=TRAIN, train_answers=["billing"] * 40, since_log_id=0,
-                         classification=True, small_usd_per_request=0.0005)
+                         task="classification", small_usd_per_request=0.0005)
     assert report.live_rows == 31 and report.small_served == 10 and report.fallbacks == 1
     assert report.shadow_compared == 30 and report.shadow_agreement == pytest.approx(20 / 30)
     assert report.invalid_rate == pytest.approx((5 + 1) / (10 + 1 + 30))  # of every answer the small model gave
@@ -53,7 +55,7 @@ def test_live_report_counts_shadow_agreement_invalid_answers_money_and_drift(tmp
 def test_too_little_live_traffic_says_so_instead_of_a_drift_figure(tmp_path):
     rows = _rows(tmp_path, [Exchange("triage", TRAIN[0], "billing", cost_usd=0.001)])
     report = live_report(rows, "triage", train_prompts=TRAIN, train_answers=["billing"] * 40, since_log_id=0,
-                         classification=True, small_usd_per_request=0.0)
+                         task="classification", small_usd_per_request=0.0)
     assert report.length_psi is None and "drift needs at least 20" in report.notes[0]
     assert not any(MonitoringPolicy().failures(report).values())
 
@@ -83,3 +85,74 @@ def test_live_monitoring_retrain_reasons_signal_frontier_traffic_once_per_result
         monitored("triage", ["shadow agreement 0.52 < 0.8"])
         [again] = tick(result.cursor).asset_events
         assert "shadow agreement" in again.metadata["reasons"].value
+
+
+def test_extraction_answers_with_planted_values_have_exactly_that_share_ungrounded(tmp_path):
+    cities = ["Paris", "Rome", "Lisbon", "Oslo", "Vienna", "Prague", "Dublin", "Madrid", "Berlin", "Athens"]
+    frontier, shadow = [], []
+    for i, city in enumerate(cities * 3):
+        request = [{"role": "system", "content": "Extract the slots as JSON."},
+                   {"role": "user", "content": f"Book {i + 2} seats to {city} on Friday, please"}]
+        truth = {"slots": {"city": city, "day": "friday", "seats": i + 2}}
+        frontier.append(Exchange("triage", request, json.dumps(truth), uid=f"f{i}"))
+        answer = {"slots": {**truth["slots"]}}
+        if i % 3 == 0:  # planted: a value that is not in the prompt, and a field the frontier never gives
+            answer["slots"]["airline"] = "Lufthansa"
+        shadow.append(Exchange("triage", request, json.dumps(answer), served_by="shadow",
+                               request_params={"shadow_of": f"f{i}"}))
+    rows = _rows(tmp_path, frontier + shadow)
+    report = live_report(rows, "triage", train_prompts=TRAIN, train_answers=["{}"] * 40, since_log_id=0,
+                         task="extraction", small_usd_per_request=0.0)
+    planted, values = 10, 30 * 3 + 10
+    assert report.hallucination.ungrounded_value_share == pytest.approx(planted / values)
+    assert report.hallucination.invented_field_share == pytest.approx(planted / values)
+    assert MonitoringPolicy(max_ungrounded_share=0.05).failures(report)["hallucination"].startswith(
+        "answer values not in the prompt 10.0%")
+    assert MonitoringPolicy().failures(report)["hallucination"] is None  # 10% is not above the default 10%
+
+
+def test_free_text_without_a_judge_scores_unrelated_answers_below_paraphrases():
+    from distillery.monitoring import free_text_figures
+
+    prompts = ["My parcel was due on Monday and still has not arrived. Where is it?",
+               "I was charged twice for the same order last week, can I get one refunded?"]
+    requests = [[{"role": "user", "content": p}] for p in prompts]
+    frontier = ["Your parcel is delayed at the depot and should arrive within two days.",
+                "We have refunded the duplicate charge; it reaches your account in three to five days."]
+    paraphrases = ["The parcel is held up at our depot; expect it in the next two days.",
+                   "The second charge has been refunded and will be back in your account in 3-5 days."]
+    unrelated = ["Photosynthesis converts light into chemical energy in plants.",
+                 "The Eiffel Tower was completed in 1889 for the World's Fair."]
+    close = free_text_figures(requests, prompts, paraphrases, frontier)
+    far = free_text_figures(requests, prompts, unrelated, frontier)
+    assert close.agreement_basis == "embedding similarity"
+    assert far.faithfulness < close.faithfulness and far.frontier_agreement < close.frontier_agreement
+    assert MonitoringPolicy().hallucination_failure(far) and not MonitoringPolicy().hallucination_failure(close)
+    judged = free_text_figures(requests, prompts, unrelated, frontier, judge=lambda r, f, s: 0.0, judge_name="j")
+    assert judged.frontier_agreement == 0.0 and judged.agreement_basis == "judge j"
+
+
+def test_classification_labels_the_frontier_never_gave_similar_prompts_are_counted():
+    import numpy as np
+    from distillery.monitoring import classification_figures
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(8)[:2]
+    train = np.vstack([centres[i % 2] + 0.01 * rng.standard_normal(8) for i in range(40)])
+    train /= np.linalg.norm(train, axis=1, keepdims=True)
+    labels = ["billing" if i % 2 == 0 else "shipping" for i in range(40)]
+    live = np.vstack([centres[0]] * 10)
+    figures = classification_figures(train, labels, live, ["billing"] * 7 + ["shipping"] * 3)
+    assert figures.unsupported_label_share == pytest.approx(0.3)
+
+
+def test_the_gateway_rollback_watches_ungrounded_values():
+    from distillery.serving import RollbackPolicy, RolloutMonitor
+
+    monitor = RolloutMonitor(RollbackPolicy(min_samples=20, max_ungrounded_share=0.2))
+    for i in range(20):
+        monitor.observe(True, 10.0, ungrounded=0.1, now=float(i))
+    assert monitor.breach(now=20.0) is None
+    for i in range(20):
+        monitor.observe(True, 10.0, ungrounded=0.5, now=20.0 + i)
+    assert monitor.breach(now=40.0).startswith("answer values not in the prompt 30.0%")

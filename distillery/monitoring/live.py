@@ -1,11 +1,13 @@
-"""Live figures of a workload after deployment: shadow agreement, invalid answers, drift, money saved.
+"""Live figures of a workload after deployment: shadow agreement, invalid answers, drift, hallucination, money
+saved.
 
 Drift compares the prompts the gateway saw since the training data was cut with the training
 split: the population stability index (PSI) of prompt length (in characters, ten quantile bins
 of the training prompts) and of the prompts' nearest cluster among eight k-means clusters of
 the training prompts' MiniLM embeddings; and, for classification workloads, the total-variation
 distance between the frontier's label distribution in training and live. PSI below 0.1 is
-usually read as stable and above 0.25 as a real shift.
+usually read as stable and above 0.25 as a real shift. Hallucination figures per task are in
+``hallucination``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from distillery.monitoring.hallucination import (AgreementJudge, Hallucination, classification_figures,
+                                                 extraction_figures, free_text_figures)
 from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_OK
-from distillery.tasks import caller_text
+from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, caller_text
 
 _EPSILON = 1e-4  # an empty bin counts as this share, so the PSI stays finite
 
@@ -81,6 +85,7 @@ class LiveReport:
     cluster_psi: float | None
     label_shift: float | None  # classification only
     money_saved_usd: float  # small-served requests at the frontier's logged cost, less the small model's cost
+    hallucination: Hallucination = field(default_factory=Hallucination)
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -93,6 +98,11 @@ class MonitoringPolicy:
     max_psi: float = 0.25  # prompt length and embedding clusters
     max_label_shift: float = 0.15
     max_invalid_rate: float = 0.05
+    max_ungrounded_share: float = 0.1  # extraction: answer values not in the prompt
+    max_invented_field_share: float = 0.1  # extraction: answer fields the frontier's answer lacks
+    min_faithfulness: float = 0.3  # free text: embedding similarity of answer and prompt
+    min_frontier_agreement: float = 0.6  # free text: judge win-or-tie rate, else embedding similarity
+    max_unsupported_label_share: float = 0.1  # classification: labels the frontier never gave similar prompts
 
     def failures(self, report: LiveReport) -> dict[str, str | None]:
         """Per check, why it fails (None: it passes, or there is not enough traffic to say)."""
@@ -107,12 +117,31 @@ class MonitoringPolicy:
                                   else None, self.max_psi, "prompt PSI (length or embedding clusters)"),
             "label_shift": above(report.label_shift, self.max_label_shift, "label distribution shift"),
             "invalid_answers": above(report.invalid_rate, self.max_invalid_rate, "invalid-answer rate"),
+            "hallucination": self.hallucination_failure(report.hallucination),
         }
+
+    def hallucination_failure(self, figures: Hallucination) -> str | None:
+        """The first hallucination threshold crossed, as a reason (None: within, or no figure yet)."""
+        def outside(value: float | None, limit: float, what: str, low: bool = False) -> str | None:
+            if value is None or (value >= limit if low else value <= limit):
+                return None
+            return f"{what} {value:.1%} {'<' if low else '>'} {limit:.0%} over {figures.answers} answers"
+
+        reasons = [outside(figures.ungrounded_value_share, self.max_ungrounded_share, "answer values not in the prompt"),
+                   outside(figures.invented_field_share, self.max_invented_field_share,
+                           "answer fields the frontier's answer lacks"),
+                   outside(figures.faithfulness, self.min_faithfulness, "faithfulness to the prompt", low=True),
+                   outside(figures.frontier_agreement, self.min_frontier_agreement,
+                           f"agreement with the frontier ({figures.agreement_basis})", low=True),
+                   outside(figures.unsupported_label_share, self.max_unsupported_label_share,
+                           "labels the frontier never gave similar prompts")]
+        return next((reason for reason in reasons if reason), None)
 
 
 def live_report(rows: pd.DataFrame, workload: str, *, train_prompts: list[list[dict]],
-                train_answers: list[str], since_log_id: int, classification: bool,
-                small_usd_per_request: float, min_rows: int = 20) -> LiveReport:
+                train_answers: list[str], since_log_id: int, task: str,
+                small_usd_per_request: float, min_rows: int = 20, free_text_sample: int = 50,
+                judge: AgreementJudge | None = None, judge_name: str = "") -> LiveReport:
     """The figures over ``rows`` (the workload's log rows) newer than ``since_log_id``."""
     ok = rows[rows["status"] == STATUS_OK]
     served_by = ok["served_by"].fillna(SERVED_BY_FRONTIER)
@@ -137,15 +166,44 @@ def live_report(rows: pd.DataFrame, workload: str, *, train_prompts: list[list[d
         length_psi=None, cluster_psi=None, label_shift=None,
         money_saved_usd=len(small) * (per_request - small_usd_per_request), notes=notes,
     )
-    if len(live) < min_rows:
-        report.notes.append(f"{len(live)} live rows since training: drift needs at least {min_rows}")
-        return report
     from distillery.evaluation import encode
 
     train_texts = [caller_text(p) for p in train_prompts]
+    train_vectors = None
+    small_answers = pd.concat([small, shadow])
+    if task == EXTRACTION:
+        frontier_by_uid = dict(zip(ok["uid"], ok["response_text"]))
+        report.hallucination = extraction_figures(
+            [_whole_prompt(m) for m in small_answers["request_messages"]], list(small_answers["response_text"]),
+            [frontier_by_uid.get(p.get("shadow_of")) if isinstance(p, dict) else None
+             for p in small_answers["request_params"]])
+    elif task == FREE_TEXT:
+        frontier_by_uid = dict(zip(ok["uid"], ok["response_text"]))
+        sample = shadow.tail(free_text_sample)
+        paired = [(m, a, frontier_by_uid.get(p.get("shadow_of")))
+                  for m, a, p in zip(sample["request_messages"], sample["response_text"], sample["request_params"])
+                  if isinstance(p, dict) and frontier_by_uid.get(p.get("shadow_of"))]
+        report.hallucination = free_text_figures(
+            [m for m, _, _ in paired], [caller_text(m) for m, _, _ in paired], [a for _, a, _ in paired],
+            [f for _, _, f in paired], judge=judge, judge_name=judge_name)
+    elif task == CLASSIFICATION and len(small_answers) and train_texts:
+        train_vectors = encode(train_texts)
+        report.hallucination = classification_figures(
+            train_vectors, train_answers, encode([caller_text(m) for m in small_answers["request_messages"]]),
+            list(small_answers["response_text"]))
+
+    if len(live) < min_rows:
+        report.notes.append(f"{len(live)} live rows since training: drift needs at least {min_rows}")
+        return report
     live_texts = [caller_text(m) for m in live["request_messages"]]
     report.length_psi = length_psi(train_texts, live_texts)
-    report.cluster_psi = cluster_psi(encode(train_texts), encode(live_texts))
-    if classification:
+    report.cluster_psi = cluster_psi(encode(train_texts) if train_vectors is None else train_vectors,
+                                     encode(live_texts))
+    if task == CLASSIFICATION:
         report.label_shift = label_shift(train_answers, list(live["response_text"]))
     return report
+
+
+def _whole_prompt(messages: list[dict]) -> str:
+    """Every message's text: a value may be grounded in the context (requested slots, earlier turns)."""
+    return "\n".join(m.get("content") or "" for m in messages if isinstance(m, dict))

@@ -151,6 +151,8 @@ class RollbackPolicy:
     max_p95_latency_ms: float = 2000.0
     max_disagreement_rate: float = 0.3  # shadow answers that differ from the frontier's (normalized)
     max_invalid_rate: float = 0.05  # answers outside the label set or not a JSON object
+    # JSON answers: the mean share of an answer's values not found in the prompt (monitoring.hallucination)
+    max_ungrounded_share: float = 0.2
 
 
 class RolloutMonitor:
@@ -158,12 +160,14 @@ class RolloutMonitor:
 
     def __init__(self, policy: RollbackPolicy):
         self.policy = policy
-        self._outcomes: collections.deque[tuple[float, bool, float, bool | None, bool]] = collections.deque()
+        self._outcomes: collections.deque[tuple[float, bool, float, bool | None, bool, float | None]] = \
+            collections.deque()
 
     def observe(self, ok: bool, latency_ms: float, agreed: bool | None = None, valid: bool = True,
-                now: float | None = None) -> None:
-        """One small-model call: answered at all (``ok``), how fast, like the frontier (shadow), valid."""
-        self._outcomes.append((time.monotonic() if now is None else now, ok, latency_ms, agreed, valid))
+                now: float | None = None, ungrounded: float | None = None) -> None:
+        """One small-model call: answered at all (``ok``), how fast, like the frontier (shadow), valid, and the share
+        of its answer's values not in the prompt (JSON answers)."""
+        self._outcomes.append((time.monotonic() if now is None else now, ok, latency_ms, agreed, valid, ungrounded))
 
     def reset(self) -> None:
         self._outcomes.clear()
@@ -177,19 +181,25 @@ class RolloutMonitor:
         if len(outcomes) < self.policy.min_samples:
             return None
         policy, n = self.policy, len(outcomes)
-        errors = sum(not ok for _, ok, _, _, _ in outcomes) / n
+        errors = sum(not ok for _, ok, _, _, _, _ in outcomes) / n
         if errors > policy.max_error_rate:
             return f"error rate {errors:.1%} over {n} calls > {policy.max_error_rate:.1%}"
-        answered = [valid for _, ok, _, _, valid in outcomes if ok]
+        answered = [valid for _, ok, _, _, valid, _ in outcomes if ok]
         invalid = (len(answered) - sum(answered)) / len(answered) if answered else 0.0
         if invalid > policy.max_invalid_rate:
             return f"invalid-answer rate {invalid:.1%} over {len(answered)} answers > {policy.max_invalid_rate:.1%}"
-        latencies = sorted(latency for _, ok, latency, _, _ in outcomes if ok)
+        latencies = sorted(latency for _, ok, latency, _, _, _ in outcomes if ok)
         if latencies:
             p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
             if p95 > policy.max_p95_latency_ms:
                 return f"p95 latency {p95:.0f} ms > {policy.max_p95_latency_ms:.0f} ms"
-        compared = [agreed for _, _, _, agreed, _ in outcomes if agreed is not None]
+        shares = [share for *_, share in outcomes if share is not None]
+        if len(shares) >= policy.min_samples:
+            mean = sum(shares) / len(shares)
+            if mean > policy.max_ungrounded_share:
+                return (f"answer values not in the prompt {mean:.1%} over {len(shares)} answers > "
+                        f"{policy.max_ungrounded_share:.1%}")
+        compared = [agreed for _, _, _, agreed, _, _ in outcomes if agreed is not None]
         if len(compared) >= policy.min_samples:
             disagreement = (len(compared) - sum(compared)) / len(compared)
             if disagreement > policy.max_disagreement_rate:

@@ -38,6 +38,7 @@ from distillery.capture.gateway.http import (ClientDisconnected, Request, Respon
                                              error_body)
 from distillery.capture.gateway.keys import ApiKey, KeyStore
 from distillery.capture.recorder import Recorder
+from distillery.monitoring.hallucination import ungrounded
 from distillery.serving import ROUTE_KEY_HEADER, SHADOW, RolloutMonitor, Route, RouteStore, takes_small_model
 from distillery.settings import DEFAULT_WORKLOAD, validate_workload
 from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_ERROR, STATUS_OK
@@ -439,7 +440,8 @@ class Gateway:
             self.metrics.increment(self.metrics.fallbacks, route.workload)
             row["request_params"] = {**row["request_params"], "distillery_fallback": f"invalid answer: {text[:200]}"}
             return False
-        self._watch(route, ok=True, latency_ms=(time.perf_counter() - asked) * 1000)
+        self._watch(route, ok=True, latency_ms=(time.perf_counter() - asked) * 1000,
+                    ungrounded=_ungrounded_share(route, body, text))
         choice = payload["choices"][0]
         row.update(upstream="small-model", served_by=SERVED_BY_SMALL)
         self._record_ok(row, started, payload.get("model"), text, choice.get("finish_reason"), payload.get("usage"))
@@ -461,19 +463,20 @@ class Gateway:
             self._record_error(row, started, 502, f"small model failed in the shadow: {type(exc).__name__}: {exc}")
             return
         agreed, valid = agrees(text, frontier_text), route.valid_answer(text)
-        self._watch(route, ok=True, latency_ms=(time.perf_counter() - started) * 1000, agreed=agreed, valid=valid)
+        self._watch(route, ok=True, latency_ms=(time.perf_counter() - started) * 1000, agreed=agreed, valid=valid,
+                    ungrounded=_ungrounded_share(route, body, text))
         row["request_params"].update(agrees_with_frontier=agreed, valid_answer=valid)
         self._record_ok(row, started, payload.get("model"), text, payload["choices"][0].get("finish_reason"),
                         payload.get("usage"))
         self.metrics.increment(self.metrics.served, route.workload, SERVED_BY_SHADOW)
 
     def _watch(self, route: Route, *, ok: bool, latency_ms: float, agreed: bool | None = None,
-               valid: bool = True) -> None:
+               valid: bool = True, ungrounded: float | None = None) -> None:
         """Feed the workload's rollout monitor; step the route back when a threshold is crossed."""
         monitor = self._monitors.get(route.workload)
         if monitor is None:
             monitor = self._monitors[route.workload] = RolloutMonitor(self.config.rollback)
-        monitor.observe(ok, latency_ms, agreed, valid)
+        monitor.observe(ok, latency_ms, agreed, valid, ungrounded=ungrounded)
         reason = monitor.breach()
         current = self.routes.routes.get(route.workload)
         if reason is None or current is None or current.mode != route.mode:
@@ -560,6 +563,17 @@ class Gateway:
 # What a caller needs from the provider's answer: when to retry, the id to quote to its support, its rate limits.
 _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-request-id")
 _PASSED_PREFIX = "x-ratelimit-"
+
+
+def _ungrounded_share(route: Route, body: dict, answer: str) -> float | None:
+    """For a JSON route, the share of the answer's values not in the request's messages; None otherwise."""
+    if route.policy.kind != "json":
+        return None
+    messages = body.get("messages")
+    prompt = "\n".join(m["content"] for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str)) \
+        if isinstance(messages, list) else ""
+    missing, values = ungrounded(answer, prompt)
+    return missing / values if values else None
 
 
 def _provider_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
