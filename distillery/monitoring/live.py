@@ -127,7 +127,8 @@ class MonitoringPolicy:
                 return None
             return f"{what} {value:.1%} {'<' if low else '>'} {limit:.0%} over {figures.answers} answers"
 
-        reasons = [outside(figures.ungrounded_value_share, self.max_ungrounded_share, "answer values not in the prompt"),
+        reasons = [outside(figures.ungrounded_value_share, self.max_ungrounded_share,
+                           "answer values not in the prompt"),
                    outside(figures.invented_field_share, self.max_invented_field_share,
                            "answer fields the frontier's answer lacks"),
                    outside(figures.faithfulness, self.min_faithfulness, "faithfulness to the prompt", low=True),
