@@ -28,3 +28,12 @@ every_monitoring_tick = (
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 ).with_label(f"every '{MONITORING_CRON}' tick once deployed")
+
+PORTFOLIO_CRON = "0 6 * * *"
+
+# Not partitioned: any workload's new traffic signal, a new live-monitoring result, or the daily tick refreshes it.
+on_new_traffic_or_daily = (
+    (dg.AutomationCondition.any_deps_updated() | dg.AutomationCondition.cron_tick_passed(PORTFOLIO_CRON))
+    .since_last_handled()
+    & ~dg.AutomationCondition.in_progress()
+).with_label(f"any workload's traffic or monitoring updated, or the daily '{PORTFOLIO_CRON}' tick")

@@ -283,6 +283,27 @@ def logs_export(workload: str, path: Path) -> None:
     typer.echo(f"wrote {export_finetune_jsonl(_store(), workload, path)} examples to {path}")
 
 
+@app.command()
+def portfolio(
+    as_json: bool = typer.Option(False, "--json", help="End with one line of JSON: a list, one object per workload."),
+    threshold: float = typer.Option(3000.0, help="Recommend only above this projected frontier spend per month."),
+) -> None:
+    """Every workload in the log store ranked by projected saving: volume, frontier spend, task, route stage,
+    realized saving, and which to move to a small model next (the workload_portfolio asset's table)."""
+    import json
+
+    from distillery.fleet import PortfolioSettings, build_portfolio, portfolio_records, portfolio_text
+    from distillery.store import ArtifactStore
+
+    lines = build_portfolio(_store(), ArtifactStore(), PortfolioSettings(recommend_above_usd_per_month=threshold))
+    if not lines:
+        typer.echo("no workloads in the log store yet")
+    else:
+        typer.echo(portfolio_text(lines))
+    if as_json:
+        typer.echo(json.dumps(portfolio_records(lines)))
+
+
 def _routes():
     from distillery.serving import RouteStore
 

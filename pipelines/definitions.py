@@ -4,7 +4,7 @@ import os
 
 import dagster as dg
 
-from assets import LIFECYCLE_ASSETS, frontier_traffic, label_balance_check, live_monitoring
+from assets import LIFECYCLE_ASSETS, frontier_traffic, label_balance_check, live_monitoring, workload_portfolio
 from pipelines.automation import lifecycle_automation, lifecycle_job, log_store_watch, monitoring_job
 from pipelines.deployments import DEPLOYMENT_VARIABLE, DEPLOYMENTS, LOCAL
 
@@ -17,7 +17,7 @@ def defs() -> dg.Definitions:
     if deployment not in DEPLOYMENTS:
         raise ValueError(f"{DEPLOYMENT_VARIABLE}={deployment!r}: must be one of {', '.join(DEPLOYMENTS)}")
     return dg.Definitions(
-        assets=[frontier_traffic, *LIFECYCLE_ASSETS, live_monitoring],
+        assets=[frontier_traffic, *LIFECYCLE_ASSETS, live_monitoring, workload_portfolio],
         asset_checks=[label_balance_check],
         jobs=[lifecycle_job, monitoring_job],
         sensors=[log_store_watch, lifecycle_automation],

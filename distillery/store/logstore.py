@@ -186,6 +186,29 @@ class LogStore:
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one()
 
+    def usage(self) -> pd.DataFrame:
+        """Per workload, who answered (``served_by``: frontier, small, shadow) and status: rows, first and last time,
+        logged cost (sum and how many rows carry one) and mean tokens. Aggregated in the database, not read out."""
+        served_by = sa.func.coalesce(ExchangeRow.served_by, SERVED_BY_FRONTIER).label("served_by")
+        query = sa.select(
+            ExchangeRow.workload, served_by, ExchangeRow.status, sa.func.count().label("rows"),
+            sa.func.min(ExchangeRow.created_at).label("first_at"), sa.func.max(ExchangeRow.created_at).label("last_at"),
+            sa.func.sum(ExchangeRow.cost_usd).label("cost_usd"), sa.func.count(ExchangeRow.cost_usd).label("costed"),
+            sa.func.avg(ExchangeRow.prompt_tokens).label("prompt_tokens"),
+            sa.func.avg(ExchangeRow.completion_tokens).label("completion_tokens"),
+        ).group_by(ExchangeRow.workload, served_by, ExchangeRow.status)
+        with self.engine.connect() as conn:
+            result = conn.execute(query)
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+    def recent_answers(self, workload: str, limit: int) -> list[str]:
+        """The frontier's newest successful answers for the workload, newest first."""
+        query = (sa.select(ExchangeRow.response_text).where(ExchangeRow.workload == workload)
+                 .where(_FRONTIER_ANSWER, ExchangeRow.status == STATUS_OK, ExchangeRow.response_text.is_not(None))
+                 .order_by(ExchangeRow.id.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
     def read(self, workload: str, *, frontier_only: bool = False) -> pd.DataFrame:
         """All rows of one workload, oldest first, one column per table column.
 
