@@ -63,32 +63,44 @@ def demo(
     # The demo's model trains for a few minutes on CPU on 400 calls; a real workload keeps the gate's default of 5.
     max_gap_points: float = typer.Option(20.0, help="The gate's allowed gap to the frontier, in points."),
 ) -> None:
-    """Capture demo traffic, run the whole lifecycle on it (curate, fine-tune, evaluate, deploy), then move the
-    workload's traffic to the small model step by step and force a fault that rolls it back."""
+    """Capture demo traffic, run the whole lifecycle on it (curate, fine-tune, evaluate, deploy), move the
+    workload's traffic to the small model step by step and force a fault that rolls it back; then show the fleet
+    (two more call sites captured beside it) ranked by what moving each would save."""
     from tqdm import tqdm
 
-    from distillery.demo import STANDIN_MODEL, WORKLOAD, send_demo_traffic, walk_cutover
+    from distillery.demo import (EXTRACTION_WORKLOAD, REPLY_WORKLOAD, STANDIN_MODEL, WORKLOAD, extraction_messages,
+                                 reply_messages, send_demo_traffic, walk_cutover)
 
     if frontier_url:
         model, api_key_env = frontier_model, "OPENAI_API_KEY"
-        _say(f"1/4 Frontier: {frontier_url} (model {model})")
+        _say(f"1/5 Frontier: {frontier_url} (model {model})")
     else:
         model, api_key_env = STANDIN_MODEL, None
-        _say("1/4 Frontier STAND-IN on loopback: keyword rules posing as a frontier model "
+        _say("1/5 Frontier STAND-IN on loopback: keyword rules posing as a frontier model "
              "(no frontier API on this machine; pass --frontier-url for a real one)")
-    _say(f"2/4 Sending {calls} support tickets through the capture gateway (workload {WORKLOAD!r})")
+    _say(f"2/5 Sending {calls} support tickets through the capture gateway (workload {WORKLOAD!r})")
     with tqdm(total=calls, desc="demo calls", unit="call") as bar:
         traffic = send_demo_traffic(calls, frontier_url=frontier_url, model=model, api_key_env=api_key_env,
                                     concurrency=concurrency, on_call=bar.update)
     typer.echo(f"{traffic.calls} calls ({traffic.failed} failed) via {traffic.gateway_url}: {traffic.written} rows "
                f"written to {traffic.log_store_url}, {traffic.journaled} journaled")
+    # Two more call sites of the same company, at other volumes and (stand-in) prices: the fleet of step 5.
+    for workload, messages, volume, tier, max_tokens in [
+            (EXTRACTION_WORKLOAD, extraction_messages, calls * 3 // 2, "-large", 40),
+            (REPLY_WORKLOAD, reply_messages, calls * 3 // 8, "-mini", 60)]:
+        fleet = send_demo_traffic(volume, frontier_url=frontier_url, model=model if frontier_url else model + tier,
+                                  api_key_env=api_key_env, concurrency=concurrency, workload=workload,
+                                  messages=messages, max_tokens=max_tokens, seed=len(workload))
+        typer.echo(f"  and {fleet.calls} calls ({fleet.failed} failed) of workload {workload!r}")
 
-    _say(f"3/4 Running the lifecycle for {WORKLOAD!r} in Dagster: "
+    _say(f"3/5 Running the lifecycle for {WORKLOAD!r} in Dagster: "
          "raw_llm_logs -> curated_dataset -> lora_adapter -> eval_report -> deployed_endpoint")
     _run_lifecycle(WORKLOAD, epochs, max_gap_points)
-    _say("4/4 Cut-over through the gateway: shadow, canary, small model, then a forced fault")
+    _say("4/5 Cut-over through the gateway: shadow, canary, small model, then a forced fault")
     walk_cutover(frontier_url=frontier_url, model=model, api_key_env=api_key_env, say=typer.echo)
     typer.echo("  routes and their history: .venv/bin/distillery route show")
+    _say("5/5 The fleet: every workload in the log store, ranked by what moving it to a small model saves")
+    portfolio(as_json=False, threshold=3000.0)
 
 
 def _print_outcome(workload: str) -> None:

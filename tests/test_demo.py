@@ -34,7 +34,7 @@ def test_standin_answers_through_the_openai_client(standin):
     assert response.choices[0].message.content == "shipping"
     assert response.model == STANDIN_MODEL
     assert response.usage.prompt_tokens > 0 and response.usage.completion_tokens == 1
-    assert [m.id for m in client.models.list()] == [STANDIN_MODEL]
+    assert [m.id for m in client.models.list()][0] == STANDIN_MODEL
 
 
 def test_standin_streams(standin):

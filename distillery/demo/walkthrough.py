@@ -1,4 +1,8 @@
-"""The demo's traffic: tickets sent through a capture gateway, then the cut-over walked through a live one."""
+"""The demo's traffic: tickets sent through a capture gateway, then the cut-over walked through a live one.
+
+With the stand-in, the gateway prices each call with ``STANDIN_PRICES`` (made-up list prices), so the
+portfolio at the end of the demo has costs to rank.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Callable, Iterator
 import openai
 
 from distillery.capture import WORKLOAD_HEADER, BackgroundGateway, GatewayConfig
-from distillery.demo.standin import STANDIN_MODEL, start_frontier_standin
+from distillery.demo.standin import STANDIN_MODEL, STANDIN_PRICES, start_frontier_standin
 from distillery.demo.workload import WORKLOAD, demo_messages, generate_tickets
 from distillery.serving import CANARY, SHADOW, SMALL, Endpoints, RollbackPolicy, RouteStore
 from distillery.store import LogStore
@@ -27,7 +31,7 @@ def _gateway_to_frontier(frontier_url: str | None, api_key_env: str | None, **se
     (the gateway flushing what it recorded) when the block ends."""
     standin = None if frontier_url else start_frontier_standin()
     config = GatewayConfig.single(frontier_url or standin.url, api_key_env=api_key_env, port=0,
-                                  require_api_key=False, **settings)
+                                  require_api_key=False, models=STANDIN_PRICES if standin else {}, **settings)
     gateway = BackgroundGateway(config).start()
     try:
         yield gateway
@@ -49,19 +53,21 @@ class TrafficResult:
 
 def send_demo_traffic(calls: int, *, frontier_url: str | None = None, model: str = STANDIN_MODEL,
                       api_key_env: str | None = None, concurrency: int = 8,
-                      on_call: Callable[[], None] | None = None, seed: int = 7) -> TrafficResult:
-    """Send demo tickets through a capture gateway to the frontier (the stand-in unless a URL is given).
+                      on_call: Callable[[], None] | None = None, seed: int = 7, workload: str = WORKLOAD,
+                      messages: Callable[[str], list[dict]] = demo_messages, max_tokens: int = 8) -> TrafficResult:
+    """Send demo tickets, as ``messages`` of a ticket, through a capture gateway to the frontier (the stand-in
+    unless a URL is given) under ``workload``.
 
     The gateway records every exchange in the configured log store and is stopped, and so
     flushed, before this returns.
     """
     with _gateway_to_frontier(frontier_url, api_key_env) as gateway:
         client = openai.OpenAI(base_url=gateway.url, api_key="demo", max_retries=2,
-                               default_headers={WORKLOAD_HEADER: WORKLOAD})
+                               default_headers={WORKLOAD_HEADER: workload})
 
         def send(ticket: str) -> bool:
             try:
-                client.chat.completions.create(model=model, messages=demo_messages(ticket), max_tokens=8,
+                client.chat.completions.create(model=model, messages=messages(ticket), max_tokens=max_tokens,
                                                temperature=0)
                 return True
             except openai.APIError:

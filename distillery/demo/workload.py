@@ -129,3 +129,19 @@ def _typo_in_filler(text: str, rng: random.Random) -> str:
 
 def demo_messages(ticket: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": ticket}]
+
+
+# The demo's fleet: two more call sites of the same company, captured beside the triage workload.
+EXTRACTION_WORKLOAD = "order-extraction"
+EXTRACTION_PROMPT = ("Extract the order details from the customer ticket as a JSON object with the keys queue, "
+                     "order and amount (null when absent).")
+REPLY_WORKLOAD = "reply-drafts"
+REPLY_PROMPT = "Draft a short, friendly first reply to the customer ticket."
+
+
+def extraction_messages(ticket: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": EXTRACTION_PROMPT}, {"role": "user", "content": ticket}]
+
+
+def reply_messages(ticket: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": REPLY_PROMPT}, {"role": "user", "content": ticket}]

@@ -189,7 +189,11 @@ def portfolio_records(lines: list[WorkloadLine]) -> list[dict]:
 
 
 def _money(value: float | None) -> str:
-    return "n/a" if value is None else f"${value:,.0f}" if abs(value) >= 100 else f"${value:,.2f}"
+    if value is None:
+        return "n/a"
+    if value == 0:
+        return "$0"
+    return f"${value:,.0f}" if abs(value) >= 100 else f"${value:,.2f}" if abs(value) >= 1 else f"${value:.4f}"
 
 
 def portfolio_markdown(lines: list[WorkloadLine]) -> str:
