@@ -2,7 +2,8 @@
 
 Shared by every stage that reads prompts or answers: curation (filters by task), evaluation
 (scores by task, decodes by policy), serving (decodes by the same policy), the gateway's routes
-(what counts as a valid small-model answer) and live monitoring (drift of what callers write).
+(what counts as a valid small-model answer, how much of it the prompt grounds) and live monitoring
+(drift of what callers write, hallucination).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,43 @@ def parse_record(text: str) -> dict | None:
     except (json.JSONDecodeError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def leaf_fields(value, path: str = "") -> Counter:
+    """A JSON value's leaves as a multiset of (dotted path, JSON-encoded value).
+
+    ``{"slots": {"city": "Paris"}, "intents": ["book", "pay"]}`` has the leaves ``("slots.city", '"Paris"')``,
+    ``("intents[]", '"book"')`` and ``("intents[]", '"pay"')``; a list of objects puts its elements' leaves under
+    ``path[].``. Empty values (null, "", [], {}) are absent.
+    """
+    leaves: Counter = Counter()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            leaves += leaf_fields(inner, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for element in value:
+            leaves += leaf_fields(element, f"{path}[]")
+    elif value is not None and value != "":
+        leaves[(path, json.dumps(value))] += 1
+    return leaves
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.casefold().replace('"', " ").replace("'", " ").split())
+
+
+def ungrounded(answer: str, prompt: str) -> tuple[int, int]:
+    """(values not found in the prompt, values) over a JSON answer's leaf values, case, whitespace and quotes
+    folded; true/false are judgements, not quotes of the prompt, and do not count. An unparsable answer has none."""
+    haystack = _folded(prompt)
+    missing = total = 0
+    for (_, encoded), count in leaf_fields(parse_record(answer) or {}).items():
+        value = json.loads(encoded)
+        if isinstance(value, bool):
+            continue
+        total += count
+        missing += count * (_folded(str(value)) not in haystack)
+    return missing, total
 
 
 POLICY_FILE = "decoding_policy.json"  # beside an adapter's weights: how its answers are decoded

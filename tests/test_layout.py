@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 CORE = Path(__file__).resolve().parents[1] / "distillery"
-STAGES = ["store", "capture", "curation", "training", "evaluation", "serving", "monitoring", "demo"]
+STAGES = ["store", "capture", "curation", "training", "evaluation", "serving", "monitoring", "fleet", "demo"]
 SHARED = {"errors", "settings", "tasks", "models"}
 
 # What each part of the core may import besides the shared modules; the same table is in docs/architecture.md.
@@ -23,8 +23,9 @@ ALLOWED = {
     "training": set(),
     "monitoring": {"store", "evaluation"},
     "lifecycle": {"store", "curation", "training", "evaluation", "serving", "monitoring"},
-    "demo": {"store", "capture", "serving"},
-    "cli": {"store", "capture", "serving", "demo", "pipelines"},
+    "fleet": {"store", "serving", "curation", "evaluation"},
+    "demo": {"store", "capture", "serving", "evaluation"},
+    "cli": {"store", "capture", "serving", "fleet", "demo", "pipelines"},
 }
 OUTSIDE_THE_CORE = ("pipelines", "assets", "resources", "workers", "support", "dagster", "aiohttp")
 

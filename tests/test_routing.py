@@ -1,6 +1,8 @@
 """Routes, the rollout monitor, and the gateway moving traffic between two real stub servers on loopback."""
 
+import re
 import time
+import urllib.request
 
 import openai
 import pytest
@@ -132,8 +134,14 @@ def test_a_canary_sends_exactly_the_hashed_share_to_the_small_model(tmp_path, st
         client = _client(gateway)
         answers = {key: client.chat.completions.create(model="gpt-x", messages=MESSAGES, user=key)
                    .choices[0].message.content for key in keys}
+        metrics = urllib.request.urlopen(gateway.url.removesuffix("/v1") + "/metrics").read().decode()
     expected = {key for key in keys if canary_bucket(key) < 30}
     assert {key for key, text in answers.items() if text == "small"} == expected and 0 < len(expected) < 60
+    # Money at the frontier's price, per side: paid for the frontier's answers, avoided for the small model's.
+    spend = {side: float(re.search(rf'distillery_gateway_frontier_usd_total{{served_by="{side}",workload="triage"}} '
+                                   r"(\S+)", metrics).group(1)) for side in ("frontier", "small")}
+    rows = store.read("triage").groupby(store.read("triage")["served_by"].fillna("frontier"))["cost_usd"].sum()
+    assert spend == pytest.approx({"frontier": rows["frontier"], "small": rows["small"]}) and spend["small"] > 0
 
 
 def test_a_dead_small_model_fails_no_request_and_the_route_rolls_back(tmp_path, stubs, store):

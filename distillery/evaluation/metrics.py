@@ -17,7 +17,7 @@ import statistics
 from collections import Counter
 from typing import Any, Callable, NamedTuple, Sequence
 
-from distillery.tasks import parse_record
+from distillery.tasks import leaf_fields, parse_record
 
 
 def classification_metrics(references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:
@@ -43,25 +43,6 @@ def classification_metrics(references: Sequence[str], predictions: Sequence[str]
 
 
 EXTRACTION_SCORING = "leaf fields: nested objects as dotted paths, lists as multisets of their elements"
-
-
-def leaf_fields(value: Any, path: str = "") -> Counter:
-    """A JSON value's leaves as a multiset of (dotted path, JSON-encoded value).
-
-    ``{"slots": {"city": "Paris"}, "intents": ["book", "pay"]}`` has the leaves ``("slots.city", '"Paris"')``,
-    ``("intents[]", '"book"')`` and ``("intents[]", '"pay"')``; a list of objects puts its elements' leaves under
-    ``path[].``. Empty values (null, "", [], {}) are absent.
-    """
-    leaves: Counter = Counter()
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            leaves += leaf_fields(inner, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for element in value:
-            leaves += leaf_fields(element, f"{path}[]")
-    elif value is not None and value != "":
-        leaves[(path, json.dumps(value))] += 1
-    return leaves
 
 
 class RecordMatch(NamedTuple):

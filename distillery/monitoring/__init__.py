@@ -9,6 +9,6 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
     "live": ["live_report", "LiveReport", "MonitoringPolicy", "psi", "length_psi", "cluster_psi", "label_shift"],
-    "hallucination": ["Hallucination", "ungrounded", "invented_fields", "extraction_figures", "free_text_figures",
+    "hallucination": ["Hallucination", "invented_fields", "extraction_figures", "free_text_figures",
                       "classification_figures"],
 })

@@ -1,7 +1,7 @@
 """Is the small model making things up? One figure per task, from its live answers (served and shadow).
 
-- Extraction: the share of the answer's leaf values (``evaluation.metrics.leaf_fields``) that do not
-  occur in the prompt after normalization (case, whitespace and quotes folded), and, on shadow rows,
+- Extraction: the share of the answer's leaf values (``tasks.leaf_fields``) that do not occur in the
+  prompt after normalization (``tasks.ungrounded``: case, whitespace and quotes folded), and, on shadow rows,
   the share of the answer's leaf fields that the frontier's answer to the same request does not have.
 - Free text: on a sample of shadow rows, faithfulness to the prompt (embedding similarity of answer
   and prompt) and agreement with the frontier's answer (the pairwise judge's win-or-tie rate when one
@@ -12,35 +12,15 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
-from distillery.evaluation.metrics import leaf_fields
-from distillery.tasks import parse_record
+from distillery.tasks import leaf_fields, parse_record, ungrounded
 
 NEIGHBOURS = 10
-
-
-def _normalized(text: str) -> str:
-    return " ".join(text.casefold().replace('"', " ").replace("'", " ").split())
-
-
-def ungrounded(answer: str, prompt: str) -> tuple[int, int]:
-    """(values not found in the prompt, values) over the answer's leaf values; an unparsable answer has none."""
-    leaves = leaf_fields(parse_record(answer) or {})
-    haystack = _normalized(prompt)
-    missing = total = 0
-    for (_, encoded), count in leaves.items():
-        value = json.loads(encoded)
-        if isinstance(value, bool):  # true/false are judgements, not quotes of the prompt
-            continue
-        total += count
-        missing += count * (_normalized(str(value)) not in haystack)
-    return missing, total
 
 
 def invented_fields(answer: str, frontier_answer: str) -> tuple[int, int]:

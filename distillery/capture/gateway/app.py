@@ -38,11 +38,10 @@ from distillery.capture.gateway.http import (ClientDisconnected, Request, Respon
                                              error_body)
 from distillery.capture.gateway.keys import ApiKey, KeyStore
 from distillery.capture.recorder import Recorder
-from distillery.monitoring.hallucination import ungrounded
 from distillery.serving import ROUTE_KEY_HEADER, SHADOW, RolloutMonitor, Route, RouteStore, takes_small_model
 from distillery.settings import DEFAULT_WORKLOAD, validate_workload
 from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_ERROR, STATUS_OK
-from distillery.tasks import agrees
+from distillery.tasks import agrees, ungrounded
 
 WORKLOAD_HEADER = "x-distillery-workload"
 # Row uids: a random per-process prefix and a counter, as unique as uuid4 at a fraction of its cost.
@@ -72,6 +71,10 @@ class _Metrics:
                                  ["workload"], registry=self.registry)
         self.rollbacks = Counter("distillery_gateway_rollbacks", "Automatic route rollbacks", ["workload"],
                                  registry=self.registry)
+        self.frontier_usd = Counter(
+            "distillery_gateway_frontier_usd", "Answered chat completions at the frontier's list price: paid "
+            "(served_by=frontier) or avoided (served_by=small: the price of the model the caller asked for, on the "
+            "small model's tokens)", ["workload", "served_by"], registry=self.registry)
         self.latency = Histogram("distillery_gateway_request_seconds", "Request latency through the gateway",
                                  ["endpoint"], registry=self.registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
@@ -98,6 +101,9 @@ class _Metrics:
 
     def increment(self, metric, *labels: str) -> None:
         self._child(metric, *labels).inc()
+
+    def add(self, metric, amount: float, *labels: str) -> None:
+        self._child(metric, *labels).inc(amount)
 
     def count(self, endpoint: str, status: int, cause: str | None = None, seconds: float | None = None) -> None:
         self._child(self.requests, endpoint, str(status)).inc()
@@ -535,6 +541,9 @@ class Gateway:
             error=None, latency_ms=(time.perf_counter() - started) * 1000,
             cost_usd=price.cost(prompt_tokens, completion_tokens) if price else None,
         )
+        if row["cost_usd"] and row.get("served_by") != SERVED_BY_SHADOW:
+            self.metrics.add(self.metrics.frontier_usd, row["cost_usd"], row["workload"],
+                             row.get("served_by") or SERVED_BY_FRONTIER)
         self.recorder.submit(row)
 
     def _record_error(self, row: dict, started: float, status: int, message: str, partial: str | None = None) -> None:
