@@ -12,7 +12,8 @@ import openai
 import pytest
 
 from assets import (LIFECYCLE_ASSETS, curated_dataset, deployed_endpoint, eval_report, frontier_traffic,
-                    label_balance_check, live_monitoring, lora_adapter, raw_llm_logs, workload_partitions)
+                    label_balance_check, live_monitoring, lora_adapter, raw_llm_logs, workload_partitions,
+                    workload_portfolio)
 from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic, walk_cutover
 from distillery.serving import Endpoints, RouteStore
 from distillery.store import LogStore
@@ -255,6 +256,7 @@ def test_new_rows_signal_a_retrain_that_the_nightly_tick_bounds_and_the_clock_al
                                                   cursor=after_tick.cursor)
     assert _requested(signalled) == {f"{asset.key.to_user_string()}[{WORKLOAD}]"
                                      for asset in [*LIFECYCLE_ASSETS, live_monitoring]}, _requested(signalled)
+    assert signalled.get_num_requested(workload_portfolio.key) == 1  # the fleet view follows any workload's signal
     # Requested once: the next evaluation (no new signal, no new tick) asks for nothing.
     again = dg.evaluate_automation_conditions(defs(), instance, evaluation_time=night + datetime.timedelta(hours=2),
                                               cursor=signalled.cursor)
@@ -273,7 +275,10 @@ def test_definitions_load_with_the_lifecycle_and_monitoring_in_one_graph():
     graph = defs().resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys == {"frontier_traffic", "raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report",
-                    "deployed_endpoint", "live_monitoring"}
+                    "deployed_endpoint", "live_monitoring", "workload_portfolio"}
+    assert graph.get(dg.AssetKey("workload_portfolio")).parent_keys == {frontier_traffic.key,
+                                                                        dg.AssetKey("live_monitoring")}
+    assert not graph.get(dg.AssetKey("workload_portfolio")).partitions_def
     assert graph.get(dg.AssetKey("raw_llm_logs")).parent_keys == {frontier_traffic.key}
     pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys()}
     assert pools["lora_adapter"] == pools["eval_report"] == {"gpu"} and not pools["live_monitoring"]
