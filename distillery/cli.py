@@ -44,7 +44,7 @@ def _run_lifecycle(workload: str, epochs: float | None, max_gap_points: float | 
     warnings.filterwarnings("ignore", category=FutureWarning)
     from pipelines.run import run_lifecycle  # the CLI's one entry into Dagster
 
-    succeeded = run_lifecycle(workload, epochs=epochs, max_gap_points=max_gap_points)
+    succeeded = run_lifecycle(workload, epochs=epochs, max_gap_points=max_gap_points, say=typer.echo)
     _print_outcome(workload)
     if not succeeded:
         typer.secho(f"the lifecycle run for {workload!r} failed; see the messages above", fg="red", err=True)

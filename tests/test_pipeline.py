@@ -378,8 +378,9 @@ def test_an_extraction_workload_from_dstc8_is_scored_with_extraction_metrics(res
 
 def test_distillery_run_reaches_the_job_through_run_lifecycle_and_reports_a_failed_step(distillery_home, tmp_path,
                                                                                          monkeypatch):
-    """The command line's one way into Dagster: the run is recorded in $DAGSTER_HOME's instance; a workload with no
-    rows stops at raw_llm_logs with a message saying what to do, and the command exits 1."""
+    """The command line's one way into Dagster: the run is launched against the code location into $DAGSTER_HOME's
+    instance (a daemon started for it, as none runs); a workload with no rows stops at raw_llm_logs with a message
+    saying what to do, and the command exits 1."""
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     command = [sys.executable, "-m", "distillery.cli", "run", "no-rows-yet"]
     result = subprocess.run(command, env=os.environ, capture_output=True, text=True, timeout=300)
@@ -391,3 +392,8 @@ def test_distillery_run_reaches_the_job_through_run_lifecycle_and_reports_a_fail
         [run] = instance.get_runs()
         assert run.job_name == "workload_lifecycle" and run.tags["dagster/partition"] == "no-rows-yet"
         assert run.status == dg.DagsterRunStatus.FAILURE
+        # Launched against the code location, as the UI launches runs: the job's Runs tab lists it (the UI filters
+        # a job's runs by its code location) and it re-executes from the UI.
+        assert run.remote_job_origin.location_name == "distillery"
+        assert instance.get_runs(dg.RunsFilter(job_name="workload_lifecycle",
+                                               tags={"dagster/code_location": "distillery"})) == [run]
