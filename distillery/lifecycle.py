@@ -9,7 +9,6 @@ returns a summary the Dagster asset turns into metadata; nothing here knows abou
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,14 +16,14 @@ from typing import Callable
 
 from datasets import DatasetDict, load_from_disk
 
-from distillery import curation, evaluation, monitoring, training
+from distillery import curation, evaluation, monitoring, serving, training
 from distillery.errors import DistilleryError
 from distillery.evaluation import CostSettings, GatePolicy, compare_costs, small_model_figures
 from distillery.serving import CANARY, FRONTIER, SHADOW, SMALL, Endpoint, Endpoints, Route, RouteStore
 from distillery.settings import validate_workload
 from distillery.store import STATUS_OK, Artifact, ArtifactStore, LogStore, load_snapshot, save_snapshot
 from distillery.tasks import POLICY_FILE, DecodingPolicy
-from distillery.training import CHALLENGER, CHAMPION, Tracker, registered_model_name
+from distillery.training import CHALLENGER, CHAMPION, MODEL_ARTIFACT_PATH, Tracker, registered_model_name
 
 RAW, CURATED, ADAPTER, REPORT = "raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report"
 DEPLOYED = "deployed_endpoint"
@@ -178,19 +177,30 @@ def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, bas
             decoding.save(folder / "adapter")  # evaluation, the model server and the gateway decode by it
             if result.resumed_from_step:
                 tracker.set_tag(run_id, "distillery.resumed_from_step", str(result.resumed_from_step))
-            metrics = {"final_train_loss": result.final_train_loss, "train_seconds": result.seconds,
-                       "tokens_per_s": result.tokens_per_s, "train_tokens": result.train_tokens,
-                       "system/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                       "system/peak_gpu_memory_mb": result.peak_memory_mb}
-            if result.validation_loss is not None:
-                metrics["validation_loss"] = result.validation_loss
-            tracker.log_series(run_id, "validation_loss_curve", result.validation_curve)
+            # CPU and memory over time come from MLflow's system-metrics monitor (Tracker.run), not from here.
+            metrics = {"train_loss_mean_last_10_steps": result.final_train_loss, "train_seconds": result.seconds,
+                       "tokens_per_s": result.tokens_per_s, "train_tokens": result.train_tokens}
+            tracker.log_series(run_id, "validation_loss", result.validation_curve)
             tracker.log_metrics(run_id, metrics, step=result.steps)
-            tracker.log_artifacts(run_id, folder / "adapter", "adapter")
+            model = serving.save_adapter_model(folder / "adapter", base_model,
+                                               artifacts.scratch(workload, "mlflow-model") / run_id)
+            tracker.log_artifacts(run_id, model, MODEL_ARTIFACT_PATH)
             version = tracker.register_adapter(workload, run_id, tags)
+            tracker.describe(run_id, _run_description(workload, curated, len(dataset["train"]), version))
             tracker.set_alias(workload, CHALLENGER, version)
             manifest["model_version"] = version
     return AdapterSummary(artifacts.latest(workload, ADAPTER), run_id, version, registered_model_name(workload), result)
+
+
+def _run_description(workload: str, curated: Artifact, train_rows: int, version: str, verdict: str | None = None,
+                     headline: str | None = None) -> str:
+    """The MLflow run's description: what was trained on what, and what the gate said."""
+    source = curated.manifest
+    return (f"Workload **{workload}**, model version {version}: LoRA fine-tune on dataset version "
+            f"`{curated.version}` ({train_rows} train rows, log ids {source['first_log_id']}-{source['last_log_id']}, "
+            f"content hash `{source['content_hash']}`).\n\n"
+            + (f"Gate: **{verdict}**" + (f" ({headline})" if headline else "") if verdict else
+               "Gate: not evaluated yet."))
 
 
 def _champion_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str,
@@ -267,6 +277,9 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
         evaluation.metric_by_version_png(history, report.headline_metric, folder / "plots" / "headline_by_version.png")
         tracker.log_artifacts(run_id, folder / "plots", "eval_plots")
     tracker.log_text(run_id, markdown, "eval_report.md")
+    tracker.describe(run_id, _run_description(
+        workload, curated, len(load_from_disk(str(curated.path / "dataset"))["train"]), trained["model_version"],
+        report.verdict, f"{report.headline_metric} {candidate.headline:.3f}"))
     return artifacts.latest(workload, REPORT), report
 
 
@@ -308,7 +321,7 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: Endpoi
     endpoint = endpoints.deploy(workload, adapter.manifest["base_model"], adapter.path / "adapter",
                                 model_name=f"{workload}-v{version}", probe_messages=verdict["probe_messages"],
                                 policy=decoding)
-    tracker.set_alias(workload, CHAMPION, version)
+    tracker.promote(workload, version)
     route = None
     if routes is not None:
         current = routes.get(workload)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import mlflow
 import openai
 import pytest
 
@@ -121,12 +122,29 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert run.data.params["rank"] == "4" and "train_loss" in run.data.metrics and "eval_agreement" in run.data.metrics
     assert [h.step for h in tracker.client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
     assert "adapter_model.safetensors" in {a.path.split("/")[-1] for a in tracker.client.list_artifacts(
-        run.info.run_id, "adapter")}
-    assert tracker.alias_version(WORKLOAD, CHAMPION) == "1"
+        run.info.run_id, "model/artifacts/adapter")}
+    # Promotion: v1 is champion and no longer challenger.
+    assert tracker.alias_version(WORKLOAD, CHAMPION) == "1" and tracker.alias_version(WORKLOAD, CHALLENGER) is None
+    # The registered version loads with MLflow's own loader and answers as the served endpoint does.
+    mlflow.set_registry_uri(tracker.tracking_uri)
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{registered_model_name(WORKLOAD)}@champion")
+    tickets = [demo_messages(t) for t in ("I was charged twice", "My parcel never arrived", "I can't log in")]
+    served = [client.chat.completions.create(model=deployed["served_model"], messages=m, max_tokens=4)
+              .choices[0].message.content for m in tickets]
+    assert loaded.predict(tickets, params={"max_tokens": 4}) == served
+    experiment = tracker.client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "finetuning"  # the UI opens it on its runs
+    description = run.data.tags["mlflow.note.content"]
+    assert f"dataset version `{run.data.tags['distillery.dataset_version']}`" in description
+    assert "Gate: **PROMOTE" in description
     assert {a.path for a in tracker.client.list_artifacts(run.info.run_id, "eval_plots")} == {
         "eval_plots/confusion_matrix.png", "eval_plots/per_label_f1.png", "eval_plots/latency_and_cost.png",
         "eval_plots/headline_by_version.png"}
-    assert run.data.tags["distillery.dataset_hash"] and "system/peak_rss_mb" in run.data.metrics
+    assert run.data.tags["distillery.dataset_hash"]
+    # One validation-loss series; system metrics are MLflow's own time series.
+    assert "validation_loss_curve" not in run.data.metrics and "validation_loss" in run.data.metrics
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
     assert run.data.params["lora_layers"] == "0" and run.data.params["lr_schedule"] == "cosine"
     [dataset] = run.inputs.dataset_inputs
     assert dataset.dataset.name == f"{WORKLOAD}-curated" and dataset.tags[0].value == "training"
@@ -139,7 +157,7 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert retrained["model_version"] == "2" and retrained["mlflow_run_id"] != trained["mlflow_run_id"]
     version = tracker.client.get_model_version(registered_model_name(WORKLOAD), "2")
     assert version.run_id == retrained["mlflow_run_id"] and version.tags["dagster.run_id"] == second.run_id
-    assert tracker.alias_version(WORKLOAD, CHAMPION) == "2" == tracker.alias_version(WORKLOAD, CHALLENGER)
+    assert tracker.alias_version(WORKLOAD, CHAMPION) == "2" and tracker.alias_version(WORKLOAD, CHALLENGER) is None
     # v1, the champion then, was scored on the same rows; the same data and seed trained the same adapter.
     rescored = _metadata(second, eval_report)
     assert rescored["champion_model_version"] == "1"

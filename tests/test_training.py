@@ -164,3 +164,30 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_
     assert result.steps == 400 and result.loss_curve[0][0] == 1  # the curve carries the first run's steps
     assert not checkpoints.exists()  # a finished run removes its checkpoint
 
+
+
+def test_promotion_leaves_one_champion_and_challenger_only_on_the_newest_unpromoted_version(tmp_path):
+    from distillery.training import CHALLENGER, CHAMPION, Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"))
+
+    def trained() -> str:  # what train_adapter does: a run, a registered version, the challenger alias
+        with tracker.run("triage", "run", {}) as run_id:
+            version = tracker.register_adapter("triage", run_id, {})
+        tracker.set_alias("triage", CHALLENGER, version)
+        return version
+
+    def aliases() -> tuple:
+        return tracker.alias_version("triage", CHAMPION), tracker.alias_version("triage", CHALLENGER)
+
+    first = trained()
+    tracker.promote("triage", first)
+    assert aliases() == ("1", None)
+    trained()  # refused by the gate: stays challenger, the newest not yet promoted
+    assert aliases() == ("1", "2")
+    third = trained()
+    assert aliases() == ("1", "3")
+    tracker.promote("triage", third)
+    assert aliases() == ("3", None)
+    experiment = tracker.client.get_experiment(tracker.experiment_id("triage"))
+    assert experiment.tags["mlflow.experimentKind"] == "finetuning"

@@ -8,5 +8,5 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
     "trainer": ["TrainingConfig", "TrainingResult", "StepCallback", "train_lora"],
-    "tracking": ["Tracker", "CHAMPION", "CHALLENGER", "registered_model_name"],
+    "tracking": ["Tracker", "CHAMPION", "CHALLENGER", "MODEL_ARTIFACT_PATH", "registered_model_name"],
 })

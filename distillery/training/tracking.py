@@ -1,7 +1,8 @@
 """MLflow bookkeeping for fine-tunes: one run per training, one registered model per workload.
 
-Runs of a workload share the experiment ``distillery/<workload>`` so they compare side by
-side in the MLflow UI. Each adapter becomes a version of the registered model
+Runs of a workload share the experiment ``distillery/<workload>`` (kind ``finetuning``, so the UI
+opens on its runs) so they compare side by side in the MLflow UI. Each adapter is logged as an
+MLflow model (``serving.mlflow_model``) and becomes a version of the registered model
 ``distillery-<workload>``; promotion moves registry aliases (``challenger``, ``champion``),
 never stages. Everything goes through an explicit ``MlflowClient``, so no global MLflow
 state leaks between callers.
@@ -23,7 +24,11 @@ from distillery.settings import default_mlflow_uri, home
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-ADAPTER_ARTIFACT_PATH = "adapter"
+MODEL_ARTIFACT_PATH = "model"  # the MLflow model (serving.mlflow_model); the adapter's files inside it:
+ADAPTER_ARTIFACT_PATH = f"{MODEL_ARTIFACT_PATH}/artifacts/adapter"
+# The MLflow UI opens an experiment of this kind on its runs (unset, MLflow 3 opens the GenAI traces view).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "finetuning"}
+NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
 
 
 def registered_model_name(workload: str) -> str:
@@ -41,20 +46,31 @@ class Tracker:
     def experiment_id(self, workload: str) -> str:
         name = f"distillery/{workload}"
         experiment = self.client.get_experiment_by_name(name)
-        if experiment:
-            return experiment.experiment_id
-        return self.client.create_experiment(name, artifact_location=f"{self.artifact_root}/{workload}")
+        if experiment is None:
+            return self.client.create_experiment(name, artifact_location=f"{self.artifact_root}/{workload}",
+                                                 tags=EXPERIMENT_KIND)
+        for key, value in EXPERIMENT_KIND.items():
+            if experiment.tags.get(key) != value:  # created before the kind was set
+                self.client.set_experiment_tag(experiment.experiment_id, key, value)
+        return experiment.experiment_id
 
     @contextlib.contextmanager
     def run(self, workload: str, run_name: str, tags: dict[str, str]) -> Iterator[str]:
-        """Yield a run id; the run ends FINISHED, or FAILED if the block raises."""
+        """Yield a run id; the run ends FINISHED, or FAILED if the block raises. MLflow's system-metrics monitor
+        samples CPU, memory (and GPU, where there is one) into the run as time series while the block runs."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
         run = self.client.create_run(self.experiment_id(workload), run_name=run_name, tags=tags)
         run_id = run.info.run_id
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=3, tracking_uri=self.tracking_uri)
+        monitor.start()
         try:
             yield run_id
         except BaseException:
+            monitor.finish()
             self.client.set_terminated(run_id, status="FAILED")
             raise
+        monitor.finish()
         self.client.set_terminated(run_id, status="FINISHED")
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -74,6 +90,13 @@ class Tracker:
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         self.client.set_tag(run_id, key, value)
 
+    def describe(self, run_id: str, text: str) -> None:
+        """The run's description (markdown) on its MLflow page."""
+        self.client.set_tag(run_id, NOTE, text)
+
+    def description(self, run_id: str) -> str:
+        return self.client.get_run(run_id).data.tags.get(NOTE, "")
+
     def log_dataset(self, run_id: str, name: str, digest: str, path: str, profile: dict[str, Any]) -> None:
         """The training data as the run's input (shown on the run page and comparable across runs)."""
         dataset = Dataset(name=name, digest=digest[:36], source_type="local", source=json.dumps({"uri": path}),
@@ -88,16 +111,23 @@ class Tracker:
         self.client.log_text(run_id, text, artifact_file)
 
     def register_adapter(self, workload: str, run_id: str, tags: dict[str, str]) -> str:
-        """A new version of the workload's registered model, pointing at the run's adapter."""
+        """A new version of the workload's registered model, pointing at the run's MLflow model."""
         name = registered_model_name(workload)
         with contextlib.suppress(MlflowException):  # it exists already after the first training
             self.client.create_registered_model(name, description=f"LoRA adapters for workload {workload!r}")
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/{ADAPTER_ARTIFACT_PATH}"
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
         version = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
         return str(version.version)
 
     def set_alias(self, workload: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(registered_model_name(workload), alias, version)
+
+    def promote(self, workload: str, version: str) -> None:
+        """``version`` becomes champion (the alias leaves the former one) and stops being challenger: afterwards
+        only a newer, not yet promoted version carries ``challenger``."""
+        self.set_alias(workload, CHAMPION, version)
+        if self.alias_version(workload, CHALLENGER) == version:
+            self.client.delete_registered_model_alias(registered_model_name(workload), CHALLENGER)
 
     def alias_version(self, workload: str, alias: str) -> str | None:
         try:

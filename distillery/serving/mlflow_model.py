@@ -1,0 +1,62 @@
+"""A trained adapter as an MLflow model, so the registry's versions load with MLflow's own loader:
+
+    model = mlflow.pyfunc.load_model("models:/distillery-support-triage@champion")
+    model.predict([[{"role": "user", "content": "I was charged twice"}]])   # -> ["billing"]
+
+A pyfunc that loads the base model and the adapter into the serving engine and decodes under the
+decoding policy saved beside the adapter: the answers the model server gives. The base model is
+recorded by name (a hub id, a path, or empty for the bundled one) and resolved where the model loads;
+loading needs Distillery installed (``distillery.models`` and the engine). MLflow's transformers flavour
+was not used: it saves the base model's weights with every version and knows nothing of the decoding
+policy, so its answers would not be the served ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow.pyfunc
+
+ADAPTER = "adapter"
+
+
+class AdapterModel(mlflow.pyfunc.PythonModel):
+    """``predict`` takes conversations (lists of role/content messages), a DataFrame with a ``messages`` column,
+    or plain strings (each one user message); it returns one answer per input. ``params={"max_tokens": N}``."""
+
+    def load_context(self, context) -> None:
+        from distillery.models import resolve_base_model
+        from distillery.serving.engine import load_model
+        from distillery.tasks import DecodingPolicy
+
+        adapter = Path(context.artifacts[ADAPTER])
+        self.policy = DecodingPolicy.load(adapter)
+        self.model, self.tokenizer = load_model(resolve_base_model(context.model_config["base_model"]),
+                                                {ADAPTER: adapter})
+
+    def predict(self, context, model_input, params=None) -> list[str]:
+        from distillery.serving.engine import generate, using_adapter
+
+        if hasattr(model_input, "columns"):
+            model_input = list(model_input["messages"])
+        conversations = [[{"role": "user", "content": item}] if isinstance(item, str) else list(item)
+                         for item in model_input]
+        with using_adapter(self.model, ADAPTER):
+            answers = generate(self.model, self.tokenizer, conversations,
+                               max_new_tokens=int((params or {}).get("max_tokens", 32)), policy=self.policy)
+        return [answer.text for answer in answers]
+
+
+def save_adapter_model(adapter: Path, base_model: str, path: Path) -> Path:
+    """Write the MLflow model (MLmodel, the pickled ``AdapterModel``, the adapter under ``artifacts/``) to ``path``."""
+    import peft
+    import torch
+    import transformers
+
+    # Listed, not inferred: inferring runs the model in a subprocess to see what it imports.
+    mlflow.pyfunc.save_model(
+        str(path), python_model=AdapterModel(), artifacts={ADAPTER: str(adapter)},
+        model_config={"base_model": base_model},
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
+                          f"peft=={peft.__version__}", "distillery"])
+    return path
