@@ -11,7 +11,6 @@ similarity of sentence embeddings. ``bootstrap_interval`` resamples per-row valu
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 from collections import Counter
