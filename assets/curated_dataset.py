@@ -67,7 +67,8 @@ def curated_dataset(
             "test_rows": report.test,
             "content_hash": report.content_hash,
             "log_id_range": f"{report.first_log_id}-{report.last_log_id}",
-            "pii_replaced": dg.MetadataValue.json(report.pii),
+            "pii_replaced": dg.MetadataValue.md("| type | replaced |\n|---|---:|\n" + "".join(
+                f"| {kind} | {count} |\n" for kind, count in sorted(report.pii.items())) if report.pii else "none"),
             "data_card": dg.MetadataValue.md(curated.data_card),
             "version": artifact.version,
             "path": dg.MetadataValue.path(str(artifact.path)),

@@ -64,5 +64,5 @@ def lora_adapter(
         "torch_threads": trainer.torch_threads,
         **artifacts.worker_extras(),
         **mlflow.worker_extras(),
-        "run_tags": {"dagster.run_id": context.run.run_id, "dagster.partition": context.partition_key},
+        "run_tags": mlflow.dagster_run_tags(context),
     })

@@ -19,9 +19,10 @@ from dagster_pipes import PipesContext, open_dagster_pipes
 
 from distillery.evaluation import JUDGE_API_KEY_VARIABLE, CostSettings, GatePolicy, JudgeSettings, Price, pairwise_judge
 from distillery.lifecycle import evaluate_adapter
-from workers import open_stores
+from workers import inline_png, mlflow_links, open_stores, rounded
 
 GATE_CHECK = "gate_passed"
+_MONEY_DECIMALS = {"monthly_saving_usd": 2, "payback_months": 1}  # the rest: dollars per 1,000 requests, to 4
 
 
 def _md(text: str) -> dict:
@@ -42,36 +43,40 @@ def run(pipes: PipesContext) -> None:
         on_progress=pipes.log.info, adapter_version=extras["adapter_version"],
     )
     candidate = report.candidate
-    plots = {f"plot_{png.stem}": {"raw_value": str(png), "type": "path"}
-             for png in sorted(artifact.path.glob("plots/*.png"))}
-    champion = ({"champion_headline": report.scores["champion"].headline,
+    tracker = open_stores(extras)[1]
+    plots = {f"plot_{png.stem}": inline_png(png) for png in sorted(artifact.path.glob("plots/*.png"))}
+    champion = ({"champion_headline": rounded(report.scores["champion"].headline),
                  "champion_model_version": report.champion_version} if report.champion_version else {})
     pipes.report_asset_check(
         GATE_CHECK, passed=report.passed, severity="ERROR",
         # Pipes carries no check description: the verdict is the check's first metadata entry.
-        metadata={"verdict": report.verdict, report.headline_metric: candidate.headline,
+        metadata={"verdict": report.verdict, report.headline_metric: rounded(candidate.headline),
                   "reasons": _md("\n".join(f"- {reason}" for reason in report.gate.reasons))})
+    low, high = candidate.headline_ci95
     pipes.report_asset_materialization(metadata={
         **plots,
-        **report.operations.money(),
+        **{key: round(value, _MONEY_DECIMALS.get(key, 4)) for key, value in report.operations.money().items()},
         "report": _md(report.markdown()),
         "task": report.task,
+        "scoring": report.scoring,
         "headline_metric": report.headline_metric,
-        "fine_tuned_headline": candidate.headline,
-        "fine_tuned_headline_ci95": {"raw_value": list(candidate.headline_ci95), "type": "json"},
-        "base_headline": report.scores["base"].headline,
+        "fine_tuned_headline": rounded(candidate.headline),
+        "fine_tuned_headline_ci95": f"{low:.3f}-{high:.3f}",
+        "base_headline": rounded(report.scores["base"].headline),
         **champion,
-        **{f"fine_tuned_{name}": value for name, value in candidate.metrics.items()},
+        **{f"fine_tuned_{name}": rounded(value) for name, value in candidate.metrics.items()},
         "decoding_policy": report.decoding,
-        "eval_rows_per_s": candidate.rows_per_s,
-        "served_requests_per_s": report.serving.requests_per_s,
-        "served_latency_ms_p50": report.serving.latency_ms_p50,
-        "served_latency_ms_p95": report.serving.latency_ms_p95,
-        "served_answers_match_eval": report.serving.answers_match_eval,
+        "eval_rows_per_s": round(candidate.rows_per_s, 2),
+        "served_requests_per_s": round(report.serving.requests_per_s, 2),
+        "served_latency_ms_p50": round(report.serving.latency_ms_p50),
+        "served_latency_ms_p95": round(report.serving.latency_ms_p95),
+        "served_answers_match_eval": rounded(report.serving.answers_match_eval),
         "test_rows": report.rows,
         "passed": report.passed,
         "verdict": report.verdict,
         "model_version": artifact.manifest["model_version"],
+        **mlflow_links(extras, tracker, extras["workload"], artifact.manifest["mlflow_run_id"],
+                       artifact.manifest["model_version"]),
         "version": artifact.version,
         "path": {"raw_value": str(artifact.path), "type": "path"},
     }, data_version=artifact.version)

@@ -20,7 +20,7 @@ from dagster_pipes import PipesContext, open_dagster_pipes
 from distillery.lifecycle import train_adapter
 from distillery.models import resolve_base_model
 from distillery.training import TrainingConfig
-from workers import open_stores
+from workers import mlflow_links, open_stores
 
 
 def run(pipes: PipesContext) -> None:
@@ -33,8 +33,9 @@ def run(pipes: PipesContext) -> None:
         if step == 1 or step == total or step % max(1, total // 10) == 0:
             pipes.log.info(f"training {workload}: step {step}/{total}, loss {loss:.4f}")
 
+    artifacts, tracker = open_stores(extras)
     summary = train_adapter(
-        *open_stores(extras), workload, resolve_base_model(extras["base_model"]), TrainingConfig(**extras["config"]),
+        artifacts, tracker, workload, resolve_base_model(extras["base_model"]), TrainingConfig(**extras["config"]),
         run_tags=extras["run_tags"], on_step=progress, log=pipes.log.info, dataset_version=extras["dataset_version"],
     )
     result = summary.result
@@ -42,6 +43,7 @@ def run(pipes: PipesContext) -> None:
         "mlflow_run_id": summary.run_id,
         "registered_model": summary.registered_model,
         "model_version": summary.model_version,
+        **mlflow_links(extras, tracker, workload, summary.run_id, summary.model_version),
         "steps": result.steps,
         "train_examples": result.train_examples,
         "train_loss_mean_last_10_steps": round(result.final_train_loss, 4),

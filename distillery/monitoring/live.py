@@ -120,6 +120,20 @@ class MonitoringPolicy:
             "hallucination": self.hallucination_failure(report.hallucination),
         }
 
+    @staticmethod
+    def measured(report: LiveReport) -> dict[str, bool]:
+        """Per check, whether the traffic gave it a figure to judge (a check without one has not run)."""
+        figures = report.hallucination
+        return {
+            "shadow_agreement": report.shadow_agreement is not None,
+            "prompt_drift": report.length_psi is not None,
+            "label_shift": report.label_shift is not None,
+            "invalid_answers": report.invalid_rate is not None,
+            "hallucination": any(value is not None for value in (
+                figures.ungrounded_value_share, figures.invented_field_share, figures.faithfulness,
+                figures.frontier_agreement, figures.unsupported_label_share)),
+        }
+
     def hallucination_failure(self, figures: Hallucination) -> str | None:
         """The first hallucination threshold crossed, as a reason (None: within, or no figure yet)."""
         def outside(value: float | None, limit: float, what: str, low: bool = False) -> str | None:
