@@ -311,6 +311,12 @@ def test_definitions_load_with_the_lifecycle_and_monitoring_in_one_graph():
     assert graph.get(dg.AssetKey("live_monitoring")).parent_keys == {dg.AssetKey("deployed_endpoint")}
     assert defs().resolve_job_def("workload_lifecycle").partitions_def == workload_partitions
     assert defs().resolve_job_def("live_monitoring_job").partitions_def == workload_partitions
+    # Every sensor, schedule, job and automation condition says what it does in the UI.
+    repository = defs().get_repository_def()
+    described = [*repository.sensor_defs, *repository.schedule_defs, *repository.get_all_jobs()]
+    assert all(d.description for d in described if not d.name.startswith("__")), [d.name for d in described]
+    conditions = [graph.get(key).automation_condition for key in graph.get_all_asset_keys()]
+    assert all(c.get_label() for c in conditions if c is not None)
 
 
 def _worker_error(instance, run_id: str) -> str:

@@ -11,6 +11,7 @@ state leaks between callers.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import time
 from pathlib import Path
@@ -60,7 +61,10 @@ class Tracker:
         samples CPU, memory (and GPU, where there is one) into the run as time series while the block runs."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        run = self.client.create_run(self.experiment_id(workload), run_name=run_name, tags=tags)
+        # Source and user, which the fluent API would fill in and an explicit client leaves empty.
+        origin = {"mlflow.source.type": "JOB", "mlflow.source.name": "distillery lora_adapter (workers/train_lora.py)",
+                  "mlflow.user": getpass.getuser()}
+        run = self.client.create_run(self.experiment_id(workload), run_name=run_name, tags={**origin, **tags})
         run_id = run.info.run_id
         monitor = SystemMetricsMonitor(run_id, sampling_interval=3, tracking_uri=self.tracking_uri)
         monitor.start()
