@@ -247,6 +247,7 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
     candidate = report.candidate
     tracker.log_metrics(run_id, {
         "eval_headline": candidate.headline,
+        "eval_gap_to_frontier_points": (1 - candidate.headline) * 100,  # the frontier scores 1 on its own answers
         "eval_headline_ci95_low": candidate.headline_ci95[0],
         "eval_headline_ci95_high": candidate.headline_ci95[1],
         "eval_agreement": candidate.agreement,
