@@ -135,13 +135,20 @@ def small_model_figures(latencies_ms: list[float], prompt_tokens: list[int], com
     )
 
 
+def logged_rate(requests: int, first: pd.Timestamp, last: pd.Timestamp) -> tuple[float, float]:
+    """(requests per month, days) of ``requests`` logged between ``first`` and ``last``; the span counts at least
+    one hour, so a burst of test traffic does not project to an absurd volume."""
+    days = max((last - first).total_seconds(), 3600.0) / 86400
+    return requests / days * DAYS_PER_MONTH, days
+
+
 def monthly_volume(created_at: pd.Series, override: float | None) -> tuple[float, str]:
-    """Requests per month: ``override``, else the logged rate (the span counts at least one hour)."""
+    """Requests per month: ``override``, else the logged rate."""
     if override is not None:
         return float(override), "configured"
     times = pd.to_datetime(created_at)
-    days = max((times.max() - times.min()).total_seconds(), 3600.0) / 86400
-    return len(times) / days * DAYS_PER_MONTH, f"{len(times)} logged requests over {days:.2f} days"
+    per_month, days = logged_rate(len(times), times.min(), times.max())
+    return per_month, f"{len(times)} logged requests over {days:.2f} days"
 
 
 def compare_costs(frontier_rows: pd.DataFrame, small_model: SideFigures, *, estimated_frontier_tokens: tuple[float, float],

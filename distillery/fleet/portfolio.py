@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from distillery.evaluation.costs import DAYS_PER_MONTH, CostSettings
-from distillery.serving import FRONTIER, RouteStore
+from distillery.evaluation.costs import DAYS_PER_MONTH, CostSettings, logged_rate
+from distillery.serving import FRONTIER, Route, RouteStore
 from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_OK, ArtifactStore, LogStore
 from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT
 
@@ -82,14 +82,12 @@ def build_portfolio(store: LogStore, artifacts: ArtifactStore,
     return sorted(lines, key=lambda line: -(line.projected_saving_usd_per_month or float("-inf")))
 
 
-def _line(workload: str, usage: pd.DataFrame, store: LogStore, artifacts: ArtifactStore, route,
+def _line(workload: str, usage: pd.DataFrame, store: LogStore, artifacts: ArtifactStore, route: Route | None,
           settings: PortfolioSettings) -> WorkloadLine:
     callers = usage[usage["served_by"] != SERVED_BY_SHADOW]
-    requests = int(callers["rows"].sum())
-    first, last = pd.to_datetime(callers["first_at"]).min(), pd.to_datetime(callers["last_at"]).max()
-    days = max((last - first).total_seconds(), 3600.0) / 86400 if requests else 1.0
-    per_day = requests / days
-    per_month = per_day * DAYS_PER_MONTH
+    per_month, _ = logged_rate(int(callers["rows"].sum()), pd.to_datetime(callers["first_at"]).min(),
+                               pd.to_datetime(callers["last_at"]).max())
+    per_day = per_month / DAYS_PER_MONTH
 
     answered = usage[usage["status"] == STATUS_OK]
     frontier = answered[answered["served_by"] == SERVED_BY_FRONTIER]
