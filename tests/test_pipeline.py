@@ -140,6 +140,7 @@ def test_the_whole_lifecycle_twice(resources, instance):
     served = [client.chat.completions.create(model=deployed["served_model"], messages=m, max_tokens=4)
               .choices[0].message.content for m in tickets]
     assert loaded.predict(tickets, params={"max_tokens": 4}) == served
+    assert loaded.metadata.get_params_schema().to_dict()[0]["name"] == "max_tokens"  # params reach predict
     experiment = tracker.client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "finetuning"  # the UI opens it on its runs
     description = run.data.tags["mlflow.note.content"]

@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow.pyfunc
+from mlflow.models import ModelSignature
+from mlflow.types import ParamSchema, ParamSpec
 
 ADAPTER = "adapter"
 
@@ -57,6 +59,8 @@ def save_adapter_model(adapter: Path, base_model: str, path: Path) -> Path:
     mlflow.pyfunc.save_model(
         str(path), python_model=AdapterModel(), artifacts={ADAPTER: str(adapter)},
         model_config={"base_model": base_model},
+        # Only the parameters: inputs are conversations of any length, which MLflow's column schemas cannot say.
+        signature=ModelSignature(inputs=None, params=ParamSchema([ParamSpec("max_tokens", "long", 32)])),
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
                           f"peft=={peft.__version__}", "distillery"])
     return path
