@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -67,12 +66,12 @@ def run_lifecycle(workload: str, *, epochs: float | None = None, max_gap_points:
             return False
         daemon = None
         if instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.QUEUED and not _daemon_alive(instance):
-            log = open(Path(os.environ.get("DAGSTER_HOME", ".")) / "daemon.log", "a")
+            log = open(Path(instance.root_directory) / "daemon.log", "a")
             daemon = subprocess.Popen([_executable("dagster-daemon"), "run", "-w", str(WORKSPACE),
                                        "--log-level", "warning"], cwd=WORKSPACE.parent, stdout=log,
                                       stderr=subprocess.STDOUT)
         try:
-            run = _follow(instance, run_id, say, poll_s)
+            run = _follow(instance, run_id, say, poll_s, daemon)
         finally:
             if daemon is not None:
                 daemon.terminate()
@@ -81,11 +80,17 @@ def run_lifecycle(workload: str, *, epochs: float | None = None, max_gap_points:
     return run.status == dg.DagsterRunStatus.SUCCESS
 
 
-def _follow(instance: dg.DagsterInstance, run_id: str, say, poll_s: float) -> dg.DagsterRun:
-    """Print the run's INFO-and-above events as they are stored, until the run has finished."""
+def _follow(instance: dg.DagsterInstance, run_id: str, say, poll_s: float,
+            daemon: subprocess.Popen | None) -> dg.DagsterRun:
+    """Print the run's INFO-and-above events as they are stored, until the run has finished (or the daemon it waits
+    for in the queue has died: then the run stays queued, and the message says where the daemon's log is)."""
     shown = 0
     while True:
         run = instance.get_run_by_id(run_id)
+        if run.status == dg.DagsterRunStatus.QUEUED and daemon is not None and daemon.poll() is not None:
+            say(f"the Dagster daemon exited (code {daemon.returncode}) before it started run {run_id}; its log: "
+                f"{Path(instance.root_directory) / 'daemon.log'}")
+            return run
         entries = instance.all_logs(run_id)
         for entry in entries[shown:]:
             if entry.level >= logging.INFO and entry.message:
