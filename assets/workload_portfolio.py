@@ -8,6 +8,7 @@ from assets.live_monitoring import live_monitoring
 from assets.raw_llm_logs import frontier_traffic
 from distillery.evaluation import CostSettings
 from distillery.fleet import PortfolioSettings, build_portfolio, portfolio_markdown, spend_png
+from distillery.serving import FRONTIER
 from resources import ArtifactsResource, LogStoreResource
 
 
@@ -40,7 +41,7 @@ def workload_portfolio(config: PortfolioConfig, log_store: LogStoreResource,
                                                                2)),
         "realized_saving_usd": dg.MetadataValue.float(round(sum(line.realized_saving_usd for line in lines), 2)),
         "projected_saving_usd_per_month": dg.MetadataValue.float(round(sum(
-            line.projected_saving_usd_per_month or 0 for line in lines if line.stage == "frontier"), 2)),
+            line.projected_saving_usd_per_month or 0 for line in lines if line.stage == FRONTIER), 2)),
         "portfolio": dg.MetadataValue.md(portfolio_markdown(lines)),
         "spend_by_workload": dg.MetadataValue.md(f"![spend by workload](data:image/png;base64,{chart})"),
     })

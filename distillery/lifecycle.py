@@ -186,21 +186,21 @@ def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, bas
                                                artifacts.scratch(workload, "mlflow-model") / run_id)
             tracker.log_artifacts(run_id, model, MODEL_ARTIFACT_PATH)
             version = tracker.register_adapter(workload, run_id, tags)
-            tracker.describe(run_id, _run_description(workload, curated, len(dataset["train"]), version))
+            tracker.describe(run_id, _run_description(workload, curated, version))
             tracker.set_alias(workload, CHALLENGER, version)
             manifest["model_version"] = version
     return AdapterSummary(artifacts.latest(workload, ADAPTER), run_id, version, registered_model_name(workload), result)
 
 
-def _run_description(workload: str, curated: Artifact, train_rows: int, version: str, verdict: str | None = None,
+def _run_description(workload: str, curated: Artifact, version: str, verdict: str | None = None,
                      headline: str | None = None) -> str:
     """The MLflow run's description: what was trained on what, and what the gate said."""
     source = curated.manifest
+    gate = "not evaluated yet." if verdict is None else f"**{verdict}**" + (f" ({headline})" if headline else "")
     return (f"Workload **{workload}**, model version {version}: LoRA fine-tune on dataset version "
-            f"`{curated.version}` ({train_rows} train rows, log ids {source['first_log_id']}-{source['last_log_id']}, "
-            f"content hash `{source['content_hash']}`).\n\n"
-            + (f"Gate: **{verdict}**" + (f" ({headline})" if headline else "") if verdict else
-               "Gate: not evaluated yet."))
+            f"`{curated.version}` ({source['train']} train rows, log ids "
+            f"{source['first_log_id']}-{source['last_log_id']}, content hash `{source['content_hash']}`).\n\n"
+            f"Gate: {gate}")
 
 
 def _champion_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str,
@@ -278,9 +278,8 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
         evaluation.metric_by_version_png(history, report.headline_metric, folder / "plots" / "headline_by_version.png")
         tracker.log_artifacts(run_id, folder / "plots", "eval_plots")
     tracker.log_text(run_id, markdown, "eval_report.md")
-    tracker.describe(run_id, _run_description(
-        workload, curated, len(load_from_disk(str(curated.path / "dataset"))["train"]), trained["model_version"],
-        report.verdict, f"{report.headline_metric} {candidate.headline:.3f}"))
+    tracker.describe(run_id, _run_description(workload, curated, trained["model_version"], report.verdict,
+                                              f"{report.headline_metric} {candidate.headline:.3f}"))
     return artifacts.latest(workload, REPORT), report
 
 

@@ -23,6 +23,14 @@ def caller_text(messages: list[dict]) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] != "system")
 
 
+def prompt_text(messages) -> str:
+    """Every message's text, system prompt included (a value may be grounded in the context: requested slots,
+    earlier turns); tolerant of what a caller may send: non-dict messages and non-text contents are skipped."""
+    if not isinstance(messages, list):
+        return ""
+    return "\n".join(m["content"] for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str))
+
+
 def normalize_answer(text: str) -> str:
     """Exact match ignores case, surrounding whitespace and quotes, and a final period."""
     return re.sub(r"\s+", " ", text).strip().strip("\"'`").rstrip(".").strip().casefold()

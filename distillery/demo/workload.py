@@ -127,8 +127,12 @@ def _typo_in_filler(text: str, rng: random.Random) -> str:
     return text[: match.start()] + typo + text[match.end():]
 
 
+def _call(system_prompt: str, ticket: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": ticket}]
+
+
 def demo_messages(ticket: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": ticket}]
+    return _call(SYSTEM_PROMPT, ticket)
 
 
 # The demo's fleet: two more call sites of the same company, captured beside the triage workload.
@@ -140,8 +144,8 @@ REPLY_PROMPT = "Draft a short, friendly first reply to the customer ticket."
 
 
 def extraction_messages(ticket: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": EXTRACTION_PROMPT}, {"role": "user", "content": ticket}]
+    return _call(EXTRACTION_PROMPT, ticket)
 
 
 def reply_messages(ticket: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": REPLY_PROMPT}, {"role": "user", "content": ticket}]
+    return _call(REPLY_PROMPT, ticket)

@@ -92,23 +92,33 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1])
 
 
+def frontier_usd_per_request(logged_cost_total: float, logged_cost_rows: int, prompt_tokens: float | None,
+                             completion_tokens: float | None, price: Price) -> tuple[float | None, str]:
+    """The frontier's price per request and its basis: the mean cost the gateway logged, else the mean logged
+    tokens at ``price``; None when neither was logged. The eval report and the fleet portfolio both price by it."""
+    if logged_cost_rows and logged_cost_total > 0:
+        return logged_cost_total / logged_cost_rows, f"cost logged by the gateway on {logged_cost_rows} requests"
+    if prompt_tokens is not None and completion_tokens is not None:
+        return price.cost(prompt_tokens, completion_tokens), (
+            f"logged tokens at ${price.input_per_million:g}/${price.output_per_million:g} "
+            "per million input/output tokens")
+    return None, "no cost or usage logged"
+
+
 def frontier_figures(rows: pd.DataFrame, *, price: Price, estimated_tokens: tuple[float, float]) -> SideFigures:
     """The frontier's side from its successful logged exchanges (``rows``)."""
     latencies = [float(v) for v in rows["latency_ms"].dropna()]
     prompt = rows["prompt_tokens"].dropna()
     completion = rows["completion_tokens"].dropna()
     logged_cost = rows["cost_usd"].dropna()
-    if len(logged_cost) and (logged_cost > 0).any():
-        usd_per_1k = float(logged_cost.mean()) * 1000
-        basis = f"cost logged by the gateway on {len(logged_cost)} requests"
-    elif len(prompt) and len(completion):
-        usd_per_1k = price.cost(float(prompt.mean()), float(completion.mean())) * 1000
-        basis = (f"logged tokens at ${price.input_per_million:g}/${price.output_per_million:g} "
-                 "per million input/output tokens")
-    else:
-        usd_per_1k = price.cost(*estimated_tokens) * 1000
+    per_request, basis = frontier_usd_per_request(
+        float(logged_cost.sum()), len(logged_cost), float(prompt.mean()) if len(prompt) else None,
+        float(completion.mean()) if len(completion) else None, price)
+    if per_request is None:
+        per_request = price.cost(*estimated_tokens)
         basis = (f"no usage logged: tokens counted with the small model's tokenizer, at "
                  f"${price.input_per_million:g}/${price.output_per_million:g} per million input/output tokens")
+    usd_per_1k = per_request * 1000
     return SideFigures(
         name="frontier",
         latency_ms_p50=percentile(latencies, 50),

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from distillery.evaluation.costs import DAYS_PER_MONTH, CostSettings, logged_rate
+from distillery.evaluation.costs import DAYS_PER_MONTH, CostSettings, frontier_usd_per_request, logged_rate
 from distillery.serving import FRONTIER, Route, RouteStore
 from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_OK, ArtifactStore, LogStore
 from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT
@@ -113,17 +113,13 @@ def _line(workload: str, usage: pd.DataFrame, store: LogStore, artifacts: Artifa
 
 
 def _frontier_price(frontier: pd.DataFrame, costs: CostSettings) -> tuple[float | None, str]:
-    costed = frontier["costed"].sum()
-    if costed and frontier["cost_usd"].sum() > 0:
-        return float(frontier["cost_usd"].sum() / costed), f"cost logged on {int(costed)} frontier answers"
+    """``frontier_usd_per_request`` on the database's aggregates (token means weighted by their groups' rows)."""
     tokens = frontier.dropna(subset=["prompt_tokens", "completion_tokens"])
-    if len(tokens):
-        weights = tokens["rows"] / tokens["rows"].sum()
-        price = costs.frontier_price.cost(float((tokens["prompt_tokens"] * weights).sum()),
-                                          float((tokens["completion_tokens"] * weights).sum()))
-        return price, (f"logged tokens at ${costs.frontier_price.input_per_million:g}/"
-                       f"${costs.frontier_price.output_per_million:g} per million input/output tokens")
-    return None, "no cost or usage logged"
+    weights = tokens["rows"] / tokens["rows"].sum()
+    return frontier_usd_per_request(
+        float(frontier["cost_usd"].sum()), int(frontier["costed"].sum()),
+        float((tokens["prompt_tokens"] * weights).sum()) if len(tokens) else None,
+        float((tokens["completion_tokens"] * weights).sum()) if len(tokens) else None, costs.frontier_price)
 
 
 def _task(answers: list[str]) -> tuple[str, float | None]:

@@ -22,7 +22,7 @@ import pandas as pd
 from distillery.monitoring.hallucination import (AgreementJudge, Hallucination, classification_figures,
                                                  extraction_figures, free_text_figures)
 from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_OK
-from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, caller_text
+from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, caller_text, prompt_text
 
 _EPSILON = 1e-4  # an empty bin counts as this share, so the PSI stays finite
 
@@ -186,14 +186,14 @@ def live_report(rows: pd.DataFrame, workload: str, *, train_prompts: list[list[d
     train_texts = [caller_text(p) for p in train_prompts]
     train_vectors = None
     small_answers = pd.concat([small, shadow])
+    # The frontier's answer to the request a shadow row copied (request_params.shadow_of).
+    frontier_by_uid = dict(zip(ok["uid"], ok["response_text"])) if task in (EXTRACTION, FREE_TEXT) else {}
     if task == EXTRACTION:
-        frontier_by_uid = dict(zip(ok["uid"], ok["response_text"]))
         report.hallucination = extraction_figures(
-            [_whole_prompt(m) for m in small_answers["request_messages"]], list(small_answers["response_text"]),
+            [prompt_text(m) for m in small_answers["request_messages"]], list(small_answers["response_text"]),
             [frontier_by_uid.get(p.get("shadow_of")) if isinstance(p, dict) else None
              for p in small_answers["request_params"]])
     elif task == FREE_TEXT:
-        frontier_by_uid = dict(zip(ok["uid"], ok["response_text"]))
         sample = shadow.tail(free_text_sample)
         paired = [(m, a, frontier_by_uid.get(p.get("shadow_of")))
                   for m, a, p in zip(sample["request_messages"], sample["response_text"], sample["request_params"])
@@ -217,8 +217,3 @@ def live_report(rows: pd.DataFrame, workload: str, *, train_prompts: list[list[d
     if task == CLASSIFICATION:
         report.label_shift = label_shift(train_answers, list(live["response_text"]))
     return report
-
-
-def _whole_prompt(messages: list[dict]) -> str:
-    """Every message's text: a value may be grounded in the context (requested slots, earlier turns)."""
-    return "\n".join(m.get("content") or "" for m in messages if isinstance(m, dict))

@@ -68,14 +68,13 @@ class Tracker:
         run_id = run.info.run_id
         monitor = SystemMetricsMonitor(run_id, sampling_interval=3, tracking_uri=self.tracking_uri)
         monitor.start()
+        status = "FAILED"
         try:
             yield run_id
-        except BaseException:
+            status = "FINISHED"
+        finally:
             monitor.finish()
-            self.client.set_terminated(run_id, status="FAILED")
-            raise
-        monitor.finish()
-        self.client.set_terminated(run_id, status="FINISHED")
+            self.client.set_terminated(run_id, status=status)
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         for key, value in params.items():
@@ -97,9 +96,6 @@ class Tracker:
     def describe(self, run_id: str, text: str) -> None:
         """The run's description (markdown) on its MLflow page."""
         self.client.set_tag(run_id, NOTE, text)
-
-    def description(self, run_id: str) -> str:
-        return self.client.get_run(run_id).data.tags.get(NOTE, "")
 
     def log_dataset(self, run_id: str, name: str, digest: str, path: str, profile: dict[str, Any]) -> None:
         """The training data as the run's input (shown on the run page and comparable across runs)."""

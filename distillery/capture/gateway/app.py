@@ -41,7 +41,7 @@ from distillery.capture.recorder import Recorder
 from distillery.serving import ROUTE_KEY_HEADER, SHADOW, RolloutMonitor, Route, RouteStore, takes_small_model
 from distillery.settings import DEFAULT_WORKLOAD, validate_workload
 from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_ERROR, STATUS_OK
-from distillery.tasks import agrees, ungrounded
+from distillery.tasks import agrees, prompt_text, ungrounded
 
 WORKLOAD_HEADER = "x-distillery-workload"
 # Row uids: a random per-process prefix and a counter, as unique as uuid4 at a fraction of its cost.
@@ -578,10 +578,7 @@ def _ungrounded_share(route: Route, body: dict, answer: str) -> float | None:
     """For a JSON route, the share of the answer's values not in the request's messages; None otherwise."""
     if route.policy.kind != "json":
         return None
-    messages = body.get("messages")
-    prompt = "\n".join(m["content"] for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str)) \
-        if isinstance(messages, list) else ""
-    missing, values = ungrounded(answer, prompt)
+    missing, values = ungrounded(answer, prompt_text(body.get("messages")))
     return missing / values if values else None
 
 
