@@ -1,18 +1,29 @@
-"""Gateway overhead: the same load sent directly to a stub provider and through the gateway.
+"""Gateway overhead: the same load sent directly to a stub provider, through a bare pass-through, and through the
+gateway; and what a kill -9 under load loses.
 
-    python benchmarks/gateway.py --requests 20000 --concurrency 64 [--db URL] [--outage-seconds S]
+    python benchmarks/gateway.py [--requests 20000] [--concurrency 64] [--rounds 3] [--db URL] [--outage-seconds S]
+    python benchmarks/gateway.py --kill [--runs 5]
+    python benchmarks/gateway.py --quick            (either mode: a few seconds, what the tests run)
 
-Starts the stub upstream and the gateway as separate processes on loopback. Measures:
-added latency one request at a time (interleaving direct and gateway calls, so that drift
-of this noisy machine hits both alike), throughput at --concurrency, and, after the
-gateway shut down and flushed, how many exchanges reached the log store. 10% of the calls
-are streamed and the stub fails 1% of all calls with a 500. --outage-seconds makes a
-PostgreSQL --db refuse connections for that long in the middle of the throughput run.
-A bare pass-through on the gateway's own HTTP layer that records nothing (benchmarks/bare_proxy.py)
-runs the same load in the same run: the ceiling for the gateway on this machine. The same request
-handler served by uvicorn (httptools, uvloop; benchmarks/gateway_on_uvicorn.py) runs it too, in
-rounds interleaved with the gateway's (the median of two each), to choose the HTTP layer by
-measurement: ``uvicorn_vs_hand_written``. The last line is one JSON object.
+Starts the stub upstream, the gateway, a bare pass-through on the gateway's own HTTP layer that records nothing
+(benchmarks/bare_proxy.py: the ceiling for the gateway on this machine) and the gateway's request handler served by
+uvicorn (httptools, uvloop; benchmarks/gateway_on_uvicorn.py) as separate processes on loopback. Measures:
+
+- added latency one request at a time, interleaving direct and gateway calls so that drift of this noisy machine
+  hits both alike: ``p50_added_ms``, ``p99_added_ms``;
+- throughput at --concurrency in --rounds interleaved rounds, each sending the load directly, through the bare
+  pass-through, through the gateway and through the handler on uvicorn: the medians of each round's ratios,
+  ``throughput_ratio`` (gateway / direct), ``gateway_vs_bare`` (gateway / bare pass-through, the cost of the
+  gateway's own work) and ``uvicorn_vs_hand_written`` (uvicorn / gateway, which chooses the HTTP layer), and the
+  CPU each proxy process spent per request (``*_cpu_us``: from /proc, steadier than requests/s on a shared machine);
+- after the gateway shut down and flushed, how many exchanges reached the log store (``lost``).
+
+10% of the calls are streamed and the stub fails 1% of all calls with a 500. --outage-seconds makes a PostgreSQL
+--db refuse connections for that long in the first gateway round.
+
+--kill: 16 callers send calls through the gateway, each marked with its own id (``metadata.probe``); after a random
+0.5-1.5 s the gateway is killed with SIGKILL, started again on the same journal, and stopped; every call that was
+answered 200 must be in the log store (``missing`` 0). The last line is one JSON object either way.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -39,6 +51,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 STUB_PROVIDER = str(ROOT / "tests" / "support" / "stub_provider.py")  # test and benchmark support, not product
 MESSAGES = [{"role": "system", "content": "Route the ticket."}, {"role": "user", "content": "I was charged twice"}]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def start(command: list[str], env: dict) -> tuple[subprocess.Popen, str]:
@@ -46,9 +59,14 @@ def start(command: list[str], env: dict) -> tuple[subprocess.Popen, str]:
     return process, process.stdout.readline().strip()
 
 
-async def one_call(session: aiohttp.ClientSession, url: str, i: int, workload: str) -> bool:
+def start_gateway(upstream_url: str, port: int, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "distillery.cli", "gateway", "--upstream", upstream_url,
+                             "--port", str(port), "--no-require-api-key"], env=env, stdout=subprocess.DEVNULL)
+
+
+async def one_call(session: aiohttp.ClientSession, url: str, i: int, workload: str, **extra) -> bool:
     stream = i % 10 == 0
-    body = {"model": "stub-model", "messages": MESSAGES, "stream": stream}
+    body = {"model": "stub-model", "messages": MESSAGES, "stream": stream, **extra}
     async with session.post(f"{url}/chat/completions", json=body,
                             headers={"X-Distillery-Workload": workload}) as response:
         await response.read()
@@ -89,6 +107,12 @@ async def throughput(url: str, n: int, concurrency: int, workload: str, during=N
     return n / seconds, failures
 
 
+def cpu_seconds(process: subprocess.Popen) -> float:
+    """User and system CPU of a process, all its threads included."""
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def wait_until_up(url: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + 60
     while True:
@@ -113,23 +137,19 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--latency-samples", type=int, default=1000)
-    parser.add_argument("--db", help="log store URL; default: a new SQLite file")
-    parser.add_argument("--outage-seconds", type=float, default=0, help="PostgreSQL only")
-    args = parser.parse_args()
+def journal_lines(folder: Path) -> int:
+    return sum(path.read_bytes().count(b"\n") for path in folder.glob("gateway-journal*.jsonl*")
+               if not path.name.endswith((".lock", ".rejected")))
 
+
+def overhead(args: argparse.Namespace) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     db = args.db or f"sqlite:///{workdir / 'logs.db'}"
     env = {**os.environ, "DISTILLERY_HOME": str(workdir), "DISTILLERY_LOG_STORE_URL": db, "PYTHONPATH": str(ROOT)}
     workload = f"bench-{uuid.uuid4().hex[:8]}"
     stub, stub_url = start([sys.executable, STUB_PROVIDER, "100"], env)
     port = 20000 + os.getpid() % 20000
-    gateway = subprocess.Popen([sys.executable, "-m", "distillery.cli", "gateway", "--upstream", stub_url,
-                                "--port", str(port), "--no-require-api-key"], env=env, stdout=subprocess.DEVNULL)
+    gateway = start_gateway(stub_url, port, env)
     gateway_url = f"http://127.0.0.1:{port}/v1"
     bare = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "bare_proxy.py"), stub_url, str(port + 1)],
                             env=env)
@@ -141,15 +161,12 @@ def main() -> None:
         # Only now: the first gateway has migrated the log store, which two processes must not do at once.
         on_uvicorn = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "gateway_on_uvicorn.py"), stub_url,
                                        str(port + 2)], env=env)
-        wait_until_up(f"{bare_url}/chat/completions", bare)
+        wait_until_up(f"http://127.0.0.1:{port + 1}/healthz", bare)
         wait_until_up(f"http://127.0.0.1:{port + 2}/healthz", on_uvicorn)
 
         loop = uvloop.new_event_loop()
         direct_ms, gateway_ms = loop.run_until_complete(
             sequential_latencies(stub_url, gateway_url, args.latency_samples, workload))
-        direct_rps, direct_failed = loop.run_until_complete(
-            throughput(stub_url, args.requests, args.concurrency, workload))
-        bare_rps, _ = loop.run_until_complete(throughput(bare_url, args.requests, args.concurrency, workload))
 
         during = None
         if args.outage_seconds:
@@ -162,15 +179,22 @@ def main() -> None:
                 await asyncio.sleep(args.outage_seconds)
                 set_connections(admin, url.database, True)
 
-        gateway_rounds, uvicorn_rounds, gateway_failed = [], [], 0
-        for round_ in range(2):
-            rps, failed = loop.run_until_complete(throughput(gateway_url, args.requests, args.concurrency, workload,
-                                                             during if round_ == 0 else None))
-            gateway_rounds.append(rps)
-            gateway_failed += failed
-            uvicorn_rounds.append(loop.run_until_complete(
-                throughput(uvicorn_url, args.requests, args.concurrency, uvicorn_workload))[0])
-        gateway_rps, uvicorn_rps = statistics.median(gateway_rounds), statistics.median(uvicorn_rounds)
+        sides = {"direct": (stub_url, workload, None), "bare": (bare_url, workload, bare),
+                 "gateway": (gateway_url, workload, gateway), "uvicorn": (uvicorn_url, uvicorn_workload, on_uvicorn)}
+        rounds: list[dict] = []
+        failures = {name: 0 for name in sides}
+        for round_ in range(args.rounds):
+            figures = {}
+            for name, (url, round_workload, process) in sides.items():
+                cpu_before = cpu_seconds(process) if process else 0.0
+                rps, failed = loop.run_until_complete(throughput(
+                    url, args.requests, args.concurrency, round_workload,
+                    during if name == "gateway" and round_ == 0 else None))
+                failures[name] += failed
+                figures[name] = rps
+                if process:
+                    figures[f"{name}_cpu_us"] = (cpu_seconds(process) - cpu_before) / args.requests * 1e6
+            rounds.append(figures)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     finally:
         for process in (gateway, on_uvicorn):
@@ -182,43 +206,142 @@ def main() -> None:
             process.wait(30)
 
     def gauge(name: str) -> int:
-        line = next(l for l in metrics.splitlines() if l.startswith(name + " "))
+        line = next(line for line in metrics.splitlines() if line.startswith(name + " "))
         return int(float(line.split()[1]))
 
-    sent = args.latency_samples + 2 * args.requests  # the gateway's share of the latency phase, then two load rounds
+    def median(key) -> float:
+        return statistics.median(key(figures) for figures in rounds)
+
+    sent = args.latency_samples + args.rounds * args.requests  # the gateway's share of the latency phase, the rounds
     store = sa.create_engine(db)
     count = sa.text("SELECT count(*) FROM exchanges WHERE workload = :w")
     with store.connect() as conn:
         stored = conn.execute(count, {"w": workload}).scalar()
         stored_via_uvicorn = conn.execute(count, {"w": uvicorn_workload}).scalar()
-    still_journaled = sum(1 for path in workdir.glob("gateway-journal.jsonl*") for _ in open(path))
-    result = {
+    still_journaled = journal_lines(workdir)
+    return {
         "requests": args.requests,
         "concurrency": args.concurrency,
+        "rounds": args.rounds,
         "db": sa.make_url(db).get_backend_name(),
         "outage_seconds": args.outage_seconds,
         "direct_p50_ms": round(statistics.median(direct_ms), 3),
         "gateway_p50_ms": round(statistics.median(gateway_ms), 3),
         "p50_added_ms": round(statistics.median(gateway_ms) - statistics.median(direct_ms), 3),
         "p99_added_ms": round(percentile(gateway_ms, 99) - percentile(direct_ms, 99), 3),
-        "direct_rps": round(direct_rps),
-        "gateway_rps": round(gateway_rps),
-        "throughput_ratio": round(gateway_rps / direct_rps, 3),
-        "bare_proxy_rps": round(bare_rps),
-        "bare_proxy_ratio": round(bare_rps / direct_rps, 3),
-        "client_failures_direct": direct_failed,
-        "client_failures_gateway": gateway_failed,
+        "direct_rps": round(median(lambda f: f["direct"])),
+        "bare_proxy_rps": round(median(lambda f: f["bare"])),
+        "gateway_rps": round(median(lambda f: f["gateway"])),
+        "uvicorn_rps": round(median(lambda f: f["uvicorn"])),
+        "throughput_ratio": round(median(lambda f: f["gateway"] / f["direct"]), 3),
+        "bare_proxy_ratio": round(median(lambda f: f["bare"] / f["direct"]), 3),
+        "gateway_vs_bare": round(median(lambda f: f["gateway"] / f["bare"]), 3),
+        "uvicorn_throughput_ratio": round(median(lambda f: f["uvicorn"] / f["direct"]), 3),
+        "uvicorn_vs_hand_written": round(median(lambda f: f["uvicorn"] / f["gateway"]), 3),
+        "throughput_ratio_by_round": [round(f["gateway"] / f["direct"], 3) for f in rounds],
+        "gateway_vs_bare_by_round": [round(f["gateway"] / f["bare"], 3) for f in rounds],
+        "bare_cpu_us": round(median(lambda f: f["bare_cpu_us"]), 1),
+        "gateway_cpu_us": round(median(lambda f: f["gateway_cpu_us"]), 1),
+        "uvicorn_cpu_us": round(median(lambda f: f["uvicorn_cpu_us"]), 1),
+        "client_failures_direct": failures["direct"],
+        "client_failures_gateway": failures["gateway"],
         "sent_through_gateway": sent,
         "stored": stored,
         "journaled": gauge("distillery_gateway_rows_journaled"),
         "still_in_journal": still_journaled,
         "lost": sent - stored - still_journaled,
-        "uvicorn_rps": round(uvicorn_rps),
-        "uvicorn_throughput_ratio": round(uvicorn_rps / direct_rps, 3),
-        "uvicorn_vs_hand_written": round(uvicorn_rps / gateway_rps, 3),
-        "uvicorn_lost": 2 * args.requests - stored_via_uvicorn,
+        "uvicorn_lost": args.rounds * args.requests - stored_via_uvicorn,
     }
-    print(json.dumps(result))
+
+
+async def probe_calls(url: str, callers: int, answered: set[str], stop: asyncio.Event) -> int:
+    """Calls from ``callers`` callers until ``stop``: each one's id goes into ``answered`` once it is answered 200."""
+    sent = 0
+
+    async def caller(session: aiohttp.ClientSession) -> None:
+        nonlocal sent
+        while not stop.is_set():
+            probe = uuid.uuid4().hex
+            sent += 1
+            try:
+                if await one_call(session, url, sent, "killed", metadata={"probe": probe}):
+                    answered.add(probe)
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                await asyncio.sleep(0.01)  # the gateway is gone: what was in flight was never answered
+
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=callers), timeout=timeout) as session:
+        await asyncio.gather(*(caller(session) for _ in range(callers)))
+    return sent
+
+
+def kill_run(seed: int, callers: int, kill_after: tuple[float, float]) -> dict:
+    """One kill -9 under load, then a restart on the same journal: the calls answered 200 that are not stored."""
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-kill-"))
+    db = f"sqlite:///{workdir / 'logs.db'}"
+    env = {**os.environ, "DISTILLERY_HOME": str(workdir), "DISTILLERY_LOG_STORE_URL": db, "PYTHONPATH": str(ROOT)}
+    stub, stub_url = start([sys.executable, STUB_PROVIDER, "100"], env)
+    port = 20000 + (os.getpid() + seed) % 20000
+    answered: set[str] = set()
+    try:
+        gateway = start_gateway(stub_url, port, env)
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", gateway)
+        stop = asyncio.Event()
+        after_s = random.Random(seed).uniform(*kill_after)
+
+        async def kill_then_stop() -> None:
+            await asyncio.sleep(after_s)
+            gateway.send_signal(signal.SIGKILL)
+            await asyncio.sleep(0.3)  # callers see the connections drop
+            stop.set()
+
+        async def load() -> int:
+            killer = asyncio.create_task(kill_then_stop())
+            sent = await probe_calls(f"http://127.0.0.1:{port}/v1", callers, answered, stop)
+            await killer
+            return sent
+
+        sent = uvloop.new_event_loop().run_until_complete(load())
+        gateway.wait(30)
+        restarted = start_gateway(stub_url, port, env)  # the same DISTILLERY_HOME: the same journal
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", restarted)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(120)
+    finally:
+        stub.terminate()
+        stub.wait(30)
+    with sa.create_engine(db).connect() as conn:
+        stored = {json.loads(params).get("metadata", {}).get("probe") for (params,) in conn.execute(
+            sa.text("SELECT request_params FROM exchanges WHERE workload = 'killed'"))}
+    recovered = next(float(line.split()[1]) for line in metrics.splitlines()
+                     if line.startswith("distillery_gateway_rows_recovered "))
+    return {"killed_after_s": round(after_s, 2), "sent": sent, "answered_200": len(answered),
+            "recovered_on_restart": int(recovered), "missing": len(answered - stored)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-samples", type=int, default=1000)
+    parser.add_argument("--db", help="log store URL; default: a new SQLite file")
+    parser.add_argument("--outage-seconds", type=float, default=0, help="PostgreSQL only")
+    parser.add_argument("--kill", action="store_true", help="kill -9 the gateway under load instead")
+    parser.add_argument("--runs", type=int, default=5, help="with --kill")
+    parser.add_argument("--quick", action="store_true", help="a few seconds: small numbers, for the tests")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.concurrency, args.rounds, args.latency_samples, args.runs = 300, 16, 1, 30, 1
+    if args.kill:
+        runs = [kill_run(seed, callers=16, kill_after=(0.5, 1.5) if not args.quick else (0.3, 0.6))
+                for seed in range(args.runs)]
+        result = {"runs": runs, "answered_200": sum(r["answered_200"] for r in runs),
+                  "missing": sum(r["missing"] for r in runs)}
+    else:
+        result = overhead(args)
+    print(json.dumps({**result, "quick": args.quick}))
 
 
 if __name__ == "__main__":

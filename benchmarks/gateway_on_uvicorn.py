@@ -4,16 +4,17 @@ the hand-written HTTP layer, for benchmarks/gateway.py to measure both in the sa
     python benchmarks/gateway_on_uvicorn.py UPSTREAM_URL PORT
 
 uvicorn runs with httptools and uvloop, as fast as it goes; the handler sees the same ``Request`` and a
-responder with the same methods, bridged to a raw ASGI callable. SIGTERM stops it and flushes the recorder.
+responder with the same methods, bridged to a raw ASGI callable. SIGTERM stops it and flushes the recorder (at the
+ASGI lifespan's shutdown: uvicorn re-raises the signal once it has stopped, so no code after ``uvicorn.run`` runs).
 """
 
+import asyncio
 import sys
 
 import uvicorn
 
-from distillery.capture import GatewayConfig
-from distillery.capture.gateway.http import Request
-from distillery.capture.gateway.server import build_gateway
+from distillery.gateway import GatewayConfig, build_gateway
+from distillery.gateway.http import Request
 from distillery.settings import home
 
 MAX_BODY = 1 << 20
@@ -58,6 +59,13 @@ def _start(status: int, headers: list[tuple[str, str]]) -> dict:
 
 def asgi_app(gateway):
     async def app(scope, receive, send):
+        if scope["type"] == "lifespan":  # at shutdown, flush the recorder as the gateway's own server does
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await gateway.finish_shadows()
+            await asyncio.get_running_loop().run_in_executor(None, gateway.close)
+            await send({"type": "lifespan.shutdown.complete"})
+            return
         if scope["type"] != "http":
             return
         body, more = b"", True
@@ -80,11 +88,8 @@ def main(upstream_url: str, port: int) -> None:
     gateway = build_gateway(GatewayConfig.single(upstream_url, port=port, require_api_key=False,
                                                  max_body_bytes=MAX_BODY,
                                                  journal_path=home() / "gateway-journal-uvicorn.jsonl"))
-    try:
-        uvicorn.run(asgi_app(gateway), host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                    lifespan="off", log_level="warning", access_log=False)
-    finally:
-        gateway.close()
+    uvicorn.run(asgi_app(gateway), host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                lifespan="on", log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

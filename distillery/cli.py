@@ -195,7 +195,7 @@ def gateway(
     require_api_key: Optional[bool] = typer.Option(None, help="Refuse callers without a gateway key."),
 ) -> None:
     """Run the OpenAI-compatible capture gateway in the foreground."""
-    from distillery.capture import GatewayConfig, load_config, serve_forever
+    from distillery.gateway import GatewayConfig, load_config, serve_forever
 
     if config:
         settings_ = load_config(config)
@@ -229,7 +229,7 @@ def keys_create(
                                        "importers and admins."),
 ) -> None:
     """Create a key and print it (once)."""
-    from distillery.capture import KeyStore
+    from distillery.gateway import KeyStore
 
     if not workload and not all_workloads:
         typer.echo("give the key a scope: --workload NAME (repeatable) or --all-workloads", err=True)
@@ -239,7 +239,7 @@ def keys_create(
 
 @keys_app.command("list")
 def keys_list() -> None:
-    from distillery.capture import KeyStore
+    from distillery.gateway import KeyStore
 
     for key in KeyStore(_store()).list():
         state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
@@ -248,7 +248,7 @@ def keys_list() -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(name: str) -> None:
-    from distillery.capture import KeyStore
+    from distillery.gateway import KeyStore
 
     revoked = KeyStore(_store()).revoke(name)
     typer.echo(f"revoked {name}" if revoked else f"no active key named {name}")

@@ -11,8 +11,9 @@ import pytest
 import sqlalchemy as sa
 from support.stub_provider import StubUpstream
 
-from distillery.capture import BackgroundGateway, GatewayConfig, KeyStore, Recorder, load_config
-from distillery.evaluation import Price
+from distillery.capture import Recorder
+from distillery.gateway import BackgroundGateway, GatewayConfig, KeyStore, load_config
+from distillery.pricing import Price
 from distillery.store import LogStore
 
 PROVIDER_KEY = "sk-provider-secret-123"
@@ -304,8 +305,12 @@ def test_replaying_a_journal_twice_stores_each_row_once(tmp_path):
     store.upgrade()
     store.insert_rows([_row(i) for i in range(5)])
     journal = tmp_path / "journal.jsonl"
-    # as if the gateway had crashed mid-replay: rows 0-4 stored already, 5-9 not yet
-    Recorder(store, journal)._journal([_row(i) for i in range(10)])
+    # as if the gateway had crashed mid-replay: rows 0-4 stored already, 5-9 not yet (a recorder never started
+    # leaves what it was given in the journal, as a process that dies does)
+    crashed = Recorder(store, journal)
+    for i in range(10):
+        crashed.submit(_row(i))
+    crashed.stop()
     recorder = Recorder(store, journal).start()
     recorder.stop()
     assert len(store.read("w")) == 10 and not journal.exists()

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.stub_provider import StubUpstream
 
-from distillery.capture import BackgroundGateway, GatewayConfig
+from distillery.gateway import BackgroundGateway, GatewayConfig
 from distillery.store import LogStore
 
 MAX_BODY = 4096

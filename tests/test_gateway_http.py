@@ -7,8 +7,8 @@ import socket
 import pytest
 from support.stub_provider import StubUpstream
 
-from distillery.capture import BackgroundGateway, GatewayConfig
-from distillery.capture.gateway.http import HttpServer, Request, Responder, UpstreamPool
+from distillery.gateway import BackgroundGateway, GatewayConfig
+from distillery.gateway.http import HttpServer, Request, Responder, UpstreamPool
 
 CHAT = json.dumps({"model": "stub-model", "messages": [{"role": "user", "content": "hi"}]}).encode()
 

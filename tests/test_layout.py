@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 CORE = Path(__file__).resolve().parents[1] / "distillery"
-STAGES = ["store", "capture", "curation", "training", "evaluation", "serving", "monitoring", "fleet", "demo"]
-SHARED = {"errors", "settings", "tasks", "models"}
+STAGES = ["store", "capture", "gateway", "curation", "training", "evaluation", "serving", "monitoring", "fleet", "demo"]
+SHARED = {"errors", "settings", "tasks", "models", "wire", "pricing"}
 
 # What each part of the core may import besides the shared modules; the same table is in docs/architecture.md.
 ALLOWED = {
@@ -18,14 +18,15 @@ ALLOWED = {
     "store": set(),
     "serving": {"store"},
     "evaluation": {"serving"},
-    "capture": {"store", "serving", "evaluation"},
+    "capture": {"store"},
+    "gateway": {"store", "capture", "serving"},
     "curation": {"store"},
     "training": set(),
     "monitoring": {"store", "evaluation"},
     "lifecycle": {"store", "curation", "training", "evaluation", "serving", "monitoring"},
     "fleet": {"store", "serving", "curation", "evaluation"},
-    "demo": {"store", "capture", "serving", "evaluation"},
-    "cli": {"store", "capture", "serving", "fleet", "demo", "pipelines"},
+    "demo": {"store", "gateway", "serving"},
+    "cli": {"store", "capture", "gateway", "serving", "fleet", "demo", "pipelines"},
 }
 OUTSIDE_THE_CORE = ("pipelines", "assets", "resources", "workers", "support", "dagster", "aiohttp")
 
@@ -97,7 +98,7 @@ def test_every_public_name_of_a_stage_resolves(stage):
 
 def test_the_gateway_and_the_cli_load_without_torch_or_datasets():
     """Stage packages load their modules on first use, so the gateway does not pay for the model stack."""
-    probe = ("import sys, distillery.capture.gateway.server, distillery.cli, distillery.serving.routing; "
+    probe = ("import sys, distillery.gateway.server, distillery.cli, distillery.serving.routing; "
              "print(sorted(m for m in ('torch', 'datasets', 'transformers', 'dagster') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"

@@ -4,7 +4,8 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from distillery.capture import KeyStore, export_finetune_jsonl, import_logs
+from distillery.capture import export_finetune_jsonl, import_logs
+from distillery.gateway import KeyStore
 from distillery.cli import app
 from distillery.curation import infer_task
 from distillery.serving import RouteStore

@@ -8,8 +8,8 @@ import openai
 import pytest
 from support.stub_provider import StubUpstream
 
-from distillery.capture import BackgroundGateway, GatewayConfig
-from distillery.evaluation import Price
+from distillery.gateway import BackgroundGateway, GatewayConfig
+from distillery.pricing import Price
 from distillery.serving import (CANARY, FRONTIER, SHADOW, SMALL, RollbackPolicy, RolloutMonitor, Route, RouteStore,
                                 takes_small_model)
 from distillery.serving.routing import canary_bucket

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from assets import LIFECYCLE_ASSETS, deployed_endpoint, eval_report, lora_adapter, workload_partitions
-from distillery.capture import BackgroundGateway, GatewayConfig
+from distillery.gateway import BackgroundGateway, GatewayConfig
 from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic, start_frontier_standin
 from distillery.errors import DistilleryError
 from distillery.serving import SMALL, Endpoints, RouteStore

@@ -17,8 +17,9 @@ import os
 
 from dagster_pipes import PipesContext, open_dagster_pipes
 
-from distillery.evaluation import JUDGE_API_KEY_VARIABLE, CostSettings, GatePolicy, JudgeSettings, Price, pairwise_judge
+from distillery.evaluation import JUDGE_API_KEY_VARIABLE, CostSettings, GatePolicy, JudgeSettings, pairwise_judge
 from distillery.lifecycle import evaluate_adapter
+from distillery.pricing import Price
 from workers import inline_png, mlflow_links, open_stores, rounded
 
 GATE_CHECK = "gate_passed"

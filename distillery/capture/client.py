@@ -29,6 +29,9 @@ class _Completions:
     def create(self, **kwargs: Any) -> Any:
         messages = list(kwargs.get("messages", []))
         params = {k: v for k, v in kwargs.items() if k not in ("messages", "extra_headers", "timeout")}
+        if kwargs.get("stream") and "stream_options" not in kwargs:
+            # Ask for the usage chunk so streamed calls are costed like the others, as the gateway does.
+            kwargs = {**kwargs, "stream_options": {"include_usage": True}}
         started = time.perf_counter()
         try:
             result = self._client.chat.completions.create(**kwargs)

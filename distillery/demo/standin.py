@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from distillery.demo.workload import EXTRACTION_PROMPT, REPLY_PROMPT
-from distillery.evaluation.costs import Price
+from distillery.pricing import Price
 from distillery.serving import Completion, OpenAIServer
 
 STANDIN_MODEL = "frontier-standin"

@@ -17,9 +17,9 @@ from typing import Callable, Iterator
 
 import openai
 
-from distillery.capture import WORKLOAD_HEADER, BackgroundGateway, GatewayConfig
 from distillery.demo.standin import STANDIN_MODEL, STANDIN_PRICES, start_frontier_standin
 from distillery.demo.workload import WORKLOAD, demo_messages, generate_tickets
+from distillery.gateway import WORKLOAD_HEADER, BackgroundGateway, GatewayConfig
 from distillery.serving import CANARY, SHADOW, SMALL, Endpoints, RollbackPolicy, RouteStore
 from distillery.store import LogStore
 from distillery.tasks import DecodingPolicy

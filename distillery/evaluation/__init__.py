@@ -2,8 +2,8 @@
 
 Every model answers the held-out split (``comparison``, through the serving engine), scored
 against the frontier's answers with task-aware metrics (``metrics``); the cut-over gate
-(``gate``); both sides' latency and cost (``costs``, which also holds the ``Price`` the
-gateway's price table uses); an optional pairwise LLM judge (``judge``); the report's plots.
+(``gate``); both sides' latency and cost (``costs``); an optional pairwise LLM judge (``judge``);
+the report's plots.
 """
 
 import lazy_loader
@@ -12,7 +12,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
     "comparison": ["evaluate", "EvalReport", "ModelScore", "Judge", "BASE", "CANDIDATE"],
     "metrics": ["classification_metrics", "extraction_metrics", "free_text_metrics", "bootstrap_interval"],
     "gate": ["GatePolicy", "GateDecision", "ChampionScore", "decide"],
-    "costs": ["Price", "CostSettings", "CostComparison", "SideFigures", "compare_costs", "small_model_figures"],
+    "costs": ["CostSettings", "CostComparison", "SideFigures", "compare_costs", "small_model_figures"],
     "judge": ["judge_pairwise", "pairwise_judge", "JudgeResult", "JudgeSettings", "JUDGE_API_KEY_VARIABLE"],
     "plots": ["confusion_matrix_png", "per_label_f1_png", "latency_and_cost_png", "metric_by_version_png"],
     "embeddings": ["encode", "cosine_similarities"],

@@ -18,18 +18,9 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+from distillery.pricing import Price
+
 DAYS_PER_MONTH = 365.25 / 12
-
-
-@dataclass(frozen=True)
-class Price:
-    """A model's list price; the gateway's price table maps model names to these."""
-
-    input_per_million: float
-    output_per_million: float
-
-    def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
-        return ((prompt_tokens or 0) * self.input_per_million + (completion_tokens or 0) * self.output_per_million) / 1e6
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
     "endpoints": ["Endpoints", "Endpoint", "LOCAL", "VLLM", "REMOTE"],
     "routing": ["Route", "RouteStore", "RouteEvent", "RolloutMonitor", "RollbackPolicy", "takes_small_model",
                 "FRONTIER", "SHADOW", "CANARY", "SMALL", "ROUTE_KEY_HEADER"],
-    "openai_http": ["OpenAIServer", "Completion", "RequestError"],
+    "openai_http": ["OpenAIServer", "Completion"],
     "mlflow_model": ["AdapterModel", "save_adapter_model"],
 })

@@ -16,7 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from distillery.serving.openai_http import Completion, OpenAIServer, RequestError
+from distillery import wire
+from distillery.serving.openai_http import Completion, OpenAIServer
 from distillery.tasks import POLICY_FILE, DecodingPolicy
 
 BASE_MODEL_NAME = "base"
@@ -81,16 +82,16 @@ class ModelServer:
 
         name, path = body.get("lora_name"), body.get("lora_path")
         if not isinstance(name, str) or not name or not isinstance(path, str):
-            raise RequestError(400, "'lora_name' and 'lora_path' are required strings")
+            raise wire.WireError("'lora_name' and 'lora_path' are required strings")
         if name in self.adapters or name == BASE_MODEL_NAME:
-            raise RequestError(400, f"an adapter named {name!r} is already loaded")
+            raise wire.WireError(f"an adapter named {name!r} is already loaded")
         problem = adapter_mismatch(Path(path), self.base_model, self.module_names)
         if problem:
-            raise RequestError(400, problem, "adapter_mismatch")
+            raise wire.WireError(problem, 400, "adapter_mismatch")
         try:
             policy = DecodingPolicy.load(Path(path))
         except (ValueError, KeyError) as exc:
-            raise RequestError(400, f"unreadable {POLICY_FILE} in {path}: {exc}", "adapter_mismatch") from exc
+            raise wire.WireError(f"unreadable {POLICY_FILE} in {path}: {exc}", 400, "adapter_mismatch") from exc
         engine = self.engine
         with engine.exclusive():
             try:
@@ -101,7 +102,7 @@ class ModelServer:
             except Exception as exc:  # noqa: BLE001 - unreadable or corrupt weights: refuse, keep serving
                 if isinstance(engine.model, PeftModel) and name in engine.model.peft_config:
                     engine.model.delete_adapter(name)
-                raise RequestError(400, f"adapter {path} did not load: {exc}", "adapter_load_failed") from exc
+                raise wire.WireError(f"adapter {path} did not load: {exc}", 400, "adapter_load_failed") from exc
             engine.model.eval()
             self.adapters[name], self.policies[name] = Path(path), policy
         return {"status": "ok", "loaded": name, "models": self.models()}
@@ -109,7 +110,7 @@ class ModelServer:
     def unload_adapter(self, body: dict[str, Any]) -> dict[str, Any]:
         name = body.get("lora_name")
         if name not in self.adapters:
-            raise RequestError(404, f"no adapter {name!r} is loaded", "model_not_found")
+            raise wire.WireError(f"no adapter {name!r} is loaded", 404, "model_not_found")
         with self.engine.exclusive():
             self.engine.model.delete_adapter(name)
             del self.adapters[name], self.policies[name]
@@ -118,11 +119,10 @@ class ModelServer:
     def chat(self, body: dict[str, Any]) -> Completion:
         name = body.get("model") or self.default_model
         if name not in self.models():
-            raise RequestError(404, f"model {name!r} is not served here; available: {self.models()}", "model_not_found")
-        max_tokens = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None),
-                          DEFAULT_MAX_TOKENS)
+            raise wire.WireError(f"model {name!r} is not served here; available: {self.models()}", 404, "model_not_found")
+        max_tokens = wire.max_tokens(body, DEFAULT_MAX_TOKENS)
         if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
-            raise RequestError(400, "'max_tokens' must be an integer between 1 and 4096")
+            raise wire.WireError("'max_tokens' must be an integer between 1 and 4096")
         adapter = None if name == BASE_MODEL_NAME else name
         result = self.engine.answer(body["messages"], adapter=adapter, policy=self._policy(body, adapter),
                                     max_new_tokens=max_tokens)
@@ -140,7 +140,7 @@ class ModelServer:
             if response_format.get("type") == "json_object":
                 return DecodingPolicy(json_object=True)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise RequestError(400, f"unsupported decoding constraint: {exc}") from exc
+            raise wire.WireError(f"unsupported decoding constraint: {exc}") from exc
         return (self.policies.get(adapter) if adapter else None) or DecodingPolicy()
 
 

@@ -11,21 +11,14 @@ gateway forwards.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
-import time
 
 from aiohttp import web
 
+from distillery import wire
+
 ANSWER = "ok"
-
-
-def _completion(model: str, text_completion: bool, answer: str = ANSWER) -> dict:
-    choice = {"index": 0, "text": answer} if text_completion else {
-        "index": 0, "message": {"role": "assistant", "content": answer}}
-    return {"id": "stub-1", "object": "text_completion" if text_completion else "chat.completion",
-            "created": int(time.time()), "model": model, "choices": [{**choice, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
+USAGE = (10, 1)  # prompt and completion tokens of every answer
 
 
 class StubUpstream:
@@ -48,30 +41,26 @@ class StubUpstream:
         headers = {"x-request-id": f"req-stub-{self.calls}", "x-ratelimit-limit-requests": "500",
                    "x-ratelimit-remaining-requests": "0" if model == "rate-limited" else "499"}
         if model == "fail-500" or (self.fail_every and self.calls % self.fail_every == 0):
-            return web.json_response({"error": {"message": "stub upstream failure", "type": "server_error",
-                                                "param": None, "code": "server_error"}}, status=500, headers=headers)
+            return web.json_response(wire.error("stub upstream failure", "server_error"), status=500, headers=headers)
         if model == "rate-limited":
-            return web.json_response({"error": {"message": "Rate limit reached", "type": "requests",
-                                                "param": None, "code": "rate_limit_exceeded"}}, status=429,
+            return web.json_response(wire.error("Rate limit reached", "rate_limit_exceeded"), status=429,
                                      headers={**headers, "Retry-After": "7"})
         if model == "slow":
             await asyncio.sleep(self.slow_seconds)
-        text_completion = request.path.endswith("/completions") and "chat" not in request.path
+        if "chat" not in request.path:
+            return web.json_response(wire.text_completion(self.answer, model, *USAGE), headers=headers)
         if not body.get("stream"):
-            return web.json_response(_completion(model, text_completion, self.answer), headers=headers)
+            return web.json_response(wire.chat_completion(self.answer, model, *USAGE), headers=headers)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
         await response.prepare(request)
-        base = {"id": "stub-1", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
         words, pause = {"slow-stream": (["one ", "two ", "three ", "four ", "five"], 1.0),
                         "stalled-stream": (["one ", "two"], 5.0)}.get(model, ([self.answer], 0.0))
-        deltas = [({"role": "assistant", "content": ""}, None), *(({"content": w}, None) for w in words), ({}, "stop")]
-        for position, (delta, finish) in enumerate(deltas):
-            if pause and 1 < position < len(deltas) - 1:
+        chunks = wire.chat_chunks(words, model, *USAGE, usage_chunk=wire.wants_stream_usage(body))
+        for position, chunk in enumerate(chunks):
+            if pause and 1 < position <= len(words):  # between the words
                 await asyncio.sleep(pause)
-            event = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            await response.write(f"data: {json.dumps(event)}\n\n".encode())
-        usage = {**base, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
-        await response.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+            await response.write(wire.sse_event(chunk))
+        await response.write(wire.SSE_DONE)
         await response.write_eof()
         return response
 

@@ -6,13 +6,16 @@ that holds its key, read when the gateway starts.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from distillery.errors import DistilleryError
-from distillery.evaluation import Price
+from distillery.pricing import Price
 from distillery.serving import RollbackPolicy
 from distillery.settings import home
 
@@ -45,24 +48,27 @@ class GatewayConfig:
     max_connections: int = 4096  # past it a new connection gets 503 and is closed
     key_cache_size: int = 10_000  # gateway keys looked up (known or not), least recently used dropped first
     key_cache_ttl_s: float = 5.0  # so a revoked key stops working within this
-    queue_size: int = 50_000
-    batch_size: int = 500
-    flush_interval_s: float = 0.05
-    retry_interval_s: float = 1.0
-    journal_path: Path = field(default_factory=lambda: home() / "gateway-journal.jsonl")
+    batch_size: int = 500  # rows per insert into the log store
+    flush_interval_s: float = 0.05  # how often the writer reads the journal into the log store (and fsyncs it)
+    retry_interval_s: float = 1.0  # how often a log store that is down is tried again
+    journal_path: Path = field(default_factory=lambda: home() / "gateway-journal.jsonl")  # one per gateway process
     log_store_url: str | None = None
     route_refresh_s: float = 1.0  # how stale a route changed in the database (CLI, deploy) may be
     small_timeout_s: float = 10.0  # then the caller gets the frontier's answer
     rollback: RollbackPolicy = field(default_factory=RollbackPolicy)
 
-    def upstream_for(self, model: str | None) -> Upstream:
-        for upstream in self.upstreams.values():
-            if model in upstream.models:
-                return upstream
-        return self.upstreams[self.default_upstream]
+    def upstream_for(self, model: Any) -> Upstream:
+        upstream = self._model_upstreams.get(model) if isinstance(model, str) else None
+        return upstream or self.upstreams[self.default_upstream]
 
-    def price_for(self, model: str | None) -> Price | None:
-        return next((u.models[model] for u in self.upstreams.values() if model in u.models), None)
+    def price_for(self, model: Any) -> Price | None:
+        upstream = self._model_upstreams.get(model) if isinstance(model, str) else None
+        return upstream.models[model] if upstream else None
+
+    @functools.cached_property
+    def _model_upstreams(self) -> dict[str, Upstream]:
+        """Each priced model's upstream (the first that lists it), looked up once instead of per call."""
+        return {model: upstream for upstream in reversed(self.upstreams.values()) for model in upstream.models}
 
     @classmethod
     def single(cls, base_url: str, **settings) -> "GatewayConfig":
@@ -90,8 +96,16 @@ def load_config(path: Path) -> GatewayConfig:
     if not upstreams:
         raise DistilleryError(f"gateway config {path}: define at least one [upstreams.NAME] with a base_url")
     settings = dict(raw.get("gateway", {}))
+    known = {f.name for f in dataclasses.fields(GatewayConfig)} - {"upstreams", "default_upstream", "rollback"}
+    if unknown := sorted(set(settings) - known):
+        raise DistilleryError(f"gateway config {path}: unknown [gateway] setting(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
     if "journal_path" in settings:
         settings["journal_path"] = Path(settings["journal_path"])
     if "rollback" in raw:
+        known_rollback = {f.name for f in dataclasses.fields(RollbackPolicy)}
+        if unknown := sorted(set(raw["rollback"]) - known_rollback):
+            raise DistilleryError(f"gateway config {path}: unknown [rollback] setting(s) {', '.join(unknown)}; "
+                                  f"known: {', '.join(sorted(known_rollback))}")
         settings["rollback"] = RollbackPolicy(**raw["rollback"])
     return GatewayConfig(upstreams=upstreams, default_upstream=default or next(iter(upstreams)), **settings)

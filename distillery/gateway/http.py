@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import http
-import json
 import logging
 import ssl
 import time
@@ -41,6 +40,8 @@ from typing import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import httptools
+
+from distillery import wire
 
 log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 64 * 1024
@@ -66,11 +67,6 @@ class Request:
 
 
 Handler = Callable[[Request, "Responder"], Awaitable[None]]
-
-
-def error_body(message: str, code: str) -> bytes:
-    """An OpenAI-style error object, the one shape every error answer of the gateway has."""
-    return json.dumps({"error": {"message": message, "type": code, "param": None, "code": code}}).encode()
 
 
 def _status_line(status: int) -> str:
@@ -133,7 +129,8 @@ class Responder:
 
 class _ServerConnection(asyncio.Protocol):
     def __init__(self, handler: Handler, max_body_bytes: int, tasks: set[asyncio.Task],
-                 connections: set["_ServerConnection"], max_connections: int):
+                 connections: set["_ServerConnection"], max_connections: int, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
         self._handler = handler
         self._max_body = max_body_bytes
         self._tasks = tasks
@@ -148,6 +145,7 @@ class _ServerConnection(asyncio.Protocol):
         self._busy = False
         self._closed = False
         self._rejecting = False
+        self._paused = False  # reading paused while too many pipelined requests wait
         self._can_write: asyncio.Future | None = None
         self._reset_message()
 
@@ -190,7 +188,7 @@ class _ServerConnection(asyncio.Protocol):
             self._can_write.set_exception(ClientDisconnected("client disconnected"))
 
     def pause_writing(self) -> None:
-        self._can_write = asyncio.get_running_loop().create_future()
+        self._can_write = self._loop.create_future()
 
     def resume_writing(self) -> None:
         if self._can_write and not self._can_write.done():
@@ -241,6 +239,7 @@ class _ServerConnection(asyncio.Protocol):
         self._reset_message()
         if len(self._queue) > _MAX_PIPELINED:
             self._transport.pause_reading()
+            self._paused = True
         if not self._busy:
             self._next()
 
@@ -261,7 +260,7 @@ class _ServerConnection(asyncio.Protocol):
             return
         self._busy = True
         request, keep_alive = self._queue.popleft()
-        task = asyncio.ensure_future(self._serve(request, keep_alive))
+        task = self._loop.create_task(self._serve(request, keep_alive))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -277,12 +276,13 @@ class _ServerConnection(asyncio.Protocol):
         if self._closed:
             return
         if not responder.status:
-            responder.send(500, error_body("internal gateway error", "server_error"))
+            responder.send(500, wire.error_bytes("internal gateway error", "server_error"))
         elif not responder.finished:  # a stream already under way cannot change its status: cut it off
             self.close()
             return
-        if len(self._queue) <= _MAX_PIPELINED:
+        if self._paused and len(self._queue) <= _MAX_PIPELINED:
             self._transport.resume_reading()
+            self._paused = False
         self._next()
 
     def reject(self, status: int, message: str) -> None:
@@ -294,7 +294,7 @@ class _ServerConnection(asyncio.Protocol):
 
     def _reject(self, status: int, message: str) -> None:
         if self._transport and not self._closed:
-            body = error_body(message, "invalid_request_error")
+            body = wire.error_bytes(message, "invalid_request_error")
             self._transport.write(_head(status, [("content-type", "application/json"),
                                                  ("content-length", str(len(body))), ("connection", "close")]) + body)
         self.close()
@@ -337,7 +337,7 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _ServerConnection(self._handler, self._max_body, self._tasks, self._connections,
-                                      self._max_connections), host, port, reuse_address=True)
+                                      self._max_connections, loop), host, port, reuse_address=True)
         self._sweeper = loop.call_later(self._sweep_interval, self._sweep)
         return self._server.sockets[0].getsockname()[1]
 
@@ -381,7 +381,12 @@ class UpstreamResponse:
         self.headers = connection.headers
 
     async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
+        connection = self._connection
+        while not connection.complete:
+            await connection.wait()
+        body = b"".join(connection.body)
+        connection.body.clear()
+        return body
 
     async def chunks(self) -> AsyncIterator[bytes]:
         connection = self._connection
@@ -402,7 +407,8 @@ class UpstreamResponse:
 
 
 class _ClientConnection(asyncio.Protocol):
-    def __init__(self):
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -475,7 +481,7 @@ class _ClientConnection(asyncio.Protocol):
         """Until something arrives; raises what broke the connection."""
         if self.error:
             raise self.error
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         try:
             await self._waiter
         finally:
@@ -498,12 +504,17 @@ class UpstreamPool:
         self._host_header = parts.netloc
         self._idle: list[_ClientConnection] = []
         self._max_idle = max_idle
+        self._heads: dict[tuple, bytes] = {}  # request heads by path and headers, built once
 
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
         """Send a POST and wait for the answer's status and headers."""
-        head = [f"POST {self._prefix}{path} HTTP/1.1", f"Host: {self._host_header}",
-                f"Content-Length: {len(body)}", *(f"{name}: {value}" for name, value in headers.items())]
-        message = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        key = (path, *headers.items())
+        head = self._heads.get(key)
+        if head is None:
+            lines = [f"POST {self._prefix}{path} HTTP/1.1", f"Host: {self._host_header}",
+                     *(f"{name}: {value}" for name, value in headers.items()), "Content-Length: "]
+            head = self._heads[key] = "\r\n".join(lines).encode("latin-1")
+        message = b"%b%d\r\n\r\n%b" % (head, len(body), body)
         while True:
             connection, reused = await self._acquire()
             connection.transport.write(message)
@@ -528,7 +539,7 @@ class UpstreamPool:
                 return connection, True
         loop = asyncio.get_running_loop()
         _, connection = await loop.create_connection(
-            _ClientConnection, self._host, self._port, ssl=self._tls,
+            lambda: _ClientConnection(loop), self._host, self._port, ssl=self._tls,
             server_hostname=self._host if self._tls else None)
         return connection, False
 

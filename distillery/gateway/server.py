@@ -6,11 +6,11 @@ import asyncio
 import signal
 import threading
 
-from distillery.capture.gateway.app import Gateway
-from distillery.capture.gateway.config import GatewayConfig
-from distillery.capture.gateway.http import HttpServer
-from distillery.capture.gateway.keys import KeyStore
-from distillery.capture.recorder import Recorder
+from distillery.capture import Recorder
+from distillery.gateway.app import Gateway
+from distillery.gateway.config import GatewayConfig
+from distillery.gateway.http import HttpServer
+from distillery.gateway.keys import KeyStore
 from distillery.serving import RouteStore
 from distillery.store import LogStore
 
@@ -18,7 +18,7 @@ from distillery.store import LogStore
 def build_gateway(config: GatewayConfig) -> Gateway:
     store = LogStore(config.log_store_url)
     store.upgrade()
-    recorder = Recorder(store, config.journal_path, queue_size=config.queue_size, batch_size=config.batch_size,
+    recorder = Recorder(store, config.journal_path, batch_size=config.batch_size,
                         flush_interval_s=config.flush_interval_s, retry_interval_s=config.retry_interval_s)
     return Gateway(config, recorder.start(), KeyStore(store), RouteStore(store.engine))
 

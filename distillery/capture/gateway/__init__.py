@@ -1,1 +1,0 @@
-"""The capture gateway: an OpenAI-compatible proxy that records every exchange off the request path."""

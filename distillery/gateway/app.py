@@ -1,0 +1,254 @@
+"""The gateway's handling of one call: its key, its workload, who answers it, its log row, its metrics.
+
+The HTTP layer under it is ``http`` (why hand-written: see there); the wire protocols are in ``protocols``, the
+provider side in ``proxy``, the small model's side in ``cutover``, the log row in ``rows``.
+
+What a caller sees when something goes wrong, always as an error object of its protocol:
+401 unknown or revoked gateway key; 403 a workload outside the key's scope (recorded as an error under
+the key's default workload, so it never becomes training data or a new workload); 400 malformed JSON or
+an invalid workload name; 413 body over ``max_body_bytes``; 404/405 unknown path or method; 502 upstream
+unreachable (connection refused, reset, invalid HTTP) or an answer that is not a completion; 504 upstream
+timed out; an upstream 4xx/5xx is passed through with its status. Every one of these that reached the
+proxy step is recorded as a failed exchange, before its answer is sent.
+
+Per call, in order: the key (looked up in the database once per ``key_cache_ttl_s``, off the event loop), the body,
+the route (in memory), then the provider or the small model; the row is completed and recorded before the
+answer goes out, so a call whose caller has its answer is in the journal even if the process dies; the metrics
+and the cut-over's bookkeeping come after the answer.
+
+Where a call's CPU goes (py-spy and per-process CPU time, benchmarks/gateway.py at 20,000 requests and 64
+concurrent, 2026-12-02, before this module took its present form): the HTTP layer ~65 µs a call, the recorder
+~80 µs (a queue handed to a writer thread row by row: its lock, its wake-ups and the GIL hand-overs they cost;
+now the journal, see ``distillery.capture.recorder``), the metrics ~16 µs (now plain numbers, see ``metrics``),
+the rest of this module ~30 µs (JSON, the row, the price, the provider headers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from typing import Any
+
+import cachetools
+import orjson
+from prometheus_client import generate_latest
+
+from distillery import wire
+from distillery.capture import Recorder
+from distillery.gateway.config import GatewayConfig
+from distillery.gateway.cutover import Cutover
+from distillery.gateway.http import ClientDisconnected, Request, Responder
+from distillery.gateway.keys import ApiKey, KeyStore
+from distillery.gateway.metrics import GatewayMetrics
+from distillery.gateway.protocols import CHAT_COMPLETIONS, COMPLETIONS, WireProtocol
+from distillery.gateway.proxy import Proxy, StreamBroken, UpstreamTimeout, passed_headers, upstream_error_message
+from distillery.gateway.rows import Rows
+from distillery.serving import RouteStore
+from distillery.settings import DEFAULT_WORKLOAD, validate_workload
+
+WORKLOAD_HEADER = "x-distillery-workload"
+
+
+class GatewayError(Exception):
+    """Answered to the caller as an error object with this status; ``cause`` labels the error metric."""
+
+    def __init__(self, status: int, message: str, code: str, cause: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.cause = cause
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, recorder: Recorder, keys: KeyStore, routes: RouteStore | None = None):
+        self.config = config
+        self.recorder = recorder
+        self.keys = keys
+        self.metrics = GatewayMetrics(recorder)
+        self.rows = Rows(config, recorder, self.metrics)
+        self.proxy = Proxy(config)
+        self.cutover = Cutover(routes, config, self.rows, self.metrics)
+        self._key_cache: cachetools.TTLCache[str, ApiKey | None] = cachetools.TTLCache(
+            config.key_cache_size, config.key_cache_ttl_s)
+        self._endpoints = {
+            "/v1/chat/completions": ("POST", functools.partial(self._call, CHAT_COMPLETIONS)),
+            "/v1/completions": ("POST", functools.partial(self._call, COMPLETIONS)),
+            "/v1/models": ("GET", self.models),
+            "/healthz": ("GET", self.healthz),
+            "/metrics": ("GET", self.prometheus),
+        }
+
+    async def handle(self, request: Request, responder: Responder) -> None:
+        endpoint = self._endpoints.get(request.path.rstrip("/") or "/")
+        if endpoint is None:
+            responder.send(404, wire.error_bytes(f"no route {request.path}", "not_found"))
+        elif request.method != endpoint[0]:
+            responder.send(405, wire.error_bytes(f"{request.path} takes {endpoint[0]}", "method_not_allowed"))
+        else:
+            await endpoint[1](request, responder)
+
+    async def finish_shadows(self, timeout_s: float = 10) -> None:
+        """Let shadow calls still in flight end (and be recorded) before the gateway closes."""
+        await self.cutover.finish(timeout_s)
+
+    def close(self) -> None:
+        """After the HTTP server stopped: drop upstream connections, flush the recorder."""
+        self.proxy.close()
+        self.cutover.close()
+        self.recorder.stop()
+
+    async def healthz(self, _request: Request, responder: Responder) -> None:
+        responder.send(200, orjson.dumps({"status": "ok", "log_store_up": self.recorder.database_up,
+                                          "queue_depth": self.recorder.pending,
+                                          "journal_backlog": self.recorder.journal_backlog}))
+
+    async def prometheus(self, _request: Request, responder: Responder) -> None:
+        responder.send(200, generate_latest(self.metrics.registry), "text/plain; version=0.0.4; charset=utf-8")
+
+    async def models(self, request: Request, responder: Responder) -> None:
+        try:
+            await self._authenticate(request)
+        except GatewayError as exc:
+            return self._refuse(CHAT_COMPLETIONS, "models", responder, exc)
+        responder.send(200, orjson.dumps({"object": "list", "data": [
+            {"id": model, "object": "model", "owned_by": upstream.name}
+            for upstream in self.config.upstreams.values() for model in upstream.models]}))
+
+    async def _call(self, protocol: WireProtocol, request: Request, responder: Responder) -> None:
+        started = time.perf_counter()
+        try:
+            caller = await self._authenticate(request)
+            body, workload = self._parse(request, caller)
+        except GatewayError as exc:
+            return self._refuse(protocol, protocol.endpoint, responder, exc)
+        upstream = self.config.upstream_for(body.get("model"))
+        if caller is not None and not caller.may_write(workload):
+            # Recorded, as an error under the key's own default workload: it never becomes training data
+            # and never creates the foreign workload (a Dagster partition).
+            row = self.rows.new(body, protocol, caller.default_workload, upstream.name)
+            row["request_params"]["refused_workload"] = workload
+            message = f"gateway key {caller.name!r} may not write to workload {workload!r} (its scope: {caller.scope})"
+            return self._fail(protocol, responder, row, started, 403, message, "permission_denied")
+        row = self.rows.new(body, protocol, workload, upstream.name)
+        route = self.cutover.route(protocol, body, workload)
+        if route and self.cutover.small_model_takes(route, request, body, row):
+            if await self.cutover.small_model_answers(route, protocol, body, row, responder, started):
+                return
+        stream = bool(body.get("stream"))
+        forwarded = request.body
+        if stream and "stream_options" not in body:
+            # Ask for the usage chunk so streamed calls are costed like the others (the row keeps the caller's params).
+            forwarded = orjson.dumps({**body, "stream_options": {"include_usage": True}})
+        try:
+            answer, data = await self.proxy.send(upstream.name, protocol.upstream_path, forwarded, stream)
+        except UpstreamTimeout as exc:
+            return self._fail(protocol, responder, row, started, 504, str(exc), "upstream_timeout")
+        except OSError as exc:  # ConnectionError and refused connections are OSErrors
+            return self._fail(protocol, responder, row, started, 502, f"upstream {upstream.name} unreachable: "
+                              f"{exc or type(exc).__name__}", "upstream_unreachable")
+        headers = passed_headers(answer.headers)
+        if data is None:
+            return await self._relay(protocol, answer, responder, row, started, headers)
+        if answer.status >= 400:
+            return self._fail(protocol, responder, row, started, answer.status,
+                              upstream_error_message(data, answer.status), "upstream_error", passthrough=data,
+                              headers=headers)
+        try:
+            payload = orjson.loads(data)
+            text, finish_reason = protocol.answer(payload)
+        except (orjson.JSONDecodeError, wire.WireError):
+            return self._fail(protocol, responder, row, started, 502, "upstream returned an invalid completion",
+                              "upstream_invalid")
+        self.rows.ok(row, started, payload.get("model"), text, finish_reason, payload.get("usage"))
+        responder.send(answer.status, data, extra=headers)
+        self.metrics.count(protocol.endpoint, answer.status, seconds=time.perf_counter() - started)
+        if route:
+            self.cutover.frontier_answered(route, body, row, text, protocol)
+
+    async def _relay(self, protocol: WireProtocol, answer, responder: Responder, row: dict, started: float,
+                     headers: list[tuple[str, str]]) -> None:
+        reader = protocol.stream_reader()
+        completed = False
+
+        def complete() -> None:  # before the caller has the answer's last event
+            nonlocal completed
+            if not completed:
+                completed = True
+                self.rows.ok(row, started, reader.model, reader.text, reader.finish_reason, reader.usage)
+
+        try:
+            await self.proxy.relay(answer, responder, reader, headers, complete)
+        except StreamBroken as exc:
+            # The caller already has a 200 and part of the stream: the connection is cut (the server
+            # closes an unfinished stream) and the row says what broke, unless the answer was whole already.
+            if not completed:
+                self.rows.error(row, started, 502, f"upstream stream broke off: {exc}", reader.text)
+            self.metrics.count(protocol.endpoint, 502, "upstream_stream", time.perf_counter() - started)
+            return
+        except ClientDisconnected:
+            if not completed:
+                self.rows.error(row, started, 499, "client disconnected mid-stream", reader.text)
+            self.metrics.count(protocol.endpoint, 499, "client_disconnect", time.perf_counter() - started)
+            raise
+        self.metrics.count(protocol.endpoint, 200, seconds=time.perf_counter() - started)
+
+    async def _authenticate(self, request: Request) -> ApiKey | None:
+        """The caller's key record, or None when keys are not required; GatewayError 401 otherwise."""
+        if not self.config.require_api_key:
+            return None
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if not key:
+            raise GatewayError(401, "missing gateway API key (Authorization: Bearer ...)", "invalid_api_key", "auth")
+        if key in self._key_cache:
+            record = self._key_cache[key]
+        else:
+            record = self._key_cache[key] = await asyncio.get_running_loop().run_in_executor(
+                None, self.keys.lookup, key)
+        if record is None:
+            raise GatewayError(401, "unknown or revoked gateway API key", "invalid_api_key", "auth")
+        return record
+
+    def _parse(self, request: Request, caller: ApiKey | None) -> tuple[dict, str]:
+        """The request body and its workload; GatewayError 413/400 when the request is unusable."""
+        if request.too_large:
+            raise GatewayError(413, f"request body over {self.config.max_body_bytes} bytes", "request_too_large",
+                               "too_large")
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError as exc:
+            raise GatewayError(400, f"request body is not valid JSON: {exc}", "invalid_request_error",
+                               "bad_request") from exc
+        if not isinstance(body, dict):
+            raise GatewayError(400, "request body must be a JSON object", "invalid_request_error", "bad_request")
+        workload = _workload(request, body, caller)
+        try:
+            validate_workload(workload)
+        except ValueError as exc:
+            raise GatewayError(400, str(exc), "invalid_request_error", "bad_request") from exc
+        return body, workload
+
+    def _fail(self, protocol: WireProtocol, responder: Responder, row: dict, started: float, status: int,
+              message: str, cause: str, passthrough: bytes | None = None,
+              headers: list[tuple[str, str]] = ()) -> None:
+        """Record a failed call, then answer it: the provider's own error object when it sent one."""
+        self.rows.error(row, started, status, message)
+        answer = passthrough if passthrough is not None and wire.error_message(passthrough) is not None \
+            else protocol.error(message, cause)
+        responder.send(status, answer, extra=headers)
+        self.metrics.count(protocol.endpoint, status, cause, time.perf_counter() - started)
+
+    def _refuse(self, protocol: WireProtocol, endpoint: str, responder: Responder, error: GatewayError) -> None:
+        responder.send(error.status, protocol.error(str(error), error.code))
+        self.metrics.count(endpoint, error.status, error.cause)
+
+
+def _workload(request: Request, body: dict[str, Any], caller: ApiKey | None) -> str:
+    header = request.headers.get(WORKLOAD_HEADER)
+    if header:
+        return header
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("workload"), str):
+        return metadata["workload"]
+    return caller.default_workload if caller is not None else DEFAULT_WORKLOAD

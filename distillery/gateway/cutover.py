@@ -1,0 +1,218 @@
+"""The cut-over at the gateway: which model answers a call on a routed workload, and what happens when it fails.
+
+A workload's route (``distillery.serving.routing``) says how far its move to the small model has come:
+
+- ``shadow``: the frontier answers; once the caller has that answer, the small model answers a copy, both are
+  recorded (``served_by`` frontier / shadow) and compared;
+- ``canary N%``: callers whose route key (the ``X-Distillery-Route-Key`` header, else the body's ``user``, else
+  the call's own uid) hashes below N get the small model's answer; ``small``: every call does.
+
+When the small model fails (connection, status, timeout) or answers something its route's decoding policy does
+not allow, the caller gets the frontier's answer instead (a fallback, never an error) and the failure counts
+towards the workload's rollback. Each small-model outcome feeds the workload's ``RolloutMonitor``; when its
+window crosses a threshold the route steps back one mode, at once in this process, then in the database (so every
+gateway follows within ``route_refresh_s``). On JSON routes each answer's share of values not found in the
+request's messages (the grounding check) is in that window too. Streamed calls and protocols the small model does
+not speak always go to the frontier.
+
+Work that need not come before the caller's answer runs after it: the grounding check, the monitor, the metrics.
+Routes are read from the database every ``route_refresh_s`` off the event loop, never per call, and what a route
+sends the small model (its model name and decoding policy) is computed once per route (``Route.small_model_request``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+
+from distillery import wire
+from distillery.gateway.config import GatewayConfig
+from distillery.gateway.http import Request, Responder, UpstreamPool
+from distillery.gateway.metrics import GatewayMetrics
+from distillery.gateway.protocols import WireProtocol
+from distillery.gateway.proxy import upstream_error_message
+from distillery.gateway.rows import Rows, new_uid
+from distillery.serving import ROUTE_KEY_HEADER, SHADOW, RolloutMonitor, Route, RouteStore, takes_small_model
+from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL
+from distillery.tasks import agrees, prompt_text, ungrounded
+
+_SMALL_MODEL_FAILURES = (OSError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError)
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class RouteTable:
+    """The routes, read from the database every ``refresh_s`` off the event loop, never per request."""
+
+    def __init__(self, store: RouteStore | None, refresh_s: float):
+        self.store = store
+        self.refresh_s = refresh_s
+        self.routes: dict[str, Route] = store.all() if store else {}
+        self._pinned: dict[str, Route] = {}  # changed here, not yet stored: a refresh must not undo them
+        self._due = time.monotonic() + refresh_s
+        self._refreshing = False
+
+    def get(self, workload: str) -> Route | None:
+        if self.store and not self._refreshing and time.monotonic() >= self._due:
+            self._refreshing = True
+            asyncio.get_running_loop().run_in_executor(None, self._refresh)
+        return self.routes.get(workload)
+
+    def _refresh(self) -> None:
+        try:
+            self.routes = {**self.store.all(), **self._pinned}
+        except Exception:  # noqa: BLE001 - a database outage keeps the last known routes
+            pass
+        finally:
+            self._due = time.monotonic() + self.refresh_s
+            self._refreshing = False
+
+    def roll_back(self, route: Route, reason: str) -> None:
+        """Effective at once in this process; stored (and so seen by every gateway) off the event loop."""
+        self._pinned[route.workload] = route
+        self.routes = {**self.routes, route.workload: route}
+        if self.store:
+            asyncio.get_running_loop().run_in_executor(None, self._store_rollback, route, reason)
+
+    def _store_rollback(self, route: Route, reason: str) -> None:
+        try:
+            self.store.set(route, f"automatic: {reason}", kind="rollback")
+        finally:  # stored, or the database is away: either way the database decides from the next refresh on
+            self._pinned.pop(route.workload, None)
+
+
+class Cutover:
+    def __init__(self, store: RouteStore | None, config: GatewayConfig, rows: Rows, metrics: GatewayMetrics):
+        self.routes = RouteTable(store, config.route_refresh_s)
+        self._config = config
+        self._rows = rows
+        self._metrics = metrics
+        self._monitors: dict[str, RolloutMonitor] = {}
+        self._pools: dict[str, UpstreamPool] = {}
+        self._shadows: set[asyncio.Task] = set()
+
+    def route(self, protocol: WireProtocol, body: dict[str, Any], workload: str) -> Route | None:
+        """The workload's route, when this call is one the small model may answer."""
+        if not protocol.small_model_may_answer or body.get("stream"):
+            return None
+        return self.routes.get(workload)
+
+    @staticmethod
+    def small_model_takes(route: Route, request: Request, body: dict[str, Any], row: dict) -> bool:
+        """Whether the small model answers this call: a canary keeps one caller on one side by its route key."""
+        key = request.headers.get(ROUTE_KEY_HEADER) or body.get("user")
+        return takes_small_model(route, key if isinstance(key, str) and key else row["uid"])
+
+    async def small_model_answers(self, route: Route, protocol: WireProtocol, body: dict[str, Any], row: dict,
+                                  responder: Responder, started: float) -> bool:
+        """Answer the caller with the small model; False (the frontier answers instead) when it fails in any way."""
+        asked = time.perf_counter()
+        try:
+            data, payload, text, finish_reason = await self._ask(route, protocol, body)
+        except _SMALL_MODEL_FAILURES as exc:
+            self._watch(route, ok=False, latency_ms=(time.perf_counter() - asked) * 1000)
+            self._fell_back(route, row, f"{type(exc).__name__}: {exc}")
+            return False
+        latency_ms = (time.perf_counter() - asked) * 1000
+        if not route.valid_answer(text):
+            self._watch(route, ok=True, latency_ms=latency_ms, valid=False)
+            self._fell_back(route, row, f"invalid answer: {text[:200]}")
+            return False
+        row.update(upstream="small-model", served_by=SERVED_BY_SMALL)
+        self._rows.ok(row, started, payload.get("model"), text, finish_reason, payload.get("usage"))
+        responder.send(200, data)
+        self._metrics.count(protocol.endpoint, 200, seconds=time.perf_counter() - started)
+        self._metrics.served[route.workload, SERVED_BY_SMALL] += 1
+        self._watch(route, ok=True, latency_ms=latency_ms, ungrounded=_ungrounded_share(route, row, text))
+        return True
+
+    def frontier_answered(self, route: Route, body: dict[str, Any], row: dict, text: Any,
+                          protocol: WireProtocol) -> None:
+        """After the caller has the frontier's answer: count it, and on a shadow route let the small model answer a
+        copy in the background."""
+        self._metrics.served[route.workload, SERVED_BY_FRONTIER] += 1
+        if route.mode == SHADOW and isinstance(text, str):
+            shadow = asyncio.create_task(self._shadow(route, protocol, body, row, text))
+            self._shadows.add(shadow)  # a reference, so the task is not collected mid-flight
+            shadow.add_done_callback(self._shadows.discard)
+
+    async def finish(self, timeout_s: float = 10) -> None:
+        """Let shadow calls still in flight end (and be recorded)."""
+        if self._shadows:
+            await asyncio.wait(set(self._shadows), timeout=timeout_s)
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+
+    async def _ask(self, route: Route, protocol: WireProtocol,
+                   body: dict[str, Any]) -> tuple[bytes, dict, str, str | None]:
+        """The small model's raw answer, parsed, its text and finish reason; raises on any failure (the caller
+        falls back)."""
+        raw = orjson.dumps({**protocol.small_model_request(body), **route.small_model_request})
+        pool = self._pools.get(route.small_url)
+        if pool is None:
+            pool = self._pools[route.small_url] = UpstreamPool(route.small_url)
+        answer = await asyncio.wait_for(pool.post("/chat/completions", raw, _JSON_HEADERS),
+                                        self._config.small_timeout_s)
+        try:
+            data = await asyncio.wait_for(answer.read(), self._config.small_timeout_s)
+        finally:
+            answer.release()
+        if answer.status != 200:
+            raise ValueError(upstream_error_message(data, answer.status))
+        payload = orjson.loads(data)
+        text, finish_reason = wire.answer_of(payload)
+        if not isinstance(text, str):
+            raise ValueError("the small model's completion has no text")
+        return data, payload, text, finish_reason
+
+    async def _shadow(self, route: Route, protocol: WireProtocol, body: dict[str, Any], frontier_row: dict,
+                      frontier_text: str) -> None:
+        """The small model answers a copy, after the caller has the frontier's answer; both are logged."""
+        started = time.perf_counter()
+        row = {**frontier_row, "uid": new_uid(), "upstream": "small-model", "served_by": SERVED_BY_SHADOW,
+               "model": route.small_model,
+               "request_params": {**frontier_row["request_params"], "shadow_of": frontier_row["uid"]}}
+        try:
+            _, payload, text, finish_reason = await self._ask(route, protocol, body)
+        except _SMALL_MODEL_FAILURES as exc:
+            self._watch(route, ok=False, latency_ms=(time.perf_counter() - started) * 1000)
+            self._rows.error(row, started, 502, f"small model failed in the shadow: {type(exc).__name__}: {exc}")
+            return
+        latency_ms = (time.perf_counter() - started) * 1000
+        agreed, valid = agrees(text, frontier_text), route.valid_answer(text)
+        row["request_params"].update(agrees_with_frontier=agreed, valid_answer=valid)
+        self._rows.ok(row, started, payload.get("model"), text, finish_reason, payload.get("usage"))
+        self._metrics.served[route.workload, SERVED_BY_SHADOW] += 1
+        self._watch(route, ok=True, latency_ms=latency_ms, agreed=agreed, valid=valid,
+                    ungrounded=_ungrounded_share(route, row, text))
+
+    def _fell_back(self, route: Route, row: dict, reason: str) -> None:
+        self._metrics.fallbacks[route.workload] += 1
+        row["request_params"] = {**row["request_params"], "distillery_fallback": reason}
+
+    def _watch(self, route: Route, *, ok: bool, latency_ms: float, agreed: bool | None = None,
+               valid: bool = True, ungrounded: float | None = None) -> None:
+        """Feed the workload's rollout monitor; step the route back when a threshold is crossed."""
+        monitor = self._monitors.get(route.workload)
+        if monitor is None:
+            monitor = self._monitors[route.workload] = RolloutMonitor(self._config.rollback)
+        monitor.observe(ok, latency_ms, agreed, valid, ungrounded=ungrounded)
+        reason = monitor.breach()
+        current = self.routes.routes.get(route.workload)
+        if reason is None or current is None or current.mode != route.mode:
+            return
+        self.routes.roll_back(current.step_back(), reason)
+        monitor.reset()
+        self._metrics.rollbacks[route.workload] += 1
+
+
+def _ungrounded_share(route: Route, row: dict, answer: str) -> float | None:
+    """For a JSON route, the share of the answer's values not in the request's messages; None otherwise."""
+    if route.policy.kind != "json":
+        return None
+    missing, values = ungrounded(answer, prompt_text(row["request_messages"]))
+    return missing / values if values else None

@@ -1,0 +1,85 @@
+"""The log row of one call: made when the call arrives, completed with its answer or its error, then recorded.
+
+Recording is the recorder's ``submit``: the row is in the local journal when it returns (see
+``distillery.capture.recorder``), so the gateway completes a call's row before the call's answer goes out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import os
+import time
+from typing import Any
+
+import orjson
+
+from distillery.capture import Recorder
+from distillery.gateway.config import GatewayConfig
+from distillery.gateway.metrics import GatewayMetrics
+from distillery.gateway.protocols import WireProtocol
+from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, STATUS_ERROR, STATUS_OK
+
+# Row uids: a random per-process prefix and a counter, as unique as uuid4 at a fraction of its cost.
+_UID_PREFIX = os.urandom(8).hex()
+_uid_counter = itertools.count()
+
+
+def new_uid() -> str:
+    return f"{_UID_PREFIX}{next(_uid_counter):016x}"
+
+
+class Rows:
+    def __init__(self, config: GatewayConfig, recorder: Recorder, metrics: GatewayMetrics):
+        self._config = config
+        self._recorder = recorder
+        self._metrics = metrics
+
+    @staticmethod
+    def new(body: dict[str, Any], protocol: WireProtocol, workload: str, upstream: str) -> dict[str, Any]:
+        """The row of one call, before its answer is known."""
+        return {
+            "uid": new_uid(), "workload": workload, "created_at": _now(),
+            "endpoint": protocol.endpoint, "request_messages": protocol.messages(body),
+            "request_params": protocol.params(body), "model": body.get("model"), "upstream": upstream,
+            "served_by": SERVED_BY_FRONTIER,
+        }
+
+    def ok(self, row: dict, started: float, model: Any, text: Any, finish_reason: Any, usage: Any) -> None:
+        """Record an answered call, priced from its usage by the model that answered (else the one asked for)."""
+        usage = usage if isinstance(usage, dict) else {}
+        prompt_tokens, completion_tokens = _tokens(usage.get("prompt_tokens")), _tokens(usage.get("completion_tokens"))
+        price = self._config.price_for(model) or self._config.price_for(row["model"])
+        row.update(
+            model=model or row["model"], response_text=_text(text), finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, status=STATUS_OK, status_code=200,
+            error=None, latency_ms=(time.perf_counter() - started) * 1000,
+            cost_usd=price.cost(prompt_tokens, completion_tokens) if price else None,
+        )
+        self._recorder.submit(row)
+        served_by = row["served_by"]
+        if row["cost_usd"] and served_by != SERVED_BY_SHADOW:
+            self._metrics.frontier_usd[row["workload"], served_by] += row["cost_usd"]
+
+    def error(self, row: dict, started: float, status: int, message: str, partial: str | None = None) -> None:
+        """Record a failed call, with what part of a stream had arrived."""
+        row.update(response_text=partial or None, finish_reason=None, prompt_tokens=None, completion_tokens=None,
+                   status=STATUS_ERROR, status_code=status, error=message, cost_usd=None,
+                   latency_ms=(time.perf_counter() - started) * 1000)
+        self._recorder.submit(row)
+
+
+def _now() -> str:
+    """Now, in UTC, as the journal and the log store keep it: text made here costs less than a datetime the
+    recorder turns into text (0.8 against 3 µs)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(" ", "microseconds")
+
+
+def _text(text: Any) -> str | None:
+    """The answer as the log stores it: text, or anything else a provider put there as its JSON."""
+    return text if text is None or isinstance(text, str) else orjson.dumps(text).decode()
+
+
+def _tokens(value: Any) -> int | None:
+    """A token count as the provider reported it; anything but a count is no count."""
+    return value if type(value) is int else None
