@@ -248,17 +248,17 @@ class Recorder:
                 refused[i] = f"unreadable journal line: {exc}"
         try:
             self.store.insert_rows(list(rows.values()))
-        except sa.exc.SQLAlchemyError as exc:
+        except Exception as exc:  # noqa: BLE001 - the database's errors, and a value its driver cannot bind
             if not self._probe_database(exc):
                 return None
             # The database answers but refused the batch: find the rows it cannot take, store the rest.
             for i, row in rows.items():
                 try:
                     self.store.insert_rows([row])
-                except sa.exc.SQLAlchemyError as row_exc:
+                except Exception as row_exc:  # noqa: BLE001 - as above
                     if not self._probe_database(row_exc):
                         return None
-                    refused[i] = str(getattr(row_exc, "orig", row_exc)).splitlines()[0][:500]
+                    refused[i] = f"{type(row_exc).__name__}: {getattr(row_exc, 'orig', row_exc)}".splitlines()[0][:500]
         if refused:
             self._keep_rejected(lines, refused)
         return refused

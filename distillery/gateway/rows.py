@@ -18,7 +18,10 @@ from distillery.capture import Recorder
 from distillery.gateway.config import GatewayConfig
 from distillery.gateway.metrics import GatewayMetrics
 from distillery.gateway.protocols import WireProtocol
-from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, STATUS_ERROR, STATUS_OK
+from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, STATUS_ERROR, STATUS_OK, ExchangeRow
+
+MODEL_LENGTH = ExchangeRow.__table__.c.model.type.length
+FINISH_REASON_LENGTH = ExchangeRow.__table__.c.finish_reason.type.length
 
 # Row uids: a random per-process prefix and a counter, as unique as uuid4 at a fraction of its cost.
 _UID_PREFIX = os.urandom(8).hex()
@@ -41,7 +44,7 @@ class Rows:
         return {
             "uid": new_uid(), "workload": workload, "created_at": _now(),
             "endpoint": protocol.endpoint, "request_messages": protocol.messages(body),
-            "request_params": protocol.params(body), "model": body.get("model"), "upstream": upstream,
+            "request_params": protocol.params(body), "model": _name(body.get("model"), MODEL_LENGTH), "upstream": upstream,
             "served_by": SERVED_BY_FRONTIER,
         }
 
@@ -51,7 +54,8 @@ class Rows:
         prompt_tokens, completion_tokens = _tokens(usage.get("prompt_tokens")), _tokens(usage.get("completion_tokens"))
         price = self._config.price_for(model) or self._config.price_for(row["model"])
         row.update(
-            model=model or row["model"], response_text=_text(text), finish_reason=finish_reason,
+            model=_name(model, MODEL_LENGTH) or row["model"], response_text=_text(text),
+            finish_reason=_name(finish_reason, FINISH_REASON_LENGTH),
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, status=STATUS_OK, status_code=200,
             error=None, latency_ms=(time.perf_counter() - started) * 1000,
             cost_usd=price.cost(prompt_tokens, completion_tokens) if price else None,
@@ -80,6 +84,12 @@ def _text(text: Any) -> str | None:
     return text if text is None or isinstance(text, str) else orjson.dumps(text).decode()
 
 
+def _name(value: Any, length: int) -> str | None:
+    """A model name or finish reason a caller or a provider sent, as its column can keep it (the request's own
+    values stay whole in ``request_params``)."""
+    return value[:length] if isinstance(value, str) else None
+
+
 def _tokens(value: Any) -> int | None:
-    """A token count as the provider reported it; anything but a count is no count."""
-    return value if type(value) is int else None
+    """A token count as the provider reported it; anything but a count a database can keep is no count."""
+    return value if type(value) is int and 0 <= value < 1 << 63 else None
