@@ -15,7 +15,8 @@ uvicorn (httptools, uvloop; benchmarks/gateway_on_uvicorn.py) as separate proces
   pass-through, through the gateway and through the handler on uvicorn: the medians of each round's ratios,
   ``throughput_ratio`` (gateway / direct), ``gateway_vs_bare`` (gateway / bare pass-through, the cost of the
   gateway's own work) and ``uvicorn_vs_hand_written`` (uvicorn / gateway, which chooses the HTTP layer), and the
-  CPU each proxy process spent per request (``*_cpu_us``: from /proc, steadier than requests/s on a shared machine);
+  CPU each proxy process spent per request (``*_cpu_us``: from /proc, steadier than requests/s on a shared machine;
+  ``gateway_writer_cpu_us`` is the part of the gateway's spent by threads other than its event loop: the writer);
 - after the gateway shut down and flushed, how many exchanges reached the log store (``lost``).
 
 10% of the calls are streamed and the stub fails 1% of all calls with a 500. --outage-seconds makes a PostgreSQL
@@ -107,10 +108,17 @@ async def throughput(url: str, n: int, concurrency: int, workload: str, during=N
     return n / seconds, failures
 
 
-def cpu_seconds(process: subprocess.Popen) -> float:
-    """User and system CPU of a process, all its threads included."""
-    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+def cpu_seconds(process: subprocess.Popen) -> tuple[float, float]:
+    """User and system CPU of a process's main thread (the event loop) and of its other threads (the writer)."""
+    main = other = 0.0
+    for task in Path(f"/proc/{process.pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        if int(task.name) == process.pid:
+            main += seconds
+        else:
+            other += seconds
+    return main, other
 
 
 def wait_until_up(url: str, process: subprocess.Popen) -> None:
@@ -186,14 +194,17 @@ def overhead(args: argparse.Namespace) -> dict:
         for round_ in range(args.rounds):
             figures = {}
             for name, (url, round_workload, process) in sides.items():
-                cpu_before = cpu_seconds(process) if process else 0.0
+                cpu_before = cpu_seconds(process) if process else (0.0, 0.0)
                 rps, failed = loop.run_until_complete(throughput(
                     url, args.requests, args.concurrency, round_workload,
                     during if name == "gateway" and round_ == 0 else None))
                 failures[name] += failed
                 figures[name] = rps
                 if process:
-                    figures[f"{name}_cpu_us"] = (cpu_seconds(process) - cpu_before) / args.requests * 1e6
+                    time.sleep(2 * 0.05)  # the writer's last wake-up for this round (flush_interval_s)
+                    main, other = (after - before for after, before in zip(cpu_seconds(process), cpu_before))
+                    figures[f"{name}_cpu_us"] = (main + other) / args.requests * 1e6
+                    figures[f"{name}_writer_cpu_us"] = other / args.requests * 1e6
             rounds.append(figures)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     finally:
@@ -242,6 +253,7 @@ def overhead(args: argparse.Namespace) -> dict:
         "gateway_vs_bare_by_round": [round(f["gateway"] / f["bare"], 3) for f in rounds],
         "bare_cpu_us": round(median(lambda f: f["bare_cpu_us"]), 1),
         "gateway_cpu_us": round(median(lambda f: f["gateway_cpu_us"]), 1),
+        "gateway_writer_cpu_us": round(median(lambda f: f["gateway_writer_cpu_us"]), 1),
         "uvicorn_cpu_us": round(median(lambda f: f["uvicorn_cpu_us"]), 1),
         "client_failures_direct": failures["direct"],
         "client_failures_gateway": failures["gateway"],

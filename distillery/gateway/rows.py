@@ -6,7 +6,6 @@ Recording is the recorder's ``submit``: the row is in the local journal when it 
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import os
 import time
@@ -74,9 +73,21 @@ class Rows:
 
 
 def _now() -> str:
-    """Now, in UTC, as the journal and the log store keep it: text made here costs less than a datetime the
-    recorder turns into text (0.8 against 3 µs)."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(" ", "microseconds")
+    """Now, in UTC, as the journal and the log store keep it (``2026-12-02 01:12:00.123456+00:00``).
+
+    The date and time up to the second are made once a second: 0.5 µs a call, against 2.1 µs for
+    ``datetime.now(utc).isoformat(" ", "microseconds")`` (timeit, 2026-12-02), and 3 µs more for a datetime the
+    recorder would turn into text.
+    """
+    global _second, _second_text
+    now = time.time_ns()
+    second, micros = divmod(now // 1000, 1_000_000)
+    if second != _second:
+        _second, _second_text = second, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+    return f"{_second_text}.{micros:06d}+00:00"
+
+
+_second, _second_text = -1, ""
 
 
 def _text(text: Any) -> str | None:
