@@ -25,11 +25,26 @@ def test_upgrade_creates_schema_at_head_and_is_idempotent(log_store_url):
     store = LogStore(log_store_url)
     store.upgrade()
     store.upgrade()
-    assert current_revision(store.engine) == "0005"
+    assert current_revision(store.engine) == "0006"
     columns = {c["name"] for c in sa.inspect(store.engine).get_columns("exchanges")}
     assert {"id", "workload", "created_at", "request_messages", "request_params", "response_text", "model",
             "prompt_tokens", "completion_tokens", "latency_ms", "status", "error", "served_by"} <= columns
     assert {"routes", "route_events", "api_keys"} <= set(sa.inspect(store.engine).get_table_names())
+
+
+def test_the_migrations_build_exactly_the_tables_the_models_describe(log_store_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from distillery.store.logstore import Base
+
+    store = LogStore(log_store_url)
+    store.upgrade()
+    with store.engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert differences == []
+    indexes = {index["name"] for index in sa.inspect(store.engine).get_indexes("exchanges")}
+    assert indexes >= {"ix_exchanges_workload_id"} and not indexes & {"ix_exchanges_workload", "ix_exchanges_created_at"}
 
 
 def test_record_and_read_round_trip(log_store_url):
