@@ -1,12 +1,13 @@
 """Curation throughput and quality on synthetic logs built from Banking77.
 
-    python benchmarks/curation.py --rows 100000
+    python benchmarks/curation.py --rows 100000 [--quick]
 
 Each synthetic row joins two Banking77 queries (so rows are distinct), answered with the
 first one's intent. Then 10% of rows are exact copies of earlier rows, 10% are near copies
 (one character edited), and 5% carry one injected PII value (email, phone, card, IBAN, IP or
 SSN). The run curates them with distillery.curation and, on the same rows in the same run,
-a plain baseline (pandas drop_duplicates + one regex pass). The last line is one JSON object.
+a plain baseline (pandas drop_duplicates + one regex pass). ``--quick`` curates 2,000 rows, what the tests run. The
+last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import json
 import random
 import re
 import resource
+import sys
 import time
 
 import pandas as pd
 
 from distillery.curation import curate
+from distillery.errors import DistilleryError
 from distillery.settings import public_dataset
-
 
 
 def luhn_card(rng: random.Random) -> str:
@@ -107,8 +109,14 @@ def baseline(rows: pd.DataFrame) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--quick", action="store_true", help="2,000 rows, for the tests")
     args = parser.parse_args()
-    rows, truth = synthetic_rows(args.rows)
+    if args.quick:
+        args.rows = 2000
+    try:
+        rows, truth = synthetic_rows(args.rows)
+    except DistilleryError as exc:
+        sys.exit(f"benchmarks/curation.py: {exc}")
 
     baseline_seconds = baseline(rows)
     started = time.perf_counter()
@@ -137,6 +145,7 @@ def main() -> None:
         "rows_out": len(kept),
         "steps": report.steps,
         "pii_by_type": report.pii,
+        "quick": args.quick,
     }))
 
 

@@ -1,19 +1,20 @@
 """The cut-over machinery under load: canary share, fallback and rollback, shadow overhead.
 
-    python benchmarks/cutover.py [--requests 20000] [--concurrency 64] [--canary 10]
+    python benchmarks/cutover.py [--requests 20000] [--concurrency 64] [--canary 10] [--quick]
 
 Fast stub servers stand in for both the frontier (answers "ok") and the small model (answers
 "small"), so this measures the gateway's routing, not CPU inference (the real small model is
 covered by the tests and the demo). Each caller sends a distinct route key (the body's ``user``).
 
 1. Share: --requests at --concurrency through a canary route; the share answered by the small model.
-2. Kill: the same load again; after 2 s the small-model server is killed. Failed client requests
+2. Kill: the same load again; after --kill-after seconds (2) the small-model server is killed. Failed client requests
    (every small-model failure must fall back to the frontier) and the time from the kill until the
    route's automatic rollback is stored, against the rollback window.
 3. Shadow overhead: one request at a time, alternating between a workload routed to the frontier
    and one in shadow (the same gateway, the same moment), p50 of each.
 
-The last line is one JSON object.
+``--quick`` runs the same on 2,000 requests at 16 concurrent, killing after 0.3 s: what the tests run. The last line
+is one JSON object.
 """
 
 from __future__ import annotations
@@ -96,7 +97,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--canary", type=float, default=10.0, help="canary percentage")
     parser.add_argument("--latency-samples", type=int, default=1000)
+    parser.add_argument("--kill-after", type=float, default=2.0, help="seconds into the second load")
+    parser.add_argument("--quick", action="store_true", help="a few seconds: what the tests run")
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.concurrency, args.latency_samples, args.kill_after = 2000, 16, 50, 0.3
 
     workdir = Path(tempfile.mkdtemp(prefix="cutover-bench-"))
     db = f"sqlite:///{workdir / 'logs.db'}"
@@ -126,7 +131,7 @@ def main() -> None:
         killed_at: list[float] = []
 
         async def kill_small_model():
-            await asyncio.sleep(2)
+            await asyncio.sleep(args.kill_after)
             small.send_signal(signal.SIGKILL)
             killed_at.append(time.time())
 
@@ -168,6 +173,7 @@ def main() -> None:
         "frontier_mode_p50_ms": round(statistics.median(direct_ms), 3),
         "shadow_mode_p50_ms": round(statistics.median(shadow_ms), 3),
         "shadow_added_p50_ms": round(statistics.median(shadow_ms) - statistics.median(direct_ms), 3),
+        "quick": args.quick,
     }))
 
 

@@ -1,6 +1,6 @@
 """Batched evaluation throughput on the Banking77 test rows, against one-at-a-time generate.
 
-    python benchmarks/eval_throughput.py [--rows N] [--adapter PATH] [--batch-size B]
+    python benchmarks/eval_throughput.py [--rows N] [--adapter PATH] [--batch-size B] [--quick]
 
 Batched: ``distillery.serving.generate``, as ``eval_report`` runs it on a classification
 workload: decoding constrained to the 77 labels, prompts of similar length batched together,
@@ -9,7 +9,8 @@ Sequential: plain ``model.generate`` one request at a time with the same constra
 function over the same label trie, so both produce the same answers), the way a naive harness
 calls it, on ``--sequential-rows`` of the same rows in the same run. ``--free`` drops the
 constraint on both sides (free generation up to ``--max-new-tokens``). Prompts are the Banking77
-benchmark's (benchmarks/banking77.py). The last line is one JSON object.
+benchmark's (benchmarks/banking77.py), from ``DISTILLERY_DATA``. ``--quick`` is the few-second run the tests make
+(32 rows, 2 of them sequential). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from banking77 import DATA, conversation  # noqa: E402
+from banking77 import conversation  # noqa: E402
 
+from distillery.errors import DistilleryError  # noqa: E402
 from distillery.models import resolve_base_model  # noqa: E402
 from distillery.serving import AnswerTrie, generate, load_model  # noqa: E402
+from distillery.settings import public_dataset  # noqa: E402
 from distillery.tasks import DecodingPolicy  # noqa: E402
 
 
@@ -43,9 +46,16 @@ def main() -> None:
     parser.add_argument("--sequential-rows", type=int, default=24)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--free", action="store_true", help="no label constraint (free generation)")
+    parser.add_argument("--quick", action="store_true", help="a few seconds, for the tests")
     args = parser.parse_args()
+    if args.quick:
+        args.rows, args.sequential_rows, args.max_new_tokens = 32, 2, 8
+    try:
+        data = public_dataset("banking77")
+    except DistilleryError as exc:
+        sys.exit(f"benchmarks/eval_throughput.py: {exc}")
 
-    test = pd.read_csv(DATA / "test.csv")
+    test = pd.read_csv(data / "test.csv")
     if args.rows:
         test = test.sample(args.rows, random_state=0)
     conversations = [conversation(text) for text in test["text"]]
@@ -53,7 +63,7 @@ def main() -> None:
                                   {"adapter": args.adapter} if args.adapter else None)
     if torch.cuda.is_available():
         model = model.to("cuda")
-    labels = None if args.free else json.loads((DATA / "categories.json").read_text())
+    labels = None if args.free else sorted(pd.read_csv(data / "train.csv")["category"].unique())
     trie = AnswerTrie(tokenizer, tuple(labels)) if labels else None
 
     sample = conversations[: args.sequential_rows]
@@ -86,6 +96,7 @@ def main() -> None:
         "generated_tokens": sum(g.completion_tokens for g in generations),
         "adapter": str(args.adapter) if args.adapter else None,
         "device": str(model.device),
+        "quick": args.quick,
     }))
 
 

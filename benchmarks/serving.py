@@ -1,6 +1,6 @@
 """Serving throughput and latency of a deployed adapter behind the gateway, against the evaluation engine.
 
-    python benchmarks/serving.py [--backend local|vllm] [--rows N] [--adapter PATH] [--concurrency 1,16,64]
+    python benchmarks/serving.py [--backend local|vllm] [--rows N] [--adapter PATH] [--concurrency 1,16,64] [--quick]
 
 The adapter (``--adapter``, else the latest demo adapter in ``$DISTILLERY_HOME``, else one trained now on
 the built-in demo workload as ``scripts/demo`` does) is deployed with the chosen backend, behind a
@@ -12,7 +12,9 @@ are compared with the evaluated ones; every difference is listed with the log-pr
 the two answers under the model, so a near-tie that a different batch tipped shows as one. These
 machines are noisy, so the 16-concurrent load and the evaluation baseline run ``--rounds`` times,
 interleaved, and their medians are compared. Calls the gateway answered from the frontier instead
-are counted with their reasons. The last line is one JSON object.
+are counted with their reasons. ``--quick`` checks the machinery in seconds instead: the tests' tiny random model
+with an adapter trained for a few steps on demo tickets, 16 rows at 1 and 4 concurrent, one round. The last line is
+one JSON object.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gateway import wait_until_up  # noqa: E402
 
-from distillery.demo import WORKLOAD, send_demo_traffic, start_frontier_standin  # noqa: E402
+from distillery.demo import (QUEUES, WORKLOAD, demo_messages, generate_tickets, route_ticket,  # noqa: E402
+                             send_demo_traffic, start_frontier_standin)
 from distillery.serving import SMALL, Endpoints, Route, RouteStore, generate, load_model  # noqa: E402
 from distillery.settings import home  # noqa: E402
 from distillery.store import ArtifactStore, LogStore  # noqa: E402
@@ -58,6 +61,25 @@ def demo_adapter() -> Path:
         if not run_lifecycle(WORKLOAD, max_gap_points=100):
             sys.exit("the lifecycle run failed")
     return artifacts.latest(WORKLOAD, "lora_adapter").path / "adapter"
+
+
+def quick_adapter(folder: Path) -> tuple[Path, list[list[dict]]]:
+    """--quick: the tests' tiny model, an adapter trained for a few steps on demo tickets under the demo's label
+    policy, and the tickets it was not trained on."""
+    from datasets import Dataset
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from support.tiny_model import save_tiny_model
+
+    from distillery.training import TrainingConfig, train_lora
+
+    tickets = generate_tickets(48)
+    rows = [{"messages": [*demo_messages(t), {"role": "assistant", "content": route_ticket(t)}]} for t in tickets]
+    adapter = folder / "adapter"
+    train_lora(Dataset.from_list(rows[:32]), Dataset.from_list(rows[32:36]), str(save_tiny_model(folder / "model")),
+               adapter, TrainingConfig(rank=8, alpha=16, max_steps=4, batch_size=8, warmup_fraction=0))
+    DecodingPolicy(labels=tuple(QUEUES)).save(adapter)
+    return adapter, [demo_messages(t) for t in tickets[32:]]
 
 
 def held_out_rows(adapter: Path) -> list[list[dict]]:
@@ -127,16 +149,20 @@ def main() -> None:
     parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
     parser.add_argument("--vllm-args", default="--dtype float32 --max-model-len 2048",
                         help="extra vLLM server flags (the default suits CPUs)")
+    parser.add_argument("--quick", action="store_true", help="seconds, on a tiny model: what the tests run")
     args = parser.parse_args()
+    if args.quick:
+        args.rows, args.concurrency, args.rounds = 16, "1,4", 1
+        adapter, test = quick_adapter(Path(tempfile.mkdtemp(prefix="serving-quick-")))
+    else:
+        adapter = (args.adapter or demo_adapter()).resolve()
+        test = held_out_rows(adapter)
     levels = [int(c) for c in args.concurrency.split(",")]
     rows = args.rows or (256 if args.backend == "local" else 48)
-
-    adapter = (args.adapter or demo_adapter()).resolve()
     policy = DecodingPolicy.load(adapter)
     if policy is None:
         sys.exit(f"{adapter} has no decoding_policy.json: deploy needs the policy it was evaluated under")
     base_model = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-    test = held_out_rows(adapter)
     conversations = [test[i % len(test)] for i in range(rows)]
 
     model, tokenizer = load_model(base_model, {"adapter": adapter})
@@ -198,7 +224,7 @@ max_p95_latency_ms = 3600000
             figures[f"p50_ms_c{concurrency}"] = percentile(latencies, 50)
             figures[f"p95_ms_c{concurrency}"] = percentile(latencies, 95)
             figures[f"not_served_by_the_adapter_c{concurrency}"] = sum(m != endpoint.model for m in models)
-            if concurrency == 16 or not served_answers:
+            if concurrency == 16 or concurrency == levels[-1] or not served_answers:
                 served_answers = answers
             print(json.dumps({"concurrency": concurrency, "requests": len(sent),
                               "rps": [round(len(sent) / r[2], 2) for r in rounds]}), file=sys.stderr, flush=True)
@@ -232,6 +258,7 @@ max_p95_latency_ms = 3600000
     compared = sum(a is not None for a in served_answers)
     figures["answers_match_eval"] = round((compared - len(differences)) / compared, 4) if compared else 0.0
     figures["differences"] = differences
+    figures["quick"] = args.quick
     print(json.dumps(figures))
 
 

@@ -33,14 +33,11 @@ def _say(text: str) -> None:
 
 def _run_lifecycle(workload: str, epochs: float | None, max_gap_points: float | None = None) -> None:
     """Run the lifecycle job, print the outcome (the evaluation report, if one was made), exit 1 if the run failed."""
-    dagster_home = settings.dagster_home()
-    dagster_home.mkdir(parents=True, exist_ok=True)
     # Set before the job's libraries are imported; the training worker inherits them. Per-shard and per-tensor
     # progress bars would bury the lifecycle's own progress lines.
     for name, value in {"HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
                         "PYTHONWARNINGS": "ignore::FutureWarning", "HF_HUB_OFFLINE": "1"}.items():
         os.environ.setdefault(name, value)
-    os.environ.update(DAGSTER_HOME=str(dagster_home), DISTILLERY_HOME=str(settings.home()))
     warnings.filterwarnings("ignore", category=FutureWarning)
     from pipelines.run import run_lifecycle  # the CLI's one entry into Dagster
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets import workload_partitions
+from distillery import settings
 from pipelines.automation import lifecycle_job
 
 WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
@@ -53,6 +55,7 @@ def run_lifecycle(workload: str, *, epochs: float | None = None, max_gap_points:
     if max_gap_points is not None:
         ops["eval_report"] = {"config": {"max_gap_to_frontier_points": max_gap_points}}
     run_id = str(uuid.uuid4())
+    _use_default_homes()
     with dg.DagsterInstance.get() as instance:
         if workload not in instance.get_dynamic_partitions(workload_partitions.name):
             instance.add_dynamic_partitions(workload_partitions.name, [workload])
@@ -78,6 +81,14 @@ def run_lifecycle(workload: str, *, epochs: float | None = None, max_gap_points:
                 daemon.wait(timeout=60)
                 log.close()
     return run.status == dg.DagsterRunStatus.SUCCESS
+
+
+def _use_default_homes() -> None:
+    """$DAGSTER_HOME and $DISTILLERY_HOME as the CLI and the Pipes workers need them, defaulted the same way for every
+    caller (``settings.dagster_home``: the repository's dagster_home/ when run from its root)."""
+    dagster_home = settings.dagster_home()
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    os.environ.update(DAGSTER_HOME=str(dagster_home), DISTILLERY_HOME=str(settings.home()))
 
 
 def _follow(instance: dg.DagsterInstance, run_id: str, say, poll_s: float,

