@@ -134,6 +134,14 @@ def wait_until_up(url: str, process: subprocess.Popen) -> None:
             time.sleep(0.2)
 
 
+def stored_all(url: str, timeout_s: float = 60) -> None:
+    """Until the gateway at ``url`` has no row waiting for its writer (its /healthz ``queue_depth``)."""
+    deadline = time.monotonic() + timeout_s
+    health = url.removesuffix("/v1") + "/healthz"
+    while json.load(urllib.request.urlopen(health))["queue_depth"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def set_connections(admin: sa.Engine, database: str, allowed: bool) -> None:
     with admin.connect() as conn:
         conn.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
@@ -201,7 +209,7 @@ def overhead(args: argparse.Namespace) -> dict:
                 failures[name] += failed
                 figures[name] = rps
                 if process:
-                    time.sleep(2 * 0.05)  # the writer's last wake-up for this round (flush_interval_s)
+                    stored_all(url)  # the writer's work for this round belongs to it
                     main, other = (after - before for after, before in zip(cpu_seconds(process), cpu_before))
                     figures[f"{name}_cpu_us"] = (main + other) / args.requests * 1e6
                     figures[f"{name}_writer_cpu_us"] = other / args.requests * 1e6
