@@ -131,11 +131,11 @@ class Gateway:
             message = f"gateway key {caller.name!r} may not write to workload {workload!r} (its scope: {caller.scope})"
             return self._fail(protocol, responder, row, started, 403, message, "permission_denied")
         row = self.rows.new(body, protocol, workload, upstream.name)
-        route = self.cutover.route(protocol, body, workload)
+        stream = bool(body.get("stream"))
+        route = self.cutover.route(protocol, stream, workload)
         if route and self.cutover.small_model_takes(route, request, body, row):
             if await self.cutover.small_model_answers(route, protocol, body, row, responder, started):
                 return
-        stream = bool(body.get("stream"))
         forwarded = request.body
         if stream and "stream_options" not in body:
             # Ask for the usage chunk so streamed calls are costed like the others (the row keeps the caller's params).

@@ -93,9 +93,9 @@ class Cutover:
         self._pools: dict[str, UpstreamPool] = {}
         self._shadows: set[asyncio.Task] = set()
 
-    def route(self, protocol: WireProtocol, body: dict[str, Any], workload: str) -> Route | None:
+    def route(self, protocol: WireProtocol, stream: bool, workload: str) -> Route | None:
         """The workload's route, when this call is one the small model may answer."""
-        if not protocol.small_model_may_answer or body.get("stream"):
+        if not protocol.small_model_may_answer or stream:
             return None
         return self.routes.get(workload)
 

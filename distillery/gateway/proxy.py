@@ -17,7 +17,7 @@ from distillery.gateway.config import GatewayConfig
 from distillery.gateway.http import Responder, UpstreamPool, UpstreamResponse
 
 # What a caller needs from the provider's answer: when to retry, the id to quote to its support, its rate limits.
-_PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-request-id")
+_PASSED_HEADERS = frozenset(("retry-after", "retry-after-ms", "x-request-id"))
 _PASSED_PREFIX = "x-ratelimit-"
 
 
@@ -146,7 +146,7 @@ class Proxy:
 def passed_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
     """The provider's headers a caller needs (retry, request id, rate limits), to pass through."""
     return [(name, value) for name, value in headers.items()
-            if name in _PASSED_HEADERS or name.startswith(_PASSED_PREFIX)]
+            if name in _PASSED_HEADERS or name[:12] == _PASSED_PREFIX]
 
 
 def upstream_error_message(data: bytes, status: int) -> str:
