@@ -135,10 +135,10 @@ def wait_until_up(url: str, process: subprocess.Popen) -> None:
 
 
 def stored_all(url: str, timeout_s: float = 60) -> None:
-    """Until the gateway at ``url`` has no row waiting for its writer (its /healthz ``queue_depth``)."""
+    """Until the proxy at ``url`` has no row waiting for its writer (the gateway's /healthz ``queue_depth``)."""
     deadline = time.monotonic() + timeout_s
     health = url.removesuffix("/v1") + "/healthz"
-    while json.load(urllib.request.urlopen(health))["queue_depth"] and time.monotonic() < deadline:
+    while json.load(urllib.request.urlopen(health)).get("queue_depth") and time.monotonic() < deadline:
         time.sleep(0.05)
 
 

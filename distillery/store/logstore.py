@@ -130,8 +130,8 @@ _INSERTED_NAMES = [name for name in COLUMNS if name != "id"]
 _INSERTED_VALUES = operator.itemgetter(*_INSERTED_NAMES)
 _JSON_POSITIONS = [i for i, name in enumerate(_INSERTED_NAMES)
                    if isinstance(ExchangeRow.__table__.columns[name].type, sa.JSON)]
-# 256 rows x 18 columns stay under SQLite's smallest default limit on a statement's variables (32,766 since 3.32)
-_SQLITE_ROWS_PER_INSERT = 256
+# 128 rows x 18 columns stay well under SQLite's default limit on a statement's variables (32,766 since 3.32)
+_SQLITE_ROWS_PER_INSERT = 128
 _FRONTIER_ANSWER = sa.or_(ExchangeRow.served_by.is_(None), ExchangeRow.served_by == SERVED_BY_FRONTIER)
 
 
@@ -175,31 +175,21 @@ class LogStore:
         return len(rows)
 
     def _insert_sqlite(self, rows: list[dict[str, Any]]) -> None:
-        """One multi-row INSERT per up to 256 rows, its values bound in C (sqlite3's own datetime adapter, the
+        """One multi-row INSERT per up to 128 rows, its values bound in C (sqlite3's own datetime adapter, the
         JSON columns through orjson).
 
         Why not ``executemany``: it releases and takes back the GIL around every row's step, and on the gateway's
         writer thread each hand-over with the busy event loop cost more than the insert (benchmarks/gateway.py,
         2026-12-02: the writer cost the gateway 46 µs of CPU a call with executemany and the column types' bind
         processors, where SQLite's own work is ~8 µs a row). Here a row costs ~2 µs of Python, and each statement
-        hands the GIL over once.
+        hands the GIL over once, so the event loop never waits more than one statement's binding (~0.3 ms).
         """
-        values: list[Any] = []
-        for row in rows:
-            try:
-                columns = list(_INSERTED_VALUES(row))
-            except KeyError:  # rows from the gateway and the journal have every column; others may not
-                columns = [row.get(name) for name in _INSERTED_NAMES]
-            for i in _JSON_POSITIONS:
-                columns[i] = orjson.dumps(columns[i]).decode()
-            values += columns
-        width = len(_INSERTED_NAMES)
         with self.engine.begin() as conn:
             start = 0
             while start < len(rows):
-                # 256, then the powers of two that make up the rest: few distinct statements to prepare and cache
+                # 128, then the powers of two that make up the rest: few distinct statements to prepare and cache
                 count = min(_SQLITE_ROWS_PER_INSERT, 1 << ((len(rows) - start).bit_length() - 1))
-                conn.exec_driver_sql(self._sqlite_statement(count), tuple(values[start * width:(start + count) * width]))
+                conn.exec_driver_sql(self._sqlite_statement(count), _sqlite_values(rows[start:start + count]))
                 start += count
 
     def _sqlite_statement(self, count: int) -> str:
@@ -266,6 +256,19 @@ class LogStore:
 
 def exchange_values(exchange: Exchange) -> dict[str, Any]:
     return {name: getattr(exchange, name) for name in COLUMNS if name != "id"}
+
+
+def _sqlite_values(rows: list[dict[str, Any]]) -> tuple:
+    values: list[Any] = []
+    for row in rows:
+        try:
+            columns = list(_INSERTED_VALUES(row))
+        except KeyError:  # rows from the gateway and the journal have every column; others may not
+            columns = [row.get(name) for name in _INSERTED_NAMES]
+        for i in _JSON_POSITIONS:
+            columns[i] = orjson.dumps(columns[i]).decode()
+        values += columns
+    return tuple(values)
 
 
 def _datetime(value: Any) -> Any:
