@@ -186,14 +186,14 @@ def overhead(args: argparse.Namespace) -> dict:
 
         during = None
         if args.outage_seconds:
-            url = sa.make_url(db)
-            admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+            db_url = sa.make_url(db)
+            admin = sa.create_engine(db_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
 
             async def during():
                 await asyncio.sleep(1)
-                set_connections(admin, url.database, False)
+                set_connections(admin, db_url.database, False)
                 await asyncio.sleep(args.outage_seconds)
-                set_connections(admin, url.database, True)
+                set_connections(admin, db_url.database, True)
 
         sides = {"direct": (stub_url, workload, None), "bare": (bare_url, workload, bare),
                  "gateway": (gateway_url, workload, gateway), "uvicorn": (uvicorn_url, uvicorn_workload, on_uvicorn)}

@@ -18,7 +18,6 @@ from typing import Any, Iterable
 import orjson
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from distillery.settings import default_log_store_url
@@ -130,8 +129,11 @@ _INSERTED_NAMES = [name for name in COLUMNS if name != "id"]
 _INSERTED_VALUES = operator.itemgetter(*_INSERTED_NAMES)
 _JSON_POSITIONS = [i for i, name in enumerate(_INSERTED_NAMES)
                    if isinstance(ExchangeRow.__table__.columns[name].type, sa.JSON)]
-# 128 rows x 18 columns stay well under SQLite's default limit on a statement's variables (32,766 since 3.32)
-_SQLITE_ROWS_PER_INSERT = 128
+# 128 rows x 18 columns stay well under SQLite's limit on a statement's variables (32,766 since 3.32) and PostgreSQL's
+_ROWS_PER_INSERT = 128
+_PG_CASTS = {"created_at": "timestamptz", "request_messages": "json", "request_params": "json",
+             "prompt_tokens": "integer", "completion_tokens": "integer", "status_code": "integer",
+             "latency_ms": "double precision", "cost_usd": "double precision"}
 _FRONTIER_ANSWER = sa.or_(ExchangeRow.served_by.is_(None), ExchangeRow.served_by == SERVED_BY_FRONTIER)
 
 
@@ -145,7 +147,12 @@ class LogStore:
                                        json_serializer=lambda value: orjson.dumps(value).decode())
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-            self._sqlite_statements: dict[int, str] = {}
+        # One row's placeholders in a multi-row INSERT, for the dialects it is written for (see _insert_many).
+        self._placeholders = {"sqlite": "(" + ", ".join("?" for _ in _INSERTED_NAMES) + ")",
+                              "postgresql": "(" + ", ".join(f"%s::{_PG_CASTS.get(name, 'text')}"
+                                                            for name in _INSERTED_NAMES) + ")",
+                              }.get(self.engine.dialect.name)
+        self._statements: dict[int, str] = {}
 
     def upgrade(self) -> None:
         """Create or migrate the schema to the newest revision (idempotent)."""
@@ -161,44 +168,39 @@ class LogStore:
         datetime or its ISO 8601 text (as the recorder's journal keeps it)."""
         if not rows:
             return 0
-        dialect = self.engine.dialect.name
-        if dialect == "sqlite":
-            self._insert_sqlite(rows)
+        if self._placeholders:
+            self._insert_many(rows)
             return len(rows)
         rows = [{**row, "created_at": _datetime(row.get("created_at"))} for row in rows]
-        if dialect == "postgresql":
-            statement = postgresql.insert(ExchangeRow).on_conflict_do_nothing(index_elements=["uid"])
-        else:
-            statement = sa.insert(ExchangeRow)
         with self.engine.begin() as conn:
-            conn.execute(statement, rows)
+            conn.execute(sa.insert(ExchangeRow), rows)
         return len(rows)
 
-    def _insert_sqlite(self, rows: list[dict[str, Any]]) -> None:
-        """One multi-row INSERT per up to 128 rows, its values bound in C (sqlite3's own datetime adapter, the
-        JSON columns through orjson).
+    def _insert_many(self, rows: list[dict[str, Any]]) -> None:
+        """SQLite and PostgreSQL: one multi-row INSERT per up to 128 rows, its values bound by the driver in C (the
+        JSON columns made text by orjson; PostgreSQL casts each value to its column's type).
 
-        Why not ``executemany``: it releases and takes back the GIL around every row's step, and on the gateway's
-        writer thread each hand-over with the busy event loop cost more than the insert (benchmarks/gateway.py,
-        2026-12-02: the writer cost the gateway 46 µs of CPU a call with executemany and the column types' bind
-        processors, where SQLite's own work is ~8 µs a row). Here a row costs ~2 µs of Python, and each statement
-        hands the GIL over once, so the event loop never waits more than one statement's binding (~0.3 ms).
+        Why not ``executemany`` or a Core insert: SQLite's releases and takes back the GIL around every row's step,
+        and on the gateway's writer thread each hand-over with the busy event loop cost more than the insert; a Core
+        insert processes every parameter in Python (benchmarks/gateway.py, 2026-12-02: the writer cost the gateway
+        46 µs of CPU a row on SQLite with executemany and 66 µs on PostgreSQL with a Core insert, where SQLite's own
+        work is ~8 µs a row). Here a row costs ~2 µs of Python, and a statement hands the GIL over once, so the event
+        loop never waits more than one statement's binding (~0.3 ms).
         """
         with self.engine.begin() as conn:
             start = 0
             while start < len(rows):
                 # 128, then the powers of two that make up the rest: few distinct statements to prepare and cache
-                count = min(_SQLITE_ROWS_PER_INSERT, 1 << ((len(rows) - start).bit_length() - 1))
-                conn.exec_driver_sql(self._sqlite_statement(count), _sqlite_values(rows[start:start + count]))
+                count = min(_ROWS_PER_INSERT, 1 << ((len(rows) - start).bit_length() - 1))
+                conn.exec_driver_sql(self._statement(count), _values(rows[start:start + count]))
                 start += count
 
-    def _sqlite_statement(self, count: int) -> str:
-        statement = self._sqlite_statements.get(count)
+    def _statement(self, count: int) -> str:
+        statement = self._statements.get(count)
         if statement is None:
-            placeholders = "(" + ", ".join("?" for _ in _INSERTED_NAMES) + ")"
-            statement = self._sqlite_statements[count] = (
+            statement = self._statements[count] = (
                 f"INSERT INTO exchanges ({', '.join(_INSERTED_NAMES)}) "
-                f"VALUES {', '.join([placeholders] * count)} ON CONFLICT (uid) DO NOTHING")
+                f"VALUES {', '.join([self._placeholders] * count)} ON CONFLICT (uid) DO NOTHING")
         return statement
 
     def workloads(self) -> dict[str, int]:
@@ -258,7 +260,7 @@ def exchange_values(exchange: Exchange) -> dict[str, Any]:
     return {name: getattr(exchange, name) for name in COLUMNS if name != "id"}
 
 
-def _sqlite_values(rows: list[dict[str, Any]]) -> tuple:
+def _values(rows: list[dict[str, Any]]) -> tuple:
     values: list[Any] = []
     for row in rows:
         try:
