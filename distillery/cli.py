@@ -75,7 +75,7 @@ def demo(
         model, api_key_env = STANDIN_MODEL, None
         _say("1/5 Frontier STAND-IN on loopback: keyword rules posing as a frontier model "
              "(no frontier API on this machine; pass --frontier-url for a real one)")
-    _say(f"2/5 Sending {calls} support tickets through the capture gateway (workload {WORKLOAD!r})")
+    _say(f"2/5 Sending {calls} support tickets through the gateway (workload {WORKLOAD!r})")
     with tqdm(total=calls, desc="demo calls", unit="call") as bar:
         traffic = send_demo_traffic(calls, frontier_url=frontier_url, model=model, api_key_env=api_key_env,
                                     concurrency=concurrency, on_call=bar.update)
@@ -191,7 +191,7 @@ def gateway(
     port: Optional[int] = typer.Option(None),
     require_api_key: Optional[bool] = typer.Option(None, help="Refuse callers without a gateway key."),
 ) -> None:
-    """Run the OpenAI-compatible capture gateway in the foreground."""
+    """Run the OpenAI-compatible gateway in the foreground."""
     from distillery.gateway import GatewayConfig, load_config, serve_forever
 
     if config:

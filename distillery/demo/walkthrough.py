@@ -1,4 +1,4 @@
-"""The demo's traffic: tickets sent through a capture gateway, then the cut-over walked through a live one.
+"""The demo's traffic: tickets sent through a gateway, then the cut-over walked through a live one.
 
 With the stand-in, the gateway prices each call with ``STANDIN_PRICES`` (made-up list prices), so the
 portfolio at the end of the demo has costs to rank.
@@ -27,7 +27,7 @@ from distillery.tasks import DecodingPolicy
 
 @contextlib.contextmanager
 def _gateway_to_frontier(frontier_url: str | None, api_key_env: str | None, **settings) -> Iterator[BackgroundGateway]:
-    """A capture gateway on loopback in front of ``frontier_url``, or of a stand-in started for it; both stop
+    """A gateway on loopback in front of ``frontier_url``, or of a stand-in started for it; both stop
     (the gateway flushing what it recorded) when the block ends."""
     standin = None if frontier_url else start_frontier_standin()
     config = GatewayConfig.single(frontier_url or standin.url, api_key_env=api_key_env, port=0,
@@ -55,7 +55,7 @@ def send_demo_traffic(calls: int, *, frontier_url: str | None = None, model: str
                       api_key_env: str | None = None, concurrency: int = 8,
                       on_call: Callable[[], None] | None = None, seed: int = 7, workload: str = WORKLOAD,
                       messages: Callable[[str], list[dict]] = demo_messages, max_tokens: int = 8) -> TrafficResult:
-    """Send demo tickets, as ``messages`` of a ticket, through a capture gateway to the frontier (the stand-in
+    """Send demo tickets, as ``messages`` of a ticket, through a gateway to the frontier (the stand-in
     unless a URL is given) under ``workload``.
 
     The gateway records every exchange in the configured log store and is stopped, and so
