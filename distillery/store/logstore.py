@@ -144,7 +144,7 @@ class LogStore:
                                        json_serializer=lambda value: orjson.dumps(value).decode())
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._sqlite_statements: dict[int, str] = {}
+            self._sqlite_statements: dict[int, str] = {}  # multi-row INSERTs by row count, built once
 
     def upgrade(self) -> None:
         """Create or migrate the schema to the newest revision (idempotent)."""
