@@ -266,7 +266,7 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
     manifest = {"adapter_version": adapter.version, "model_version": trained["model_version"],
                 "mlflow_run_id": run_id, "passed": report.passed, "headline_metric": report.headline_metric,
                 "headline": candidate.headline, "probe_messages": test[0]["messages"][:-1],
-                "decoding_policy": decoding.structured_outputs()}
+                "decoding_policy": decoding.record()}
     with artifacts.publish(workload, REPORT, manifest) as folder:
         (folder / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
         (folder / "report.md").write_text(markdown)

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-CLASSIFICATION, EXTRACTION, FREE_TEXT = "classification", "extraction", "free_text"
+CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL = "classification", "extraction", "free_text", "tool_call"
 
 
 def caller_text(messages: list[dict]) -> str:
@@ -37,7 +37,11 @@ def normalize_answer(text: str) -> str:
 
 
 def agrees(answer: str, reference: str) -> bool:
-    return normalize_answer(answer) == normalize_answer(reference)
+    """Equal after ``normalize_answer``, or, for two JSON objects, equal as values (key order and spacing aside)."""
+    if normalize_answer(answer) == normalize_answer(reference):
+        return True
+    record = parse_record(answer)
+    return record is not None and record == parse_record(reference)
 
 
 def parse_record(text: str) -> dict | None:
@@ -89,6 +93,101 @@ def ungrounded(answer: str, prompt: str) -> tuple[int, int]:
     return missing, total
 
 
+# Tool calls. A tool-call workload's answer, as it is trained on, evaluated and decoded, is one JSON object that lists
+# the calls with their arguments as JSON: {"tool_calls": [{"name": "route_ticket", "arguments": {"queue": "billing"}}]}.
+# Provider shapes (chat completions' tool_calls with arguments as text, the Responses API's function_call items,
+# Anthropic's tool_use blocks) are translated to and from it at the gateway.
+
+def tool_call_answer(tool_calls) -> str | None:
+    """The answer text of a call's function calls (chat completions' shape); None when a call's arguments are not a
+    JSON object (the row is kept as the provider sent it, and never trained on)."""
+    calls = []
+    for call in tool_calls or ():
+        try:
+            function = call["function"]
+            arguments = json.loads(function["arguments"]) if isinstance(function["arguments"], str) \
+                else function["arguments"]
+        except (KeyError, TypeError, json.JSONDecodeError):
+            return None
+        if not isinstance(arguments, dict) or not isinstance(function.get("name"), str):
+            return None
+        calls.append({"name": function["name"], "arguments": arguments})
+    return json.dumps({"tool_calls": calls}, ensure_ascii=False, separators=(",", ":")) if calls else None
+
+
+def tool_calls_of(answer: str) -> list[dict] | None:
+    """The calls an answer text lists, as (name, arguments) dicts; None when it is not a tool-call answer."""
+    record = parse_record(answer)
+    calls = record.get("tool_calls") if record else None
+    if not isinstance(calls, list) or not calls or not all(
+            isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("arguments"), dict)
+            for c in calls):
+        return None
+    return calls
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """The functions a request offers (name, parameters as JSON text), which it forces (``"required"``: any one;
+    a function's name; ``"none"``: no call; None: the model chooses), and whether calls may come in parallel."""
+
+    functions: tuple[tuple[str, str], ...]
+    forced: str | None = None
+    parallel: bool = True
+
+    def schema(self) -> dict | None:
+        """The JSON schema of a tool-call answer for this request: one branch per function it may call, each with
+        that function's parameters; None when it may call none."""
+        allowed = [(n, p) for n, p in self.functions if self.forced in (None, "required", n)]
+        if not allowed:  # tool_choice "none", or a function it does not offer
+            return None
+        branches = [{"type": "object", "properties": {"name": {"const": name}, "arguments": json.loads(parameters)},
+                     "required": ["name", "arguments"], "additionalProperties": False}
+                    for name, parameters in allowed]
+        calls = {"type": "array", "items": branches[0] if len(branches) == 1 else {"anyOf": branches},
+                 "minItems": 1, **({} if self.parallel else {"maxItems": 1})}
+        return {"type": "object", "properties": {"tool_calls": calls}, "required": ["tool_calls"],
+                "additionalProperties": False}
+
+
+def _parameters(value) -> str:
+    schema = value if isinstance(value, dict) and value else {"type": "object"}
+    return json.dumps(schema, sort_keys=True)
+
+
+def tool_spec(params: dict) -> ToolSpec | None:
+    """The tools of a request, whichever API it was made to (chat completions, Responses, Anthropic Messages); None
+    when it offers none."""
+    tools = params.get("tools") if isinstance(params, dict) else None
+    if not isinstance(tools, list) or not tools:
+        return None
+    functions = []
+    for tool in tools:
+        if not isinstance(tool, dict):
+            continue
+        if isinstance(tool.get("function"), dict):  # chat completions
+            function = tool["function"]
+            functions.append((function.get("name"), _parameters(function.get("parameters"))))
+        elif tool.get("type") == "function":  # Responses
+            functions.append((tool.get("name"), _parameters(tool.get("parameters"))))
+        elif "input_schema" in tool:  # Anthropic
+            functions.append((tool.get("name"), _parameters(tool.get("input_schema"))))
+    functions = [(name, parameters) for name, parameters in functions if isinstance(name, str) and name]
+    if not functions:
+        return None
+    choice, forced = params.get("tool_choice"), None
+    if choice in ("none", "required"):
+        forced = choice
+    elif isinstance(choice, dict):
+        kind = choice.get("type")
+        name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) \
+            else choice.get("name")
+        forced = {"any": "required", "none": "none", "tool": name, "function": name}.get(kind)
+    parallel = params.get("parallel_tool_calls") is not False and not (
+        isinstance(choice, dict) and choice.get("disable_parallel_tool_use"))
+    return ToolSpec(tuple(functions), forced, parallel)
+
+
 POLICY_FILE = "decoding_policy.json"  # beside an adapter's weights: how its answers are decoded
 # Whitespace a JSON answer may have between tokens: pretty-printed records fit, and a weak model cannot spend its
 # whole token budget on blanks (with unbounded whitespace an untrained model did, 48 tokens of it).
@@ -109,6 +208,9 @@ class DecodingPolicy:
     labels: tuple[str, ...] = ()
     json_object: bool = False
     json_schema: str | None = None  # JSON text, so the policy stays hashable
+    # Tool calls: answers are tool-call answers (``tool_call_answer``), decoded under the schema of each request's own
+    # tools (``ToolSpec.schema``); ``json_schema`` is the one of the workload's newest traffic, for requests without.
+    tool_calls: bool = False
 
     @classmethod
     def for_task(cls, task: str, labels: list[str] | None = None, json_schema: dict | None = None) -> "DecodingPolicy":
@@ -116,13 +218,26 @@ class DecodingPolicy:
             if not labels:
                 raise ValueError("a classification workload's decoding policy needs its label set")
             return cls(labels=tuple(labels))
-        if task == EXTRACTION:
-            return cls(json_object=True, json_schema=json.dumps(json_schema, sort_keys=True) if json_schema else None)
+        if task in (EXTRACTION, TOOL_CALL):
+            return cls(json_object=True, json_schema=json.dumps(json_schema, sort_keys=True) if json_schema else None,
+                       tool_calls=task == TOOL_CALL)
         return cls()
 
     @property
     def kind(self) -> str:
-        return "labels" if self.labels else "json" if self.json_object else "free"
+        return "labels" if self.labels else "tools" if self.tool_calls else "json" if self.json_object else "free"
+
+    def for_request(self, spec: ToolSpec | None) -> "DecodingPolicy":
+        """A tool-call policy narrowed to one request's tools and tool choice (itself for any other policy)."""
+        if not self.tool_calls or spec is None or (schema := spec.schema()) is None:
+            return self
+        return DecodingPolicy(json_object=True, json_schema=json.dumps(schema, sort_keys=True), tool_calls=True)
+
+    def record(self) -> dict | None:
+        """How the policy is stored (beside an adapter, in a route): its ``structured_outputs``, marked when its
+        answers are tool calls (the mark never goes to a server)."""
+        constraint = self.structured_outputs()
+        return {**constraint, "tool_calls": True} if self.tool_calls and constraint else constraint
 
     def structured_outputs(self) -> dict | None:
         if self.labels:
@@ -139,6 +254,9 @@ class DecodingPolicy:
             return cls()
         if not isinstance(params, dict):
             raise ValueError("'structured_outputs' must be an object")
+        if params.get("tool_calls") is True:
+            policy = cls.from_structured_outputs({k: v for k, v in params.items() if k != "tool_calls"})
+            return cls(json_object=True, json_schema=policy.json_schema, tool_calls=True)
         if isinstance(params.get("choice"), list) and params["choice"] and all(
                 isinstance(label, str) and label for label in params["choice"]):
             return cls(labels=tuple(params["choice"]))
@@ -153,7 +271,7 @@ class DecodingPolicy:
                          f"or 'json_object': true; got {sorted(params)}")
 
     def save(self, folder: Path) -> None:
-        (Path(folder) / POLICY_FILE).write_text(json.dumps({"structured_outputs": self.structured_outputs()}))
+        (Path(folder) / POLICY_FILE).write_text(json.dumps({"structured_outputs": self.record()}))
 
     @classmethod
     def load(cls, folder: Path) -> "DecodingPolicy | None":
@@ -180,5 +298,7 @@ class DecodingPolicy:
             return normalize_answer(text) in self._normalized_labels
         if self.json_object:
             record = parse_record(text)
-            return record is not None and (self._schema_validator is None or self._schema_validator.is_valid(record))
+            if record is None or (self.tool_calls and tool_calls_of(text) is None):
+                return False
+            return self._schema_validator is None or self._schema_validator.is_valid(record)
         return True

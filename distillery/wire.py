@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -23,6 +24,21 @@ CHAT_COMPLETION = "chat.completion"
 CHAT_COMPLETION_CHUNK = "chat.completion.chunk"
 TEXT_COMPLETION = "text_completion"
 SSE_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(slots=True)
+class Answer:
+    """What a model answered, whatever the protocol: the gateway's one exchange. ``tool_calls`` are in chat
+    completions' shape (``[{"id", "type": "function", "function": {"name", "arguments"}}]``, arguments as text),
+    ``finish_reason`` in its terms (``stop``, ``length``, ``tool_calls``, ``content_filter``) and ``usage`` has
+    ``prompt_tokens`` and ``completion_tokens``."""
+
+    text: Any = None
+    tool_calls: list | None = None
+    refusal: str | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    usage: dict | None = None
 
 
 class WireError(ValueError):
@@ -94,13 +110,19 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_completion(content: str, model: str, prompt_tokens: int, completion_tokens: int,
-                    finish_reason: str = "stop") -> dict[str, Any]:
+def chat_completion(content: str | None, model: str, prompt_tokens: int, completion_tokens: int,
+                    finish_reason: str = "stop", tool_calls: list | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {"id": _id("chatcmpl"), "object": CHAT_COMPLETION, "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": finish_reason}],
+            "model": model, "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
             "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def tool_call(name: str, arguments: str) -> dict[str, Any]:
+    """One function call, as a chat completion's message lists it (the id is new)."""
+    return {"id": f"call_{os.urandom(12).hex()}", "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def text_completion(text: str, model: str, prompt_tokens: int, completion_tokens: int,
@@ -110,13 +132,14 @@ def text_completion(text: str, model: str, prompt_tokens: int, completion_tokens
             "usage": usage(prompt_tokens, completion_tokens)}
 
 
-def answer_of(payload: Any) -> tuple[Any, str | None]:
-    """The first choice's text (a chat message's ``content``, a text completion's ``text``) and finish reason;
-    WireError when ``payload`` is not a completion."""
+def answer_of(payload: Any) -> Answer:
+    """The first choice's answer (a chat message's ``content``, ``tool_calls`` and ``refusal``, a text completion's
+    ``text``); WireError when ``payload`` is not a completion."""
     try:
         choice = payload["choices"][0]
         message = choice.get("message") or {}
-        return message.get("content", choice.get("text")), choice.get("finish_reason")
+        return Answer(message.get("content", choice.get("text")), message.get("tool_calls") or None,
+                      message.get("refusal"), choice.get("finish_reason"), payload.get("model"), payload.get("usage"))
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise WireError(f"not a completion: {type(exc).__name__}: {exc}") from exc
 
@@ -129,13 +152,20 @@ def model_list(names: list[str], owned_by: str) -> dict[str, Any]:
 # Streams
 
 def chat_chunks(parts: list[str], model: str, prompt_tokens: int, completion_tokens: int,
-                finish_reason: str = "stop", usage_chunk: bool = True) -> list[dict[str, Any]]:
-    """A streamed chat completion: the role, one chunk per part of the text, the finish reason, and (as OpenAI
-    sends it with ``stream_options.include_usage``) a last chunk with no choices and the usage."""
+                finish_reason: str = "stop", usage_chunk: bool = True,
+                tool_calls: list | None = None) -> list[dict[str, Any]]:
+    """A streamed chat completion: the role, one chunk per part of the text, each function call in two deltas (its
+    name, then its arguments, as OpenAI streams them), the finish reason, and (as OpenAI sends it with
+    ``stream_options.include_usage``) a last chunk with no choices and the usage."""
     base = {"id": _id("chatcmpl"), "object": CHAT_COMPLETION_CHUNK, "created": int(time.time()),
             "model": model}
-    deltas = [({"role": "assistant", "content": ""}, None), *(({"content": part}, None) for part in parts),
-              ({}, finish_reason)]
+    calls = []
+    for index, call in enumerate(tool_calls or ()):
+        calls += [({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                    "function": {"name": call["function"]["name"], "arguments": ""}}]}, None),
+                  ({"tool_calls": [{"index": index, "function": {"arguments": call["function"]["arguments"]}}]}, None)]
+    deltas = [({"role": "assistant", "content": None if tool_calls else ""}, None),
+              *(({"content": part}, None) for part in parts), *calls, ({}, finish_reason)]
     chunks = [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]} for delta, finish in deltas]
     if usage_chunk:
         chunks.append({**base, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
@@ -146,21 +176,14 @@ def sse_event(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-class StreamReader:
-    """Reads a server-sent-event stream of completion chunks as it passes, whatever the chunk boundaries: the
-    text so far, the model, the finish reason and the usage; ``done`` once the ``[DONE]`` event has come."""
+class EventReader:
+    """Reads a server-sent-event stream as it passes, whatever the chunk boundaries, handing each event's JSON data
+    to ``take``; ``answer`` is what the stream said so far and ``done`` is set once the stream's last event came."""
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.model: str | None = None
-        self.finish_reason: str | None = None
-        self.usage: dict | None = None
+        self.answer = Answer()
         self.done = False
         self._buffer = b""
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -168,9 +191,9 @@ class StreamReader:
         for event in events:
             for line in event.split(b"\n"):
                 if line.startswith(b"data:"):
-                    self._take(line[5:].strip())
+                    self._data(line[5:].strip())
 
-    def _take(self, data: bytes) -> None:
+    def _data(self, data: bytes) -> None:
         if data == b"[DONE]":
             self.done = True
             return
@@ -178,17 +201,57 @@ class StreamReader:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
             return
-        if not isinstance(payload, dict):
-            return
-        self.model = payload.get("model") or self.model
-        self.usage = payload.get("usage") or self.usage
+        if isinstance(payload, dict):
+            self.take(payload)
+
+    def take(self, payload: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class StreamReader(EventReader):
+    """A stream of chat (or text) completion chunks: the text, the function calls put together from their deltas,
+    the refusal, the model, the finish reason and the usage; done at ``[DONE]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[str] = []
+        self._refusal: list[str] = []
+        self._calls: dict[int, dict] = {}
+
+    def take(self, payload: dict[str, Any]) -> None:
+        answer = self.answer
+        answer.model = payload.get("model") or answer.model
+        answer.usage = payload.get("usage") or answer.usage
         choices = payload.get("choices")
         for choice in choices if isinstance(choices, list) else ():
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta")
-            content = delta.get("content") if isinstance(delta, dict) else None
-            content = choice.get("text") if content is None else content
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if delta.get("tool_calls"):
+                    self._call_deltas(delta["tool_calls"])
+                if isinstance(delta.get("refusal"), str):
+                    self._refusal.append(delta["refusal"])
+                    answer.refusal = "".join(self._refusal)
+            else:
+                content = choice.get("text")
             if isinstance(content, str):
-                self.parts.append(content)
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+                self._parts.append(content)
+                answer.text = "".join(self._parts)
+            answer.finish_reason = choice.get("finish_reason") or answer.finish_reason
+
+    def _call_deltas(self, deltas: Any) -> None:
+        for delta in deltas if isinstance(deltas, list) else ():
+            if not isinstance(delta, dict) or not isinstance(delta.get("index", 0), int):
+                continue
+            call = self._calls.get(delta.get("index", 0))
+            if call is None:
+                call = self._calls[delta.get("index", 0)] = {"id": delta.get("id"), "type": "function",
+                                                             "function": {"name": "", "arguments": ""}}
+                self.answer.tool_calls = [self._calls[i] for i in sorted(self._calls)]
+            function = delta.get("function")
+            if isinstance(function, dict):
+                for field in ("name", "arguments"):
+                    if isinstance(function.get(field), str):
+                        call["function"][field] += function[field]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import time
 from typing import Any
 
@@ -39,12 +40,12 @@ from prometheus_client import generate_latest
 
 from distillery import wire
 from distillery.capture import Recorder
-from distillery.gateway.config import GatewayConfig
+from distillery.gateway.config import GatewayConfig, Upstream
 from distillery.gateway.cutover import Cutover
 from distillery.gateway.http import ClientDisconnected, Request, Responder
 from distillery.gateway.keys import ApiKey, KeyStore
 from distillery.gateway.metrics import GatewayMetrics
-from distillery.gateway.protocols import CHAT_COMPLETIONS, COMPLETIONS, WireProtocol
+from distillery.gateway.protocols import CHAT_COMPLETIONS, COMPLETIONS, MESSAGES, RESPONSES, WireProtocol
 from distillery.gateway.proxy import Proxy, StreamBroken, UpstreamTimeout, passed_headers, upstream_error_message
 from distillery.gateway.rows import Rows
 from distillery.serving import RouteStore
@@ -77,6 +78,8 @@ class Gateway:
         self._endpoints = {
             "/v1/chat/completions": ("POST", functools.partial(self._call, CHAT_COMPLETIONS)),
             "/v1/completions": ("POST", functools.partial(self._call, COMPLETIONS)),
+            "/v1/responses": ("POST", functools.partial(self._call, RESPONSES)),
+            "/v1/messages": ("POST", functools.partial(self._call, MESSAGES)),
             "/v1/models": ("GET", self.models),
             "/healthz": ("GET", self.healthz),
             "/metrics": ("GET", self.prometheus),
@@ -123,9 +126,9 @@ class Gateway:
         try:
             caller = await self._authenticate(request)
             body, workload = self._parse(request, caller)
+            upstream = self._upstream(protocol, body)
         except GatewayError as exc:
             return self._refuse(protocol, protocol.endpoint, responder, exc)
-        upstream = self.config.upstream_for(body.get("model"))
         if caller is not None and not caller.may_write(workload):
             # Recorded, as an error under the key's own default workload: it never becomes training data
             # and never creates the foreign workload (a Dagster partition).
@@ -135,16 +138,14 @@ class Gateway:
             return self._fail(protocol, responder, row, started, 403, message, "permission_denied")
         row = self.rows.new(body, protocol, workload, upstream.name)
         stream = bool(body.get("stream"))
-        route = self.cutover.route(protocol, stream, workload)
+        route = self.cutover.route(protocol, workload)
         if route and self.cutover.small_model_takes(route, request, body, row):
             if await self.cutover.small_model_answers(route, protocol, body, row, responder, started):
                 return
-        forwarded = request.body
-        if stream and "stream_options" not in body:
-            # Ask for the usage chunk so streamed calls are costed like the others (the row keeps the caller's params).
-            forwarded = orjson.dumps({**body, "stream_options": {"include_usage": True}})
         try:
-            answer, data = await self.proxy.send(upstream.name, protocol.upstream_path, forwarded, stream)
+            answer, data = await self.proxy.send(upstream.name, protocol.upstream_path,
+                                                 protocol.upstream_body(body, request.body), stream,
+                                                 _anthropic_headers(request) if upstream.kind == "anthropic" else None)
         except UpstreamTimeout as exc:
             return self._fail(protocol, responder, row, started, 504, str(exc), "upstream_timeout")
         except OSError as exc:  # ConnectionError and refused connections are OSErrors
@@ -152,25 +153,24 @@ class Gateway:
                               f"{exc or type(exc).__name__}", "upstream_unreachable")
         headers = passed_headers(answer.headers)
         if data is None:
-            return await self._relay(protocol, answer, responder, row, started, headers)
+            return await self._relay(protocol, answer, responder, row, started, headers, route, body)
         if answer.status >= 400:
             return self._fail(protocol, responder, row, started, answer.status,
                               upstream_error_message(data, answer.status), "upstream_error", passthrough=data,
                               headers=headers)
         try:
-            payload = orjson.loads(data)
-            text, finish_reason = protocol.answer(payload)
+            result = protocol.answer(orjson.loads(data))
         except (orjson.JSONDecodeError, wire.WireError):
             return self._fail(protocol, responder, row, started, 502, "upstream returned an invalid completion",
                               "upstream_invalid")
-        self.rows.ok(row, started, payload.get("model"), text, finish_reason, payload.get("usage"))
+        self.rows.ok(row, started, result)
         responder.send(answer.status, data, extra=headers)
         self.metrics.count(protocol.endpoint, answer.status, seconds=time.perf_counter() - started)
         if route:
-            self.cutover.frontier_answered(route, body, row, text, protocol)
+            self.cutover.frontier_answered(route, body, row, result, protocol)
 
     async def _relay(self, protocol: WireProtocol, answer, responder: Responder, row: dict, started: float,
-                     headers: list[tuple[str, str]]) -> None:
+                     headers: list[tuple[str, str]], route, body: dict) -> None:
         reader = protocol.stream_reader()
         completed = False
 
@@ -178,7 +178,7 @@ class Gateway:
             nonlocal completed
             if not completed:
                 completed = True
-                self.rows.ok(row, started, reader.model, reader.text, reader.finish_reason, reader.usage)
+                self.rows.ok(row, started, reader.answer)
 
         try:
             await self.proxy.relay(answer, responder, reader, headers, complete)
@@ -186,24 +186,36 @@ class Gateway:
             # The caller already has a 200 and part of the stream: the connection is cut (the server
             # closes an unfinished stream) and the row says what broke, unless the answer was whole already.
             if not completed:
-                self.rows.error(row, started, 502, f"upstream stream broke off: {exc}", reader.text)
+                self.rows.error(row, started, 502, f"upstream stream broke off: {exc}", reader.answer.text)
             self.metrics.count(protocol.endpoint, 502, "upstream_stream", time.perf_counter() - started)
             return
         except ClientDisconnected:
             if not completed:
-                self.rows.error(row, started, 499, "client disconnected mid-stream", reader.text)
+                self.rows.error(row, started, 499, "client disconnected mid-stream", reader.answer.text)
             self.metrics.count(protocol.endpoint, 499, "client_disconnect", time.perf_counter() - started)
             raise
         self.metrics.count(protocol.endpoint, 200, seconds=time.perf_counter() - started)
+        if route:
+            self.cutover.frontier_answered(route, body, row, reader.answer, protocol)
+
+    def _upstream(self, protocol: WireProtocol, body: dict[str, Any]) -> Upstream:
+        upstream = self.config.upstream_for(body.get("model"), protocol.upstream_kind)
+        if upstream is None:
+            raise GatewayError(404, f"this gateway has no {protocol.upstream_kind} upstream for {protocol.endpoint} "
+                               f"calls: add one with kind = \"{protocol.upstream_kind}\" to its config", "not_found",
+                               "no_upstream")
+        return upstream
 
     async def _authenticate(self, request: Request) -> ApiKey | None:
         """The caller's key record, or None when keys are not required; GatewayError 401 otherwise."""
         if not self.config.require_api_key:
             return None
         header = request.headers.get("authorization", "")
-        key = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        # Anthropic's SDK sends its key as x-api-key
+        key = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "").strip()
         if not key:
-            raise GatewayError(401, "missing gateway API key (Authorization: Bearer ...)", "invalid_api_key", "auth")
+            raise GatewayError(401, "missing gateway API key (Authorization: Bearer ..., or x-api-key)",
+                               "invalid_api_key", "auth")
         if key in self._key_cache:
             record = self._key_cache[key]
         else:
@@ -245,6 +257,18 @@ class Gateway:
     def _refuse(self, protocol: WireProtocol, endpoint: str, responder: Responder, error: GatewayError) -> None:
         responder.send(error.status, protocol.error(str(error), error.code))
         self.metrics.count(endpoint, error.status, error.cause)
+
+
+_ANTHROPIC_HEADERS = {"anthropic-version": re.compile(r"\d{4}-\d{2}-\d{2}"),
+                      "anthropic-beta": re.compile(r"[A-Za-z0-9._,-]{1,200}")}
+
+
+def _anthropic_headers(request: Request) -> dict[str, str] | None:
+    """The caller's Anthropic headers the provider must see (its API version, beta features), when well formed; a
+    malformed one is left out, so the provider's default applies."""
+    passed = {name: value for name, pattern in _ANTHROPIC_HEADERS.items()
+              if (value := request.headers.get(name)) and pattern.fullmatch(value)}
+    return passed or None
 
 
 def _workload(request: Request, body: dict[str, Any], caller: ApiKey | None) -> str:

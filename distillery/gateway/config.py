@@ -20,12 +20,21 @@ from distillery.serving import RollbackPolicy
 from distillery.settings import home
 
 
+UPSTREAM_KINDS = ("openai", "anthropic")  # an OpenAI-compatible API (chat, completions, Responses), or Anthropic's
+
+
 @dataclass
 class Upstream:
     name: str
     base_url: str
     api_key_env: str | None = None
     models: dict[str, Price] = field(default_factory=dict)
+    kind: str = "openai"
+
+    def __post_init__(self) -> None:
+        if self.kind not in UPSTREAM_KINDS:
+            raise DistilleryError(f"upstream {self.name!r}: unknown kind {self.kind!r}; use one of "
+                                  f"{', '.join(UPSTREAM_KINDS)}")
 
     @property
     def api_key(self) -> str:
@@ -59,9 +68,29 @@ class GatewayConfig:
     small_timeout_s: float = 10.0  # then the caller gets the frontier's answer
     rollback: RollbackPolicy = field(default_factory=RollbackPolicy)
 
-    def upstream_for(self, model: Any) -> Upstream:
+    def upstream_for(self, model: Any, kind: str = "openai") -> Upstream | None:
+        """The upstream that lists ``model`` when it is of ``kind``, else the default upstream of that kind (the
+        configured default for openai, the first listed for anthropic); None when there is no upstream of that kind."""
         upstream = self._model_upstreams.get(model) if isinstance(model, str) else None
-        return upstream or self.upstreams[self.default_upstream]
+        if upstream is not None and upstream.kind == kind:
+            return upstream
+        return self._default_upstreams.get(kind)
+
+    @functools.cached_property
+    def _default_upstreams(self) -> dict[str, Upstream]:
+        defaults = {upstream.kind: upstream for upstream in reversed(self.upstreams.values())}
+        default = self.upstreams[self.default_upstream]
+        return {**defaults, default.kind: default}
+
+    def check_keys(self) -> None:
+        """At start: an Anthropic upstream cannot be called without its key, so a missing one stops the gateway,
+        naming its variable (an OpenAI-compatible upstream may need none: a local server)."""
+        for upstream in self.upstreams.values():
+            if upstream.kind == "anthropic" and not upstream.api_key:
+                raise DistilleryError(
+                    f"upstream {upstream.name!r} (anthropic) needs its API key: "
+                    + (f"set the environment variable {upstream.api_key_env}" if upstream.api_key_env
+                       else "name the environment variable that holds it in api_key_env"))
 
     def price_for(self, model: Any) -> Price | None:
         upstream = self._model_upstreams.get(model) if isinstance(model, str) else None
@@ -92,7 +121,8 @@ def load_config(path: Path) -> GatewayConfig:
             raise DistilleryError(f"gateway config {path}: upstream {name!r} needs a base_url")
         models = {m: Price(float(p.get("input_per_million", 0)), float(p.get("output_per_million", 0)))
                   for m, p in spec.get("models", {}).items()}
-        upstreams[name] = Upstream(name, spec["base_url"].rstrip("/"), spec.get("api_key_env"), models)
+        upstreams[name] = Upstream(name, spec["base_url"].rstrip("/"), spec.get("api_key_env"), models,
+                                   spec.get("kind", "openai"))
         if spec.get("default"):
             default = name
     if not upstreams:

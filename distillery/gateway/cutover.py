@@ -12,8 +12,9 @@ not allow, the caller gets the frontier's answer instead (a fallback, never an e
 towards the workload's rollback. Each small-model outcome feeds the workload's ``RolloutMonitor``; when its
 window crosses a threshold the route steps back one mode, at once in this process, then in the database (so every
 gateway follows within ``route_refresh_s``). On JSON routes each answer's share of values not found in the
-request's messages (the grounding check) is in that window too. Streamed calls and protocols the small model does
-not speak always go to the frontier.
+request's messages (the grounding check) is in that window too. Every protocol's calls, streamed or not, may go to
+the small model (legacy text completions excepted): the protocol translates the call into a chat request and the
+small model's answer back into the caller's shape (``protocols``), tool calls included.
 
 Work that need not come before the caller's answer runs after it: the grounding check, the monitor, the metrics.
 Routes are read from the database every ``route_refresh_s`` off the event loop, never per call, and what a route
@@ -23,6 +24,7 @@ sends the small model (its model name and decoding policy) is computed once per 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -37,10 +39,12 @@ from distillery.gateway.proxy import upstream_error_message
 from distillery.gateway.rows import Rows, new_uid
 from distillery.serving import ROUTE_KEY_HEADER, SHADOW, RolloutMonitor, Route, RouteStore, takes_small_model
 from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL
-from distillery.tasks import agrees, prompt_text, ungrounded
+from distillery.tasks import (DecodingPolicy, ToolSpec, agrees, prompt_text, tool_call_answer, tool_calls_of,
+                             ungrounded)
 
 _SMALL_MODEL_FAILURES = (OSError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError)
 _JSON_HEADERS = {"Content-Type": "application/json"}
+_STREAM_HEADERS = [("cache-control", "no-cache")]
 
 
 class RouteTable:
@@ -93,11 +97,9 @@ class Cutover:
         self._pools: dict[str, UpstreamPool] = {}
         self._shadows: set[asyncio.Task] = set()
 
-    def route(self, protocol: WireProtocol, stream: bool, workload: str) -> Route | None:
+    def route(self, protocol: WireProtocol, workload: str) -> Route | None:
         """The workload's route, when this call is one the small model may answer."""
-        if not protocol.small_model_may_answer or stream:
-            return None
-        return self.routes.get(workload)
+        return self.routes.get(workload) if protocol.small_model_may_answer else None
 
     @staticmethod
     def small_model_takes(route: Route, request: Request, body: dict[str, Any], row: dict) -> bool:
@@ -107,34 +109,46 @@ class Cutover:
 
     async def small_model_answers(self, route: Route, protocol: WireProtocol, body: dict[str, Any], row: dict,
                                   responder: Responder, started: float) -> bool:
-        """Answer the caller with the small model; False (the frontier answers instead) when it fails in any way."""
+        """Answer the caller with the small model; False (the frontier answers instead) when it fails in any way.
+
+        A streamed call is answered the same way: the small model's whole (short) answer is checked first, then sent
+        as the protocol's stream, so a failed or invalid answer falls back before the caller has a byte of it."""
         asked = time.perf_counter()
+        policy, request = self._request(route, protocol, body)
         try:
-            data, payload, text, finish_reason = await self._ask(route, protocol, body)
+            data, answer = await self._ask(route, request)
         except _SMALL_MODEL_FAILURES as exc:
             self._watch(route, ok=False, latency_ms=(time.perf_counter() - asked) * 1000)
             self._fell_back(route, row, f"{type(exc).__name__}: {exc}")
             return False
         latency_ms = (time.perf_counter() - asked) * 1000
-        if not route.valid_answer(text):
+        if not policy.valid_answer(answer.text):
             self._watch(route, ok=True, latency_ms=latency_ms, valid=False)
-            self._fell_back(route, row, f"invalid answer: {text[:200]}")
+            self._fell_back(route, row, f"invalid answer: {answer.text[:200]}")
             return False
+        if policy.tool_calls:
+            answer = _as_tool_calls(answer)
         row.update(upstream="small-model", served_by=SERVED_BY_SMALL)
-        self._rows.ok(row, started, payload.get("model"), text, finish_reason, payload.get("usage"))
-        responder.send(200, data)
+        self._rows.ok(row, started, answer)
+        if body.get("stream"):
+            responder.send(200, protocol.reply(answer, data, body), "text/event-stream", extra=_STREAM_HEADERS)
+        else:
+            responder.send(200, protocol.reply(answer, data, body))
         self._metrics.count(protocol.endpoint, 200, seconds=time.perf_counter() - started)
         self._metrics.served[route.workload, SERVED_BY_SMALL] += 1
-        self._watch(route, ok=True, latency_ms=latency_ms, ungrounded=_ungrounded_share(route, row, text))
+        self._watch(route, ok=True, latency_ms=latency_ms, ungrounded=_ungrounded_share(route, row, answer.text))
         return True
 
-    def frontier_answered(self, route: Route, body: dict[str, Any], row: dict, text: Any,
+    def frontier_answered(self, route: Route, body: dict[str, Any], row: dict, answer: wire.Answer,
                           protocol: WireProtocol) -> None:
         """After the caller has the frontier's answer: count it, and on a shadow route let the small model answer a
         copy in the background."""
         self._metrics.served[route.workload, SERVED_BY_FRONTIER] += 1
-        if route.mode == SHADOW and isinstance(text, str):
-            shadow = asyncio.create_task(self._shadow(route, protocol, body, row, text))
+        if route.mode != SHADOW:
+            return
+        reference = tool_call_answer(answer.tool_calls) if route.policy.tool_calls else answer.text
+        if isinstance(reference, str):
+            shadow = asyncio.create_task(self._shadow(route, protocol, body, row, reference))
             self._shadows.add(shadow)  # a reference, so the task is not collected mid-flight
             shadow.add_done_callback(self._shadows.discard)
 
@@ -147,15 +161,21 @@ class Cutover:
         for pool in self._pools.values():
             pool.close()
 
-    async def _ask(self, route: Route, protocol: WireProtocol,
-                   body: dict[str, Any]) -> tuple[bytes, dict, str, str | None]:
-        """The small model's raw answer, parsed, its text and finish reason; raises on any failure (the caller
-        falls back)."""
-        raw = orjson.dumps({**protocol.small_model_request(body), **route.small_model_request})
+    @staticmethod
+    def _request(route: Route, protocol: WireProtocol, body: dict[str, Any]) -> tuple[DecodingPolicy, dict]:
+        """The policy this call is answered under and the small model's request. A tool-call route's policy is
+        narrowed to the call's own tools and tool choice."""
+        if route.policy.tool_calls:
+            policy, constraint = _tool_policy(route.policy, protocol.tools(body))
+            return policy, {**protocol.small_model_request(body), "model": route.small_model, **constraint}
+        return route.policy, {**protocol.small_model_request(body), **route.small_model_request}
+
+    async def _ask(self, route: Route, request: dict[str, Any]) -> tuple[bytes, wire.Answer]:
+        """The small model's raw answer and what it says; raises on any failure (the caller falls back)."""
         pool = self._pools.get(route.small_url)
         if pool is None:
             pool = self._pools[route.small_url] = UpstreamPool(route.small_url)
-        answer = await asyncio.wait_for(pool.post("/chat/completions", raw, _JSON_HEADERS),
+        answer = await asyncio.wait_for(pool.post("/chat/completions", orjson.dumps(request), _JSON_HEADERS),
                                         self._config.small_timeout_s)
         try:
             data = await asyncio.wait_for(answer.read(), self._config.small_timeout_s)
@@ -163,11 +183,10 @@ class Cutover:
             answer.release()
         if answer.status != 200:
             raise ValueError(upstream_error_message(data, answer.status))
-        payload = orjson.loads(data)
-        text, finish_reason = wire.answer_of(payload)
-        if not isinstance(text, str):
+        result = wire.answer_of(orjson.loads(data))
+        if not isinstance(result.text, str):
             raise ValueError("the small model's completion has no text")
-        return data, payload, text, finish_reason
+        return data, result
 
     async def _shadow(self, route: Route, protocol: WireProtocol, body: dict[str, Any], frontier_row: dict,
                       frontier_text: str) -> None:
@@ -176,19 +195,22 @@ class Cutover:
         row = {**frontier_row, "uid": new_uid(), "upstream": "small-model", "served_by": SERVED_BY_SHADOW,
                "model": route.small_model,
                "request_params": {**frontier_row["request_params"], "shadow_of": frontier_row["uid"]}}
+        policy, request = self._request(route, protocol, body)
         try:
-            _, payload, text, finish_reason = await self._ask(route, protocol, body)
+            _, answer = await self._ask(route, request)
         except _SMALL_MODEL_FAILURES as exc:
             self._watch(route, ok=False, latency_ms=(time.perf_counter() - started) * 1000)
             self._rows.error(row, started, 502, f"small model failed in the shadow: {type(exc).__name__}: {exc}")
             return
         latency_ms = (time.perf_counter() - started) * 1000
-        agreed, valid = agrees(text, frontier_text), route.valid_answer(text)
+        agreed, valid = agrees(answer.text, frontier_text), policy.valid_answer(answer.text)
         row["request_params"].update(agrees_with_frontier=agreed, valid_answer=valid)
-        self._rows.ok(row, started, payload.get("model"), text, finish_reason, payload.get("usage"))
+        if policy.tool_calls and valid:
+            answer = _as_tool_calls(answer)
+        self._rows.ok(row, started, answer)
         self._metrics.served[route.workload, SERVED_BY_SHADOW] += 1
         self._watch(route, ok=True, latency_ms=latency_ms, agreed=agreed, valid=valid,
-                    ungrounded=_ungrounded_share(route, row, text))
+                    ungrounded=_ungrounded_share(route, row, answer.text))
 
     def _fell_back(self, route: Route, row: dict, reason: str) -> None:
         self._metrics.fallbacks[route.workload] += 1
@@ -210,9 +232,25 @@ class Cutover:
         self._metrics.rollbacks[route.workload] += 1
 
 
-def _ungrounded_share(route: Route, row: dict, answer: str) -> float | None:
+@functools.lru_cache(maxsize=256)
+def _tool_policy(policy: DecodingPolicy, spec: ToolSpec | None) -> tuple[DecodingPolicy, dict]:
+    """A tool-call policy narrowed to a request's tools, and its ``structured_outputs``; computed once per set of
+    tools (a workload's calls mostly offer the same)."""
+    narrowed = policy.for_request(spec)
+    constraint = narrowed.structured_outputs()
+    return narrowed, {"structured_outputs": constraint} if constraint else {}
+
+
+def _as_tool_calls(answer: wire.Answer) -> wire.Answer:
+    """The small model's tool-call answer as the function calls a caller gets (new ids, arguments as JSON text)."""
+    calls = [wire.tool_call(call["name"], orjson.dumps(call["arguments"]).decode())
+             for call in tool_calls_of(answer.text) or ()]
+    return wire.Answer(None, calls, None, "tool_calls", answer.model, answer.usage)
+
+
+def _ungrounded_share(route: Route, row: dict, answer: str | None) -> float | None:
     """For a JSON route, the share of the answer's values not in the request's messages; None otherwise."""
-    if route.policy.kind != "json":
+    if route.policy.kind != "json" or answer is None:
         return None
     missing, values = ungrounded(answer, prompt_text(row["request_messages"]))
     return missing / values if values else None

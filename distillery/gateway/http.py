@@ -513,6 +513,8 @@ class UpstreamPool:
         key = (path, *headers.items())
         head = self._heads.get(key)
         if head is None:
+            if len(self._heads) >= 256:  # callers' anthropic-version values are part of the key: keep it bounded
+                self._heads.clear()
             lines = [f"POST {self._prefix}{path} HTTP/1.1", f"Host: {self._host_header}",
                      *(f"{name}: {value}" for name, value in headers.items()), "Content-Length: "]
             head = self._heads[key] = "\r\n".join(lines).encode("latin-1")

@@ -13,12 +13,15 @@ import time
 from typing import Any, Callable
 
 from distillery import wire
-from distillery.gateway.config import GatewayConfig
+from distillery.gateway.config import GatewayConfig, Upstream
 from distillery.gateway.http import Responder, UpstreamPool, UpstreamResponse
+from distillery.gateway.protocols.anthropic_messages import DEFAULT_VERSION
 
-# What a caller needs from the provider's answer: when to retry, the id to quote to its support, its rate limits.
-_PASSED_HEADERS = frozenset(("retry-after", "retry-after-ms", "x-request-id"))
+# What a caller needs from the provider's answer: when to retry, the id to quote to its support, its rate limits
+# (OpenAI's and Anthropic's names).
+_PASSED_HEADERS = frozenset(("retry-after", "retry-after-ms", "x-request-id", "request-id"))
 _PASSED_PREFIX = "x-ratelimit-"
+_ANTHROPIC_PASSED_PREFIX = "anthropic-ratelimit-"
 
 
 class UpstreamTimeout(Exception):
@@ -75,18 +78,18 @@ class Proxy:
         self._deadlines = Deadlines(config.upstream_timeout_s)
         self._pools = {name: UpstreamPool(upstream.base_url) for name, upstream in config.upstreams.items()}
         # Provider keys are read from the environment once, at start.
-        self._headers = {
-            name: {"Content-Type": "application/json",
-                   **({"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {})}
-            for name, upstream in config.upstreams.items()}
+        self._headers = {name: _provider_headers(upstream) for name, upstream in config.upstreams.items()}
 
-    async def send(self, upstream: str, path: str, body: bytes, stream: bool) -> tuple[UpstreamResponse, bytes | None]:
+    async def send(self, upstream: str, path: str, body: bytes, stream: bool,
+                   caller_headers: dict[str, str] | None = None) -> tuple[UpstreamResponse, bytes | None]:
         """The provider's answer and its whole body; for a stream answered 200, the body is None and the caller
-        relays it with ``relay``. Raises ``UpstreamTimeout`` or ``OSError``."""
+        relays it with ``relay``. ``caller_headers`` are the caller's protocol headers to forward (already checked).
+        Raises ``UpstreamTimeout`` or ``OSError``."""
         task = self._current_task()
         self._deadlines.add(task)
+        headers = {**self._headers[upstream], **caller_headers} if caller_headers else self._headers[upstream]
         try:
-            answer = await self._pools[upstream].post(path, body, self._headers[upstream])
+            answer = await self._pools[upstream].post(path, body, headers)
             if stream and answer.status == 200:
                 return answer, None
             try:
@@ -143,10 +146,18 @@ class Proxy:
         return asyncio.current_task(self._loop)
 
 
+def _provider_headers(upstream: Upstream) -> dict[str, str]:
+    if upstream.kind == "anthropic":
+        return {"Content-Type": "application/json", "x-api-key": upstream.api_key,
+                "anthropic-version": DEFAULT_VERSION}
+    return {"Content-Type": "application/json",
+            **({"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {})}
+
+
 def passed_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
     """The provider's headers a caller needs (retry, request id, rate limits), to pass through."""
     return [(name, value) for name, value in headers.items()
-            if name in _PASSED_HEADERS or name[:12] == _PASSED_PREFIX]
+            if name in _PASSED_HEADERS or name[:12] == _PASSED_PREFIX or name[:20] == _ANTHROPIC_PASSED_PREFIX]
 
 
 def upstream_error_message(data: bytes, status: int) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from distillery.capture import Recorder
+from distillery.wire import Answer
 from distillery.gateway.config import GatewayConfig
 from distillery.gateway.metrics import GatewayMetrics
 from distillery.gateway.protocols import WireProtocol
@@ -47,14 +48,15 @@ class Rows:
             "served_by": SERVED_BY_FRONTIER,
         }
 
-    def ok(self, row: dict, started: float, model: Any, text: Any, finish_reason: Any, usage: Any) -> None:
+    def ok(self, row: dict, started: float, answer: Answer) -> None:
         """Record an answered call, priced from its usage by the model that answered (else the one asked for)."""
-        usage = usage if isinstance(usage, dict) else {}
+        usage = answer.usage if isinstance(answer.usage, dict) else {}
         prompt_tokens, completion_tokens = _tokens(usage.get("prompt_tokens")), _tokens(usage.get("completion_tokens"))
-        price = self._config.price_for(model) or self._config.price_for(row["model"])
+        price = self._config.price_for(answer.model) or self._config.price_for(row["model"])
         row.update(
-            model=_name(model, MODEL_LENGTH) or row["model"], response_text=_text(text),
-            finish_reason=_name(finish_reason, FINISH_REASON_LENGTH),
+            model=_name(answer.model, MODEL_LENGTH) or row["model"], response_text=_text(answer.text),
+            tool_calls=answer.tool_calls if isinstance(answer.tool_calls, list) else None,
+            refusal=_text(answer.refusal), finish_reason=_name(answer.finish_reason, FINISH_REASON_LENGTH),
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, status=STATUS_OK, status_code=200,
             error=None, latency_ms=(time.perf_counter() - started) * 1000,
             cost_usd=price.cost(prompt_tokens, completion_tokens) if price else None,
@@ -66,7 +68,7 @@ class Rows:
 
     def error(self, row: dict, started: float, status: int, message: str, partial: str | None = None) -> None:
         """Record a failed call, with what part of a stream had arrived."""
-        row.update(response_text=partial or None, finish_reason=None, prompt_tokens=None, completion_tokens=None,
+        row.update(response_text=partial or None, tool_calls=None, refusal=None, finish_reason=None, prompt_tokens=None, completion_tokens=None,
                    status=STATUS_ERROR, status_code=status, error=message, cost_usd=None,
                    latency_ms=(time.perf_counter() - started) * 1000)
         self._recorder.submit(row)

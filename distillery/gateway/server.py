@@ -16,6 +16,7 @@ from distillery.store import LogStore
 
 
 def build_gateway(config: GatewayConfig) -> Gateway:
+    config.check_keys()
     store = LogStore(config.log_store_url)
     store.upgrade()
     recorder = Recorder(store, config.journal_path, batch_size=config.batch_size,

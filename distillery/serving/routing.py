@@ -116,7 +116,7 @@ class RouteStore:
         """Store ``route`` and record the change; returns the route it replaced's successor (``route``)."""
         now = dt.datetime.now(dt.timezone.utc)
         values = {"mode": route.mode, "canary_percent": route.canary_percent, "small_url": route.small_url,
-                  "small_model": route.small_model, "decoding_policy": route.policy.structured_outputs(),
+                  "small_model": route.small_model, "decoding_policy": route.policy.record(),
                   "updated_at": now}
         with self.engine.begin() as conn:
             before = conn.execute(sa.select(RouteRow).where(RouteRow.workload == route.workload)).first()

@@ -46,6 +46,11 @@ class ExchangeRow(Base):
     request_params: Mapped[dict] = mapped_column(sa.JSON)
     model: Mapped[str | None] = mapped_column(sa.String(200))
     response_text: Mapped[str | None] = mapped_column(sa.Text)
+    # The rest of the assistant's answer: its function calls as OpenAI's chat completions list them
+    # ([{"id", "type": "function", "function": {"name", "arguments"}}], arguments as the provider sent them, whatever
+    # the protocol), and a refusal. NULL when the answer had none.
+    tool_calls: Mapped[list | None] = mapped_column(sa.JSON)
+    refusal: Mapped[str | None] = mapped_column(sa.Text)
     finish_reason: Mapped[str | None] = mapped_column(sa.String(40))
     prompt_tokens: Mapped[int | None] = mapped_column(sa.Integer)
     completion_tokens: Mapped[int | None] = mapped_column(sa.Integer)
@@ -122,6 +127,8 @@ class Exchange:
     upstream: str | None = None
     cost_usd: float | None = None
     served_by: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    refusal: str | None = None
 
 
 COLUMNS = [c.name for c in ExchangeRow.__table__.columns]
@@ -129,7 +136,7 @@ _INSERTED_NAMES = [name for name in COLUMNS if name != "id"]
 _INSERTED_VALUES = operator.itemgetter(*_INSERTED_NAMES)
 _JSON_POSITIONS = [i for i, name in enumerate(_INSERTED_NAMES)
                    if isinstance(ExchangeRow.__table__.columns[name].type, sa.JSON)]
-# 128 rows x 18 columns stay well under SQLite's limit on a statement's variables (32,766 since 3.32)
+# 128 rows x 20 columns stay well under SQLite's limit on a statement's variables (32,766 since 3.32)
 _SQLITE_ROWS_PER_INSERT = 128
 _FRONTIER_ANSWER = sa.or_(ExchangeRow.served_by.is_(None), ExchangeRow.served_by == SERVED_BY_FRONTIER)
 
@@ -286,7 +293,8 @@ def _values(rows: list[dict[str, Any]]) -> tuple:
         except KeyError:  # rows from the gateway and the journal have every column; others may not
             columns = [row.get(name) for name in _INSERTED_NAMES]
         for i in _JSON_POSITIONS:
-            columns[i] = orjson.dumps(columns[i]).decode()
+            if columns[i] is not None:  # SQL NULL, not the JSON text null
+                columns[i] = orjson.dumps(columns[i]).decode()
         values += columns
     return tuple(values)
 
@@ -307,7 +315,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-_JSON_COLUMNS = ("request_messages", "request_params")
+_JSON_COLUMNS = ("request_messages", "request_params", "tool_calls")
 
 
 def save_snapshot(rows: pd.DataFrame, path: Path) -> None:

@@ -1,11 +1,13 @@
-"""A fast fake OpenAI provider for tests and benchmarks (not a model: canned answers).
+"""A fast fake provider for tests and benchmarks (not a model: canned answers), speaking OpenAI's chat and text
+completions and Responses API, and Anthropic's Messages API, streamed and not.
 
 The requested ``model`` picks the behaviour: ``fail-500`` answers 500, ``rate-limited`` answers 429
 with ``Retry-After``, ``slow`` waits ``slow_seconds`` first, ``slow-stream`` streams five words
 one second apart, ``stalled-stream`` streams one word and then nothing for five seconds, anything else
-answers ``answer`` ("ok"; streamed when asked). Every answer carries ``x-request-id`` and ``x-ratelimit-*`` headers, as
-OpenAI's do. The last Authorization header and request body seen are kept, to check what the
-gateway forwards.
+answers ``answer`` ("ok"; streamed when asked). A request that offers tools is answered with a call of its first
+function with ``tool_arguments`` (model ``parallel-tools``: two calls; ``bad-arguments``: arguments that are not
+JSON). Every answer carries ``x-request-id`` and ``x-ratelimit-*`` headers, as OpenAI's do. The last Authorization
+and x-api-key headers and request body seen are kept, to check what the gateway forwards.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import threading
 from aiohttp import web
 
 from distillery import wire
+from distillery.gateway.protocols import anthropic_messages, openai_responses
+from distillery.tasks import tool_spec
 
 ANSWER = "ok"
 USAGE = (10, 1)  # prompt and completion tokens of every answer
+TOOL_ARGUMENTS = '{"queue": "billing", "priority": 2}'
 
 
 class StubUpstream:
@@ -28,7 +33,10 @@ class StubUpstream:
         self.fail_every = fail_every  # also fail every Nth call of any model, for benchmarks
         self.calls = 0
         self.last_authorization: str | None = None
+        self.last_api_key: str | None = None
+        self.last_anthropic_version: str | None = None
         self.last_body: dict | None = None
+        self.tool_arguments = TOOL_ARGUMENTS
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -36,6 +44,8 @@ class StubUpstream:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1
         self.last_authorization = request.headers.get("Authorization")
+        self.last_api_key = request.headers.get("x-api-key")
+        self.last_anthropic_version = request.headers.get("anthropic-version")
         body = self.last_body = await request.json()
         model = body.get("model", "stub")
         headers = {"x-request-id": f"req-stub-{self.calls}", "x-ratelimit-limit-requests": "500",
@@ -47,8 +57,21 @@ class StubUpstream:
                                      headers={**headers, "Retry-After": "7"})
         if model == "slow":
             await asyncio.sleep(self.slow_seconds)
+        calls = self._tool_calls(body, model)
+        if request.path.endswith("/responses"):
+            whole = openai_responses.response(None if calls else self.answer, model, *USAGE, calls, body)
+            return await self._answer(request, body, headers, whole, openai_responses)
+        if request.path.endswith("/messages"):
+            whole = anthropic_messages.message(None if calls else self.answer, model, *USAGE, calls)
+            return await self._answer(request, body, headers, whole, anthropic_messages)
         if "chat" not in request.path:
             return web.json_response(wire.text_completion(self.answer, model, *USAGE), headers=headers)
+        if calls:
+            if not body.get("stream"):
+                return web.json_response(wire.chat_completion(None, model, *USAGE, "tool_calls", calls),
+                                         headers=headers)
+            chunks = wire.chat_chunks([], model, *USAGE, "tool_calls", wire.wants_stream_usage(body), calls)
+            return await self._stream(request, headers, b"".join(map(wire.sse_event, chunks)) + wire.SSE_DONE)
         if not body.get("stream"):
             return web.json_response(wire.chat_completion(self.answer, model, *USAGE), headers=headers)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
@@ -64,10 +87,33 @@ class StubUpstream:
         await response.write_eof()
         return response
 
+    def _tool_calls(self, body: dict, model: str) -> list | None:
+        spec = tool_spec(body)
+        if spec is None or spec.forced == "none":
+            return None
+        name = spec.forced if spec.forced not in (None, "required") else spec.functions[0][0]
+        arguments = "{not json" if model == "bad-arguments" else self.tool_arguments
+        return [wire.tool_call(name, arguments) for _ in range(2 if model == "parallel-tools" else 1)]
+
+    async def _answer(self, request: web.Request, body: dict, headers: dict, whole: dict, protocol) -> web.StreamResponse:
+        if not body.get("stream"):
+            return web.json_response(whole, headers=headers)
+        return await self._stream(request, headers, protocol.sse(protocol.stream_events(whole)))
+
+    @staticmethod
+    async def _stream(request: web.Request, headers: dict, events: bytes) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
+        await response.prepare(request)
+        await response.write(events)
+        await response.write_eof()
+        return response
+
     async def _start(self, host: str, port: int) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/v1/completions", self._handle)
+        app.router.add_post("/v1/responses", self._handle)
+        app.router.add_post("/v1/messages", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()

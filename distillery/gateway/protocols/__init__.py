@@ -1,35 +1,47 @@
-"""The wire protocols the gateway speaks, one module each.
+"""The wire protocols the gateway speaks, one module each: OpenAI's chat (and text) completions, OpenAI's Responses
+API and Anthropic's Messages API.
 
-A protocol turns a caller's request into the gateway's one exchange row (what was asked, with which
-parameters), reads the provider's answer and stream back into it (the text, the finish reason), says its
-errors in its own shape, and, where the small model may answer its calls, translates between the caller's
-request and answer and the small model's OpenAI chat completion. Everything else (keys, workloads, routes,
-recording, metrics) is the same for every protocol and lives in the gateway around it.
+A protocol turns a caller's request into the gateway's one exchange row (what was asked, with which parameters),
+reads the provider's answer and stream back into one ``wire.Answer`` (text, tool calls, refusal, finish reason,
+usage), says its errors in its own shape, and translates between the caller's request and answer and the small
+model's OpenAI chat completion, so the caller cannot tell which model answered. Everything else (keys, workloads,
+routes, recording, metrics) is the same for every protocol and lives in the gateway around it.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
+from distillery import wire
+from distillery.gateway.protocols.anthropic_messages import MESSAGES
 from distillery.gateway.protocols.openai_chat import CHAT_COMPLETIONS, COMPLETIONS
+from distillery.gateway.protocols.openai_responses import RESPONSES
+from distillery.tasks import ToolSpec
 
 
 class WireProtocol(Protocol):
     endpoint: str  # the log row's ``endpoint``, and the metrics' label
     upstream_path: str  # where the provider takes it, under the upstream's base URL
-    small_model_may_answer: bool  # calls the cut-over may send to the small model (never streamed ones)
+    upstream_kind: str  # the kind of upstream that takes it: openai or anthropic
+    small_model_may_answer: bool  # calls the cut-over may send to the small model
 
     def messages(self, body: dict[str, Any]) -> list: ...
 
     def params(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
-    def answer(self, payload: Any) -> tuple[Any, str | None]: ...
+    def answer(self, payload: Any) -> wire.Answer: ...
 
-    def stream_reader(self) -> Any: ...
+    def stream_reader(self) -> wire.EventReader: ...
+
+    def upstream_body(self, body: dict[str, Any], raw: bytes) -> bytes: ...
 
     def error(self, message: str, code: str) -> bytes: ...
 
+    def tools(self, body: dict[str, Any]) -> ToolSpec | None: ...
+
     def small_model_request(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
+    def reply(self, answer: wire.Answer, raw: bytes, body: dict[str, Any]) -> bytes: ...
 
-__all__ = ["WireProtocol", "CHAT_COMPLETIONS", "COMPLETIONS"]
+
+__all__ = ["WireProtocol", "CHAT_COMPLETIONS", "COMPLETIONS", "RESPONSES", "MESSAGES"]
