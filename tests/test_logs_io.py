@@ -87,6 +87,7 @@ def test_rows_from_revision_0001_survive_the_upgrade_to_head(tmp_path):
     assert current_revision(store.engine) == "0007"
     old = store.read("old").iloc[0]
     assert store.workloads() == {"old": 1} and old["uid"] is None and old["served_by"] is None
+    assert old["tool_calls"] is None and old["refusal"] is None  # 0007: an answer with neither
     assert len(store.read("old", frontier_only=True)) == 1  # rows from before routing were the frontier's
 
 
@@ -215,3 +216,25 @@ def test_openai_stored_chat_completions_and_a_generic_jsonl_mapping_import(store
                                                             "JSONDecodeError: Expecting property name enclosed in "
                                                             "double quotes"]
     assert store.read("mapped").iloc[0]["response_text"] == "card_arrival"
+
+
+def test_imports_keep_tool_calls_and_the_export_gives_them_back(store, tmp_path):
+    call = {"id": "call_1", "type": "function", "function": {"name": "route", "arguments": '{"queue": "cards"}'}}
+    request = {"model": "gpt-4o-mini", "tools": [{"type": "function", "function": {"name": "route"}}],
+               "messages": [{"role": "user", "content": "card lost"}]}
+    answer = {"id": "chatcmpl-9", "object": "chat.completion", "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                           "finish_reason": "tool_calls"}]}
+    stored = tmp_path / "stored.jsonl"
+    stored.write_text(json.dumps({"request": request, "response": answer}))
+    finetune = tmp_path / "finetune.jsonl"
+    finetune.write_text(json.dumps({"messages": [{"role": "user", "content": "card stolen"},
+                                                 {"role": "assistant", "content": None, "tool_calls": [call]}]}))
+    assert import_logs(store, stored, "calls", "openai-chat").imported == 1
+    assert import_logs(store, finetune, "calls", "finetune").imported == 1
+    rows = store.read("calls")
+    assert [r["tool_calls"] for r in rows.to_dict("records")] == [[call], [call]]
+    assert list(rows["finish_reason"]) == ["tool_calls", "tool_calls"] and rows["response_text"].isna().all()
+    exported = tmp_path / "out.jsonl"
+    assert export_finetune_jsonl(store, "calls", exported) == 2
+    assert json.loads(exported.read_text().splitlines()[1])["messages"][-1]["tool_calls"] == [call]

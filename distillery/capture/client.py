@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import openai
 
+from distillery import wire
 from distillery.capture.recorder import Recorder
 from distillery.store import STATUS_ERROR, Exchange, exchange_values
 
@@ -45,34 +46,23 @@ class _Completions:
             raise
         if kwargs.get("stream"):
             return self._record_stream(result, messages, params, started)
-        choice = result.choices[0]
-        usage = result.usage
-        self._record(Exchange(
-            workload=self._workload, request_messages=messages, request_params=params,
-            response_text=choice.message.content, model=result.model, finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            latency_ms=(time.perf_counter() - started) * 1000,
-        ))
+        self._record(_exchange(self._workload, messages, params, wire.answer_of(result.model_dump()), started))
         return result
 
     def _record_stream(self, stream: Any, messages: list, params: dict, started: float) -> Iterator[Any]:
-        parts: list[str] = []
-        model = finish_reason = usage = None
+        reader = wire.StreamReader()  # text, tool calls from their deltas, refusal, usage
         for chunk in stream:
-            model = chunk.model or model
-            usage = chunk.usage or usage
-            for choice in chunk.choices:
-                parts.append(choice.delta.content or "")
-                finish_reason = choice.finish_reason or finish_reason
+            reader.take(chunk.model_dump())
             yield chunk
-        self._record(Exchange(
-            workload=self._workload, request_messages=messages, request_params=params,
-            response_text="".join(parts), model=model, finish_reason=finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            latency_ms=(time.perf_counter() - started) * 1000,
-        ))
+        self._record(_exchange(self._workload, messages, params, reader.answer, started))
+
+
+def _exchange(workload: str, messages: list, params: dict, answer: wire.Answer, started: float) -> Exchange:
+    usage = answer.usage or {}
+    return Exchange(workload=workload, request_messages=messages, request_params=params, response_text=answer.text,
+                    tool_calls=answer.tool_calls, refusal=answer.refusal, model=answer.model,
+                    finish_reason=answer.finish_reason, prompt_tokens=usage.get("prompt_tokens"),
+                    completion_tokens=usage.get("completion_tokens"), latency_ms=(time.perf_counter() - started) * 1000)
 
 
 class _Chat:

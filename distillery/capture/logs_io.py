@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from distillery import wire
 from distillery.errors import DistilleryError
 from distillery.settings import validate_workload
 from distillery.store import STATUS_ERROR, STATUS_OK, Exchange, LogStore, exchange_values
@@ -69,8 +70,10 @@ def _finetune_records(path: Path, workload: str, result: ImportResult) -> Iterat
             messages = json.loads(line)["messages"]
             if not messages or messages[-1]["role"] != "assistant":
                 raise ValueError("the last message is not the assistant's answer")
-            yield Exchange(workload=workload, request_messages=messages[:-1], response_text=messages[-1]["content"],
-                           model="imported", uid=_uid(workload, line), finish_reason="stop")
+            answer = messages[-1]
+            yield Exchange(workload=workload, request_messages=messages[:-1], response_text=answer.get("content"),
+                           tool_calls=answer.get("tool_calls") or None, model="imported", uid=_uid(workload, line),
+                           finish_reason="tool_calls" if answer.get("tool_calls") else "stop")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             result.skipped.append(f"line {number}: {exc.__class__.__name__}: {exc}")
 
@@ -172,13 +175,14 @@ def _openai_chat_records(path: Path, workload: str, result: ImportResult) -> Ite
                                model=request.get("model"), request_params=params, status=STATUS_ERROR,
                                status_code=response.get("status_code"), error=json.dumps(response["error"]), uid=uid)
                 continue
-            choice, usage = response["choices"][0], response.get("usage") or {}
-            yield Exchange(workload=workload, request_messages=request["messages"],
-                           response_text=choice["message"]["content"], model=response.get("model"),
-                           request_params=params, finish_reason=choice.get("finish_reason"),
+            answer = wire.answer_of(response)
+            usage = answer.usage or {}
+            yield Exchange(workload=workload, request_messages=request["messages"], response_text=answer.text,
+                           tool_calls=answer.tool_calls, refusal=answer.refusal, model=answer.model,
+                           request_params=params, finish_reason=answer.finish_reason,
                            prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
                            uid=uid)
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        except (KeyError, IndexError, TypeError, AttributeError, wire.WireError) as exc:
             result.skipped.append(f"line {number}: {exc.__class__.__name__}: {exc}")
 
 
@@ -263,9 +267,12 @@ def import_logs(store: LogStore, path: Path, workload: str, fmt: str, *, prompt_
 def export_finetune_jsonl(store: LogStore, workload: str, path: Path) -> int:
     """The workload's successful exchanges as OpenAI fine-tuning JSONL; returns the line count."""
     rows = store.read(workload)
-    rows = rows[(rows["status"] == STATUS_OK) & rows["response_text"].notna()]
+    rows = rows[(rows["status"] == STATUS_OK) & (rows["response_text"].notna() | rows["tool_calls"].notna())]
     with open(path, "w", encoding="utf-8") as out:
         for row in rows.itertuples():
-            messages = [*row.request_messages, {"role": "assistant", "content": row.response_text}]
+            answer = {"role": "assistant", "content": row.response_text}
+            if row.tool_calls:
+                answer["tool_calls"] = row.tool_calls
+            messages = [*row.request_messages, answer]
             out.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
     return len(rows)
