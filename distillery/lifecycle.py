@@ -103,7 +103,7 @@ def build_curated_dataset(artifacts: ArtifactStore, workload: str, *, seed: int,
     checks = curation.blocking_checks(dataset, min_train_rows)
     summary = {k: v for k, v in report.as_dict().items() if k != "log_ids"}
     recorded = {name: {"passed": c.passed, "description": c.description} for name, c in checks.items()}
-    manifest = {"raw_version": raw.version, **summary, "json_schema": json_schema, "blocking_checks": recorded}
+    manifest = {"raw_version": raw.version, **summary, "blocking_checks": recorded}  # the schema: report.json_schema
     with artifacts.publish(workload, CURATED, manifest) as folder:
         dataset.save_to_disk(str(folder / "dataset"))
         (folder / "log_ids.json").write_text(json.dumps(report.log_ids))

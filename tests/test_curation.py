@@ -8,7 +8,7 @@ from datasets import Dataset, DatasetDict
 
 from distillery.curation import curate, data_card, infer_task
 from distillery.errors import DistilleryError
-from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT
+from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, tool_calls_of
 
 
 def _row(i: int, prompt: str, answer: str | None, status: str = "ok", finish_reason: str = "stop") -> dict:
@@ -189,3 +189,45 @@ def test_a_held_out_prompt_that_repeats_a_train_prompt_moves_to_train():
     # The same words under another system prompt are no exact duplicate, but the caller wrote the same thing.
     assert _move_leaks_to_train(parts, keys, sigs, 0.75) == 1
     assert parts == {"train": [0, 1, 2], "validation": [], "test": [3]}
+
+
+TOOLS = [{"type": "function", "function": {"name": "route", "parameters": {
+    "type": "object", "properties": {"queue": {"type": "string", "enum": ["billing", "shipping"]}},
+    "required": ["queue"]}}}]
+
+
+def _call(arguments: str) -> list[dict]:
+    return [{"id": "call_1", "type": "function", "function": {"name": "route", "arguments": arguments}}]
+
+
+def test_tool_call_answers_are_the_calls_and_bad_ones_are_counted_never_trained_on():
+    rows = pd.DataFrame([{**_row(i + 1, _prompt(i), None), "request_params": {"tools": TOOLS},
+                          "tool_calls": _call(json.dumps({"queue": ("billing", "shipping")[i % 2]}))}
+                         for i in range(40)] + [
+        {**_row(41, "a", None), "request_params": {"tools": TOOLS}, "tool_calls": _call("{not json")},
+        {**_row(42, "b", "I will route it."), "request_params": {"tools": TOOLS}, "tool_calls": None},
+        {**_row(43, "c", None), "request_params": {"tools": TOOLS}, "tool_calls": _call('{"queue": "nowhere"}')}])
+    dataset, report = curate(rows, "router", min_rows=10)
+    assert report.task == TOOL_CALL and report.schema_source == "the requests' tools"
+    assert report.steps["answers without a tool call"] == 1
+    assert report.steps["tool calls whose arguments are not JSON"] == 1
+    assert report.steps["answers violating the JSON schema"] == 1  # "nowhere" is outside the queue's enum
+    answers = [ex["messages"][-1]["content"] for split in dataset.values() for ex in split]
+    assert len(answers) == 40 and all(tool_calls_of(a)[0]["name"] == "route" for a in answers)
+    assert json.loads(answers[0]) == {"tool_calls": [{"name": "route", "arguments": {"queue": "billing"}}]}
+    assert "carried another: 0" in data_card("router", report, dataset)
+
+
+def test_an_extraction_schema_comes_from_the_traffic_the_newest_wins_and_older_rows_are_counted():
+    old = {"type": "object", "properties": {"order": {"type": "string"}}}
+    new = {"type": "object", "properties": {"order": {"type": "string"}}, "required": ["order"]}
+    rows = pd.DataFrame([{**_row(i + 1, _prompt(i), json.dumps({"order": f"A{i}"})), "request_params": {
+        "response_format": {"type": "json_schema", "json_schema": {"name": "o", "schema": old if i < 10 else new}}}}
+        for i in range(30)] + [{**_row(31, "x", json.dumps({"amount": 3})), "request_params": {
+            "text": {"format": {"type": "json_schema", "name": "o", "schema": new}}}}])
+    _, report = curate(rows, "orders", min_rows=10)
+    assert report.task == EXTRACTION and report.json_schema == new
+    assert report.schema_source == "the requests' response_format" and report.rows_under_older_schemas == 10
+    assert report.steps["answers violating the JSON schema"] == 1  # the Responses call's answer lacks "order"
+    _, configured = curate(rows, "orders", min_rows=10, json_schema=old)
+    assert configured.schema_source == "run config" and configured.steps["answers violating the JSON schema"] == 0

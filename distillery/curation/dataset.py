@@ -33,7 +33,7 @@ from distillery.curation.neardup import clusters_of, signatures
 from distillery.curation.pii import scrub
 from distillery.errors import DistilleryError
 from distillery.store import STATUS_OK
-from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, caller_text
+from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, caller_text, tool_call_answer, tool_spec
 
 SPLITS = ("train", "validation", "test")
 LEAKAGE_THRESHOLD = 0.75  # MinHash-estimated Jaccard of character 3-grams (neardup)
@@ -57,6 +57,11 @@ class CurationReport:
     first_log_id: int
     last_log_id: int
     log_ids: list[int] = field(default_factory=list, repr=False)
+    # The JSON schema answers must satisfy (extraction, tool calls), and where it came from: the run config, the
+    # traffic's own ``response_format`` (or Responses' ``text.format``), or its tools; the newest traffic's wins.
+    json_schema: dict | None = None
+    schema_source: str | None = None
+    rows_under_older_schemas: int = 0  # usable rows whose requests carried another schema (or other tools)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +70,47 @@ class CurationReport:
 def normalize_prompt(messages: list[dict]) -> str:
     """The prompt as exact duplicates are compared: roles and contents, whitespace and case folded."""
     return orjson.dumps([(m["role"], " ".join(m["content"].split()).casefold()) for m in messages]).decode()
+
+
+def _has_tool_calls(calls) -> bool:
+    return isinstance(calls, list) and len(calls) > 0
+
+
+def requested_schema(params) -> dict | None:
+    """The JSON schema a request asks its answer to follow: chat's ``response_format`` or the Responses API's
+    ``text.format``, of type ``json_schema``; None otherwise."""
+    if not isinstance(params, dict):
+        return None
+    response_format = params.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        return schema if isinstance(schema, dict) else None
+    text_format = (params.get("text") or {}).get("format") if isinstance(params.get("text"), dict) else None
+    if isinstance(text_format, dict) and text_format.get("type") == "json_schema":
+        return text_format.get("schema") if isinstance(text_format.get("schema"), dict) else None
+    return None
+
+
+def _answer_schema(frame: pd.DataFrame, task: str, given: dict | None) -> tuple[dict | None, str | None, int]:
+    """The schema answers are held to, where it came from, and how many rows asked for another: the run config's;
+    else, for tool calls, the one of the newest request's tools; for extraction, the newest ``response_format``."""
+    if given:
+        return given, "run config", 0
+    if "request_params" not in frame:
+        return None, None, 0
+    if task == TOOL_CALL:
+        schemas = frame["request_params"].map(lambda params: spec.schema() if (spec := tool_spec(params)) else None)
+        source = "the requests' tools"
+    elif task == EXTRACTION:
+        schemas = frame["request_params"].map(requested_schema)
+        source = "the requests' response_format"
+    else:
+        return None, None, 0
+    asked = schemas[schemas.notna()]
+    if asked.empty:
+        return None, None, 0
+    newest = asked.iloc[-1]
+    return newest, source, int(sum(schema != newest for schema in asked))
 
 
 def infer_task(answers: pd.Series) -> str:
@@ -114,10 +160,20 @@ def curate(
         steps[step] = int((~mask).sum())
         return frame[mask]
 
+    has_calls = rows["tool_calls"].map(_has_tool_calls) if "tool_calls" in rows else pd.Series(False, rows.index)
+    answered = rows["status"] == STATUS_OK
+    if task == "auto" and answered.any() and has_calls[answered].mean() >= 0.9:
+        task = TOOL_CALL
     well_formed = rows["request_messages"].map(_valid_messages) & rows["response_text"].map(
         lambda answer: isinstance(answer, str) or (not isinstance(answer, (dict, list)) and pd.isna(answer)))
     frame = keep(rows, well_formed, "malformed rows")
     frame = keep(frame, frame["status"] == STATUS_OK, "failed exchanges")
+    if task == TOOL_CALL:
+        # The answer trained on is the calls with their arguments (tasks.tool_call_answer); arguments that are not a
+        # JSON object stay in the log as the provider sent them and are never trained on.
+        frame = keep(frame, has_calls[frame.index], "answers without a tool call")
+        calls = frame["tool_calls"].map(tool_call_answer)
+        frame = keep(frame.assign(response_text=calls), calls.notna(), "tool calls whose arguments are not JSON")
     frame = frame.assign(response_text=frame["response_text"].fillna("").str.strip())
     frame = keep(frame, frame["response_text"] != "", "empty answers")
     frame = keep(frame, frame["finish_reason"].fillna("") != "length", "truncated answers")
@@ -134,12 +190,13 @@ def curate(
         frame = keep(frame, frame["response_text"].isin(label_set), "answers outside the label set")
     else:
         label_set = []
+    json_schema, schema_source, older_schemas = _answer_schema(frame, task, json_schema)
     if task == EXTRACTION:
         frame = keep(frame, frame["response_text"].map(_is_json_object), "answers not a JSON object")
-        if json_schema:
-            validator = jsonschema.Draft202012Validator(json_schema)
-            conforms = frame["response_text"].map(lambda text: validator.is_valid(json.loads(text)))
-            frame = keep(frame, conforms, "answers violating the JSON schema")
+    if task in (EXTRACTION, TOOL_CALL) and json_schema:
+        validator = jsonschema.Draft202012Validator(json_schema)
+        conforms = frame["response_text"].map(lambda text: validator.is_valid(json.loads(text)))
+        frame = keep(frame, conforms, "answers violating the JSON schema")
 
     frame = frame.assign(prompt_key=frame["request_messages"].map(normalize_prompt))
     unique, conflicts = _deduplicate(frame)
@@ -186,6 +243,7 @@ def curate(
         train=len(parts["train"]), validation=len(parts["validation"]), test=len(parts["test"]),
         content_hash=dataset_hash(splits), first_log_id=int(unique["id"].min()),
         last_log_id=int(unique["id"].max()), log_ids=sorted(int(i) for i in unique["id"]),
+        json_schema=json_schema, schema_source=schema_source, rows_under_older_schemas=older_schemas,
     )
     return dataset, report
 
@@ -281,6 +339,9 @@ def data_card(workload: str, report: CurationReport, dataset: DatasetDict, examp
     lines += [f"| train / validation / test | {report.train} / {report.validation} / {report.test} |", "",
               f"Prompts with conflicting answers among duplicates: {report.duplicate_conflicts}.", ""]
     lines += ["PII replaced: " + (", ".join(f"{k} {v}" for k, v in sorted(report.pii.items())) or "none") + ".", ""]
+    if report.json_schema:
+        lines += [f"Answers held to the JSON schema from {report.schema_source} (the newest); rows whose requests "
+                  f"carried another: {report.rows_under_older_schemas}.", ""]
     if report.label_counts:
         lines += ["| label | rows |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in report.label_counts.items()]
         lines.append("")

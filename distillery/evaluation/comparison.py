@@ -23,14 +23,16 @@ from datasets import Dataset
 from distillery.evaluation.costs import CostComparison, percentile
 from distillery.evaluation.gate import ChampionScore, GateDecision, GatePolicy, decide
 from distillery.evaluation.judge import JudgeResult
-from distillery.evaluation.metrics import (EXTRACTION_SCORING, bootstrap_interval, classification_metrics,
-                                           extraction_metrics, field_f1, free_text_metrics, record_match)
+from distillery.evaluation.metrics import (EXTRACTION_SCORING, TOOL_CALL_SCORING, bootstrap_interval,
+                                           classification_metrics, extraction_metrics, field_f1, free_text_metrics,
+                                           record_match, tool_call_metrics)
 from distillery.serving import (BatchingEngine, Generation, LoadResult, generate, load_model, serve_under_load,
                                 using_adapter)
-from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, DecodingPolicy, agrees
+from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, DecodingPolicy, agrees
 
 BASE, CANDIDATE, CHAMPION = "base", "fine-tuned", "champion"
-HEADLINE = {CLASSIFICATION: "accuracy", EXTRACTION: "field_f1", FREE_TEXT: "embedding_similarity"}
+HEADLINE = {CLASSIFICATION: "accuracy", EXTRACTION: "field_f1", FREE_TEXT: "embedding_similarity",
+            TOOL_CALL: "field_f1"}
 
 # requests, frontier answers, fine-tuned answers -> the judge's verdicts
 Judge = Callable[[list[list[dict]], list[str], list[str]], JudgeResult]
@@ -85,6 +87,8 @@ class EvalReport:
         """How answers are scored against the frontier's (extraction: which fields count)."""
         if self.task == EXTRACTION:
             return EXTRACTION_SCORING
+        if self.task == TOOL_CALL:
+            return TOOL_CALL_SCORING
         return {CLASSIFICATION: "exact label", FREE_TEXT: "sentence-embedding cosine, ROUGE-L, chrF"}[self.task]
 
     @property
@@ -188,11 +192,11 @@ def score_answers(task: str, references: Sequence[str], answers: Sequence[str]) 
         metrics = classification_metrics(references, answers)
         headline = statistics.fmean(rows)
         return headline, bootstrap_interval(rows), {"accuracy": headline, "macro_f1": metrics["macro_f1"]}, rows
-    if task == EXTRACTION:
+    if task in (EXTRACTION, TOOL_CALL):
         matches = [record_match(r, a) for r, a in zip(references, answers)]
         rows = [float(m.exact) + (m.true_positive / m.expected if m.expected else 0.0) for m in matches]
-        return (field_f1(matches), bootstrap_interval(matches, field_f1), extraction_metrics(references, answers),
-                rows)
+        metrics = (extraction_metrics if task == EXTRACTION else tool_call_metrics)(references, answers)
+        return field_f1(matches), bootstrap_interval(matches, field_f1), metrics, rows
     if task == FREE_TEXT:
         from distillery.evaluation.embeddings import cosine_similarities
 

@@ -5,18 +5,21 @@ confusion matrix. Extraction (a JSON object of fields per answer): the share of 
 parse as a JSON object, precision/recall/F1 over leaf fields (``leaf_fields``: nested objects
 flattened to dotted paths, lists compared as multisets of their elements, so 2 of 3 intents
 right earn 2 of 3 credits), and exact-record match. Free text: ROUGE-L F1, chrF (both on a 0-1 scale) and the cosine
-similarity of sentence embeddings. ``bootstrap_interval`` resamples per-row values to put a
+similarity of sentence embeddings. Tool calls (``{"tool_calls": [{"name", "arguments"}]}``): the extraction scores
+over the whole answer, the share of answers calling exactly the reference's functions, and leaf F1 over the
+arguments alone. ``bootstrap_interval`` resamples per-row values to put a
 95% interval on any statistic of them.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 from collections import Counter
 from typing import Any, Callable, NamedTuple, Sequence
 
-from distillery.tasks import leaf_fields, parse_record
+from distillery.tasks import leaf_fields, parse_record, tool_calls_of
 
 
 def classification_metrics(references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:
@@ -57,11 +60,23 @@ class RecordMatch(NamedTuple):
 def record_match(reference: str, prediction: str) -> RecordMatch:
     """Leaf fields matched as multisets. A prediction that does not parse counts as a record with no fields (all
     its reference fields are misses). Empty values (null, "", [], {}) count as absent on both sides."""
-    expected = leaf_fields(parse_record(reference) or {})
-    record = parse_record(prediction)
+    expected = leaf_fields(_parse_json(reference) or {})
+    record = _parse_json(prediction)
     got = leaf_fields(record or {})
     return RecordMatch(record is not None, sum((expected & got).values()), sum(got.values()), sum(expected.values()),
                        record is not None and got == expected)
+
+
+def _parse_json(text: str) -> dict | list | None:
+    """An answer as a JSON object (``parse_record``), or a JSON list (the arguments of several tool calls)."""
+    record = parse_record(text)
+    if record is None and text.lstrip().startswith("["):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return None
+        return value if isinstance(value, list) else None
+    return record
 
 
 def field_f1(matches: Sequence[RecordMatch]) -> float:
@@ -86,6 +101,23 @@ def extraction_metrics(references: Sequence[str], predictions: Sequence[str]) ->
         "field_f1": field_f1(matches),
         "exact_record_match": sum(m.exact for m in matches) / rows,
     }
+
+
+TOOL_CALL_SCORING = ("function names exact (in order), arguments by leaf fields as in extraction; the headline "
+                     "counts both, each name and each argument leaf a field")
+
+
+def tool_call_metrics(references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:
+    """Tool-call answers (``tasks.tool_call_answer``): the share with exactly the reference's function names, leaf F1
+    over the arguments alone, and the extraction metrics over the whole answer (names and arguments)."""
+    names, argument_matches = [], []
+    for reference, prediction in zip(references, predictions):
+        expected, got = tool_calls_of(reference) or [], tool_calls_of(prediction) or []
+        names.append([c["name"] for c in expected] == [c["name"] for c in got])
+        argument_matches.append(record_match(json.dumps([c["arguments"] for c in expected]),
+                                             json.dumps([c["arguments"] for c in got])))
+    return {**extraction_metrics(references, predictions),
+            "name_accuracy": sum(names) / max(len(names), 1), "arguments_f1": field_f1(argument_matches)}
 
 
 def free_text_metrics(references: Sequence[str], predictions: Sequence[str],
