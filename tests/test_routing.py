@@ -1,5 +1,6 @@
 """Routes, the rollout monitor, and the gateway moving traffic between two real stub servers on loopback."""
 
+import json
 import re
 import time
 import urllib.request
@@ -8,7 +9,7 @@ import openai
 import pytest
 from support.stub_provider import StubUpstream
 
-from distillery.gateway import BackgroundGateway, GatewayConfig
+from distillery.gateway import BackgroundGateway, GatewayConfig, Upstream
 from distillery.pricing import Price
 from distillery.serving import (CANARY, FRONTIER, SHADOW, SMALL, RollbackPolicy, RolloutMonitor, Route, RouteStore,
                                 takes_small_model)
@@ -197,3 +198,103 @@ def test_valid_answers_by_workload_kind():
     extraction = Route("t", SMALL, 0, "http://x/v1", "t", DecodingPolicy(json_object=True))
     assert extraction.valid_answer('{"city": "Rome"}') and not extraction.valid_answer("Rome")
     assert Route("t").valid_answer("anything")
+
+
+TOOL_ANSWER = '{"tool_calls": [{"name": "route_ticket", "arguments": {"queue": "billing"}}]}'
+TOOL_PARAMETERS = {"type": "object", "properties": {"queue": {"type": "string"}}, "required": ["queue"]}
+
+
+@pytest.fixture
+def tool_stubs():
+    frontier, small = StubUpstream().start(), StubUpstream(answer=TOOL_ANSWER).start()
+    yield frontier, small
+    frontier.stop()
+    small.stop()
+
+
+def _tool_route(url: str) -> Route:
+    return Route("triage", SMALL, 0, url, "triage", DecodingPolicy(json_object=True, tool_calls=True))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_in_small_the_caller_gets_the_small_models_tool_calls_in_its_own_api(tmp_path, tool_stubs, store,
+                                                                             monkeypatch, stream):
+    import anthropic
+
+    frontier, small = tool_stubs
+    routes = RouteStore(store.engine)
+    routes.set(_tool_route(small.url), "test")
+    assert routes.get("triage").policy.tool_calls  # the mark survives the database
+    monkeypatch.setenv("TEST_ANTHROPIC_KEY", "sk-ant")
+    config = GatewayConfig(
+        upstreams={"openai": Upstream("openai", frontier.url), "claude": Upstream(
+            "claude", frontier.url, "TEST_ANTHROPIC_KEY", kind="anthropic")}, default_upstream="openai", port=0,
+        require_api_key=False, journal_path=tmp_path / "journal", log_store_url=f"sqlite:///{tmp_path}/logs.db")
+    tools = [{"type": "function", "function": {"name": "route_ticket", "parameters": TOOL_PARAMETERS}},
+             {"type": "function", "function": {"name": "escalate", "parameters": {"type": "object"}}}]
+    with BackgroundGateway(config) as gateway:
+        client = _client(gateway)
+        chat = client.chat.completions.create(model="gpt-x", messages=MESSAGES, tools=tools, stream=stream,
+                                              tool_choice={"type": "function", "function": {"name": "route_ticket"}})
+        if stream:
+            chunks = list(chat)
+            [call] = [c for chunk in chunks if chunk.choices for c in chunk.choices[0].delta.tool_calls or ()
+                      if c.function.name]
+            arguments = "".join(c.function.arguments or "" for chunk in chunks if chunk.choices
+                                for c in chunk.choices[0].delta.tool_calls or ())
+        else:
+            [call] = chat.choices[0].message.tool_calls
+            arguments = call.function.arguments
+            assert chat.choices[0].finish_reason == "tool_calls" and chat.choices[0].message.content is None
+        assert (call.function.name, json.loads(arguments)) == ("route_ticket", {"queue": "billing"})
+        # Asked under the schema of this call's own tools, narrowed to the function it forces; no tools sent.
+        schema = small.last_body["structured_outputs"]["json"]
+        assert schema["properties"]["tool_calls"]["items"]["properties"]["name"] == {"const": "route_ticket"}
+        assert "tools" not in small.last_body and "stream" not in small.last_body
+
+        responses_tools = [{"type": "function", "name": "route_ticket", "parameters": TOOL_PARAMETERS}]
+        if stream:
+            events = list(client.responses.create(model="gpt-x", input="card charged twice", tools=responses_tools,
+                                                  stream=True))
+            output = events[-1].response.output
+        else:
+            output = client.responses.create(model="gpt-x", input="card charged twice", tools=responses_tools).output
+        assert [(i.type, i.name, json.loads(i.arguments)) for i in output] == [
+            ("function_call", "route_ticket", {"queue": "billing"})]
+
+        claude = anthropic.Anthropic(base_url=gateway.url.removesuffix("/v1"), api_key="x", max_retries=0,
+                                     default_headers={"X-Distillery-Workload": "triage"})
+        request = dict(model="claude-x", max_tokens=64, messages=[{"role": "user", "content": "card charged twice"}],
+                       tools=[{"name": "route_ticket", "input_schema": TOOL_PARAMETERS}])
+        if stream:
+            with claude.messages.stream(**request) as events:
+                message = events.get_final_message()
+        else:
+            message = claude.messages.create(**request)
+        assert [(b.type, b.name, b.input) for b in message.content] == [("tool_use", "route_ticket",
+                                                                          {"queue": "billing"})]
+        assert message.stop_reason == "tool_use"
+        logs = _settle(gateway, 3)
+    rows = logs.read("triage")
+    assert list(rows["served_by"]) == ["small"] * 3 and frontier.calls == 0
+    assert all(json.loads(r[0]["function"]["arguments"]) == {"queue": "billing"} for r in rows["tool_calls"])
+
+
+@pytest.mark.parametrize("small_answer,served", [("billing", "small"), ("refund", "frontier")])
+def test_a_streamed_call_gets_the_small_models_answer_or_before_its_first_byte_the_frontiers(
+        tmp_path, store, small_answer, served):
+    frontier, small = StubUpstream().start(), StubUpstream(answer=small_answer).start()
+    try:
+        RouteStore(store.engine).set(Route("triage", SMALL, 0, small.url, "triage",
+                                           DecodingPolicy(labels=("billing", "shipping"))), "test")
+        with _gateway(tmp_path, frontier.url) as gateway:
+            chunks = list(_client(gateway).chat.completions.create(
+                model="gpt-x", messages=MESSAGES, stream=True, stream_options={"include_usage": True}))
+            logs = _settle(gateway, 1)
+    finally:
+        frontier.stop()
+        small.stop()
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == {"small": "billing", "frontier": "ok"}[served] and chunks[-1].usage.completion_tokens == 1
+    [row] = logs.read("triage").itertuples()
+    assert row.served_by == served and row.response_text == text
