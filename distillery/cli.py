@@ -65,8 +65,9 @@ def demo(
     (two more call sites captured beside it) ranked by what moving each would save."""
     from tqdm import tqdm
 
-    from distillery.demo import (EXTRACTION_WORKLOAD, REPLY_WORKLOAD, STANDIN_MODEL, WORKLOAD, extraction_messages,
-                                 reply_messages, send_demo_traffic, walk_cutover)
+    from distillery.demo import (EXTRACTION_WORKLOAD, REPLY_WORKLOAD, ROUTER_TOOLS, STANDIN_MODEL, TOOL_WORKLOAD,
+                                 WORKLOAD, extraction_messages, reply_messages, send_demo_traffic, tool_messages,
+                                 walk_cutover)
 
     if frontier_url:
         model, api_key_env = frontier_model, "OPENAI_API_KEY"
@@ -81,13 +82,15 @@ def demo(
                                     concurrency=concurrency, on_call=bar.update)
     typer.echo(f"{traffic.calls} calls ({traffic.failed} failed) via {traffic.gateway_url}: {traffic.written} rows "
                f"written to {traffic.log_store_url}, {traffic.journaled} journaled")
-    # Two more call sites of the same company, at other volumes and (stand-in) prices: the fleet of step 5.
-    for workload, messages, volume, tier, max_tokens in [
-            (EXTRACTION_WORKLOAD, extraction_messages, calls * 3 // 2, "-large", 40),
-            (REPLY_WORKLOAD, reply_messages, calls * 3 // 8, "-mini", 60)]:
+    # Three more call sites of the same company, at other volumes and (stand-in) prices, one of them answered with
+    # function calls: the fleet of step 5.
+    for workload, messages, volume, tier, max_tokens, tools in [
+            (EXTRACTION_WORKLOAD, extraction_messages, calls * 3 // 2, "-large", 40, None),
+            (REPLY_WORKLOAD, reply_messages, calls * 3 // 8, "-mini", 60, None),
+            (TOOL_WORKLOAD, tool_messages, calls, "", 40, ROUTER_TOOLS)]:
         fleet = send_demo_traffic(volume, frontier_url=frontier_url, model=model if frontier_url else model + tier,
                                   api_key_env=api_key_env, concurrency=concurrency, workload=workload,
-                                  messages=messages, max_tokens=max_tokens, seed=len(workload))
+                                  messages=messages, max_tokens=max_tokens, seed=len(workload), tools=tools)
         typer.echo(f"  and {fleet.calls} calls ({fleet.failed} failed) of workload {workload!r}")
 
     _say(f"3/5 Running the lifecycle for {WORKLOAD!r} in Dagster: "

@@ -135,17 +135,19 @@ class ToolSpec:
     forced: str | None = None
     parallel: bool = True
 
-    def schema(self) -> dict | None:
+    def schema(self, max_calls: int | None = None) -> dict | None:
         """The JSON schema of a tool-call answer for this request: one branch per function it may call, each with
-        that function's parameters; None when it may call none."""
+        that function's parameters, at most ``max_calls`` calls (1 when the request forbids parallel calls); None when
+        it may call none."""
         allowed = [(n, p) for n, p in self.functions if self.forced in (None, "required", n)]
         if not allowed:  # tool_choice "none", or a function it does not offer
             return None
         branches = [{"type": "object", "properties": {"name": {"const": name}, "arguments": json.loads(parameters)},
                      "required": ["name", "arguments"], "additionalProperties": False}
                     for name, parameters in allowed]
+        most = 1 if not self.parallel else max_calls
         calls = {"type": "array", "items": branches[0] if len(branches) == 1 else {"anyOf": branches},
-                 "minItems": 1, **({} if self.parallel else {"maxItems": 1})}
+                 "minItems": 1, **({"maxItems": most} if most else {})}
         return {"type": "object", "properties": {"tool_calls": calls}, "required": ["tool_calls"],
                 "additionalProperties": False}
 
@@ -192,6 +194,9 @@ POLICY_FILE = "decoding_policy.json"  # beside an adapter's weights: how its ans
 # Whitespace a JSON answer may have between tokens: pretty-printed records fit, and a weak model cannot spend its
 # whole token budget on blanks (with unbounded whitespace an untrained model did, 48 tokens of it).
 JSON_WHITESPACE = r"[\n\r\t ]{0,24}"
+# Tool-call answers are Distillery's own compact serialization (``tool_call_answer``): none at all. An untrained model
+# spent a 64-token budget on blanks between the keys otherwise (tests/test_pipeline.py).
+COMPACT_JSON = ""
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,7 @@ class DecodingPolicy:
     # Tool calls: answers are tool-call answers (``tool_call_answer``), decoded under the schema of each request's own
     # tools (``ToolSpec.schema``); ``json_schema`` is the one of the workload's newest traffic, for requests without.
     tool_calls: bool = False
+    whitespace_pattern: str = JSON_WHITESPACE  # JSON answers: what may stand between two tokens
 
     @classmethod
     def for_task(cls, task: str, labels: list[str] | None = None, json_schema: dict | None = None) -> "DecodingPolicy":
@@ -220,7 +226,8 @@ class DecodingPolicy:
             return cls(labels=tuple(labels))
         if task in (EXTRACTION, TOOL_CALL):
             return cls(json_object=True, json_schema=json.dumps(json_schema, sort_keys=True) if json_schema else None,
-                       tool_calls=task == TOOL_CALL)
+                       tool_calls=task == TOOL_CALL, whitespace_pattern=COMPACT_JSON if task == TOOL_CALL
+                       else JSON_WHITESPACE)
         return cls()
 
     @property
@@ -228,10 +235,16 @@ class DecodingPolicy:
         return "labels" if self.labels else "tools" if self.tool_calls else "json" if self.json_object else "free"
 
     def for_request(self, spec: ToolSpec | None) -> "DecodingPolicy":
-        """A tool-call policy narrowed to one request's tools and tool choice (itself for any other policy)."""
-        if not self.tool_calls or spec is None or (schema := spec.schema()) is None:
+        """A tool-call policy narrowed to one request's tools and tool choice, with no more calls than the workload's
+        own schema allows (itself for any other policy)."""
+        if not self.tool_calls or spec is None:
             return self
-        return DecodingPolicy(json_object=True, json_schema=json.dumps(schema, sort_keys=True), tool_calls=True)
+        most = json.loads(self.json_schema)["properties"]["tool_calls"].get("maxItems") if self.json_schema else None
+        schema = spec.schema(most)
+        if schema is None:
+            return self
+        return DecodingPolicy(json_object=True, json_schema=json.dumps(schema, sort_keys=True), tool_calls=True,
+                              whitespace_pattern=self.whitespace_pattern)
 
     def record(self) -> dict | None:
         """How the policy is stored (beside an adapter, in a route): its ``structured_outputs``, marked when its
@@ -244,7 +257,7 @@ class DecodingPolicy:
             return {"choice": list(self.labels)}
         if self.json_object:
             schema = json.loads(self.json_schema) if self.json_schema else {"type": "object"}
-            return {"json": schema, "whitespace_pattern": JSON_WHITESPACE}
+            return {"json": schema, "whitespace_pattern": self.whitespace_pattern}
         return None
 
     @classmethod
@@ -256,15 +269,18 @@ class DecodingPolicy:
             raise ValueError("'structured_outputs' must be an object")
         if params.get("tool_calls") is True:
             policy = cls.from_structured_outputs({k: v for k, v in params.items() if k != "tool_calls"})
-            return cls(json_object=True, json_schema=policy.json_schema, tool_calls=True)
+            return cls(json_object=True, json_schema=policy.json_schema, tool_calls=True,
+                       whitespace_pattern=policy.whitespace_pattern)
         if isinstance(params.get("choice"), list) and params["choice"] and all(
                 isinstance(label, str) and label for label in params["choice"]):
             return cls(labels=tuple(params["choice"]))
         if isinstance(params.get("json"), (dict, str)):
             schema = params["json"] if isinstance(params["json"], dict) else json.loads(params["json"])
-            if schema == {"type": "object"}:
-                return cls(json_object=True)
-            return cls(json_object=True, json_schema=json.dumps(schema, sort_keys=True))
+            whitespace = params.get("whitespace_pattern", JSON_WHITESPACE)
+            if not isinstance(whitespace, str):
+                raise ValueError("'whitespace_pattern' must be a regular expression")
+            return cls(json_object=True, json_schema=None if schema == {"type": "object"}
+                       else json.dumps(schema, sort_keys=True), whitespace_pattern=whitespace)
         if params.get("json_object") is True:
             return cls(json_object=True)
         raise ValueError("'structured_outputs' supports a non-empty 'choice' list of strings, 'json' (a JSON schema) "

@@ -15,7 +15,9 @@ import pytest
 from assets import (LIFECYCLE_ASSETS, curated_dataset, deployed_endpoint, eval_report, frontier_traffic,
                     label_balance_check, live_monitoring, lora_adapter, raw_llm_logs, workload_partitions,
                     workload_portfolio)
-from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic, walk_cutover
+from distillery.demo import (QUEUES, ROUTER_TOOLS, TOOL_WORKLOAD, WORKLOAD, demo_messages, send_demo_traffic,
+                             tool_messages, walk_cutover)
+from distillery.demo.walkthrough import _gateway_to_frontier
 from distillery.serving import Endpoints, RouteStore
 from distillery.store import LogStore
 from distillery.tasks import POLICY_FILE
@@ -406,6 +408,42 @@ def test_an_extraction_workload_from_dstc8_is_scored_with_extraction_metrics(res
     assert "| json_valid_rate |" in report["report"]
     # Imported logs carry no usage: the frontier's cost is estimated from counted tokens, and says so.
     assert "no usage logged" in report["report"] and report["frontier_usd_per_1k"] > 0
+
+
+def test_a_tool_call_workload_goes_through_the_lifecycle_and_in_small_the_caller_gets_the_small_models_calls(
+        resources, instance):
+    import dataclasses
+    import json
+
+    from distillery.gateway import WORKLOAD_HEADER
+    from distillery.serving import SMALL
+
+    assert send_demo_traffic(60, concurrency=2, workload=TOOL_WORKLOAD, messages=tool_messages, max_tokens=40,
+                             tools=ROUTER_TOOLS).written == 60
+    result = _materialize(LIFECYCLE_ASSETS, instance, resources, workload=TOOL_WORKLOAD,
+                          run_config=_ops(max_gap_points=100))
+    assert result.success, _failure_message(result)
+    assert _metadata(result, curated_dataset)["task"] == "tool_call"
+    report = _metadata(result, eval_report)
+    assert report["task"] == "tool_call" and report["headline_metric"] == "field_f1"
+    assert {"fine_tuned_name_accuracy", "fine_tuned_arguments_f1", "fine_tuned_field_f1"} <= set(report)
+    assert "| name_accuracy |" in report["report"] and "function names exact" in report["report"]
+    routes = RouteStore(LogStore().engine)
+    routes.set(dataclasses.replace(routes.get(TOOL_WORKLOAD), mode=SMALL), "test: all traffic to the small model")
+    assert routes.get(TOOL_WORKLOAD).policy.tool_calls
+    with _gateway_to_frontier(None, None, route_refresh_s=0.05) as gateway:
+        client = openai.OpenAI(base_url=gateway.url, api_key="x", max_retries=0,
+                               default_headers={WORKLOAD_HEADER: TOOL_WORKLOAD})
+        answers = [client.chat.completions.create(model="frontier-standin", messages=tool_messages(ticket),
+                                                  tools=ROUTER_TOOLS, tool_choice="required", max_tokens=40)
+                   for ticket in ("I was charged twice", "my parcel is late")]
+    rows = LogStore().read(TOOL_WORKLOAD).tail(2)
+    # The tiny model's answers are decoded under the schema of the call's tools: always a valid call.
+    assert list(rows["served_by"]) == ["small", "small"]
+    for answer in answers:
+        [call] = answer.choices[0].message.tool_calls
+        assert call.function.name == "route_ticket" and json.loads(call.function.arguments)["queue"] in QUEUES
+        assert answer.model == routes.get(TOOL_WORKLOAD).small_model
 
 
 def test_distillery_run_reaches_the_job_through_run_lifecycle_and_reports_a_failed_step(distillery_home, tmp_path,

@@ -99,7 +99,11 @@ def _answer_schema(frame: pd.DataFrame, task: str, given: dict | None) -> tuple[
     if "request_params" not in frame:
         return None, None, 0
     if task == TOOL_CALL:
-        schemas = frame["request_params"].map(lambda params: spec.schema() if (spec := tool_spec(params)) else None)
+        # No more calls per answer than the traffic ever made: an untrained model otherwise repeats its call until
+        # its token budget runs out (tests/test_pipeline.py)
+        most = int(frame["response_text"].map(lambda answer: len(json.loads(answer)["tool_calls"])).max()) \
+            if len(frame) else None
+        schemas = frame["request_params"].map(lambda params: spec.schema(most) if (spec := tool_spec(params)) else None)
         source = "the requests' tools"
     elif task == EXTRACTION:
         schemas = frame["request_params"].map(requested_schema)

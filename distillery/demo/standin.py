@@ -3,7 +3,8 @@
 There is no frontier API on machines without internet, so the demo talks to this: it routes
 a ticket into one of eight queues with deterministic keyword rules, and for the demo's fleet
 (``workload.EXTRACTION_PROMPT``, ``workload.REPLY_PROMPT``) pulls the order number and amount
-out of a ticket as JSON or writes a templated first reply. It is not a language model and says
+out of a ticket as JSON or writes a templated first reply; offered tools (``workload.ROUTER_TOOLS``), it
+calls the first one (or the one ``tool_choice`` names) with the queue and whether the ticket is urgent. It is not a language model and says
 so in its model name (``frontier-standin``). To use a real provider instead, pass
 ``--frontier-url`` (and set ``OPENAI_API_KEY``) to ``distillery demo``.
 """
@@ -16,7 +17,9 @@ from typing import Any
 
 from distillery.demo.workload import EXTRACTION_PROMPT, REPLY_PROMPT
 from distillery.pricing import Price
+from distillery import wire
 from distillery.serving import Completion, OpenAIServer
+from distillery.tasks import tool_spec
 
 STANDIN_MODEL = "frontier-standin"
 # Made-up list prices for the model names the demo asks for, so the gateway logs a cost per call and the
@@ -87,10 +90,17 @@ def standin_chat(body: dict[str, Any]) -> Completion:
     messages = body["messages"]
     ticket = next(m["content"] for m in reversed(messages) if m["role"] == "user")
     system = next((m["content"] for m in messages if m["role"] == "system"), "")
-    answer = standin_answer(system, ticket)
     prompt_tokens = sum(_approx_tokens(m["content"]) for m in messages)
     # It answers under the name it was asked for (one of its price tiers), as a provider does.
     model = body.get("model") if body.get("model") in STANDIN_PRICES else STANDIN_MODEL
+    tools = tool_spec(body)
+    if tools and tools.forced != "none":
+        queue = route_ticket(ticket)
+        arguments = json.dumps({"queue": queue, "urgent": queue == "security" or "urgent" in ticket.lower()})
+        name = tools.forced if tools.forced not in (None, "required") else tools.functions[0][0]
+        return Completion(None, model, prompt_tokens, _approx_tokens(arguments) + 4, "tool_calls",
+                          [wire.tool_call(name, arguments)])
+    answer = standin_answer(system, ticket)
     return Completion(answer, model, prompt_tokens, _approx_tokens(answer))
 
 

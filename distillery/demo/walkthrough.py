@@ -54,9 +54,10 @@ class TrafficResult:
 def send_demo_traffic(calls: int, *, frontier_url: str | None = None, model: str = STANDIN_MODEL,
                       api_key_env: str | None = None, concurrency: int = 8,
                       on_call: Callable[[], None] | None = None, seed: int = 7, workload: str = WORKLOAD,
-                      messages: Callable[[str], list[dict]] = demo_messages, max_tokens: int = 8) -> TrafficResult:
+                      messages: Callable[[str], list[dict]] = demo_messages, max_tokens: int = 8,
+                      tools: list[dict] | None = None) -> TrafficResult:
     """Send demo tickets, as ``messages`` of a ticket, through a gateway to the frontier (the stand-in
-    unless a URL is given) under ``workload``.
+    unless a URL is given) under ``workload``; with ``tools``, each call offers them and requires a call.
 
     The gateway records every exchange in the configured log store and is stopped, and so
     flushed, before this returns.
@@ -65,10 +66,12 @@ def send_demo_traffic(calls: int, *, frontier_url: str | None = None, model: str
         client = openai.OpenAI(base_url=gateway.url, api_key="demo", max_retries=2,
                                default_headers={WORKLOAD_HEADER: workload})
 
+        offered = {"tools": tools, "tool_choice": "required"} if tools else {}
+
         def send(ticket: str) -> bool:
             try:
                 client.chat.completions.create(model=model, messages=messages(ticket), max_tokens=max_tokens,
-                                               temperature=0)
+                                               temperature=0, **offered)
                 return True
             except openai.APIError:
                 return False  # the gateway recorded it as a failed exchange; curation drops it

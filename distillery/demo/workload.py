@@ -135,7 +135,7 @@ def demo_messages(ticket: str) -> list[dict[str, str]]:
     return _call(SYSTEM_PROMPT, ticket)
 
 
-# The demo's fleet: two more call sites of the same company, captured beside the triage workload.
+# The demo's fleet: three more call sites of the same company, captured beside the triage workload.
 EXTRACTION_WORKLOAD = "order-extraction"
 EXTRACTION_PROMPT = ("Extract the order details from the customer ticket as a JSON object with the keys queue, "
                      "order and amount (null when absent).")
@@ -149,3 +149,17 @@ def extraction_messages(ticket: str) -> list[dict[str, str]]:
 
 def reply_messages(ticket: str) -> list[dict[str, str]]:
     return _call(REPLY_PROMPT, ticket)
+
+
+# A call site that routes by function call, as agent frameworks do: the answer is a call of ``route_ticket``.
+TOOL_WORKLOAD = "ticket-router"
+TOOL_PROMPT = "You are the helpdesk's router. Call route_ticket for the customer ticket."
+ROUTER_TOOLS = [{"type": "function", "function": {
+    "name": "route_ticket", "description": "Send a ticket to a queue of the helpdesk.",
+    "parameters": {"type": "object", "properties": {"queue": {"type": "string", "enum": QUEUES},
+                                                    "urgent": {"type": "boolean"}},
+                   "required": ["queue", "urgent"], "additionalProperties": False}}}]
+
+
+def tool_messages(ticket: str) -> list[dict[str, str]]:
+    return _call(TOOL_PROMPT, ticket)

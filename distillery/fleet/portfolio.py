@@ -31,7 +31,7 @@ import pandas as pd
 from distillery.evaluation.costs import DAYS_PER_MONTH, CostSettings, frontier_usd_per_request, logged_rate
 from distillery.serving import FRONTIER, Route, RouteStore
 from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_OK, ArtifactStore, LogStore
-from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT
+from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, tool_call_answer
 
 REPORT = "eval_report"
 
@@ -122,13 +122,17 @@ def _frontier_price(frontier: pd.DataFrame, costs: CostSettings) -> tuple[float 
         float((tokens["completion_tokens"] * weights).sum()) if len(tokens) else None, costs.frontier_price)
 
 
-def _task(answers: list[str]) -> tuple[str, float | None]:
+def _task(answers: list[tuple[str | None, list | None]]) -> tuple[str, float | None]:
+    """The task of the newest answers, as curation would infer it, and their share of distinct answers."""
     if not answers:
         return "unknown", None
     from distillery.curation import infer_task
 
-    series = pd.Series(answers)
-    return infer_task(series), series.str.strip().nunique() / len(series)
+    calls = [tool_call_answer(tool_calls) for _, tool_calls in answers if tool_calls]
+    if len(calls) >= 0.9 * len(answers):
+        return TOOL_CALL, len(set(calls)) / len(calls)
+    series = pd.Series([text for text, _ in answers if text is not None], dtype=object)
+    return (infer_task(series), series.str.strip().nunique() / len(series)) if len(series) else ("unknown", None)
 
 
 def _champion(artifacts: ArtifactStore, workload: str,
@@ -162,7 +166,7 @@ def _recommend(stage: str, spend: float | None, projected: float | None, payback
     if spend <= threshold:
         return False, (f"${spend:,.0f}/month on the frontier, not over ${threshold:,.0f}: an evaluation would not pay "
                        "back within a quarter")
-    narrow = task in (CLASSIFICATION, EXTRACTION) or (
+    narrow = task in (CLASSIFICATION, EXTRACTION, TOOL_CALL) or (
         task == FREE_TEXT and variety is not None and variety <= settings.max_free_text_variety)
     if not narrow:
         return False, (f"${spend:,.0f}/month, but {task} with {variety:.0%} distinct answers: too open for a small "

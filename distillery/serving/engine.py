@@ -234,11 +234,11 @@ def _grammar_tokenizer(tokenizer):
 
 
 @functools.lru_cache(maxsize=64)
-def _json_grammar(json_schema: str | None) -> str:
+def _json_grammar(json_schema: str | None, whitespace_pattern: str = JSON_WHITESPACE) -> str:
     import llguidance
 
     return llguidance.LLMatcher.grammar_from_json_schema(json_schema or '{"type": "object"}',
-                                                         overrides={"whitespace_pattern": JSON_WHITESPACE})
+                                                         overrides={"whitespace_pattern": whitespace_pattern})
 
 
 class _GrammarConstraint:
@@ -248,12 +248,13 @@ class _GrammarConstraint:
     the allowed tokens into a bitmask; rows that have finished are left alone.
     """
 
-    def __init__(self, tokenizer, json_schema: str | None, rows: int, prompt_width: int):
+    def __init__(self, tokenizer, json_schema: str | None, rows: int, prompt_width: int,
+                 whitespace_pattern: str = JSON_WHITESPACE):
         import llguidance
         import llguidance.torch
 
         grammar_tokenizer = _grammar_tokenizer(tokenizer)
-        grammar = _json_grammar(json_schema)
+        grammar = _json_grammar(json_schema, whitespace_pattern)
         self._matchers = [llguidance.LLMatcher(grammar_tokenizer, grammar) for _ in range(rows)]
         self._bitmask = llguidance.torch.allocate_token_bitmask(rows, grammar_tokenizer.vocab_size)
         self._prompt_width = prompt_width
@@ -298,8 +299,8 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
             encoded = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
                                 add_special_tokens=False).to(model.device)
             width = encoded["input_ids"].shape[1]
-            constraint = ([_GrammarConstraint(tokenizer, policy.json_schema, len(rows), width)]
-                          if policy.json_object else [])
+            constraint = ([_GrammarConstraint(tokenizer, policy.json_schema, len(rows), width,
+                                              policy.whitespace_pattern)] if policy.json_object else [])
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids,
                                     logits_processor=LogitsProcessorList(constraint))

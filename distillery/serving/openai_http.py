@@ -21,11 +21,12 @@ MAX_BODY_BYTES = 1 << 20
 
 @dataclass
 class Completion:
-    content: str
+    content: str | None
     model: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str = "stop"
+    tool_calls: list | None = None
 
 
 ChatHandler = Callable[[dict[str, Any]], Completion]
@@ -92,11 +93,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(500, wire.error(f"internal error: {exc}", "server_error"))
             return
         if body.get("stream"):
-            self._send_stream(wire.chat_chunks([done.content], done.model, done.prompt_tokens, done.completion_tokens,
-                                               done.finish_reason, usage_chunk=wire.wants_stream_usage(body)))
+            self._send_stream(wire.chat_chunks([done.content] if done.content is not None else [], done.model,
+                                               done.prompt_tokens, done.completion_tokens, done.finish_reason,
+                                               usage_chunk=wire.wants_stream_usage(body), tool_calls=done.tool_calls))
         else:
             self._send_json(200, wire.chat_completion(done.content, done.model, done.prompt_tokens,
-                                                      done.completion_tokens, done.finish_reason))
+                                                      done.completion_tokens, done.finish_reason, done.tool_calls))
 
     def _read_json(self) -> dict[str, Any]:
         length = int(self.headers.get("Content-Length") or 0)

@@ -256,13 +256,14 @@ class LogStore:
             result = conn.execute(query)
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
-    def recent_answers(self, workload: str, limit: int) -> list[str]:
-        """The frontier's newest successful answers for the workload, newest first."""
-        query = (sa.select(ExchangeRow.response_text).where(ExchangeRow.workload == workload)
-                 .where(_FRONTIER_ANSWER, ExchangeRow.status == STATUS_OK, ExchangeRow.response_text.is_not(None))
+    def recent_answers(self, workload: str, limit: int) -> list[tuple[str | None, list | None]]:
+        """The frontier's newest successful answers for the workload, newest first: (text, tool calls)."""
+        query = (sa.select(ExchangeRow.response_text, ExchangeRow.tool_calls).where(ExchangeRow.workload == workload)
+                 .where(_FRONTIER_ANSWER, ExchangeRow.status == STATUS_OK)
+                 .where(sa.or_(ExchangeRow.response_text.is_not(None), ExchangeRow.tool_calls.is_not(None)))
                  .order_by(ExchangeRow.id.desc()).limit(limit))
         with self.engine.connect() as conn:
-            return list(conn.execute(query).scalars())
+            return [tuple(row) for row in conn.execute(query)]
 
     def read(self, workload: str, *, frontier_only: bool = False) -> pd.DataFrame:
         """All rows of one workload, oldest first, one column per table column.
