@@ -2,6 +2,7 @@
 gateway; and what a kill -9 under load loses.
 
     python benchmarks/gateway.py [--requests 20000] [--concurrency 64] [--rounds 3] [--db URL] [--outage-seconds S]
+                                 [--mix default|tools|stream]
     python benchmarks/gateway.py --kill [--runs 5]
     python benchmarks/gateway.py --quick            (either mode: a few seconds, what the tests run)
 
@@ -19,7 +20,9 @@ uvicorn (httptools, uvloop; benchmarks/gateway_on_uvicorn.py) as separate proces
   ``gateway_writer_cpu_us`` is the part of the gateway's spent by threads other than its event loop: the writer);
 - after the gateway shut down and flushed, how many exchanges reached the log store (``lost``).
 
-10% of the calls are streamed and the stub fails 1% of all calls with a 500. --outage-seconds makes a PostgreSQL
+The mix of calls (--mix): ``default``, chat calls with a text answer, 10% of them streamed; ``tools``, the same with
+tools offered and a function call required, so every answer is a tool call (streamed ones as deltas); ``stream``,
+every call streamed. The stub fails 1% of all calls with a 500. --outage-seconds makes a PostgreSQL
 --db refuse connections for that long in the first gateway round.
 
 --kill: 16 callers send calls through the gateway, each marked with its own id (``metadata.probe``); after a random
@@ -52,6 +55,11 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 STUB_PROVIDER = str(ROOT / "tests" / "support" / "stub_provider.py")  # test and benchmark support, not product
 MESSAGES = [{"role": "system", "content": "Route the ticket."}, {"role": "user", "content": "I was charged twice"}]
+TOOLS = [{"type": "function", "function": {"name": "route_ticket", "parameters": {
+    "type": "object", "properties": {"queue": {"type": "string"}, "priority": {"type": "integer"}},
+    "required": ["queue"]}}}]
+# Per mix: what every call's body adds, and how often a call is streamed (every Nth)
+MIXES = {"default": ({}, 10), "tools": ({"tools": TOOLS, "tool_choice": "required"}, 10), "stream": ({}, 1)}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -65,27 +73,31 @@ def start_gateway(upstream_url: str, port: int, env: dict) -> subprocess.Popen:
                              "--port", str(port), "--no-require-api-key"], env=env, stdout=subprocess.DEVNULL)
 
 
-async def one_call(session: aiohttp.ClientSession, url: str, i: int, workload: str, **extra) -> bool:
-    stream = i % 10 == 0
-    body = {"model": "stub-model", "messages": MESSAGES, "stream": stream, **extra}
+async def one_call(session: aiohttp.ClientSession, url: str, i: int, workload: str, mix: str = "default",
+                   **extra) -> bool:
+    added, every = MIXES[mix]
+    body = {"model": "stub-model", "messages": MESSAGES, "stream": i % every == 0, **added, **extra}
     async with session.post(f"{url}/chat/completions", json=body,
                             headers={"X-Distillery-Workload": workload}) as response:
         await response.read()
         return response.status < 500
 
 
-async def sequential_latencies(url_a: str, url_b: str, n: int, workload: str) -> tuple[list[float], list[float]]:
+async def sequential_latencies(url_a: str, url_b: str, n: int, workload: str,
+                               mix: str) -> tuple[list[float], list[float]]:
     a, b = [], []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
         for i in range(n):
             for url, sink in ((url_a, a), (url_b, b)) if i % 2 else ((url_b, b), (url_a, a)):
                 started = time.perf_counter()
-                await one_call(session, url, i * 10 + 1, workload)  # never a streamed call: same work both ways
+                # the same kind of call both ways: never streamed, unless the mix streams every call
+                await one_call(session, url, i * 10 + 1, workload, mix)
                 sink.append((time.perf_counter() - started) * 1000)
     return a, b
 
 
-async def throughput(url: str, n: int, concurrency: int, workload: str, during=None) -> tuple[float, int]:
+async def throughput(url: str, n: int, concurrency: int, workload: str, mix: str,
+                     during=None) -> tuple[float, int]:
     counter = iter(range(n))
     failures = 0
 
@@ -93,7 +105,7 @@ async def throughput(url: str, n: int, concurrency: int, workload: str, during=N
         nonlocal failures
         for i in counter:
             try:
-                ok = await one_call(session, url, i, workload)
+                ok = await one_call(session, url, i, workload, mix)
             except aiohttp.ClientError:
                 ok = False
             failures += not ok
@@ -182,7 +194,7 @@ def overhead(args: argparse.Namespace) -> dict:
 
         loop = uvloop.new_event_loop()
         direct_ms, gateway_ms = loop.run_until_complete(
-            sequential_latencies(stub_url, gateway_url, args.latency_samples, workload))
+            sequential_latencies(stub_url, gateway_url, args.latency_samples, workload, args.mix))
 
         during = None
         if args.outage_seconds:
@@ -204,7 +216,7 @@ def overhead(args: argparse.Namespace) -> dict:
             for name, (url, round_workload, process) in sides.items():
                 cpu_before = cpu_seconds(process) if process else (0.0, 0.0)
                 rps, failed = loop.run_until_complete(throughput(
-                    url, args.requests, args.concurrency, round_workload,
+                    url, args.requests, args.concurrency, round_workload, args.mix,
                     during if name == "gateway" and round_ == 0 else None))
                 failures[name] += failed
                 figures[name] = rps
@@ -242,6 +254,7 @@ def overhead(args: argparse.Namespace) -> dict:
         "requests": args.requests,
         "concurrency": args.concurrency,
         "rounds": args.rounds,
+        "mix": args.mix,
         "db": sa.make_url(db).get_backend_name(),
         "outage_seconds": args.outage_seconds,
         "direct_p50_ms": round(statistics.median(direct_ms), 3),
@@ -348,6 +361,7 @@ def main() -> None:
     parser.add_argument("--latency-samples", type=int, default=1000)
     parser.add_argument("--db", help="log store URL; default: a new SQLite file")
     parser.add_argument("--outage-seconds", type=float, default=0, help="PostgreSQL only")
+    parser.add_argument("--mix", choices=sorted(MIXES), default="default", help="the calls sent (see above)")
     parser.add_argument("--kill", action="store_true", help="kill -9 the gateway under load instead")
     parser.add_argument("--runs", type=int, default=5, help="with --kill")
     parser.add_argument("--quick", action="store_true", help="a few seconds: small numbers, for the tests")

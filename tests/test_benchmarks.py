@@ -22,9 +22,10 @@ def _run(script: str, *args: str, timeout: int = 600, **env: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_gateway_benchmark_loses_nothing_and_prints_every_ratio():
-    figures = _run("gateway.py", "--quick")
-    assert figures["quick"] is True and figures["sent_through_gateway"] == 330
+@pytest.mark.parametrize("mix", ["default", "tools", "stream"])
+def test_gateway_benchmark_loses_nothing_and_prints_every_ratio(mix):
+    figures = _run("gateway.py", "--quick", "--mix", mix)
+    assert figures["quick"] is True and figures["sent_through_gateway"] == 330 and figures["mix"] == mix
     assert figures["stored"] == figures["sent_through_gateway"] and figures["lost"] == 0
     assert figures["still_in_journal"] == 0 and figures["uvicorn_lost"] == 0
     for name in ("p50_added_ms", "p99_added_ms", "throughput_ratio", "gateway_vs_bare", "uvicorn_vs_hand_written",

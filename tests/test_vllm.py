@@ -153,3 +153,18 @@ def test_vllm_refuses_incompatible_adapters_and_keeps_serving(lifecycle, deploye
     answer = vllm.chat.completions.create(model=still.model, messages=demo_messages("I was charged twice"),
                                           max_tokens=8, extra_body={"structured_outputs": policy.structured_outputs()})
     assert answer.choices[0].message.content in QUEUES
+
+
+def test_a_tool_call_policy_travels_to_vllm_as_structured_outputs(deployed):
+    from distillery.demo import ROUTER_TOOLS, tool_messages
+    from distillery.tasks import TOOL_CALL, tool_calls_of, tool_spec
+
+    endpoint = Endpoints().current(WORKLOAD)
+    policy = DecodingPolicy.for_task(TOOL_CALL, json_schema=tool_spec({"tools": ROUTER_TOOLS}).schema(max_calls=1))
+    vllm = openai.OpenAI(base_url=endpoint.url, api_key="local", max_retries=0, timeout=120)
+    answer = vllm.chat.completions.create(model=endpoint.model, messages=tool_messages("I was charged twice"),
+                                          max_tokens=40, extra_body={"structured_outputs": policy.structured_outputs()})
+    text = answer.choices[0].message.content
+    assert policy.valid_answer(text), text  # a label adapter, held to the schema of the call's tools
+    [call] = tool_calls_of(text)
+    assert call["name"] == "route_ticket" and call["arguments"]["queue"] in QUEUES
