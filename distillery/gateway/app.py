@@ -6,7 +6,8 @@ provider side in ``proxy``, the small model's side in ``cutover``, the log row i
 What a caller sees when something goes wrong, always as an error object of its protocol:
 401 unknown or revoked gateway key; 403 a workload outside the key's scope (recorded as an error under
 the key's default workload, so it never becomes training data or a new workload); 400 malformed JSON or
-an invalid workload name; 413 body over ``max_body_bytes``; 404/405 unknown path or method; 502 upstream
+an invalid workload name; 413 body over ``max_body_bytes``; 404/405 unknown path or method, 404 a protocol with no
+upstream of its kind configured (``/v1/messages`` without an ``anthropic`` upstream); 502 upstream
 unreachable (connection refused, reset, invalid HTTP) or an answer that is not a completion; 504 upstream
 timed out; an upstream 4xx/5xx is passed through with its status. Every one of these that reached the
 proxy step is recorded as a failed exchange, before its answer is sent.
