@@ -316,5 +316,8 @@ class DecodingPolicy:
             record = parse_record(text)
             if record is None or (self.tool_calls and tool_calls_of(text) is None):
                 return False
-            return self._schema_validator is None or self._schema_validator.is_valid(record)
+            try:
+                return self._schema_validator is None or self._schema_validator.is_valid(record)
+            except Exception:  # noqa: BLE001 - a caller's tool schema that cannot be applied: nothing is valid
+                return False
         return True

@@ -298,3 +298,15 @@ def test_a_streamed_call_gets_the_small_models_answer_or_before_its_first_byte_t
     assert text == {"small": "billing", "frontier": "ok"}[served] and chunks[-1].usage.completion_tokens == 1
     [row] = logs.read("triage").itertuples()
     assert row.served_by == served and row.response_text == text
+
+
+def test_a_tool_schema_that_cannot_be_applied_gets_the_frontiers_answer(tmp_path, tool_stubs, store):
+    frontier, small = tool_stubs
+    RouteStore(store.engine).set(_tool_route(small.url), "test")
+    broken = [{"type": "function", "function": {"name": "route_ticket", "parameters": {"type": 5}}}]
+    with _gateway(tmp_path, frontier.url) as gateway:
+        answer = _client(gateway).chat.completions.create(model="gpt-x", messages=MESSAGES, tools=broken)
+        logs = _settle(gateway, 1)
+    assert answer.choices[0].message.tool_calls[0].function.arguments == '{"queue": "billing", "priority": 2}'
+    [row] = logs.read("triage").itertuples()
+    assert row.served_by == "frontier" and row.request_params["distillery_fallback"].startswith("invalid answer")

@@ -49,7 +49,7 @@ from distillery.gateway.metrics import GatewayMetrics
 from distillery.gateway.protocols import CHAT_COMPLETIONS, COMPLETIONS, MESSAGES, RESPONSES, WireProtocol
 from distillery.gateway.proxy import Proxy, StreamBroken, UpstreamTimeout, passed_headers, upstream_error_message
 from distillery.gateway.rows import Rows
-from distillery.serving import RouteStore
+from distillery.serving import Route, RouteStore
 from distillery.settings import DEFAULT_WORKLOAD, validate_workload
 
 WORKLOAD_HEADER = "x-distillery-workload"
@@ -171,7 +171,7 @@ class Gateway:
             self.cutover.frontier_answered(route, body, row, result, protocol)
 
     async def _relay(self, protocol: WireProtocol, answer, responder: Responder, row: dict, started: float,
-                     headers: list[tuple[str, str]], route, body: dict) -> None:
+                     headers: list[tuple[str, str]], route: Route | None, body: dict) -> None:
         reader = protocol.stream_reader()
         completed = False
 

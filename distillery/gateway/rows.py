@@ -68,8 +68,8 @@ class Rows:
 
     def error(self, row: dict, started: float, status: int, message: str, partial: str | None = None) -> None:
         """Record a failed call, with what part of a stream had arrived."""
-        row.update(response_text=partial or None, tool_calls=None, refusal=None, finish_reason=None, prompt_tokens=None, completion_tokens=None,
-                   status=STATUS_ERROR, status_code=status, error=message, cost_usd=None,
+        row.update(response_text=partial or None, tool_calls=None, refusal=None, finish_reason=None, prompt_tokens=None,
+                   completion_tokens=None, status=STATUS_ERROR, status_code=status, error=message, cost_usd=None,
                    latency_ms=(time.perf_counter() - started) * 1000)
         self._recorder.submit(row)
 
