@@ -231,3 +231,11 @@ def test_an_extraction_schema_comes_from_the_traffic_the_newest_wins_and_older_r
     assert report.steps["answers violating the JSON schema"] == 1  # the Responses call's answer lacks "order"
     _, configured = curate(rows, "orders", min_rows=10, json_schema=old)
     assert configured.schema_source == "run config" and configured.steps["answers violating the JSON schema"] == 0
+
+
+def test_a_schema_from_the_traffic_that_is_not_a_schema_is_a_clear_error():
+    rows = pd.DataFrame([{**_row(i + 1, _prompt(i), json.dumps({"order": "A1"})), "request_params": {
+        "response_format": {"type": "json_schema", "json_schema": {"name": "o", "schema": {"type": 5}}}}}
+        for i in range(30)])
+    with pytest.raises(DistilleryError, match="the JSON schema from the requests' response_format is not a valid"):
+        curate(rows, "orders", min_rows=10)

@@ -198,6 +198,11 @@ def curate(
     if task == EXTRACTION:
         frame = keep(frame, frame["response_text"].map(_is_json_object), "answers not a JSON object")
     if task in (EXTRACTION, TOOL_CALL) and json_schema:
+        try:
+            jsonschema.Draft202012Validator.check_schema(json_schema)
+        except jsonschema.SchemaError as exc:
+            raise DistilleryError(f"workload {workload!r}: the JSON schema from {schema_source} is not a valid JSON "
+                                  f"schema ({exc.message}); give one in the run config (json_schema)") from exc
         validator = jsonschema.Draft202012Validator(json_schema)
         conforms = frame["response_text"].map(lambda text: validator.is_valid(json.loads(text)))
         frame = keep(frame, conforms, "answers violating the JSON schema")
