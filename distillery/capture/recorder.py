@@ -49,7 +49,7 @@ import orjson
 import sqlalchemy as sa
 
 from distillery.errors import DistilleryError
-from distillery.store import LogStore
+from distillery.store import JSON_COLUMNS, LogStore
 
 log = logging.getLogger(__name__)
 _READ_BYTES = 4 << 20  # the most of a journal file read at once
@@ -365,10 +365,21 @@ def _journal_value(value: Any) -> Any:
 
 
 def _decode(line: bytes) -> dict[str, Any]:
+    """A journal line as the log store's column values, its JSON columns as their JSON text.
+
+    Why text at once: a batch of decoded rows waits for its insert, and nested lists and dicts that live that long
+    are what Python's cyclic garbage collector scans again and again (a collection holds the GIL, so the event loop
+    waits). Decoding 20,000 rows of tool calls (930-byte lines) cost 33-49 µs a row with their structure kept
+    alive, 11-12 µs with the collector off (2026-12-02); as text, the structure is freed as soon as it is read.
+    """
     row = orjson.loads(line)
     if not isinstance(row, dict):
         raise ValueError(f"a journal row is a JSON object, not {type(row).__name__}")
     created = row.get("created_at")
     if isinstance(created, dict):  # journals written before 2026-12 kept datetimes as {"__datetime__": iso}
         row["created_at"] = created.get("__datetime__")
+    for name in JSON_COLUMNS:
+        value = row.get(name)
+        if value is not None:
+            row[name] = orjson.dumps(value).decode()
     return row

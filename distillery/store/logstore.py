@@ -134,8 +134,9 @@ class Exchange:
 COLUMNS = [c.name for c in ExchangeRow.__table__.columns]
 _INSERTED_NAMES = [name for name in COLUMNS if name != "id"]
 _INSERTED_VALUES = operator.itemgetter(*_INSERTED_NAMES)
-_JSON_POSITIONS = [i for i, name in enumerate(_INSERTED_NAMES)
-                   if isinstance(ExchangeRow.__table__.columns[name].type, sa.JSON)]
+JSON_COLUMNS = tuple(name for name in _INSERTED_NAMES
+                     if isinstance(ExchangeRow.__table__.columns[name].type, sa.JSON))
+_JSON_POSITIONS = [_INSERTED_NAMES.index(name) for name in JSON_COLUMNS]
 # 128 rows x 20 columns stay well under SQLite's limit on a statement's variables (32,766 since 3.32)
 _SQLITE_ROWS_PER_INSERT = 128
 _FRONTIER_ANSWER = sa.or_(ExchangeRow.served_by.is_(None), ExchangeRow.served_by == SERVED_BY_FRONTIER)
@@ -164,7 +165,9 @@ class LogStore:
 
     def insert_rows(self, rows: list[dict[str, Any]]) -> int:
         """Insert column dicts in one transaction; a row whose uid is already stored is skipped. ``created_at`` is a
-        datetime or its ISO 8601 text (as the recorder's journal keeps it)."""
+        datetime or its ISO 8601 text (as the recorder's journal keeps it); a JSON column (request messages and
+        params, tool calls: never a bare JSON string) is its value or that value's JSON text (as the recorder
+        hands them over)."""
         if not rows:
             return 0
         dialect = self.engine.dialect.name
@@ -174,7 +177,9 @@ class LogStore:
         if dialect == "postgresql" and self.engine.dialect.driver == "psycopg":
             self._insert_postgres(rows)
             return len(rows)
-        rows = [{**row, "created_at": _datetime(row.get("created_at"))} for row in rows]
+        rows = [{**row, "created_at": _datetime(row.get("created_at")),
+                 **{name: json.loads(row[name]) for name in JSON_COLUMNS if isinstance(row.get(name), str)}}
+                for row in rows]
         with self.engine.begin() as conn:
             conn.execute(sa.insert(ExchangeRow), rows)
         return len(rows)
@@ -294,7 +299,7 @@ def _values(rows: list[dict[str, Any]]) -> tuple:
         except KeyError:  # rows from the gateway and the journal have every column; others may not
             columns = [row.get(name) for name in _INSERTED_NAMES]
         for i in _JSON_POSITIONS:
-            if columns[i] is not None:  # SQL NULL, not the JSON text null
+            if columns[i] is not None and not isinstance(columns[i], str):  # NULL stays SQL NULL; text is JSON text
                 columns[i] = orjson.dumps(columns[i]).decode()
         values += columns
     return tuple(values)
@@ -316,19 +321,16 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-_JSON_COLUMNS = ("request_messages", "request_params", "tool_calls")
-
-
 def save_snapshot(rows: pd.DataFrame, path: Path) -> None:
     """Parquet with the JSON columns as text, so rows with different keys round-trip exactly."""
     encoded = rows.copy()
-    for column in _JSON_COLUMNS:
+    for column in JSON_COLUMNS:
         encoded[column] = encoded[column].map(json.dumps)
     encoded.to_parquet(path, index=False)
 
 
 def load_snapshot(path: Path) -> pd.DataFrame:
     rows = pd.read_parquet(path)
-    for column in _JSON_COLUMNS:
+    for column in JSON_COLUMNS:
         rows[column] = rows[column].map(json.loads)
     return rows
