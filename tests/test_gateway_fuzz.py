@@ -1,7 +1,8 @@
 """Property-based: malformed and odd requests thrown at a real gateway on loopback (hypothesis).
 
 Three properties: the gateway never crashes (it answers every request with an HTTP status and keeps
-serving), a request it cannot use gets the right 4xx, and every call it accepted is recorded.
+serving), a request it cannot use gets the right 4xx, and every call it accepted is recorded; for chat completions,
+the Responses API and Anthropic's Messages API alike (odd inputs, contents, tools and tool choices).
 """
 
 import json
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.stub_provider import StubUpstream
 
-from distillery.gateway import BackgroundGateway, GatewayConfig
+from distillery.gateway import BackgroundGateway, GatewayConfig, Upstream
 from distillery.store import LogStore
 
 MAX_BODY = 4096
@@ -38,11 +39,16 @@ workload_headers = st.sampled_from([None, "ok-workload", "../etc", "", "x" * 200
 def gateway(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")
     stub = StubUpstream().start()
-    config = GatewayConfig.single(stub.url, port=0, require_api_key=False, max_body_bytes=MAX_BODY,
-                                  journal_path=folder / "journal.jsonl", log_store_url=f"sqlite:///{folder / 'l.db'}")
-    with BackgroundGateway(config) as running:
-        running.forwarded = 0  # calls answered with a status the gateway does not refuse on its own
-        yield running
+    config = GatewayConfig(
+        upstreams={"openai": Upstream("openai", stub.url),
+                   "claude": Upstream("claude", stub.url, "FUZZ_ANTHROPIC_KEY", kind="anthropic")},
+        default_upstream="openai", port=0, require_api_key=False, max_body_bytes=MAX_BODY,
+        journal_path=folder / "journal.jsonl", log_store_url=f"sqlite:///{folder / 'l.db'}")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FUZZ_ANTHROPIC_KEY", "sk-ant-fuzz")
+        with BackgroundGateway(config) as running:
+            running.forwarded = 0  # calls answered with a status the gateway does not refuse on its own
+            yield running
     stub.stop()
 
 
@@ -78,8 +84,41 @@ def _recorded(gateway) -> int:
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=chat_bodies, workload=workload_headers)
 def test_odd_chat_bodies_are_answered_and_every_accepted_call_is_recorded(gateway, body, workload):
+    _post_and_check(gateway, "/v1/chat/completions", body, workload)
+
+
+content = st.text(max_size=40) | st.none() | st.integers() | st.lists(
+    st.fixed_dictionaries({"type": st.sampled_from(["text", "input_text", "image", ""]), "text": json_values}),
+    max_size=2)
+tools = st.lists(json_values | st.fixed_dictionaries(
+    {"type": st.sampled_from(["function", "web_search", ""]), "name": json_values, "parameters": json_values,
+     "input_schema": json_values, "function": json_values}), max_size=3)
+responses_bodies = st.fixed_dictionaries(
+    {"model": st.sampled_from(["stub-model", ""]) | st.integers() | st.none(),
+     "input": st.text(max_size=40) | st.lists(st.fixed_dictionaries({"role": st.text(max_size=8), "content": content})
+                                              | json_values, max_size=3) | json_values},
+    optional={"instructions": json_values, "stream": st.booleans(), "tools": tools, "tool_choice": json_values,
+              "text": json_values, "max_output_tokens": json_values})
+messages_bodies = st.fixed_dictionaries(
+    {"model": st.sampled_from(["claude-x", ""]) | st.none(), "max_tokens": json_values,
+     "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", ""]),
+                                                 "content": content}) | json_values, max_size=3)},
+    optional={"system": content, "stream": st.booleans(), "tools": tools, "tool_choice": json_values,
+              "metadata": json_values})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=responses_bodies | messages_bodies, workload=workload_headers)
+def test_odd_responses_and_messages_bodies_are_answered_and_every_accepted_call_is_recorded(gateway, body,
+                                                                                           workload):
+    _post_and_check(gateway, "/v1/messages" if "messages" in body else "/v1/responses", body, workload)
+
+
+def _post_and_check(gateway, path: str, body: dict, workload: str | None) -> None:
+    """The gateway answers 400 with its protocol's error object (OpenAI's or Anthropic's, both with ``error.type``),
+    or forwards the call and gets the stub's 200; every forwarded call is recorded."""
     data = json.dumps(body).encode()
-    head = ["POST /v1/chat/completions HTTP/1.1", "Host: x", "Connection: close", f"Content-Length: {len(data)}"]
+    head = [f"POST {path} HTTP/1.1", "Host: x", "Connection: close", f"Content-Length: {len(data)}"]
     if workload is not None:
         head.append(f"X-Distillery-Workload: {workload}")
     answer = _exchange(gateway, ("\r\n".join(head) + "\r\n\r\n").encode("utf-8") + data)
