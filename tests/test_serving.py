@@ -229,3 +229,32 @@ def _post(server, path, body):
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def test_each_answer_carries_its_tokens_log_probabilities_the_same_in_evaluation_and_serving(tiny_model_dir,
+                                                                                           tiny_adapter_dir):
+    """A cascade's confidence is made of these: they must not depend on the batch an answer was decoded in."""
+    import math
+
+    model, tokenizer = load_model(tiny_model_dir, {"triage": tiny_adapter_dir})
+    schema = {"type": "object", "properties": {"queue": {"enum": ["billing", "shipping"]}}, "required": ["queue"]}
+    policies = {"labels": DecodingPolicy(labels=LABELS), "free": DecodingPolicy(),
+                "json": DecodingPolicy.for_task("extraction", json_schema=schema)}
+    engine = BatchingEngine(model, tokenizer, max_batch=16)
+    try:
+        for kind, policy in policies.items():
+            with using_adapter(model, "triage"):
+                evaluated = generate(model, tokenizer, CONVERSATIONS[:6], max_new_tokens=12, policy=policy)
+            alone = [engine.answer(c, adapter="triage", policy=policy, max_new_tokens=12) for c in CONVERSATIONS[:6]]
+            for batched, single in zip(evaluated, alone):
+                assert single.text == batched.text, kind
+                assert batched.token_logprobs and all(lp <= 1e-6 for lp in batched.token_logprobs), kind
+                assert single.sequence_logprob == pytest.approx(batched.sequence_logprob, abs=1e-4), kind
+                assert 0 < batched.min_token_prob <= 1
+            if kind == "labels":  # the label's probability among the labels
+                assert all(0 < math.exp(g.sequence_logprob) <= 1 for g in evaluated)
+            else:  # the stop token's choice counts too
+                assert all(len(g.token_logprobs) == g.completion_tokens + (g.finish_reason == "stop")
+                           for g in evaluated), kind
+    finally:
+        engine.close()

@@ -14,10 +14,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import math
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -34,6 +35,22 @@ class Generation:
     prompt_tokens: int
     finish_reason: str
     latency_ms: float  # generate: the wall time of the row's batch; BatchingEngine: from submit to answer
+    # The log-probability of each token the answer's decoding chose (the stop token included), normalized over the
+    # tokens the decoding policy allowed at that step: for a label policy their sum is the label's log-probability
+    # among the labels (a token the label set forces has log-probability 0). What a cascade's confidence is made of.
+    token_logprobs: list[float] = field(default_factory=list)
+
+    @property
+    def sequence_logprob(self) -> float:
+        return sum(self.token_logprobs)
+
+    @property
+    def min_token_prob(self) -> float:
+        return math.exp(min(self.token_logprobs)) if self.token_logprobs else 1.0
+
+    @property
+    def mean_token_logprob(self) -> float:
+        return self.sequence_logprob / len(self.token_logprobs) if self.token_logprobs else 0.0
 
 
 def load_model(base_model: str, adapters: dict[str, Path] | None = None):
@@ -181,7 +198,7 @@ def _packed_prefill(model, suffixes: list[list[int]], prefix: _SharedPrefix):
 
 @torch.no_grad()
 def _constrained_batch(model, suffixes: list[list[int]], prefix: _SharedPrefix, trie: AnswerTrie,
-                       max_new_tokens: int) -> list[list[int]]:
+                       max_new_tokens: int) -> tuple[list[list[int]], list[list[float]]]:
     """Greedy decoding restricted to ``trie``'s answers for one batch of prompts (``prefix`` + each suffix).
 
     Faster than ``generate`` with a prefix function for the same answers: the shared prompt
@@ -191,16 +208,24 @@ def _constrained_batch(model, suffixes: list[list[int]], prefix: _SharedPrefix, 
     """
     rows, device = len(suffixes), model.device
     generated: list[list[int]] = [[] for _ in range(rows)]
+    logprobs: list[list[float]] = [[] for _ in range(rows)]  # per decided token, among the allowed ones
     answers: list[list[int] | None] = [trie.completion([])] * rows
     active = [r for r in range(rows) if answers[r] is None]
     if not active:
-        return answers  # type: ignore[return-value]
+        return answers, logprobs  # type: ignore[return-value]
     logits, cache, attention_mask, next_position = _packed_prefill(model, suffixes, prefix)
     for _ in range(max_new_tokens):
         tokens, still = [], []
         for j, r in enumerate(active):
             allowed = trie.allowed(generated[r])
-            token = allowed[int(logits[j, allowed].argmax())] if len(allowed) > 1 else allowed[0]
+            if len(allowed) > 1:
+                among = torch.log_softmax(logits[j, allowed].float(), dim=-1)
+                best = int(among.argmax())
+                token = allowed[best]
+                logprobs[r].append(float(among[best]))
+            else:
+                token = allowed[0]
+                logprobs[r].append(0.0)
             generated[r].append(token)
             answers[r] = trie.completion(generated[r])
             if answers[r] is None and token not in trie.end_ids:
@@ -218,7 +243,7 @@ def _constrained_batch(model, suffixes: list[list[int]], prefix: _SharedPrefix, 
         logits = model(input_ids=torch.tensor(tokens, device=device).unsqueeze(1), attention_mask=attention_mask,
                        position_ids=next_position.unsqueeze(1), past_key_values=cache, use_cache=True).logits[:, -1, :]
         next_position = next_position + 1
-    return [answer if answer is not None else tokens for answer, tokens in zip(answers, generated)]
+    return [answer if answer is not None else tokens for answer, tokens in zip(answers, generated)], logprobs
 
 
 @functools.lru_cache(maxsize=64)
@@ -269,6 +294,24 @@ class _GrammarConstraint:
         return scores
 
 
+class _ChosenLogprobs:
+    """The last logits processor of a greedy ``generate``: records, per step and row, the log-probability of the token
+    greedy decoding takes (the most likely one under the scores every earlier processor, the grammar included, left).
+    """
+
+    def __init__(self) -> None:
+        self._steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._steps.append(torch.log_softmax(scores.float(), dim=-1).max(dim=-1).values)
+        return scores
+
+    def per_row(self, rows: int) -> list[list[float]]:
+        if not self._steps:
+            return [[] for _ in range(rows)]
+        return torch.stack(self._steps, dim=1).tolist()
+
+
 @torch.no_grad()
 def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 32,
              batch_size: int = 16, policy: DecodingPolicy | None = None) -> list[Generation]:
@@ -294,19 +337,22 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
         rows = order[start : start + batch_size]
         began = time.perf_counter()
         if trie:
-            outputs = _constrained_batch(model, [token_ids[i][shared:] for i in rows], prefix, trie, max_new_tokens)
+            outputs, chosen = _constrained_batch(model, [token_ids[i][shared:] for i in rows], prefix, trie,
+                                                 max_new_tokens)
         else:
             encoded = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
                                 add_special_tokens=False).to(model.device)
             width = encoded["input_ids"].shape[1]
             constraint = ([_GrammarConstraint(tokenizer, policy.json_schema, len(rows), width,
                                               policy.whitespace_pattern)] if policy.json_object else [])
+            recorder = _ChosenLogprobs()
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids,
-                                    logits_processor=LogitsProcessorList(constraint))
+                                    logits_processor=LogitsProcessorList([*constraint, recorder]))
             outputs = [row[width:].tolist() for row in output]
+            chosen = recorder.per_row(len(rows))
         latency_ms = (time.perf_counter() - began) * 1000
-        for i, new in zip(rows, outputs):
+        for i, new, logprobs in zip(rows, outputs, chosen):
             new, stopped = _stop_at(new, stop_ids)
             results[i] = Generation(
                 text=tokenizer.decode(new, skip_special_tokens=True).strip(),
@@ -314,6 +360,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
                 prompt_tokens=lengths[i],
                 finish_reason="stop" if stopped else "length",
                 latency_ms=latency_ms,
+                token_logprobs=logprobs[:len(new) + stopped],
             )
     return results
 
