@@ -40,6 +40,12 @@ class Answer:
     model: str | None = None
     usage: dict | None = None
 
+    @property
+    def tokens(self) -> tuple[int, int]:
+        """Prompt and completion tokens, 0 where the usage did not say."""
+        usage = self.usage or {}
+        return usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+
 
 class WireError(ValueError):
     """A request the OpenAI API would refuse: answered with ``status`` and an error object."""
@@ -174,6 +180,11 @@ def chat_chunks(parts: list[str], model: str, prompt_tokens: int, completion_tok
 
 def sse_event(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def typed_sse_events(events: list[dict[str, Any]]) -> bytes:
+    """Events as the Responses API and Anthropic's Messages API stream them: each named by its ``type``."""
+    return b"".join(b"event: %b\ndata: %b\n\n" % (event["type"].encode(), orjson.dumps(event)) for event in events)
 
 
 class EventReader:

@@ -104,7 +104,7 @@ def test_responses_api_shapes_are_the_openai_types_and_read_back():
         for event in events:
             adapter.validate_python(event)
         reader = responses.ResponsesStreamReader()
-        stream = responses.sse(events)
+        stream = wire.typed_sse_events(events)
         for start in range(0, len(stream), 11):
             reader.feed(stream[start : start + 11])
         assert reader.done and reader.answer == read
@@ -131,7 +131,7 @@ def test_anthropic_shapes_are_the_anthropic_types_and_read_back():
         for event in events:
             adapter.validate_python(event)
         reader = messages.MessagesStreamReader()
-        stream = messages.sse(events)
+        stream = wire.typed_sse_events(events)
         for start in range(0, len(stream), 13):
             reader.feed(stream[start : start + 13])
         assert reader.done and reader.answer.text == read.text and reader.answer.usage == read.usage

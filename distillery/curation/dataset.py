@@ -103,7 +103,9 @@ def _answer_schema(frame: pd.DataFrame, task: str, given: dict | None) -> tuple[
         # its token budget runs out (tests/test_pipeline.py)
         most = int(frame["response_text"].map(lambda answer: len(json.loads(answer)["tool_calls"])).max()) \
             if len(frame) else None
-        schemas = frame["request_params"].map(lambda params: spec.schema(most) if (spec := tool_spec(params)) else None)
+        specs = frame["request_params"].map(tool_spec)
+        built = {spec: spec.schema(most) for spec in set(specs.dropna())}  # once per set of tools, not per row
+        schemas = specs.map(lambda spec: built.get(spec) if spec is not None else None)
         source = "the requests' tools"
     elif task == EXTRACTION:
         schemas = frame["request_params"].map(requested_schema)

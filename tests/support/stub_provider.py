@@ -98,7 +98,7 @@ class StubUpstream:
     async def _answer(self, request: web.Request, body: dict, headers: dict, whole: dict, protocol) -> web.StreamResponse:
         if not body.get("stream"):
             return web.json_response(whole, headers=headers)
-        return await self._stream(request, headers, protocol.sse(protocol.stream_events(whole)))
+        return await self._stream(request, headers, wire.typed_sse_events(protocol.stream_events(whole)))
 
     @staticmethod
     async def _stream(request: web.Request, headers: dict, events: bytes) -> web.StreamResponse:

@@ -41,6 +41,7 @@ class WireProtocol(Protocol):
 
     def small_model_request(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
+    # ``answer`` is the small model's (its text None where its tool calls stand instead), ``raw`` its chat completion
     def reply(self, answer: wire.Answer, raw: bytes, body: dict[str, Any]) -> bytes: ...
 
 

@@ -142,10 +142,6 @@ def stream_events(whole: dict[str, Any]) -> list[dict[str, Any]]:
     return events
 
 
-def sse(events: list[dict[str, Any]]) -> bytes:
-    return b"".join(b"event: %b\ndata: %b\n\n" % (event["type"].encode(), orjson.dumps(event)) for event in events)
-
-
 @dataclass(frozen=True)
 class AnthropicMessages:
     endpoint: str = "messages"
@@ -182,11 +178,9 @@ class AnthropicMessages:
         return request
 
     def reply(self, answer: wire.Answer, raw: bytes, body: dict[str, Any]) -> bytes:
-        usage = answer.usage or {}
-        whole = message(answer.text if not answer.tool_calls else None, answer.model, usage.get("prompt_tokens", 0),
-                        usage.get("completion_tokens", 0), answer.tool_calls,
+        whole = message(answer.text, answer.model, *answer.tokens, answer.tool_calls,
                         _ANTHROPIC_STOP.get(answer.finish_reason or "stop", "end_turn"))
-        return sse(stream_events(whole)) if body.get("stream") else orjson.dumps(whole)
+        return wire.typed_sse_events(stream_events(whole)) if body.get("stream") else orjson.dumps(whole)
 
 
 MESSAGES = AnthropicMessages()

@@ -59,8 +59,7 @@ class OpenAICompletions:
 
     def reply(self, answer: wire.Answer, raw: bytes, body: dict[str, Any]) -> bytes:
         """What the caller gets for the small model's answer (``raw``, already translated into ``answer``)."""
-        usage = answer.usage or {}
-        tokens = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        tokens = answer.tokens
         if body.get("stream"):
             chunks = wire.chat_chunks([answer.text] if answer.text else [], answer.model, *tokens,
                                       finish_reason=answer.finish_reason or "stop",

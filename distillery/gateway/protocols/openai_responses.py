@@ -152,10 +152,6 @@ def stream_events(whole: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**event, "sequence_number": n} for n, event in enumerate(events)]
 
 
-def sse(events: list[dict[str, Any]]) -> bytes:
-    return b"".join(b"event: %b\ndata: %b\n\n" % (event["type"].encode(), orjson.dumps(event)) for event in events)
-
-
 @dataclass(frozen=True)
 class OpenAIResponses:
     endpoint: str = "responses"
@@ -191,10 +187,8 @@ class OpenAIResponses:
         return request
 
     def reply(self, answer: wire.Answer, raw: bytes, body: dict[str, Any]) -> bytes:
-        usage = answer.usage or {}
-        whole = response(answer.text if not answer.tool_calls else None, answer.model,
-                         usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), answer.tool_calls, body)
-        return sse(stream_events(whole)) if body.get("stream") else orjson.dumps(whole)
+        whole = response(answer.text, answer.model, *answer.tokens, answer.tool_calls, body)
+        return wire.typed_sse_events(stream_events(whole)) if body.get("stream") else orjson.dumps(whole)
 
 
 RESPONSES = OpenAIResponses()
