@@ -17,6 +17,13 @@ class EvalConfig(dg.Config):
     max_gap_to_frontier_points: float = Field(
         default=5.0, description="Promote only if the headline metric is at most this many points below the "
         "frontier's (which scores 100 on its own answers).")
+    min_test_rows: int = Field(
+        default=200, description="Fewer held-out rows get the verdict 'not enough evidence', never a promotion.")
+    min_calibration_rows: int = Field(
+        default=100, description="Fewer validation rows: no cascade threshold is chosen (the mode can only be full).")
+    require_gain_over_champion: bool = Field(
+        default=True, description="Replace the champion only when the challenger is better beyond noise (paired "
+        "bootstrap on the same rows); false: when it is not worse beyond noise.")
     batch_size: int = Field(default=32, description="Rows generated together.")
     serving_concurrency: int = Field(
         default=16, description="Concurrent callers when the fine-tuned model is served for its price and latency.")
@@ -33,8 +40,9 @@ class EvalConfig(dg.Config):
     partitions_def=workload_partitions, deps=[lora_adapter], kinds={"pytorch", "mlflow"}, group_name="lifecycle",
     check_specs=[dg.AssetCheckSpec(GATE_CHECK, asset="eval_report", blocking=True, automation_condition=follow_upstream,
                                    partitions_def=workload_partitions,
-                                   description="The cut-over gate: within the margin of the frontier and not worse "
-                                   "than the champion beyond the interval. Failing stops deployed_endpoint.")],
+                                   description="The cut-over gate, on the intervals' bounds: full (the whole traffic within "
+                                   "the margin of the frontier) or cascade (the confidently answered share within it), "
+                                   "and better than the champion on the same rows. Failing stops deployed_endpoint.")],
     automation_condition=follow_upstream, pool="gpu",
 )
 def eval_report(
@@ -49,7 +57,9 @@ def eval_report(
     return workers.launch(context, EVALUATE, extras={
         "workload": context.partition_key,
         "adapter_version": recorded_version(context, lora_adapter),
-        "max_gap_to_frontier": config.max_gap_to_frontier_points / 100,
+        "gate": {"max_gap_to_frontier": config.max_gap_to_frontier_points / 100, "min_test_rows": config.min_test_rows,
+                 "min_calibration_rows": config.min_calibration_rows,
+                 "require_gain_over_champion": config.require_gain_over_champion},
         "costs": {"serving_usd_per_hour": config.serving_usd_per_hour, "migration_cost_usd": config.migration_cost_usd,
                   "monthly_requests": config.monthly_requests,
                   "frontier_price": [config.frontier_input_usd_per_million, config.frontier_output_usd_per_million]},

@@ -58,7 +58,7 @@ def demo_adapter() -> Path:
         send_demo_traffic(400)
         from pipelines.run import run_lifecycle
 
-        if not run_lifecycle(WORKLOAD, max_gap_points=100):
+        if not run_lifecycle(WORKLOAD, gate={"max_gap_to_frontier_points": 100, "min_test_rows": 1}):
             sys.exit("the lifecycle run failed")
     return artifacts.latest(WORKLOAD, "lora_adapter").path / "adapter"
 

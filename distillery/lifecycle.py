@@ -227,11 +227,11 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
     adapter = _upstream(artifacts, workload, ADAPTER, adapter_version, REPORT)
     trained = adapter.manifest
     curated = artifacts.get(workload, CURATED, trained["dataset_version"])
-    test = load_from_disk(str(curated.path / "dataset"))["test"]
+    splits = load_from_disk(str(curated.path / "dataset"))
     decoding = _adapter_policy(adapter)
     champion = _champion_adapter(artifacts, tracker, workload, trained["model_version"])
     report, outputs = evaluation.evaluate(
-        test, workload, trained["base_model"], adapter.path / "adapter", task=curated.manifest["task"],
+        splits["test"], splits["validation"], workload, trained["base_model"], adapter.path / "adapter", task=curated.manifest["task"],
         policy=policy, champion=champion, batch_size=batch_size, on_progress=on_progress, decoding=decoding,
         serving_concurrency=serving_concurrency, judge=judge)
     served = outputs.served.generations
@@ -240,8 +240,10 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
                                 usd_per_hour=costs.serving_usd_per_hour, concurrency=serving_concurrency)
     raw = load_snapshot(artifacts.get(workload, RAW, curated.manifest["raw_version"]).path / "rows.parquet")
     estimated = (statistics.fmean(g.prompt_tokens for g in served), statistics.fmean(outputs.reference_tokens))
+    coverage = report.gate.cascade["coverage"] if report.gate.cascade else 1.0
     report.operations = compare_costs(raw[raw["status"] == STATUS_OK], small, estimated_frontier_tokens=estimated,
-                                      settings=costs)
+                                      settings=costs, coverage=coverage)
+    calibration = report.calibration
 
     run_id = trained["mlflow_run_id"]
     candidate = report.candidate
@@ -258,6 +260,11 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
         "eval_served_latency_ms_p95": report.serving.latency_ms_p95,
         "eval_served_answers_match": report.serving.answers_match_eval,
         "eval_gate_passed": float(report.passed),
+        **({"eval_cascade_threshold": calibration.cascade.threshold} if calibration.cascade else {}),
+        **({"eval_cascade_coverage": calibration.test.coverage,
+            "eval_cascade_covered_agreement": calibration.test.covered_agreement,
+            "eval_cascade_covered_agreement_ci95_low": calibration.test.covered_agreement_ci95[0],
+            "eval_cascade_blended_agreement": calibration.test.blended_agreement} if calibration.test else {}),
         **{f"eval_{name}": value for name, value in candidate.metrics.items()},
         **{f"eval_{name}": value for name, value in report.operations.money().items()},
     })
@@ -266,7 +273,9 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
     manifest = {"adapter_version": adapter.version, "model_version": trained["model_version"],
                 "mlflow_run_id": run_id, "passed": report.passed, "headline_metric": report.headline_metric,
                 "headline": candidate.headline, "probe_messages": test[0]["messages"][:-1],
-                "decoding_policy": decoding.record()}
+                "decoding_policy": decoding.record(),
+                # beside the policy, so the deployment's route answers in the mode the gate approved
+                "mode": report.gate.mode, "cascade": report.cascade.record() if report.cascade else None}
     with artifacts.publish(workload, REPORT, manifest) as folder:
         (folder / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
         (folder / "report.md").write_text(markdown)
@@ -276,6 +285,7 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
             evaluation.per_label_f1_png(fine_tuned["per_label_f1"], folder / "plots" / "per_label_f1.png")
         evaluation.latency_and_cost_png(report.operations, folder / "plots" / "latency_and_cost.png")
         evaluation.metric_by_version_png(history, report.headline_metric, folder / "plots" / "headline_by_version.png")
+        evaluation.coverage_curve_png(calibration, folder / "plots" / "coverage_curve.png")
         tracker.log_artifacts(run_id, folder / "plots", "eval_plots")
     tracker.log_text(run_id, markdown, "eval_report.md")
     tracker.describe(run_id, _run_description(workload, curated, trained["model_version"], report.verdict,

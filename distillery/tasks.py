@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -321,3 +322,69 @@ class DecodingPolicy:
             except Exception:  # noqa: BLE001 - a caller's tool schema that cannot be applied: nothing is valid
                 return False
         return True
+
+
+# A small-model answer's confidence, from the log-probabilities of the tokens its decoding chose (normalized over the
+# tokens the decoding policy allowed at each step, as the engine and vLLM's grammar-masked logprobs both give them).
+LABEL_PROBABILITY = "label_probability"  # classification: the chosen label's probability among the label set
+SEQUENCE_PROBABILITY = "sequence_probability"  # JSON answers: the whole answer's probability
+LOWEST_TOKEN_PROBABILITY = "lowest_token_probability"  # JSON answers: the probability of its least sure token
+MEAN_TOKEN_PROBABILITY = "mean_token_probability"  # free text: the per-token geometric mean
+CONFIDENCE_MEASURES = (LABEL_PROBABILITY, SEQUENCE_PROBABILITY, LOWEST_TOKEN_PROBABILITY, MEAN_TOKEN_PROBABILITY)
+
+
+def confidence_measures(policy: DecodingPolicy) -> tuple[str, ...]:
+    """The measures a policy's calibration chooses from (by measurement, on the validation split)."""
+    if policy.labels:
+        return (LABEL_PROBABILITY,)
+    if policy.json_object:
+        return (SEQUENCE_PROBABILITY, LOWEST_TOKEN_PROBABILITY)
+    return (MEAN_TOKEN_PROBABILITY,)
+
+
+def confidence(measure: str, token_logprobs: list[float]) -> float:
+    """``measure`` of an answer whose chosen tokens had ``token_logprobs``: a probability in [0, 1]."""
+    if not token_logprobs:
+        return 0.0  # nothing to be sure of: an answer without log-probabilities is never covered
+    if measure in (LABEL_PROBABILITY, SEQUENCE_PROBABILITY):
+        return math.exp(sum(token_logprobs))
+    if measure == LOWEST_TOKEN_PROBABILITY:
+        return math.exp(min(token_logprobs))
+    if measure == MEAN_TOKEN_PROBABILITY:
+        return math.exp(sum(token_logprobs) / len(token_logprobs))
+    raise ValueError(f"unknown confidence measure {measure!r}: use one of {', '.join(CONFIDENCE_MEASURES)}")
+
+
+@dataclass(frozen=True)
+class Cascade:
+    """The small model answers a call when its answer's confidence (``measure``) is at least ``threshold``; the
+    frontier answers the rest. Chosen on the validation split (``distillery.evaluation.cascade``), recorded beside
+    the decoding policy in the eval report, and carried by the route the deployment sets."""
+
+    threshold: float
+    measure: str
+    coverage: float | None = None  # the share of the test split it covered at evaluation, for the live comparison
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not 0 <= self.threshold <= 1:
+            raise ValueError(f"a cascade threshold must be a number between 0 and 1, got {self.threshold!r}")
+        if self.coverage is not None and not 0 <= self.coverage <= 1:
+            raise ValueError(f"a cascade's coverage must be between 0 and 1, got {self.coverage!r}")
+        if self.measure not in CONFIDENCE_MEASURES:
+            raise ValueError(f"unknown confidence measure {self.measure!r}: use one of {', '.join(CONFIDENCE_MEASURES)}")
+
+    def covers(self, token_logprobs: list[float]) -> bool:
+        return confidence(self.measure, token_logprobs) >= self.threshold
+
+    def record(self) -> dict:
+        return {"threshold": self.threshold, "measure": self.measure, "coverage": self.coverage}
+
+    @classmethod
+    def from_record(cls, record: dict | None) -> "Cascade | None":
+        if not record:
+            return None
+        if not isinstance(record, dict) or not {"threshold", "measure"} <= set(record) <= {"threshold", "measure",
+                                                                                           "coverage"}:
+            raise ValueError(f"a cascade is {{'threshold': 0..1, 'measure': ..., 'coverage': 0..1}}, got {record!r}")
+        return cls(record["threshold"], record["measure"], record.get("coverage"))

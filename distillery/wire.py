@@ -117,13 +117,29 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def chat_completion(content: str | None, model: str, prompt_tokens: int, completion_tokens: int,
-                    finish_reason: str = "stop", tool_calls: list | None = None) -> dict[str, Any]:
+                    finish_reason: str = "stop", tool_calls: list | None = None,
+                    logprobs: list[dict] | None = None) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls
+    choice = {"index": 0, "message": message, "finish_reason": finish_reason,
+              "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None}}
     return {"id": _id("chatcmpl"), "object": CHAT_COMPLETION, "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-            "usage": usage(prompt_tokens, completion_tokens)}
+            "model": model, "choices": [choice], "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def token_logprob(token: str, logprob: float) -> dict[str, Any]:
+    """One chosen token's entry in a chat completion's ``logprobs.content``."""
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []}
+
+
+def token_logprobs_of(payload: Any) -> list[float] | None:
+    """The first choice's chosen-token log-probabilities (``logprobs.content``), None when it has none."""
+    try:
+        content = payload["choices"][0]["logprobs"]["content"]
+        return [float(entry["logprob"]) for entry in content] if content else None
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
 
 
 def tool_call(name: str, arguments: str) -> dict[str, Any]:

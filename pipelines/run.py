@@ -43,17 +43,17 @@ def _daemon_alive(instance: dg.DagsterInstance) -> bool:
     return beat is not None and time.time() - beat.timestamp < _DAEMON_FRESH_S
 
 
-def run_lifecycle(workload: str, *, epochs: float | None = None, max_gap_points: float | None = None,
+def run_lifecycle(workload: str, *, epochs: float | None = None, gate: dict | None = None,
                   say=print, poll_s: float = 1.0) -> bool:
     """Launch the lifecycle run for ``workload`` against the code location and wait for it; True when it succeeded.
 
-    ``epochs`` overrides the fine-tune's, ``max_gap_points`` the gate's allowed gap to the frontier.
+    ``epochs`` overrides the fine-tune's, ``gate`` the gate's settings (``eval_report``'s config).
     """
     ops: dict = {}
     if epochs is not None:
         ops["lora_adapter"] = {"config": {"epochs": epochs}}
-    if max_gap_points is not None:
-        ops["eval_report"] = {"config": {"max_gap_to_frontier_points": max_gap_points}}
+    if gate:
+        ops["eval_report"] = {"config": gate}
     run_id = str(uuid.uuid4())
     _use_default_homes()
     with dg.DagsterInstance.get() as instance:

@@ -64,7 +64,7 @@ def test_the_monitor_trips_on_latency_and_disagreement_and_forgets_old_outcomes(
         shadow.observe(ok=True, latency_ms=5, agreed=i >= 3, now=0.0)
     assert shadow.breach(now=0.0) is None  # 30% disagreement is the limit
     shadow.observe(ok=True, latency_ms=5, agreed=False, now=0.0)
-    assert "shadow disagreement" in shadow.breach(now=0.0)
+    assert "shadow/audit disagreement" in shadow.breach(now=0.0)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from distillery.errors import DistilleryError
 from distillery.serving import (BASE_MODEL_NAME, REMOTE, BatchingEngine, Endpoints, ModelServer, OpenAIServer,
                                 generate, load_model, serve_under_load, using_adapter)
-from distillery.tasks import DecodingPolicy
+from distillery.tasks import DecodingPolicy, confidence_measures
 from distillery.serving.endpoints import _alive
 
 PROBE = [{"role": "user", "content": "ticket 3"}]
@@ -234,8 +234,6 @@ def _post(server, path, body):
 def test_each_answer_carries_its_tokens_log_probabilities_the_same_in_evaluation_and_serving(tiny_model_dir,
                                                                                            tiny_adapter_dir):
     """A cascade's confidence is made of these: they must not depend on the batch an answer was decoded in."""
-    import math
-
     model, tokenizer = load_model(tiny_model_dir, {"triage": tiny_adapter_dir})
     schema = {"type": "object", "properties": {"queue": {"enum": ["billing", "shipping"]}}, "required": ["queue"]}
     policies = {"labels": DecodingPolicy(labels=LABELS), "free": DecodingPolicy(),
@@ -249,12 +247,12 @@ def test_each_answer_carries_its_tokens_log_probabilities_the_same_in_evaluation
             for batched, single in zip(evaluated, alone):
                 assert single.text == batched.text, kind
                 assert batched.token_logprobs and all(lp <= 1e-6 for lp in batched.token_logprobs), kind
-                assert single.sequence_logprob == pytest.approx(batched.sequence_logprob, abs=1e-4), kind
-                assert 0 < batched.min_token_prob <= 1
-            if kind == "labels":  # the label's probability among the labels
-                assert all(0 < math.exp(g.sequence_logprob) <= 1 for g in evaluated)
-            else:  # the stop token's choice counts too
-                assert all(len(g.token_logprobs) == g.completion_tokens + (g.finish_reason == "stop")
-                           for g in evaluated), kind
+                for measure in confidence_measures(policy):
+                    assert single.confidence(measure) == pytest.approx(batched.confidence(measure), abs=1e-4), kind
+                    assert 0 < batched.confidence(measure) <= 1
+            # one log-probability per chosen token, the stop token's included (a label's forced tokens: 0)
+            assert all(len(g.token_logprobs) == len(g.token_ids) == g.completion_tokens + (g.finish_reason == "stop")
+                       for g in evaluated), kind
+
     finally:
         engine.close()

@@ -30,13 +30,27 @@ def _md(text: str) -> dict:
     return {"raw_value": text, "type": "md"}
 
 
+def _cascade_metadata(report) -> dict:
+    calibration = report.calibration
+    figures = {"cascade_note": calibration.note}
+    if calibration.cascade:
+        figures.update(cascade_threshold=rounded(calibration.cascade.threshold),
+                       cascade_measure=calibration.cascade.measure)
+    if calibration.test:
+        figures.update(cascade_coverage=rounded(calibration.test.coverage),
+                       cascade_covered_agreement=rounded(calibration.test.covered_agreement),
+                       cascade_covered_agreement_low=rounded(calibration.test.covered_agreement_ci95[0]),
+                       cascade_blended_agreement=rounded(calibration.test.blended_agreement))
+    return figures
+
+
 def run(pipes: PipesContext) -> None:
     extras = pipes.extras
     costs = extras["costs"]
     judge = extras.get("judge")
     artifact, report = evaluate_adapter(
         *open_stores(extras), extras["workload"],
-        policy=GatePolicy(extras["max_gap_to_frontier"]),
+        policy=GatePolicy(**extras["gate"]),
         costs=CostSettings(costs["serving_usd_per_hour"], costs["migration_cost_usd"], costs["monthly_requests"],
                            Price(*costs["frontier_price"])),
         batch_size=extras["batch_size"], serving_concurrency=extras["serving_concurrency"],
@@ -75,6 +89,8 @@ def run(pipes: PipesContext) -> None:
         "test_rows": report.rows,
         "passed": report.passed,
         "verdict": report.verdict,
+        "gate_mode": report.gate.mode,
+        **_cascade_metadata(report),
         "model_version": artifact.manifest["model_version"],
         **mlflow_links(extras, tracker, extras["workload"], artifact.manifest["mlflow_run_id"],
                        artifact.manifest["model_version"]),

@@ -20,15 +20,17 @@ from typing import Callable, Sequence
 
 from datasets import Dataset
 
-from distillery.evaluation.costs import CostComparison, percentile
-from distillery.evaluation.gate import ChampionScore, GateDecision, GatePolicy, decide
+from distillery.evaluation.costs import CostComparison, blended_usd_per_1k, percentile
+from distillery.evaluation.cascade import Calibration, check, choose
+from distillery.evaluation.gate import ChampionComparison, GateDecision, GatePolicy, decide
 from distillery.evaluation.judge import JudgeResult
 from distillery.evaluation.metrics import (EXTRACTION_SCORING, TOOL_CALL_SCORING, bootstrap_interval,
                                            classification_metrics, extraction_metrics, field_f1, free_text_metrics,
                                            record_match, tool_call_metrics)
 from distillery.serving import (BatchingEngine, Generation, LoadResult, generate, load_model, serve_under_load,
                                 using_adapter)
-from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, DecodingPolicy, agrees
+from distillery.tasks import (CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, Cascade, DecodingPolicy, agrees,
+                             confidence_measures)
 
 BASE, CANDIDATE, CHAMPION = "base", "fine-tuned", "champion"
 HEADLINE = {CLASSIFICATION: "accuracy", EXTRACTION: "field_f1", FREE_TEXT: "embedding_similarity",
@@ -69,6 +71,7 @@ class EvalReport:
     rows: int
     scores: dict[str, ModelScore]
     gate: GateDecision
+    calibration: Calibration | None = None
     champion_version: str | None = None
     examples: list[dict] = field(default_factory=list)  # worst rows of the fine-tuned model first
     # Classification: metrics.classification_metrics per model (per-label F1, confusion).
@@ -103,9 +106,15 @@ class EvalReport:
     def verdict(self) -> str:
         return self.gate.summary
 
+    @property
+    def cascade(self) -> Cascade | None:
+        """The cascade the gate promoted the model in; None in full mode or when refused."""
+        return Cascade.from_record(self.gate.cascade)
+
     def as_dict(self) -> dict:
         data = asdict(self)
-        data.update(gate=self.gate.as_dict(), judge=self.judge.as_dict() if self.judge else None,
+        data.update(gate=self.gate.as_dict(), calibration=self.calibration.as_dict() if self.calibration else None,
+                    judge=self.judge.as_dict() if self.judge else None,
                     operations=self.operations.as_dict() if self.operations else None,
                     headline_metric=self.headline_metric, scoring=self.scoring, passed=self.passed,
                     verdict=self.verdict)
@@ -127,8 +136,10 @@ class EvalReport:
             name = f"{score.name} (v{self.champion_version})" if score.name == CHAMPION else score.name
             lines.append(f"| {name} | {score.headline:.3f} | {low:.3f}-{high:.3f} | {score.agreement:.1%} | "
                          f"{score.rows_per_s:.1f} |")
-        lines += ["", f"**Gate: {'PROMOTE' if self.passed else 'REFUSE'}**", ""]
+        lines += ["", f"**Gate: {self.gate.verdict}**", ""]
         lines += [f"- {reason}" for reason in self.gate.reasons] + [""]
+        if self.calibration:
+            lines += _cascade_markdown(self.calibration, self.operations)
         names = list(self.candidate.metrics)
         lines += ["| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         lines += [f"| {s.name} | " + " | ".join(f"{s.metrics[n]:.3f}" for n in names) + " |"
@@ -161,6 +172,22 @@ class EvalReport:
         return "\n".join(lines)
 
 
+def _cascade_markdown(calibration: Calibration, ops: CostComparison | None) -> list[str]:
+    lines = [f"Cascade, calibrated on the validation split: {calibration.note}."]
+    test = calibration.test
+    if test:
+        low, high = test.covered_agreement_ci95
+        lines[0] += (f" On the test split, which the choice never saw: coverage {test.coverage:.1%} "
+                     f"({test.covered_rows} rows), agreement on the covered rows {test.covered_agreement:.1%} (95% "
+                     f"interval {low:.1%}-{high:.1%}), blended agreement {test.blended_agreement:.1%}")
+        if ops and ops.frontier.usd_per_1k_requests is not None and ops.small_model.usd_per_1k_requests is not None:
+            blended = blended_usd_per_1k(test.coverage, ops.small_model.usd_per_1k_requests,
+                                         ops.frontier.usd_per_1k_requests)
+            lines[0] += f", blended cost ${blended:.4f} per 1k requests"
+        lines[0] += "."
+    return lines + [""]
+
+
 def _operations_markdown(ops: CostComparison) -> list[str]:
     def number(value: float | None, pattern: str) -> str:
         return "n/a" if value is None else pattern.format(value)
@@ -173,6 +200,9 @@ def _operations_markdown(ops: CostComparison) -> list[str]:
                      f"{number(side.completion_tokens_per_request, '{:.1f}')} | "
                      f"{number(side.usd_per_1k_requests, '{:.4f}')} | {side.basis} |")
     saving, payback = ops.monthly_saving_usd, ops.payback_months
+    if ops.coverage < 1 and ops.blended_usd_per_1k is not None:
+        lines += ["", f"In the cascade the small model answers {ops.coverage:.1%} of the calls alone and every call "
+                  f"costs ${ops.blended_usd_per_1k:.4f} per 1k requests (blended); the saving below is at that cost."]
     lines += ["", f"Volume {ops.requests_per_month:,.0f} requests/month ({ops.volume_basis}): projected saving "
               f"{number(saving, '${:,.2f}')} per month; payback of the ${ops.migration_cost_usd:,.0f} migration "
               + (f"in {payback:.1f} months." if payback is not None else "never (no saving)."), ""]
@@ -184,26 +214,55 @@ def _cell(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def score_answers(task: str, references: Sequence[str], answers: Sequence[str]) -> tuple[float, tuple[float, float],
-                                                                                         dict[str, float], list[float]]:
-    """The headline metric, its 95% interval, the task's metrics, and a per-row score (for picking review rows)."""
+def headline_rows(task: str, references: Sequence[str], answers: Sequence[str]) -> tuple[list, Callable[[Sequence], float]]:
+    """Per-row items of the headline metric and the statistic that makes the headline of any subset of them (what a
+    bootstrap, plain or paired, resamples)."""
     if task == CLASSIFICATION:
-        rows = [float(agrees(a, r)) for a, r in zip(answers, references)]
-        metrics = classification_metrics(references, answers)
-        headline = statistics.fmean(rows)
-        return headline, bootstrap_interval(rows), {"accuracy": headline, "macro_f1": metrics["macro_f1"]}, rows
+        return [float(agrees(a, r)) for a, r in zip(answers, references)], statistics.fmean
     if task in (EXTRACTION, TOOL_CALL):
-        matches = [record_match(r, a) for r, a in zip(references, answers)]
-        rows = [float(m.exact) + (m.true_positive / m.expected if m.expected else 0.0) for m in matches]
-        metrics = (extraction_metrics if task == EXTRACTION else tool_call_metrics)(references, answers)
-        return field_f1(matches), bootstrap_interval(matches, field_f1), metrics, rows
+        return [record_match(r, a) for r, a in zip(references, answers)], field_f1
     if task == FREE_TEXT:
         from distillery.evaluation.embeddings import cosine_similarities
 
-        rows = cosine_similarities(answers, references)
-        metrics = free_text_metrics(references, answers, rows)
-        return metrics["embedding_similarity"], bootstrap_interval(rows), metrics, rows
+        return cosine_similarities(answers, references), statistics.fmean
     raise ValueError(f"unknown task {task!r}: expected one of {sorted(HEADLINE)}")
+
+
+def score_answers(task: str, references: Sequence[str], answers: Sequence[str]) -> tuple[float, tuple[float, float],
+                                                                                         dict[str, float], list[float]]:
+    """The headline metric, its 95% interval, the task's metrics, and a per-row score (for picking review rows)."""
+    items, statistic = headline_rows(task, references, answers)
+    headline, ci95 = statistic(items), bootstrap_interval(items, statistic)
+    if task == CLASSIFICATION:
+        return headline, ci95, {"accuracy": headline,
+                                "macro_f1": classification_metrics(references, answers)["macro_f1"]}, items
+    if task in (EXTRACTION, TOOL_CALL):
+        rows = [float(m.exact) + (m.true_positive / m.expected if m.expected else 0.0) for m in items]
+        return headline, ci95, (extraction_metrics if task == EXTRACTION else tool_call_metrics)(references, answers), rows
+    return headline, ci95, free_text_metrics(references, answers, items), items
+
+
+def paired_comparison(task: str, references: Sequence[str], challenger: Sequence[str], champion: Sequence[str],
+                      champion_version: str) -> ChampionComparison:
+    """The challenger's headline minus the champion's on the same rows, with a paired bootstrap 95% interval (each
+    resample draws rows, and both models are scored on the same draw)."""
+    ours, statistic = headline_rows(task, references, challenger)
+    theirs, _ = headline_rows(task, references, champion)
+
+    def difference(pairs: Sequence[tuple]) -> float:
+        return statistic([a for a, _ in pairs]) - statistic([b for _, b in pairs])
+
+    pairs = list(zip(ours, theirs))
+    return ChampionComparison(champion_version, statistic(theirs), difference(pairs),
+                              bootstrap_interval(pairs, difference))
+
+
+def row_agreement(task: str, references: Sequence[str], answers: Sequence[str]) -> list[float]:
+    """Each row's agreement with the frontier, in [0, 1], for the cascade: exact agreement (as values, for JSON), or
+    for free text the answers' embedding similarity."""
+    if task == FREE_TEXT:
+        return headline_rows(task, references, answers)[0]
+    return [float(agrees(a, r)) for a, r in zip(answers, references)]
 
 
 def _score(name: str, task: str, generations: list[Generation], references: list[str],
@@ -244,6 +303,7 @@ def serving_figures(served: LoadResult, evaluated: list[Generation], conversatio
 
 def evaluate(
     test: Dataset,
+    validation: Dataset | None,
     workload: str,
     base_model: str,
     adapter_dir: Path,
@@ -260,8 +320,9 @@ def evaluate(
     judge: Judge | None = None,
 ) -> tuple[EvalReport, Outputs]:
     """Generate with the base model, the adapter and the champion (``(model version, adapter dir)``) on every
-    test row, each decoded under ``decoding``; score them and apply the gate; then answer the rows again with the
-    adapter through the serving engine from ``serving_concurrency`` concurrent callers.
+    test row, each decoded under ``decoding``; calibrate the adapter's cascade on the ``validation`` rows and check
+    it on the test rows; score them and apply the gate; then answer the rows again with the adapter through the
+    serving engine from ``serving_concurrency`` concurrent callers.
     """
     if len(test) == 0:
         raise ValueError(f"workload {workload!r}: the test split is empty")
@@ -284,6 +345,8 @@ def evaluate(
             outputs[name] = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens, policy=decoding,
                                      batch_size=batch_size)
         scores[name], row_scores[name] = _score(name, task, outputs[name], references, time.perf_counter() - started)
+    calibration = _calibrate(model, tokenizer, task, validation, references, outputs[CANDIDATE], decoding, policy,
+                             max_new_tokens, batch_size, on_progress)
     if on_progress:
         on_progress(f"serving the {len(conversations)} rows to {serving_concurrency} concurrent callers, "
                     "as the model server answers them")
@@ -295,8 +358,9 @@ def evaluate(
         engine.close()
 
     candidate = scores[CANDIDATE]
-    champion_score = ChampionScore(champion[0], scores[CHAMPION].headline) if champion else None
-    gate = decide(HEADLINE[task], candidate.headline, candidate.headline_ci95, champion_score, policy)
+    versus = (paired_comparison(task, references, [g.text for g in outputs[CANDIDATE]],
+                                [g.text for g in outputs[CHAMPION]], champion[0]) if champion else None)
+    gate = decide(HEADLINE[task], len(references), candidate.headline_ci95, calibration, versus, policy)
 
     shown = sorted(range(len(references)), key=lambda i: row_scores[CANDIDATE][i])[:examples]
     samples = [{"prompt": conversations[i][-1]["content"], "frontier": references[i],
@@ -310,7 +374,31 @@ def evaluate(
             on_progress("asking the judge to compare the fine-tuned and frontier answers")
         verdicts = judge(conversations, references, [g.text for g in outputs[CANDIDATE]])
     report = EvalReport(workload=workload, task=task, rows=len(references), scores=scores, gate=gate,
-                        champion_version=champion[0] if champion else None, examples=samples,
+                        calibration=calibration, champion_version=champion[0] if champion else None, examples=samples,
                         classification=classification, judge=verdicts, decoding=decoding.kind,
                         serving=serving_figures(served, outputs[CANDIDATE], conversations, serving_concurrency))
     return report, Outputs(conversations, references, reference_tokens, outputs, served)
+
+
+def _calibrate(model, tokenizer, task: str, validation: Dataset | None, test_references: list[str],
+               test_answers: list[Generation], decoding: DecodingPolicy, policy: GatePolicy, max_new_tokens: int,
+               batch_size: int, on_progress: Callable[[str], None] | None) -> Calibration:
+    """Choose the cascade's threshold on the validation rows (the fine-tuned model's answers and confidences), then
+    measure it on the test rows."""
+    rows = validation if validation is not None else []
+    measures = confidence_measures(decoding)
+    if len(rows) >= policy.min_calibration_rows:
+        if on_progress:
+            on_progress(f"calibrating the cascade on {len(rows)} validation rows")
+        with using_adapter(model, CANDIDATE):
+            answers = generate(model, tokenizer, [row["messages"][:-1] for row in rows],
+                               max_new_tokens=max_new_tokens, policy=decoding, batch_size=batch_size)
+        agreement = row_agreement(task, [row["messages"][-1]["content"] for row in rows], [g.text for g in answers])
+        confidences = {measure: [g.confidence(measure) for g in answers] for measure in measures}
+    else:  # too few to choose from: ``choose`` says so
+        agreement, confidences = [0.0] * len(rows), {measure: [0.0] * len(rows) for measure in measures}
+    calibration = choose(confidences, agreement, max_gap=policy.max_gap_to_frontier,
+                         min_rows=policy.min_calibration_rows)
+    measure = calibration.cascade.measure if calibration.cascade else measures[0]
+    return check(calibration, [g.confidence(measure) for g in test_answers],
+                 row_agreement(task, test_references, [g.text for g in test_answers]))

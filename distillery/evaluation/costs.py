@@ -50,13 +50,23 @@ class CostComparison:
     requests_per_month: float
     volume_basis: str
     migration_cost_usd: float
+    # The share of calls the small model answers alone: 1 in full mode, the cascade's coverage otherwise (every call
+    # is asked of the small model first; an escalated one is then answered by the frontier too).
+    coverage: float = 1.0
+
+    @property
+    def blended_usd_per_1k(self) -> float | None:
+        if self.frontier.usd_per_1k_requests is None or self.small_model.usd_per_1k_requests is None:
+            return None
+        return blended_usd_per_1k(self.coverage, self.small_model.usd_per_1k_requests,
+                                  self.frontier.usd_per_1k_requests)
 
     @property
     def monthly_saving_usd(self) -> float | None:
-        if self.frontier.usd_per_1k_requests is None or self.small_model.usd_per_1k_requests is None:
+        blended = self.blended_usd_per_1k
+        if blended is None:
             return None
-        per_1k = self.frontier.usd_per_1k_requests - self.small_model.usd_per_1k_requests
-        return per_1k * self.requests_per_month / 1000
+        return (self.frontier.usd_per_1k_requests - blended) * self.requests_per_month / 1000
 
     @property
     def payback_months(self) -> float | None:
@@ -68,11 +78,18 @@ class CostComparison:
         """The headline money figures that are known (a missing cost leaves its figures out)."""
         figures = {"frontier_usd_per_1k": self.frontier.usd_per_1k_requests,
                    "small_model_usd_per_1k": self.small_model.usd_per_1k_requests,
+                   "blended_usd_per_1k": self.blended_usd_per_1k,
                    "monthly_saving_usd": self.monthly_saving_usd, "payback_months": self.payback_months}
         return {key: value for key, value in figures.items() if value is not None}
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "monthly_saving_usd": self.monthly_saving_usd, "payback_months": self.payback_months}
+        return {**asdict(self), "blended_usd_per_1k": self.blended_usd_per_1k,
+                "monthly_saving_usd": self.monthly_saving_usd, "payback_months": self.payback_months}
+
+
+def blended_usd_per_1k(coverage: float, small_usd_per_1k: float, frontier_usd_per_1k: float) -> float:
+    """A cascade's cost: every call is answered by the small model first, an escalated one by the frontier too."""
+    return small_usd_per_1k + (1 - coverage) * frontier_usd_per_1k
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -153,8 +170,9 @@ def monthly_volume(created_at: pd.Series, override: float | None) -> tuple[float
 
 
 def compare_costs(frontier_rows: pd.DataFrame, small_model: SideFigures, *, estimated_frontier_tokens: tuple[float, float],
-                  settings: CostSettings) -> CostComparison:
-    """Both sides' figures and the projected saving, from the workload's successful logged exchanges."""
+                  settings: CostSettings, coverage: float = 1.0) -> CostComparison:
+    """Both sides' figures and the projected saving, from the workload's successful logged exchanges; a cascade's
+    (the small model answering ``coverage`` of the calls alone) at its blended cost."""
     volume, basis = monthly_volume(frontier_rows["created_at"], settings.monthly_requests)
     frontier = frontier_figures(frontier_rows, price=settings.frontier_price, estimated_tokens=estimated_frontier_tokens)
-    return CostComparison(frontier, small_model, volume, basis, settings.migration_cost_usd)
+    return CostComparison(frontier, small_model, volume, basis, settings.migration_cost_usd, coverage)

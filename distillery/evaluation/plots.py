@@ -64,6 +64,29 @@ def metric_by_version_png(history: list[tuple[str, float]], metric: str, path: P
     return _save(figure, path)
 
 
+def coverage_curve_png(calibration, path: Path) -> Path:
+    """A ``cascade.Calibration``: agreement on the covered rows (and its lower 95% bound) against coverage, on the
+    validation rows the threshold was chosen on and on the test rows; the chosen operating point and the bound
+    it had to hold."""
+    figure, axes = plt.subplots(figsize=(6, 3.6))
+    for name, curve, style in (("validation", calibration.validation_curve, "-"),
+                               ("test", calibration.test_curve, "--")):
+        if curve:
+            coverage = [point.coverage for point in curve]
+            axes.plot(coverage, [point.agreement for point in curve], style, label=f"{name}: agreement")
+            axes.plot(coverage, [point.agreement_low for point in curve], style, alpha=0.5,
+                      label=f"{name}: lower 95% bound")
+    axes.axhline(calibration.required_low, color="grey", linestyle=":", label="required lower bound")
+    if calibration.test:
+        axes.plot([calibration.test.coverage], [calibration.test.covered_agreement], "o", color="black",
+                  label=f"threshold {calibration.cascade.threshold:.3g} on test")
+    axes.set_xlim(0, 1.02)
+    axes.set_xlabel("coverage (share of calls the small model answers alone)")
+    axes.set_ylabel("agreement with the frontier")
+    axes.legend(fontsize=7, loc="lower left")
+    return _save(figure, path)
+
+
 def _save(figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()

@@ -42,7 +42,7 @@ from prometheus_client import generate_latest
 from distillery import wire
 from distillery.capture import Recorder
 from distillery.gateway.config import GatewayConfig, Upstream
-from distillery.gateway.cutover import Cutover
+from distillery.gateway.cutover import AskFrontier, Cutover
 from distillery.gateway.http import ClientDisconnected, Request, Responder
 from distillery.gateway.keys import ApiKey, KeyStore
 from distillery.gateway.metrics import GatewayMetrics
@@ -141,7 +141,8 @@ class Gateway:
         stream = bool(body.get("stream"))
         route = self.cutover.route(protocol, workload)
         if route and self.cutover.small_model_takes(route, request, body, row):
-            if await self.cutover.small_model_answers(route, protocol, body, row, responder, started):
+            if await self.cutover.small_model_answers(route, protocol, body, row, responder, started,
+                                                      self._frontier_copy(protocol, upstream, body, request)):
                 return
         try:
             answer, data = await self.proxy.send(upstream.name, protocol.upstream_path,
@@ -198,6 +199,21 @@ class Gateway:
         self.metrics.count(protocol.endpoint, 200, seconds=time.perf_counter() - started)
         if route:
             self.cutover.frontier_answered(route, body, row, reader.answer, protocol)
+
+    def _frontier_copy(self, protocol: WireProtocol, upstream: Upstream, body: dict[str, Any],
+                       request: Request) -> AskFrontier:
+        """How to ask the frontier for a copy of this call later (not streamed), for a cascade's audit."""
+        headers = _anthropic_headers(request) if upstream.kind == "anthropic" else None
+
+        async def ask() -> tuple[str, wire.Answer]:
+            copy = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
+            answer, data = await self.proxy.send(upstream.name, protocol.upstream_path, orjson.dumps(copy), False,
+                                                 headers)
+            if answer.status >= 400:
+                raise ValueError(upstream_error_message(data, answer.status))
+            return upstream.name, protocol.answer(orjson.loads(data))
+
+        return ask
 
     def _upstream(self, protocol: WireProtocol, body: dict[str, Any]) -> Upstream:
         upstream = self.config.upstream_for(body.get("model"), protocol.upstream_kind)

@@ -66,6 +66,9 @@ class GatewayConfig:
     log_store_url: str | None = None
     route_refresh_s: float = 1.0  # how stale a route changed in the database (CLI, deploy) may be
     small_timeout_s: float = 10.0  # then the caller gets the frontier's answer
+    # Cascade routes: the share (in percent) of the calls the small model answers alone that the frontier also answers,
+    # off the caller's path, so agreement on the covered calls keeps being measured live.
+    audit_percent: float = 5.0
     rollback: RollbackPolicy = field(default_factory=RollbackPolicy)
 
     def upstream_for(self, model: Any, kind: str = "openai") -> Upstream | None:
@@ -81,6 +84,10 @@ class GatewayConfig:
         defaults = {upstream.kind: upstream for upstream in reversed(self.upstreams.values())}
         default = self.upstreams[self.default_upstream]
         return {**defaults, default.kind: default}
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.audit_percent <= 100:
+            raise DistilleryError(f"gateway setting audit_percent must be between 0 and 100, got {self.audit_percent}")
 
     def check_keys(self) -> None:
         """At start: an Anthropic upstream cannot be called without its key, so a missing one stops the gateway,

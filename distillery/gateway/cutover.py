@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import orjson
 
@@ -38,10 +39,12 @@ from distillery.gateway.protocols import WireProtocol
 from distillery.gateway.proxy import upstream_error_message
 from distillery.gateway.rows import Rows, new_uid
 from distillery.serving import ROUTE_KEY_HEADER, SHADOW, RolloutMonitor, Route, RouteStore, takes_small_model
-from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL
-from distillery.tasks import (DecodingPolicy, ToolSpec, agrees, prompt_text, tool_call_answer, tool_calls_of,
-                             ungrounded)
+from distillery.store import SERVED_BY_AUDIT, SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL
+from distillery.tasks import (DecodingPolicy, ToolSpec, agrees, confidence, prompt_text, tool_call_answer,
+                             tool_calls_of, ungrounded)
 
+# Answers a copy of the current call from the frontier: (the upstream's name, its answer). Raises on any failure.
+AskFrontier = Callable[[], Awaitable[tuple[str, wire.Answer]]]
 _SMALL_MODEL_FAILURES = (OSError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError)
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _STREAM_HEADERS = [("cache-control", "no-cache")]
@@ -95,7 +98,8 @@ class Cutover:
         self._metrics = metrics
         self._monitors: dict[str, RolloutMonitor] = {}
         self._pools: dict[str, UpstreamPool] = {}
-        self._shadows: set[asyncio.Task] = set()
+        self._shadows: set[asyncio.Task] = set()  # shadow and audit calls in flight
+        self._audit_share = config.audit_percent / 100
 
     def route(self, protocol: WireProtocol, workload: str) -> Route | None:
         """The workload's route, when this call is one the small model may answer."""
@@ -108,15 +112,18 @@ class Cutover:
         return takes_small_model(route, key if isinstance(key, str) and key else row["uid"])
 
     async def small_model_answers(self, route: Route, protocol: WireProtocol, body: dict[str, Any], row: dict,
-                                  responder: Responder, started: float) -> bool:
-        """Answer the caller with the small model; False (the frontier answers instead) when it fails in any way.
+                                  responder: Responder, started: float, ask_frontier: AskFrontier) -> bool:
+        """Answer the caller with the small model; False (the frontier answers instead) when it fails in any way, or
+        when a cascade route's small model is less sure of its answer than the threshold (the call is escalated).
 
         A streamed call is answered the same way: the small model's whole (short) answer is checked first, then sent
-        as the protocol's stream, so a failed or invalid answer falls back before the caller has a byte of it."""
+        as the protocol's stream, so a failed, invalid or escalated answer falls back before the caller has a byte of
+        it. ``ask_frontier`` answers a copy of the call from the frontier: a cascade audits a share of its covered
+        calls with it, off the caller's path."""
         asked = time.perf_counter()
         policy, request = self._request(route, protocol, body)
         try:
-            data, answer = await self._ask(route, request)
+            data, answer, token_logprobs = await self._ask(route, request)
         except _SMALL_MODEL_FAILURES as exc:
             self._watch(route, ok=False, latency_ms=(time.perf_counter() - asked) * 1000)
             self._fell_back(route, row, f"{type(exc).__name__}: {exc}")
@@ -126,6 +133,14 @@ class Cutover:
             self._watch(route, ok=True, latency_ms=latency_ms, valid=False)
             self._fell_back(route, row, f"invalid answer: {answer.text[:200]}")
             return False
+        cascade = route.cascade
+        if cascade:
+            row["confidence"] = confidence(cascade.measure, token_logprobs) if token_logprobs else None
+            covered = row["confidence"] is not None and row["confidence"] >= cascade.threshold
+            self._watch(route, ok=True, latency_ms=latency_ms, covered=covered)
+            if not covered:
+                self._escalated(route, row, answer.text)
+                return False
         if policy.tool_calls:
             answer = _as_tool_calls(answer)
         row.update(upstream="small-model", served_by=SERVED_BY_SMALL)
@@ -136,7 +151,14 @@ class Cutover:
             responder.send(200, protocol.reply(answer, data, body))
         self._metrics.count(protocol.endpoint, 200, seconds=time.perf_counter() - started)
         self._metrics.served[route.workload, SERVED_BY_SMALL] += 1
-        self._watch(route, ok=True, latency_ms=latency_ms, ungrounded=_ungrounded_share(route, row, answer.text))
+        if not cascade:
+            self._watch(route, ok=True, latency_ms=latency_ms, ungrounded=_ungrounded_share(route, row, answer.text))
+            return True
+        self._metrics.covered[route.workload] += 1
+        self._watch_grounding(route, row, answer.text)
+        if self._audit_share and random.random() < self._audit_share:
+            self._background(self._audit(route, row, answer.text if not policy.tool_calls else
+                                         tool_call_answer(answer.tool_calls), ask_frontier))
         return True
 
     def frontier_answered(self, route: Route, body: dict[str, Any], row: dict, answer: wire.Answer,
@@ -148,12 +170,15 @@ class Cutover:
             return
         reference = tool_call_answer(answer.tool_calls) if route.policy.tool_calls else answer.text
         if isinstance(reference, str):
-            shadow = asyncio.create_task(self._shadow(route, protocol, body, row, reference))
-            self._shadows.add(shadow)  # a reference, so the task is not collected mid-flight
-            shadow.add_done_callback(self._shadows.discard)
+            self._background(self._shadow(route, protocol, body, row, reference))
+
+    def _background(self, work) -> None:
+        task = asyncio.create_task(work)
+        self._shadows.add(task)  # a reference, so the task is not collected mid-flight
+        task.add_done_callback(self._shadows.discard)
 
     async def finish(self, timeout_s: float = 10) -> None:
-        """Let shadow calls still in flight end (and be recorded)."""
+        """Let shadow and audit calls still in flight end (and be recorded)."""
         if self._shadows:
             await asyncio.wait(set(self._shadows), timeout=timeout_s)
 
@@ -170,8 +195,9 @@ class Cutover:
             return policy, {**protocol.small_model_request(body), "model": route.small_model, **constraint}
         return route.policy, {**protocol.small_model_request(body), **route.small_model_request}
 
-    async def _ask(self, route: Route, request: dict[str, Any]) -> tuple[bytes, wire.Answer]:
-        """The small model's raw answer and what it says; raises on any failure (the caller falls back)."""
+    async def _ask(self, route: Route, request: dict[str, Any]) -> tuple[bytes, wire.Answer, list[float] | None]:
+        """The small model's raw answer, what it says, and its chosen tokens' log-probabilities (when the route asked
+        for them); raises on any failure (the caller falls back)."""
         pool = self._pools.get(route.small_url)
         if pool is None:
             pool = self._pools[route.small_url] = UpstreamPool(route.small_url)
@@ -183,10 +209,30 @@ class Cutover:
             answer.release()
         if answer.status != 200:
             raise ValueError(upstream_error_message(data, answer.status))
-        result = wire.answer_of(orjson.loads(data))
+        payload = orjson.loads(data)
+        result = wire.answer_of(payload)
         if not isinstance(result.text, str):
             raise ValueError("the small model's completion has no text")
-        return data, result
+        return data, result, wire.token_logprobs_of(payload) if route.cascade else None
+
+    async def _audit(self, route: Route, small_row: dict, small_text: str | None, ask_frontier: AskFrontier) -> None:
+        """The frontier answers a copy of a call the cascade's small model answered alone; the two are compared and
+        the frontier's answer recorded (``served_by`` audit), off the caller's path."""
+        started = time.perf_counter()
+        row = {**small_row, "uid": new_uid(), "served_by": SERVED_BY_AUDIT, "model": small_row["request_params"].get("model"),
+               "request_params": {**small_row["request_params"], "audit_of": small_row["uid"]}}
+        try:
+            upstream, answer = await ask_frontier()
+        except Exception as exc:  # noqa: BLE001 - an audit that fails is recorded, never raised to anyone
+            self._rows.error(row, started, 502, f"frontier audit failed: {type(exc).__name__}: {exc}")
+            return
+        reference = tool_call_answer(answer.tool_calls) if route.policy.tool_calls else answer.text
+        agreed = isinstance(reference, str) and isinstance(small_text, str) and agrees(small_text, reference)
+        row["upstream"] = upstream
+        row["request_params"]["agrees_with_frontier"] = agreed
+        self._rows.ok(row, started, answer)
+        self._metrics.audited[route.workload, "agreed" if agreed else "disagreed"] += 1
+        self._watch(route, ok=True, latency_ms=0.0, agreed=agreed, counted=False)
 
     async def _shadow(self, route: Route, protocol: WireProtocol, body: dict[str, Any], frontier_row: dict,
                       frontier_text: str) -> None:
@@ -197,11 +243,13 @@ class Cutover:
                "request_params": {**frontier_row["request_params"], "shadow_of": frontier_row["uid"]}}
         policy, request = self._request(route, protocol, body)
         try:
-            _, answer = await self._ask(route, request)
+            _, answer, token_logprobs = await self._ask(route, request)
         except _SMALL_MODEL_FAILURES as exc:
             self._watch(route, ok=False, latency_ms=(time.perf_counter() - started) * 1000)
             self._rows.error(row, started, 502, f"small model failed in the shadow: {type(exc).__name__}: {exc}")
             return
+        if route.cascade and token_logprobs:
+            row["confidence"] = confidence(route.cascade.measure, token_logprobs)
         latency_ms = (time.perf_counter() - started) * 1000
         agreed, valid = agrees(answer.text, frontier_text), policy.valid_answer(answer.text)
         row["request_params"].update(agrees_with_frontier=agreed, valid_answer=valid)
@@ -216,14 +264,33 @@ class Cutover:
         self._metrics.fallbacks[route.workload] += 1
         row["request_params"] = {**row["request_params"], "distillery_fallback": reason}
 
+    def _escalated(self, route: Route, row: dict, small_text: str) -> None:
+        """A cascade call the small model is not sure enough of: the frontier answers it (not an error, not invalid);
+        the row keeps the small model's confidence and answer."""
+        self._metrics.escalated[route.workload] += 1
+        sure = "no confidence" if row["confidence"] is None else f"confidence {row['confidence']:.4g}"
+        row["request_params"] = {**row["request_params"], "distillery_escalated": {
+            "reason": f"{sure} < threshold {route.cascade.threshold:.4g}", "small_answer": small_text[:2000]}}
+
+    def _watch_grounding(self, route: Route, row: dict, answer: str | None) -> None:
+        share = _ungrounded_share(route, row, answer)
+        if share is not None:
+            self._watch(route, ok=True, latency_ms=0.0, ungrounded=share, counted=False)
+
     def _watch(self, route: Route, *, ok: bool, latency_ms: float, agreed: bool | None = None,
-               valid: bool = True, ungrounded: float | None = None) -> None:
-        """Feed the workload's rollout monitor; step the route back when a threshold is crossed."""
+               valid: bool = True, ungrounded: float | None = None, covered: bool | None = None,
+               counted: bool = True) -> None:
+        """Feed the workload's rollout monitor; step the route back when a threshold is crossed. A cascade call is
+        watched when its confidence is known (``covered``) and not again once answered (``counted`` False: the
+        grounding of its answer, an audit's agreement)."""
         monitor = self._monitors.get(route.workload)
         if monitor is None:
             monitor = self._monitors[route.workload] = RolloutMonitor(self._config.rollback)
-        monitor.observe(ok, latency_ms, agreed, valid, ungrounded=ungrounded)
-        reason = monitor.breach()
+        if covered is not None:
+            monitor.observe_coverage(covered)
+        if counted or agreed is not None or ungrounded is not None:
+            monitor.observe(ok, latency_ms, agreed, valid, ungrounded=ungrounded)
+        reason = monitor.breach(evaluated_coverage=route.cascade.coverage if route.cascade else None)
         current = self.routes.routes.get(route.workload)
         if reason is None or current is None or current.mode != route.mode:
             return

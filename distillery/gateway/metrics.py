@@ -29,6 +29,10 @@ class GatewayMetrics:
         self.errors: defaultdict[str, int] = defaultdict(int)  # cause
         self.served: defaultdict[tuple[str, str], int] = defaultdict(int)  # (workload, served_by)
         self.fallbacks: defaultdict[str, int] = defaultdict(int)  # workload
+        # cascade routes: calls the small model answered alone, calls escalated to the frontier, audited calls
+        self.covered: defaultdict[str, int] = defaultdict(int)  # workload
+        self.escalated: defaultdict[str, int] = defaultdict(int)  # workload
+        self.audited: defaultdict[tuple[str, str], int] = defaultdict(int)  # (workload, agreed or disagreed)
         self.rollbacks: defaultdict[str, int] = defaultdict(int)  # workload
         self.frontier_usd: defaultdict[tuple[str, str], float] = defaultdict(float)  # (workload, served_by)
         # endpoint -> calls per latency bucket (the last one: above every bound), and their sum in seconds
@@ -63,6 +67,12 @@ class _Collector:
                        m.served)
         yield _counter("distillery_gateway_fallbacks", "Small-model failures answered by the frontier", ["workload"],
                        m.fallbacks)
+        yield _counter("distillery_gateway_cascade_covered", "Cascade calls the small model answered alone (confidence "
+                       "at or above the route's threshold)", ["workload"], m.covered)
+        yield _counter("distillery_gateway_cascade_escalated", "Cascade calls the frontier answered because the small "
+                       "model's confidence was below the threshold", ["workload"], m.escalated)
+        yield _counter("distillery_gateway_cascade_audited", "Covered cascade calls also answered by the frontier off "
+                       "the caller's path, by whether the answers agreed", ["workload", "outcome"], m.audited)
         yield _counter("distillery_gateway_rollbacks", "Automatic route rollbacks", ["workload"], m.rollbacks)
         yield _counter(
             "distillery_gateway_frontier_usd", "Answered chat completions at the frontier's list price: paid "

@@ -45,7 +45,7 @@ class Rows:
             "uid": new_uid(), "workload": workload, "created_at": _now(),
             "endpoint": protocol.endpoint, "request_messages": protocol.messages(body),
             "request_params": protocol.params(body), "model": _name(body.get("model"), MODEL_LENGTH), "upstream": upstream,
-            "served_by": SERVED_BY_FRONTIER,
+            "served_by": SERVED_BY_FRONTIER, "confidence": None,
         }
 
     def ok(self, row: dict, started: float, answer: Answer) -> None:

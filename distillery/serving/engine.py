@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import math
 import queue
 import threading
 import time
@@ -25,7 +24,7 @@ from typing import Iterator
 import torch
 
 from distillery.models import answer_token_ids, load_tokenizer
-from distillery.tasks import JSON_WHITESPACE, DecodingPolicy
+from distillery.tasks import JSON_WHITESPACE, DecodingPolicy, confidence
 
 
 @dataclass
@@ -35,22 +34,15 @@ class Generation:
     prompt_tokens: int
     finish_reason: str
     latency_ms: float  # generate: the wall time of the row's batch; BatchingEngine: from submit to answer
-    # The log-probability of each token the answer's decoding chose (the stop token included), normalized over the
-    # tokens the decoding policy allowed at that step: for a label policy their sum is the label's log-probability
-    # among the labels (a token the label set forces has log-probability 0). What a cascade's confidence is made of.
+    # The tokens the answer's decoding chose (the stop token included) and the log-probability of each, normalized
+    # over the tokens the decoding policy allowed at that step: for a label policy their sum is the label's
+    # log-probability among the labels (a token the label set forces has log-probability 0). What a cascade's
+    # confidence is made of (``distillery.tasks.confidence``).
+    token_ids: list[int] = field(default_factory=list)
     token_logprobs: list[float] = field(default_factory=list)
 
-    @property
-    def sequence_logprob(self) -> float:
-        return sum(self.token_logprobs)
-
-    @property
-    def min_token_prob(self) -> float:
-        return math.exp(min(self.token_logprobs)) if self.token_logprobs else 1.0
-
-    @property
-    def mean_token_logprob(self) -> float:
-        return self.sequence_logprob / len(self.token_logprobs) if self.token_logprobs else 0.0
+    def confidence(self, measure: str) -> float:
+        return confidence(measure, self.token_logprobs)
 
 
 def load_model(base_model: str, adapters: dict[str, Path] | None = None):
@@ -354,13 +346,17 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
         latency_ms = (time.perf_counter() - began) * 1000
         for i, new, logprobs in zip(rows, outputs, chosen):
             new, stopped = _stop_at(new, stop_ids)
+            chosen_ids = new + stop_ids[:stopped]
+            # a label's tokens after the step that decided it were forced: log-probability 0
+            logprobs = (logprobs + [0.0] * len(chosen_ids))[:len(chosen_ids)]
             results[i] = Generation(
                 text=tokenizer.decode(new, skip_special_tokens=True).strip(),
                 completion_tokens=len(new),
                 prompt_tokens=lengths[i],
                 finish_reason="stop" if stopped else "length",
                 latency_ms=latency_ms,
-                token_logprobs=logprobs[:len(new) + stopped],
+                token_ids=chosen_ids,
+                token_logprobs=logprobs,
             )
     return results
 

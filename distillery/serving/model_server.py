@@ -123,10 +123,18 @@ class ModelServer:
         max_tokens = wire.max_tokens(body, DEFAULT_MAX_TOKENS)
         if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
             raise wire.WireError("'max_tokens' must be an integer between 1 and 4096")
+        if body.get("logprobs") not in (None, True, False) or body.get("top_logprobs") not in (None, 0):
+            raise wire.WireError("'logprobs' must be true or false; 'top_logprobs' is not supported (only 0)")
         adapter = None if name == BASE_MODEL_NAME else name
         result = self.engine.answer(body["messages"], adapter=adapter, policy=self._policy(body, adapter),
                                     max_new_tokens=max_tokens)
-        return Completion(result.text, name, result.prompt_tokens, result.completion_tokens, result.finish_reason)
+        logprobs = None
+        if body.get("logprobs"):
+            # As vLLM returns them under a grammar: normalized over the tokens the decoding policy allowed.
+            tokens = [self.engine.tokenizer.decode([token]) for token in result.token_ids]
+            logprobs = [wire.token_logprob(token, logprob) for token, logprob in zip(tokens, result.token_logprobs)]
+        return Completion(result.text, name, result.prompt_tokens, result.completion_tokens, result.finish_reason,
+                          logprobs=logprobs)
 
     def _policy(self, body: dict[str, Any], adapter: str | None) -> DecodingPolicy:
         """The request's own constraint (vLLM's ``structured_outputs``, OpenAI's ``response_format``), else the

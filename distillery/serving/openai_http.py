@@ -27,6 +27,7 @@ class Completion:
     completion_tokens: int
     finish_reason: str = "stop"
     tool_calls: list | None = None
+    logprobs: list[dict] | None = None  # the chosen tokens' ``wire.token_logprob`` entries, when asked for
 
 
 ChatHandler = Callable[[dict[str, Any]], Completion]
@@ -98,7 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
                                                usage_chunk=wire.wants_stream_usage(body), tool_calls=done.tool_calls))
         else:
             self._send_json(200, wire.chat_completion(done.content, done.model, done.prompt_tokens,
-                                                      done.completion_tokens, done.finish_reason, done.tool_calls))
+                                                      done.completion_tokens, done.finish_reason, done.tool_calls,
+                                                      done.logprobs))
 
     def _read_json(self) -> dict[str, Any]:
         length = int(self.headers.get("Content-Length") or 0)

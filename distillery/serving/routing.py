@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import sqlalchemy as sa
 
 from distillery.store import RouteEventRow, RouteRow
-from distillery.tasks import DecodingPolicy
+from distillery.tasks import Cascade, DecodingPolicy
 
 FRONTIER, SHADOW, CANARY, SMALL = "frontier", "shadow", "canary", "small"
 MODES = (FRONTIER, SHADOW, CANARY, SMALL)
@@ -45,6 +45,9 @@ class Route:
     small_model: str | None = None  # the model name to ask it for (the workload's adapter)
     # How the small model decodes (sent with every call to it) and so what a valid answer is.
     policy: DecodingPolicy = DecodingPolicy()
+    # A confidence cascade: of the calls the small model takes, it answers those it is sure of (at least the
+    # threshold); the frontier answers the rest (escalated). None: it answers every call it takes.
+    cascade: Cascade | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -63,11 +66,13 @@ class Route:
         """What the gateway sets in a call's body for the small model: its name, and the policy as vLLM's
         ``structured_outputs`` (computed once per route; a caller's own ``response_format`` is replaced by it)."""
         constraint = self.policy.structured_outputs()
-        return {"model": self.small_model, **({"structured_outputs": constraint} if constraint else {})}
+        return {"model": self.small_model, **({"structured_outputs": constraint} if constraint else {}),
+                **({"logprobs": True} if self.cascade else {})}
 
     @property
     def label(self) -> str:
-        return f"canary {self.canary_percent:g}%" if self.mode == CANARY else self.mode
+        mode = f"canary {self.canary_percent:g}%" if self.mode == CANARY else self.mode
+        return f"{mode} (cascade at {self.cascade.threshold:.4g})" if self.cascade and self.mode != FRONTIER else mode
 
     def step_back(self) -> "Route":
         """One step towards the frontier: small -> canary (at least 10%) -> shadow -> frontier."""
@@ -117,7 +122,7 @@ class RouteStore:
         now = dt.datetime.now(dt.timezone.utc)
         values = {"mode": route.mode, "canary_percent": route.canary_percent, "small_url": route.small_url,
                   "small_model": route.small_model, "decoding_policy": route.policy.record(),
-                  "updated_at": now}
+                  "cascade": route.cascade.record() if route.cascade else None, "updated_at": now}
         with self.engine.begin() as conn:
             before = conn.execute(sa.select(RouteRow).where(RouteRow.workload == route.workload)).first()
             if before:
@@ -140,7 +145,7 @@ class RouteStore:
 
 def _route(row) -> Route:
     return Route(row.workload, row.mode, row.canary_percent, row.small_url, row.small_model,
-                 DecodingPolicy.from_structured_outputs(row.decoding_policy))
+                 DecodingPolicy.from_structured_outputs(row.decoding_policy), Cascade.from_record(row.cascade))
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,8 @@ class RollbackPolicy:
     max_invalid_rate: float = 0.05  # answers outside the label set or not a JSON object
     # JSON answers: the mean share of an answer's values not found in the prompt (monitoring.hallucination)
     max_ungrounded_share: float = 0.2
+    # Cascade routes: the share of calls the small model answered alone, below the evaluated coverage by more than this
+    max_coverage_drop: float = 0.2
 
 
 class RolloutMonitor:
@@ -162,21 +169,36 @@ class RolloutMonitor:
         self.policy = policy
         self._outcomes: collections.deque[tuple[float, bool, float, bool | None, bool, float | None]] = \
             collections.deque()
+        self._covered: collections.deque[tuple[float, bool]] = collections.deque()  # cascade calls: answered alone?
 
     def observe(self, ok: bool, latency_ms: float, agreed: bool | None = None, valid: bool = True,
                 now: float | None = None, ungrounded: float | None = None) -> None:
-        """One small-model call: answered at all (``ok``), how fast, like the frontier (shadow), valid, and the share
-        of its answer's values not in the prompt (JSON answers)."""
+        """One small-model call: answered at all (``ok``), how fast, like the frontier (shadow, audit), valid, and the
+        share of its answer's values not in the prompt (JSON answers)."""
         self._outcomes.append((time.monotonic() if now is None else now, ok, latency_ms, agreed, valid, ungrounded))
+
+    def observe_coverage(self, covered: bool, now: float | None = None) -> None:
+        """One call a cascade route's small model answered validly: covered (at or above the threshold) or
+        escalated."""
+        self._covered.append((time.monotonic() if now is None else now, covered))
 
     def reset(self) -> None:
         self._outcomes.clear()
+        self._covered.clear()
 
-    def breach(self, now: float | None = None) -> str | None:
-        """The first threshold the window crosses, as a reason; None while the small model behaves."""
+    def breach(self, now: float | None = None, evaluated_coverage: float | None = None) -> str | None:
+        """The first threshold the window crosses, as a reason; None while the small model behaves. A cascade route
+        passes the coverage it was evaluated at."""
         now = time.monotonic() if now is None else now
         while self._outcomes and self._outcomes[0][0] < now - self.policy.window_s:
             self._outcomes.popleft()
+        while self._covered and self._covered[0][0] < now - self.policy.window_s:
+            self._covered.popleft()
+        if evaluated_coverage is not None and len(self._covered) >= self.policy.min_samples:
+            coverage = sum(covered for _, covered in self._covered) / len(self._covered)
+            if coverage < evaluated_coverage - self.policy.max_coverage_drop:
+                return (f"cascade coverage {coverage:.1%} over {len(self._covered)} calls is more than "
+                        f"{100 * self.policy.max_coverage_drop:.0f} points below the evaluated {evaluated_coverage:.1%}")
         outcomes = self._outcomes
         if len(outcomes) < self.policy.min_samples:
             return None
@@ -203,6 +225,6 @@ class RolloutMonitor:
         if len(compared) >= policy.min_samples:
             disagreement = (len(compared) - sum(compared)) / len(compared)
             if disagreement > policy.max_disagreement_rate:
-                return (f"shadow disagreement {disagreement:.1%} over {len(compared)} calls > "
+                return (f"shadow/audit disagreement {disagreement:.1%} over {len(compared)} calls > "
                         f"{policy.max_disagreement_rate:.1%}")
         return None

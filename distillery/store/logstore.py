@@ -31,6 +31,8 @@ class Base(DeclarativeBase):
 
 
 SERVED_BY_FRONTIER, SERVED_BY_SMALL, SERVED_BY_SHADOW = "frontier", "small", "shadow"
+# The frontier's answer to a copy of a call a cascade's small model answered, off the caller's path (an audit).
+SERVED_BY_AUDIT = "audit"
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -51,6 +53,8 @@ class ExchangeRow(Base):
     # the protocol), and a refusal. NULL when the answer had none.
     tool_calls: Mapped[list | None] = mapped_column(sa.JSON)
     refusal: Mapped[str | None] = mapped_column(sa.Text)
+    # A cascade route's small-model confidence in its answer (distillery.tasks.confidence); NULL on other rows.
+    confidence: Mapped[float | None] = mapped_column(sa.Float)
     finish_reason: Mapped[str | None] = mapped_column(sa.String(40))
     prompt_tokens: Mapped[int | None] = mapped_column(sa.Integer)
     completion_tokens: Mapped[int | None] = mapped_column(sa.Integer)
@@ -78,6 +82,7 @@ class RouteRow(Base):
     small_url: Mapped[str | None] = mapped_column(sa.String(500))
     small_model: Mapped[str | None] = mapped_column(sa.String(200))
     decoding_policy: Mapped[dict | None] = mapped_column(sa.JSON)  # vLLM's structured_outputs; NULL: free text
+    cascade: Mapped[dict | None] = mapped_column(sa.JSON)  # distillery.tasks.Cascade's record; NULL: no cascade
     updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
@@ -129,6 +134,7 @@ class Exchange:
     served_by: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     refusal: str | None = None
+    confidence: float | None = None
 
 
 COLUMNS = [c.name for c in ExchangeRow.__table__.columns]
