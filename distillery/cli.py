@@ -347,15 +347,28 @@ def route_set(
     percent: float = typer.Option(0.0, help="canary: the share of callers (0-100) the small model answers."),
     url: Optional[str] = typer.Option(None, help="The small model's OpenAI base URL; default: the current one."),
     model: Optional[str] = typer.Option(None, help="The model name to ask it for; default: the current one."),
+    threshold: Optional[float] = typer.Option(
+        None, help="Cascade: the small model answers a call alone at this confidence or above (0-1); default: the "
+        "current route's (the one the gate chose)."),
+    no_cascade: bool = typer.Option(False, "--no-cascade", help="The small model answers every call it takes."),
 ) -> None:
     """Move a workload's traffic; running gateways pick it up within a second."""
     from distillery.serving import Route
+    from distillery.tasks import Cascade, DecodingPolicy, confidence_measures
 
     routes = _routes()
     current = routes.get(settings.validate_workload(workload))
+    policy = current.policy if current else DecodingPolicy()
+    cascade = current.cascade if current else None
     try:
+        if no_cascade:
+            cascade = None
+        elif threshold is not None:
+            cascade = Cascade(
+                threshold, cascade.measure if cascade else confidence_measures(policy)[0],
+                cascade.coverage if cascade else None)
         route = Route(workload, mode, percent, url or (current.small_url if current else None),
-                      model or (current.small_model if current else None))
+                      model or (current.small_model if current else None), policy, cascade)
     except ValueError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc

@@ -22,7 +22,7 @@ from distillery.evaluation import CostSettings, GatePolicy, compare_costs, small
 from distillery.serving import CANARY, FRONTIER, SHADOW, SMALL, Endpoint, Endpoints, Route, RouteStore
 from distillery.settings import validate_workload
 from distillery.store import STATUS_OK, Artifact, ArtifactStore, LogStore, load_snapshot, save_snapshot
-from distillery.tasks import POLICY_FILE, DecodingPolicy
+from distillery.tasks import POLICY_FILE, Cascade, DecodingPolicy
 from distillery.training import CHALLENGER, CHAMPION, MODEL_ARTIFACT_PATH, Tracker, registered_model_name
 
 RAW, CURATED, ADAPTER, REPORT = "raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report"
@@ -328,16 +328,18 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: Endpoi
         raise DistilleryError(
             f"workload {workload!r}: eval_report {report.version} did not evaluate adapter {adapter.version} under "
             f"the decoding policy recorded beside it ({decoding.kind}): materialize eval_report before deploying")
+    cascade = Cascade.from_record(verdict.get("cascade"))  # the mode the gate approved travels with the route
     endpoint = endpoints.deploy(workload, adapter.manifest["base_model"], adapter.path / "adapter",
                                 model_name=f"{workload}-v{version}", probe_messages=verdict["probe_messages"],
-                                policy=decoding)
+                                policy=decoding, needs_confidence=cascade is not None)
     tracker.promote(workload, version)
     route = None
     if routes is not None:
         current = routes.get(workload)
         mode = SHADOW if current is None or current.mode == FRONTIER else current.mode
         route = routes.set(Route(workload, mode, current.canary_percent if current else 0.0, endpoint.url,
-                                 endpoint.model, decoding), f"deployed model version {version}")
+                                 endpoint.model, decoding, cascade),
+                           f"deployed model version {version} ({verdict.get('mode', 'full')})")
     return DeploySummary(True, reason, version, endpoint, route)
 
 

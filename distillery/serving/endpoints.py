@@ -75,9 +75,10 @@ class Endpoints:
         self.remote_path_map = dict(remote_path_map or {})
 
     def deploy(self, workload: str, base_model: str, adapter_dir: Path, model_name: str,
-               probe_messages: list[dict], policy: DecodingPolicy | None = None) -> Endpoint:
+               probe_messages: list[dict], policy: DecodingPolicy | None = None,
+               needs_confidence: bool = False) -> Endpoint:
         """Serve ``adapter_dir`` as ``model_name``; it must answer ``probe_messages`` under ``policy`` before this
-        returns.
+        returns (with its tokens' log-probabilities when ``needs_confidence``: a cascade route decides by them).
 
         When a server for the same base model is running (this workload's or another's, or the remote
         one), the adapter is loaded into it beside the ones it has (they stay loaded: a route can go
@@ -97,10 +98,12 @@ class Endpoints:
         else:
             shared = next((e for e in self.all() if e.pid and e.base_model == base_model and _answers(e.url)), None)
         if shared:
-            endpoint = self._load_beside(shared, self._server_path(adapter_dir), model_name, probe_messages, policy)
+            endpoint = self._load_beside(shared, self._server_path(adapter_dir), model_name, probe_messages, policy,
+                                         needs_confidence)
             endpoint = replace(endpoint, workload=workload)
         else:
-            endpoint = self._start_server(workload, base_model, adapter_dir, model_name, probe_messages, policy)
+            endpoint = self._start_server(workload, base_model, adapter_dir, model_name, probe_messages, policy,
+                                          needs_confidence)
         self._write_state(endpoint)
         if previous and previous.pid and previous.pid != endpoint.pid and not any(
                 e.pid == previous.pid for e in self.all() if e.workload != workload):
@@ -122,7 +125,8 @@ class Endpoints:
         return path
 
     def _start_server(self, workload: str, base_model: str, adapter_dir: Path, model_name: str,
-                      probe_messages: list[dict], policy: DecodingPolicy | None) -> Endpoint:
+                      probe_messages: list[dict], policy: DecodingPolicy | None,
+                      needs_confidence: bool = False) -> Endpoint:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         ready_file = self.state_dir / f".{workload}-{stamp}.ready"
@@ -149,7 +153,7 @@ class Endpoints:
             else:
                 bound = self._wait_until_ready(process, log_path, lambda: _read_ready_file(ready_file), poll_s=0.2)
                 url = f"http://{self.host}:{bound}/v1"
-            _probe(url, model_name, probe_messages, policy)
+            _probe(url, model_name, probe_messages, policy, needs_confidence)
         except BaseException:
             _terminate(process.pid)
             raise
@@ -159,7 +163,7 @@ class Endpoints:
                         dt.datetime.now(dt.timezone.utc).isoformat())
 
     def _load_beside(self, running: Endpoint, adapter_path: str, model_name: str, probe_messages: list[dict],
-                     policy: DecodingPolicy | None) -> Endpoint:
+                     policy: DecodingPolicy | None, needs_confidence: bool = False) -> Endpoint:
         if model_name not in _served_models(running.url):
             status, text = _post_json(f"{running.url}/load_lora_adapter",
                                       {"lora_name": model_name, "lora_path": adapter_path})
@@ -167,7 +171,7 @@ class Endpoints:
                 raise DistilleryError(f"the model server at {running.url} refused adapter {adapter_path} "
                                       f"(HTTP {status}): {text[:500]}")
         try:
-            _probe(running.url, model_name, probe_messages, policy)
+            _probe(running.url, model_name, probe_messages, policy, needs_confidence)
         except BaseException:
             _post_json(f"{running.url}/unload_lora_adapter", {"lora_name": model_name})
             raise
@@ -267,9 +271,10 @@ def _post_json(url: str, body: dict, timeout_s: float = 300) -> tuple[int, str]:
         return exc.code, exc.read().decode(errors="replace")
 
 
-def _probe(url: str, model: str, messages: list[dict], policy: DecodingPolicy | None) -> None:
+def _probe(url: str, model: str, messages: list[dict], policy: DecodingPolicy | None,
+           needs_confidence: bool = False) -> None:
     """A real chat request under the workload's decoding policy: the endpoint counts as healthy only if it answers
-    it with an answer the policy allows."""
+    it with an answer the policy allows (and, for a cascade route, with its tokens' log-probabilities)."""
     import openai
 
     policy = policy or DecodingPolicy()
@@ -277,6 +282,7 @@ def _probe(url: str, model: str, messages: list[dict], policy: DecodingPolicy | 
     client = openai.OpenAI(base_url=url, api_key="local", timeout=120, max_retries=0)
     try:
         response = client.chat.completions.create(model=model, messages=messages, max_tokens=64,
+                                                  logprobs=True if needs_confidence else openai.NOT_GIVEN,
                                                   extra_body={"structured_outputs": constraint} if constraint else None)
     except openai.APIError as exc:
         raise DistilleryError(f"model server at {url} failed the health-check request to {model!r}: {exc}") from exc
@@ -286,6 +292,9 @@ def _probe(url: str, model: str, messages: list[dict], policy: DecodingPolicy | 
     if not policy.valid_answer(text):
         raise DistilleryError(f"model server at {url} answered the health-check request outside the workload's "
                               f"{policy.kind} policy: {text[:200]!r}")
+    if needs_confidence and not (response.choices[0].logprobs and response.choices[0].logprobs.content):
+        raise DistilleryError(f"model server at {url} answered the health-check request without its tokens' "
+                              "log-probabilities: a cascade route needs them for its confidence threshold")
 
 
 def _alive(pid: int) -> bool:
