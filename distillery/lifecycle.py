@@ -272,7 +272,7 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
     markdown = report.markdown()
     manifest = {"adapter_version": adapter.version, "model_version": trained["model_version"],
                 "mlflow_run_id": run_id, "passed": report.passed, "headline_metric": report.headline_metric,
-                "headline": candidate.headline, "probe_messages": test[0]["messages"][:-1],
+                "headline": candidate.headline, "probe_messages": splits["test"][0]["messages"][:-1],
                 "decoding_policy": decoding.record(),
                 # beside the policy, so the deployment's route answers in the mode the gate approved
                 "mode": report.gate.mode, "cascade": report.cascade.record() if report.cascade else None}

@@ -28,7 +28,7 @@ def test_fine_tuning_the_bundled_model_beats_it_on_held_out_tickets(distillery_h
     assert trained.result.final_train_loss < trained.result.loss_curve[0][1] / 4
 
     # Any gap passes: this run proves the path, not that 30 steps reach the frontier.
-    _, report = lifecycle.evaluate_adapter(artifacts, tracker, WORKLOAD, policy=GatePolicy(max_gap_to_frontier=1.0),
+    _, report = lifecycle.evaluate_adapter(artifacts, tracker, WORKLOAD, policy=GatePolicy(max_gap_to_frontier=1.0, min_test_rows=1),
                                            batch_size=16)
     assert report.rows >= 8  # about a tenth of the ~90 rows left after duplicate removal, per label
     # A classification workload: both models may only answer with a queue name (constrained decoding),

@@ -17,7 +17,8 @@ from resources import (ArtifactsResource, JudgeResource, LogStoreResource, Mlflo
                        TrainerResource, WorkerLauncherResource)
 
 FAST = {"ops": {"lora_adapter": {"config": {"max_steps": 3, "batch_size": 8, "rank": 4, "alpha": 8}},
-                "eval_report": {"config": {"max_gap_to_frontier_points": 100}}}}
+                "eval_report": {"config": {"max_gap_to_frontier_points": 100, "min_test_rows": 1,
+                                           "require_gain_over_champion": False}}}}
 
 
 def test_the_whole_lifecycle_on_postgres_and_an_object_store(distillery_home, tiny_model_dir, new_postgres_database,

@@ -66,7 +66,8 @@ class Tracker:
                   "mlflow.user": getpass.getuser()}
         run = self.client.create_run(self.experiment_id(workload), run_name=run_name, tags={**origin, **tags})
         run_id = run.info.run_id
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=3, tracking_uri=self.tracking_uri)
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=1, samples_before_logging=1,
+                                      tracking_uri=self.tracking_uri)
         monitor.start()
         status = "FAILED"
         try:
