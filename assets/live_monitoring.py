@@ -23,6 +23,10 @@ CHECKS = {
                      "are the frontier's; free text is faithful to the prompt and agrees with the frontier; labels "
                      "are ones the frontier gave similar prompts. A failure while the small model answers callers "
                      "steps the route back.",
+    "cascade_coverage": "A cascade route's small model answers about the share of calls alone that evaluation "
+                        "measured; a drop beyond the allowed points steps the route back.",
+    "audited_agreement": "A cascade's audited calls (covered calls the frontier also answered) agree with the "
+                         "frontier; a failure steps the route back.",
 }
 
 
@@ -39,6 +43,11 @@ class MonitoringConfig(dg.Config):
                                           "judge is configured, else embedding similarity to the frontier's answer.")
     max_unsupported_label_share: float = Field(default=0.1, description="Classification: labels the frontier never "
                                                "gave the ten most similar training prompts.")
+    max_coverage_drop: float = Field(default=0.2, description="Cascade: live coverage below the evaluated one by more "
+                                     "than this (0.2: 20 points) steps the route back.")
+    min_audited_agreement: float = Field(default=0.8, description="Cascade: audited calls' agreement below this "
+                                         "steps the route back.")
+    min_cascade_calls: int = Field(default=20, description="Cascade: fewer calls (or audits) give no figure.")
 
 
 # A multi-asset only so that checks may go unreported (can_subset): a check without enough traffic to judge shows
@@ -47,7 +56,8 @@ class MonitoringConfig(dg.Config):
     specs=[dg.AssetSpec("live_monitoring", deps=[deployed_endpoint], kinds={"python"}, group_name="monitoring",
                         automation_condition=every_monitoring_tick,
                         description="The deployed model on live traffic: shadow agreement, invalid answers, prompt "
-                        "and label drift, hallucination, money saved, the gateway route and its latest events "
+                        "and label drift, hallucination, a cascade's coverage and audited agreement, money saved, "
+                        "the gateway route and its latest events "
                         "(rollbacks included); says when to retrain.")],
     partitions_def=workload_partitions, can_subset=True,
     check_specs=[dg.AssetCheckSpec(name, asset="live_monitoring", description=text) for name, text in CHECKS.items()],

@@ -344,6 +344,10 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: Endpoi
 
 
 LIVE = "live_monitoring"
+# Live checks that say the data moved (retrain), and those that say the small model must answer less, at once: what
+# an answer invents, and a cascade's coverage or audited agreement (the gateway watches those too, over a minute).
+RETRAIN_REASONS = ("shadow_agreement", "prompt_drift", "label_shift", "hallucination")
+STEP_BACK_REASONS = ("hallucination", "cascade_coverage", "audited_agreement")
 
 
 @dataclass
@@ -362,15 +366,16 @@ def monitor_live_traffic(store: LogStore, artifacts: ArtifactStore, workload: st
                          judge_name: str = "") -> LiveSummary:
     """The deployed model's live figures against the data it was trained on, and whether to retrain.
 
-    Drift, disagreement and hallucination are retrain reasons (``log_store_watch`` signals them). A hallucination
-    failure while the small model answers callers (canary, small) also steps the route back one mode at once: the
-    gateway's own rollback watches errors, latency, validity and disagreement, not what an answer invents.
+    Drift, disagreement and hallucination are retrain reasons (``log_store_watch`` signals them). A hallucination,
+    cascade-coverage or audited-agreement failure while the small model answers callers (canary, small) also steps
+    the route back one mode at once: the gateway's own rollback watches a one-minute window, this the whole record.
     """
     report_artifact = _upstream(artifacts, workload, REPORT, report_version, LIVE)
     adapter = artifacts.get(workload, ADAPTER, report_artifact.manifest["adapter_version"])
     curated = artifacts.get(workload, CURATED, adapter.manifest["dataset_version"])
     train = load_from_disk(str(curated.path / "dataset"))["train"]
     operations = json.loads((report_artifact.path / "report.json").read_text()).get("operations") or {}
+    cascade = Cascade.from_record(report_artifact.manifest.get("cascade"))
     small_per_1k = (operations.get("small_model") or {}).get("usd_per_1k_requests") or 0.0
     agreement_judge = (lambda requests, frontier, small: judge(requests, frontier, small).win_or_tie_rate) if judge \
         else None
@@ -378,13 +383,15 @@ def monitor_live_traffic(store: LogStore, artifacts: ArtifactStore, workload: st
         store.read(workload), workload, train_prompts=[ex["messages"][:-1] for ex in train],
         train_answers=[ex["messages"][-1]["content"] for ex in train], since_log_id=curated.manifest["last_log_id"],
         task=curated.manifest.get("task"), small_usd_per_request=small_per_1k / 1000, judge=agreement_judge,
-        judge_name=judge_name)
+        judge_name=judge_name, evaluated_coverage=cascade.coverage if cascade else None,
+        min_cascade_calls=policy.min_cascade_calls)
     failures = policy.failures(report)
-    reasons = [reason for key, reason in failures.items() if reason and key != "invalid_answers"]
+    reasons = [reason for key, reason in failures.items() if reason and key in RETRAIN_REASONS]
     routes = RouteStore(store.engine)
     route = routes.get(workload)
-    if failures["hallucination"] and route is not None and route.mode in (CANARY, SMALL):
-        route = routes.set(route.step_back(), f"live monitoring: {failures['hallucination']}", kind="rollback")
+    step_back = next((failures[key] for key in STEP_BACK_REASONS if failures[key]), None)
+    if step_back and route is not None and route.mode in (CANARY, SMALL):
+        route = routes.set(route.step_back(), f"live monitoring: {step_back}", kind="rollback")
     with artifacts.publish(workload, LIVE, {**report.as_dict(), "retrain_reasons": reasons,
                                             "failures": failures}) as folder:
         (folder / "live.json").write_text(json.dumps(report.as_dict(), indent=2))

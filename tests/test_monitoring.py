@@ -52,6 +52,32 @@ def test_live_report_counts_shadow_agreement_invalid_answers_money_and_drift(tmp
     assert failures["invalid_answers"].startswith("invalid-answer rate 0.146")
 
 
+def test_a_cascades_coverage_and_audited_agreement_are_measured_against_evaluation(tmp_path):
+    messages = [{"role": "user", "content": "where is my parcel"}]
+    covered = [Exchange("triage", messages, "shipping", served_by="small", confidence=0.97) for _ in range(12)]
+    escalated = [Exchange("triage", messages, "billing", cost_usd=0.002, confidence=0.4, request_params={
+        "distillery_escalated": {"reason": "confidence 0.4 < threshold 0.9", "small_answer": "shipping"}})
+        for _ in range(18)]
+    audits = [Exchange("triage", messages, "shipping", served_by="audit", cost_usd=0.002,
+                       request_params={"audit_of": "x", "agrees_with_frontier": i < 6}) for i in range(10)]
+    rows = _rows(tmp_path, covered + escalated + audits)
+    report = live_report(rows, "triage", train_prompts=TRAIN, train_answers=["billing"] * 40, since_log_id=0,
+                         task="classification", small_usd_per_request=0.0005, evaluated_coverage=0.7,
+                         min_cascade_calls=10)
+    assert report.escalated == 18 and report.cascade_coverage == pytest.approx(12 / 30)
+    assert report.audited == 10 and report.audited_agreement == pytest.approx(0.6)
+    # escalated calls were asked of the small model too: they cost it without saving the frontier's price
+    assert report.money_saved_usd == pytest.approx(12 * 0.002 - 30 * 0.0005)
+    failures = MonitoringPolicy(min_cascade_calls=10).failures(report)
+    assert failures["cascade_coverage"] == ("cascade coverage 40.0% over 30 calls is more than 20 points below the "
+                                            "evaluated 70.0%")
+    assert failures["audited_agreement"].startswith("audited agreement 60.0% < 80%")
+    assert MonitoringPolicy(max_coverage_drop=0.35).failures(report)["cascade_coverage"] is None
+    few = live_report(rows, "triage", train_prompts=TRAIN, train_answers=["billing"] * 40, since_log_id=0,
+                      task="classification", small_usd_per_request=0.0005, evaluated_coverage=0.7)
+    assert few.audited_agreement is None  # 10 audits are under the default 20
+
+
 def test_too_little_live_traffic_says_so_instead_of_a_drift_figure(tmp_path):
     rows = _rows(tmp_path, [Exchange("triage", TRAIN[0], "billing", cost_usd=0.001)])
     report = live_report(rows, "triage", train_prompts=TRAIN, train_answers=["billing"] * 40, since_log_id=0,

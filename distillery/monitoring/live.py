@@ -21,7 +21,7 @@ import pandas as pd
 
 from distillery.monitoring.hallucination import (AgreementJudge, Hallucination, classification_figures,
                                                  extraction_figures, free_text_figures)
-from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_OK
+from distillery.store import SERVED_BY_AUDIT, SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_OK
 from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, caller_text, prompt_text
 
 _EPSILON = 1e-4  # an empty bin counts as this share, so the PSI stays finite
@@ -87,6 +87,13 @@ class LiveReport:
     money_saved_usd: float  # small-served requests at the frontier's logged cost, less the small model's cost
     hallucination: Hallucination = field(default_factory=Hallucination)
     notes: list[str] = field(default_factory=list)
+    # A cascade route: the calls escalated to the frontier, the share the small model answered alone (against the
+    # coverage evaluation measured), and the audited calls' agreement with the frontier.
+    escalated: int = 0
+    cascade_coverage: float | None = None
+    evaluated_coverage: float | None = None
+    audited: int = 0
+    audited_agreement: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -103,6 +110,9 @@ class MonitoringPolicy:
     min_faithfulness: float = 0.3  # free text: embedding similarity of answer and prompt
     min_frontier_agreement: float = 0.6  # free text: judge win-or-tie rate, else embedding similarity
     max_unsupported_label_share: float = 0.1  # classification: labels the frontier never gave similar prompts
+    max_coverage_drop: float = 0.2  # cascade: live coverage below the evaluated one by more than this
+    min_audited_agreement: float = 0.8  # cascade: audited covered calls that agree with the frontier
+    min_cascade_calls: int = 20  # fewer cascade calls (or audits) give no coverage (or audited agreement) figure
 
     def failures(self, report: LiveReport) -> dict[str, str | None]:
         """Per check, why it fails (None: it passes, or there is not enough traffic to say)."""
@@ -118,7 +128,19 @@ class MonitoringPolicy:
             "label_shift": above(report.label_shift, self.max_label_shift, "label distribution shift"),
             "invalid_answers": above(report.invalid_rate, self.max_invalid_rate, "invalid-answer rate"),
             "hallucination": self.hallucination_failure(report.hallucination),
+            "cascade_coverage": self.coverage_failure(report),
+            "audited_agreement": (f"audited agreement {report.audited_agreement:.1%} < {self.min_audited_agreement:.0%}"
+                                  f" over {report.audited} audited calls"
+                                  if report.audited_agreement is not None
+                                  and report.audited_agreement < self.min_audited_agreement else None),
         }
+
+    def coverage_failure(self, report: LiveReport) -> str | None:
+        coverage, evaluated = report.cascade_coverage, report.evaluated_coverage
+        if coverage is None or evaluated is None or coverage >= evaluated - self.max_coverage_drop:
+            return None
+        return (f"cascade coverage {coverage:.1%} over {report.small_served + report.escalated} calls is more than "
+                f"{100 * self.max_coverage_drop:.0f} points below the evaluated {evaluated:.1%}")
 
     @staticmethod
     def measured(report: LiveReport) -> dict[str, bool]:
@@ -132,6 +154,8 @@ class MonitoringPolicy:
             "hallucination": any(value is not None for value in (
                 figures.ungrounded_value_share, figures.invented_field_share, figures.faithfulness,
                 figures.frontier_agreement, figures.unsupported_label_share)),
+            "cascade_coverage": report.cascade_coverage is not None and report.evaluated_coverage is not None,
+            "audited_agreement": report.audited_agreement is not None,
         }
 
     def hallucination_failure(self, figures: Hallucination) -> str | None:
@@ -156,14 +180,20 @@ class MonitoringPolicy:
 def live_report(rows: pd.DataFrame, workload: str, *, train_prompts: list[list[dict]],
                 train_answers: list[str], since_log_id: int, task: str,
                 small_usd_per_request: float, min_rows: int = 20, free_text_sample: int = 50,
-                judge: AgreementJudge | None = None, judge_name: str = "") -> LiveReport:
-    """The figures over ``rows`` (the workload's log rows) newer than ``since_log_id``."""
+                judge: AgreementJudge | None = None, judge_name: str = "", evaluated_coverage: float | None = None,
+                min_cascade_calls: int = 20) -> LiveReport:
+    """The figures over ``rows`` (the workload's log rows) newer than ``since_log_id``; a cascade's against the
+    ``evaluated_coverage``."""
     ok = rows[rows["status"] == STATUS_OK]
     served_by = ok["served_by"].fillna(SERVED_BY_FRONTIER)
     live = ok[(served_by == SERVED_BY_FRONTIER) & (ok["id"] > since_log_id)]
     small = ok[served_by == SERVED_BY_SMALL]
     shadow = ok[served_by == SERVED_BY_SHADOW]
     fallbacks = int(ok["request_params"].map(lambda p: isinstance(p, dict) and "distillery_fallback" in p).sum())
+    escalated = int(ok["request_params"].map(lambda p: isinstance(p, dict) and "distillery_escalated" in p).sum())
+    covered = int(small["confidence"].notna().sum()) if "confidence" in small else 0  # a cascade's small answers
+    audits = [p.get("agrees_with_frontier") for p in ok.loc[served_by == SERVED_BY_AUDIT, "request_params"]
+              if isinstance(p, dict) and p.get("agrees_with_frontier") is not None]
     compared = [p.get("agrees_with_frontier") for p in shadow["request_params"] if isinstance(p, dict)]
     compared = [c for c in compared if c is not None]
     shadow_valid = [p.get("valid_answer", True) for p in shadow["request_params"] if isinstance(p, dict)]
@@ -179,7 +209,11 @@ def live_report(rows: pd.DataFrame, workload: str, *, train_prompts: list[list[d
         shadow_compared=len(compared), shadow_agreement=sum(compared) / len(compared) if compared else None,
         invalid_rate=invalid / answers if answers else None,
         length_psi=None, cluster_psi=None, label_shift=None,
-        money_saved_usd=len(small) * (per_request - small_usd_per_request), notes=notes,
+        # an escalated call was asked of the small model too
+        money_saved_usd=len(small) * per_request - (len(small) + escalated) * small_usd_per_request, notes=notes,
+        escalated=escalated, evaluated_coverage=evaluated_coverage, audited=len(audits),
+        cascade_coverage=covered / (covered + escalated) if covered + escalated >= min_cascade_calls else None,
+        audited_agreement=sum(audits) / len(audits) if len(audits) >= min_cascade_calls else None,
     )
     from distillery.evaluation import encode
 
