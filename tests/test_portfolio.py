@@ -79,6 +79,27 @@ def test_realized_saving_counts_small_model_answers_and_open_free_text_is_not_re
     assert "100% distinct answers" in lines["chat"]["reason"]
 
 
+def test_a_cascade_is_priced_at_its_live_coverage(distillery_home):
+    """Covered calls cost the small model; escalated ones cost it and the frontier."""
+    from distillery.tasks import Cascade, DecodingPolicy
+
+    store = LogStore()
+    store.upgrade()
+    rows = _workload("triage", 6000, small_answers=30)
+    for i, row in enumerate(rows[:40]):  # 30 covered, 10 escalated (answered by the frontier)
+        row.confidence = 0.95 if i < 30 else 0.3
+    store.record(rows)
+    policy = DecodingPolicy(labels=tuple(LABELS))
+    RouteStore(store.engine).set(Route("triage", "small", 0, "http://127.0.0.1:9/v1", "triage-v1", policy,
+                                       Cascade(0.9, "label_probability", 0.8)), "cascade")
+    [line] = _portfolio()
+    frontier, small = 6000 / (REQUESTS_PER_DAY * DAYS_PER_MONTH), 0.05 / 1000
+    assert line["stage"] == "small (cascade at 0.9)"
+    assert line["small_usd_per_request"] == pytest.approx(small + 0.25 * frontier, rel=0.02)  # 75% coverage
+    assert "cascade blended at 75% coverage (live, 40 calls)" in line["small_price_basis"]
+    assert line["realized_saving_usd"] == pytest.approx(30 * (frontier - small) - 10 * small, rel=0.02)
+
+
 def test_the_asset_puts_the_table_and_an_inline_chart_in_its_metadata(fleet, distillery_home):
     from pipelines.definitions import defs
 

@@ -28,9 +28,11 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from distillery.evaluation.costs import DAYS_PER_MONTH, CostSettings, frontier_usd_per_request, logged_rate
+from distillery.evaluation.costs import (DAYS_PER_MONTH, CostSettings, blended_usd_per_1k, frontier_usd_per_request,
+                                        logged_rate)
 from distillery.serving import FRONTIER, Route, RouteStore
-from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_OK, ArtifactStore, LogStore
+from distillery.store import (SERVED_BY_AUDIT, SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_OK,
+                              ArtifactStore, LogStore)
 from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, tool_call_answer
 
 REPORT = "eval_report"
@@ -84,7 +86,7 @@ def build_portfolio(store: LogStore, artifacts: ArtifactStore,
 
 def _line(workload: str, usage: pd.DataFrame, store: LogStore, artifacts: ArtifactStore, route: Route | None,
           settings: PortfolioSettings) -> WorkloadLine:
-    callers = usage[usage["served_by"] != SERVED_BY_SHADOW]
+    callers = usage[~usage["served_by"].isin((SERVED_BY_SHADOW, SERVED_BY_AUDIT))]
     per_month, _ = logged_rate(int(callers["rows"].sum()), pd.to_datetime(callers["first_at"]).min(),
                                pd.to_datetime(callers["last_at"]).max())
     per_day = per_month / DAYS_PER_MONTH
@@ -99,6 +101,13 @@ def _line(workload: str, usage: pd.DataFrame, store: LogStore, artifacts: Artifa
     champion, figures, small_price, small_basis = _champion(artifacts, workload, settings)
     stage = route.label if route else FRONTIER
     margin = None if frontier_price is None else frontier_price - small_price
+    realized = small_answers * margin if margin is not None else 0.0
+    if route is not None and route.cascade is not None and frontier_price is not None:
+        coverage, escalated, where = _cascade_coverage(answered, route)
+        realized -= escalated * small_price  # an escalated call was asked of the small model too
+        small_price = blended_usd_per_1k(coverage, small_price * 1000, frontier_price * 1000) / 1000
+        small_basis += f"; cascade blended at {coverage:.0%} coverage ({where})"
+        margin = frontier_price - small_price
     projected = None if margin is None else margin * per_month
     payback = settings.costs.migration_cost_usd / projected if projected and projected > 0 else None
     spend = None if frontier_price is None else frontier_price * per_month
@@ -108,8 +117,18 @@ def _line(workload: str, usage: pd.DataFrame, store: LogStore, artifacts: Artifa
         frontier_usd_per_request=frontier_price, frontier_usd_per_month=spend, frontier_price_basis=basis,
         task=task, answer_variety=variety, stage=stage, champion_version=champion, champion_figures=figures,
         small_usd_per_request=small_price, small_price_basis=small_basis, small_answers=small_answers,
-        realized_saving_usd=small_answers * margin if margin is not None else 0.0,
+        realized_saving_usd=realized,
         projected_saving_usd_per_month=projected, payback_months=payback, recommended=recommended, reason=reason)
+
+
+def _cascade_coverage(answered: pd.DataFrame, route: Route) -> tuple[float, int, str]:
+    """The share of a cascade route's calls its small model answered alone (live, else as evaluated), and how many
+    calls were escalated."""
+    with_confidence = answered.groupby("served_by")["with_confidence"].sum()
+    covered, escalated = int(with_confidence.get(SERVED_BY_SMALL, 0)), int(with_confidence.get(SERVED_BY_FRONTIER, 0))
+    if covered + escalated:
+        return covered / (covered + escalated), escalated, f"live, {covered + escalated} calls"
+    return route.cascade.coverage or 0.0, 0, "as evaluated: no live cascade calls yet"
 
 
 def _frontier_price(frontier: pd.DataFrame, costs: CostSettings) -> tuple[float | None, str]:

@@ -253,8 +253,10 @@ class LogStore:
             return conn.execute(query).scalar_one()
 
     def usage(self) -> pd.DataFrame:
-        """Per workload, who answered (``served_by``: frontier, small, shadow) and status: rows, first and last time,
-        logged cost (sum and how many rows carry one) and mean tokens. Aggregated in the database, not read out."""
+        """Per workload, who answered (``served_by``: frontier, small, shadow, audit) and status: rows, first and last
+        time, logged cost (sum and how many rows carry one), mean tokens, and how many rows carry a cascade's
+        confidence (the small model's covered answers; the frontier's escalated ones). Aggregated in the database,
+        not read out."""
         served_by = sa.func.coalesce(ExchangeRow.served_by, SERVED_BY_FRONTIER).label("served_by")
         query = sa.select(
             ExchangeRow.workload, served_by, ExchangeRow.status, sa.func.count().label("rows"),
@@ -262,6 +264,7 @@ class LogStore:
             sa.func.sum(ExchangeRow.cost_usd).label("cost_usd"), sa.func.count(ExchangeRow.cost_usd).label("costed"),
             sa.func.avg(ExchangeRow.prompt_tokens).label("prompt_tokens"),
             sa.func.avg(ExchangeRow.completion_tokens).label("completion_tokens"),
+            sa.func.count(ExchangeRow.confidence).label("with_confidence"),
         ).group_by(ExchangeRow.workload, served_by, ExchangeRow.status)
         with self.engine.connect() as conn:
             result = conn.execute(query)
