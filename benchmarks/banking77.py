@@ -1,6 +1,6 @@
 """Banking77: fine-tune on train.csv within a time budget, evaluate on test.csv, against a Trainer baseline.
 
-    python benchmarks/banking77.py [--budget-minutes 15] [--base-model PATH] [--quick]
+    python benchmarks/banking77.py [--budget-minutes 15] [--base-model PATH] [--quick] [--cascade]
 
 1. Baseline throughput: a plain ``transformers.Trainer`` + peft (the same model, data and
    LoRA settings; batches padded to the longest, full-vocabulary LM loss) for a few steps.
@@ -8,6 +8,13 @@
    on the top ``--lora-layers`` layers, length-grouped batches, the LM head applied at the
    answer positions only with the softmax over the label set's tokens.
 3. Evaluation on the test rows (all 3,080 by default) with decoding constrained to the 77 labels.
+4. ``--cascade``: a calibration split (``--calibration-per-label`` rows of each label, carved from train.csv and never
+   trained on) chooses the confidence threshold the way ``eval_report`` does (``distillery.evaluation.cascade``: the
+   most coverage whose covered accuracy keeps its lower 95% bound within ``--cascade-margin-points`` of the labels,
+   which stand in for the frontier); the test rows then report its coverage, covered accuracy and bound, the blended
+   answers' accuracy (escalated rows get the label) and the blended cost per 1,000 requests (covered: the small
+   model; escalated: the small model and the frontier at ``--frontier-usd-per-1k``), the small model priced from
+   the evaluation's rows/s at ``--serving-usd-per-hour``.
 
 The last line is one JSON object. ``--quick`` is a tiny run for CI (seconds of training, 77 test rows).
 """
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -29,11 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distillery.errors import DistilleryError  # noqa: E402
-from distillery.evaluation import classification_metrics  # noqa: E402
+from distillery.evaluation import blended_usd_per_1k, check, choose, classification_metrics  # noqa: E402
 from distillery.models import load_tokenizer, resolve_base_model  # noqa: E402
 from distillery.serving import generate, load_model  # noqa: E402
 from distillery.settings import public_dataset  # noqa: E402
-from distillery.tasks import DecodingPolicy  # noqa: E402
+from distillery.tasks import LABEL_PROBABILITY, DecodingPolicy, agrees  # noqa: E402
 from distillery.training import TrainingConfig, train_lora  # noqa: E402
 from distillery.training.trainer import build_lora_model, render_example  # noqa: E402
 
@@ -95,6 +103,11 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--baseline-steps", type=int, default=6)
+    parser.add_argument("--cascade", action="store_true", help="calibrate and report the confidence cascade")
+    parser.add_argument("--calibration-per-label", type=int, default=10)
+    parser.add_argument("--cascade-margin-points", type=float, default=2.0)
+    parser.add_argument("--frontier-usd-per-1k", type=float, default=0.30)
+    parser.add_argument("--serving-usd-per-hour", type=float, default=1.0)
     args = parser.parse_args()
     try:
         data = public_dataset("banking77")
@@ -107,11 +120,14 @@ def main() -> None:
     test = pd.read_csv(data / "test.csv")
     labels = sorted(train["category"].unique())
     validation = stratified(train, 2, seed=1)
-    train = train.drop(validation.index).sample(frac=1.0, random_state=0)
+    train = train.drop(validation.index)
+    calibration = stratified(train, args.calibration_per_label, seed=2) if args.cascade else train.head(0)
+    train = train.drop(calibration.index).sample(frac=1.0, random_state=0)
     budget_s = args.budget_minutes * 60
     if args.quick:
         train, validation, budget_s = stratified(train, 2, seed=0), validation.head(16), 20.0
         test = stratified(test, 1, seed=0)
+        calibration = calibration.groupby("category").head(1)
         args.baseline_steps = 3
     elif args.test_rows:
         test = test.sample(args.test_rows, random_state=0)
@@ -139,10 +155,16 @@ def main() -> None:
         if torch.cuda.is_available():
             model = model.to("cuda")
         began = time.perf_counter()
+        policy = DecodingPolicy(labels=tuple(labels))
         generations = generate(model, tokenizer, [conversation(t) for t in test["text"]], max_new_tokens=24,
-                               batch_size=64, policy=DecodingPolicy(labels=tuple(labels)))
+                               batch_size=64, policy=policy)
         eval_seconds = time.perf_counter() - began
+        calibrated = generate(model, tokenizer, [conversation(t) for t in calibration["text"]], max_new_tokens=24,
+                              batch_size=64, policy=policy) if args.cascade else []
     metrics = classification_metrics(list(test["category"]), [g.text for g in generations])
+    figures = cascade_figures(calibrated, list(calibration["category"]), generations, list(test["category"]),
+                              args, small_usd_per_1k=args.serving_usd_per_hour / 3.6 * eval_seconds / len(test)) \
+        if args.cascade else {}
     print(json.dumps({
         "accuracy": round(metrics["accuracy"], 4),
         "macro_f1": round(metrics["macro_f1"], 4),
@@ -160,7 +182,35 @@ def main() -> None:
         "lora_layers": config.lora_layers,
         "rank": config.rank,
         "quick": args.quick,
+        **figures,
     }))
+
+
+def cascade_figures(calibrated, calibration_labels, generations, test_labels, args, small_usd_per_1k: float) -> dict:
+    """The cascade chosen on the calibration rows, measured on the test rows (``eval_report``'s own functions)."""
+    def agreement(answers, labels):
+        return [float(agrees(g.text, label)) for g, label in zip(answers, labels)]
+
+    chosen = choose({LABEL_PROBABILITY: [g.confidence(LABEL_PROBABILITY) for g in calibrated]},
+                    agreement(calibrated, calibration_labels), max_gap=args.cascade_margin_points / 100, min_rows=1)
+    print(f"cascade: {chosen.note}", flush=True)
+    checked = check(chosen, [g.confidence(LABEL_PROBABILITY) for g in generations],
+                    agreement(generations, test_labels))
+    test = checked.test
+    full = statistics.fmean(agreement(generations, test_labels))
+    return {
+        "calibration_rows": len(calibrated),
+        "cascade_threshold": round(chosen.cascade.threshold, 6) if chosen.cascade else None,
+        "coverage": round(test.coverage, 4) if test else 0.0,
+        "covered_accuracy": round(test.covered_agreement, 4) if test else None,
+        "covered_accuracy_low": round(test.covered_agreement_ci95[0], 4) if test else None,
+        "blended_accuracy": round(test.blended_agreement, 4) if test else 1.0,
+        "full_accuracy": round(full, 4),
+        "small_usd_per_1k": round(small_usd_per_1k, 5),
+        "frontier_usd_per_1k": args.frontier_usd_per_1k,
+        "blended_usd_per_1k": round(blended_usd_per_1k(test.coverage if test else 0.0, small_usd_per_1k,
+                                                       args.frontier_usd_per_1k), 5),
+    }
 
 
 if __name__ == "__main__":

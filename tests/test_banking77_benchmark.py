@@ -13,13 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quick_banking77_run_prints_its_figures():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "banking77.py"), "--quick"], cwd=ROOT,
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "banking77.py"), "--quick", "--cascade"], cwd=ROOT,
                           capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["test_rows"] == 77 and figures["device"] == "cpu" and figures["quick"] is True
     assert figures["accuracy"] > 0.05  # chance is 1/77; 20 s of training already gets ~0.25
     assert figures["train_steps"] > 0 and figures["tokens_per_s"] > 0 and figures["baseline_tokens_per_s"] > 0
+    # the cascade, calibrated on 77 rows carved from train.csv: a 20-second model is rarely sure enough to cover any
+    assert figures["calibration_rows"] == 77 and figures["full_accuracy"] == figures["accuracy"]
+    assert 0 <= figures["coverage"] <= 1 and figures["blended_accuracy"] >= figures["full_accuracy"]
+    assert figures["small_usd_per_1k"] > 0
+    assert figures["blended_usd_per_1k"] == pytest.approx(
+        figures["small_usd_per_1k"] + (1 - figures["coverage"]) * figures["frontier_usd_per_1k"], abs=1e-4)
 
 
 def test_without_the_data_it_stops_and_names_the_setting(tmp_path):
