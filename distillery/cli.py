@@ -33,7 +33,8 @@ def _say(text: str) -> None:
     typer.secho(text, fg=typer.colors.CYAN, bold=True)
 
 
-def _run_lifecycle(workload: str, epochs: float | None, gate: dict | None = None) -> None:
+def _run_lifecycle(workload: str, epochs: float | None, gate: dict | None = None,
+                   curation: dict | None = None) -> None:
     """Run the lifecycle job, print the outcome (the evaluation report, if one was made), exit 1 if the run failed."""
     # Set before the job's libraries are imported; the training worker inherits them. Per-shard and per-tensor
     # progress bars would bury the lifecycle's own progress lines.
@@ -43,7 +44,7 @@ def _run_lifecycle(workload: str, epochs: float | None, gate: dict | None = None
     warnings.filterwarnings("ignore", category=FutureWarning)
     from pipelines.run import run_lifecycle  # the CLI's one entry into Dagster
 
-    succeeded = run_lifecycle(workload, epochs=epochs, gate=gate, say=typer.echo)
+    succeeded = run_lifecycle(workload, epochs=epochs, gate=gate, curation=curation, say=typer.echo)
     _print_outcome(workload)
     if not succeeded:
         typer.secho(f"the lifecycle run for {workload!r} failed; see the messages above", fg="red", err=True)
@@ -60,7 +61,7 @@ def demo(
     epochs: Optional[float] = typer.Option(None, help="Override the fine-tune's epochs."),
     concurrency: int = typer.Option(8, help="Parallel demo calls."),
     # The demo's model trains for a few minutes on CPU on 400 calls; a real workload keeps the gate's default of 5.
-    max_gap_points: float = typer.Option(20.0, help="The gate's allowed gap to the frontier, in points."),
+    max_gap_points: float = typer.Option(15.0, help="The gate's allowed gap to the frontier, in points."),
 ) -> None:
     """Capture demo traffic, run the whole lifecycle on it (curate, fine-tune, evaluate, deploy), move the
     workload's traffic to the small model step by step and force a fault that rolls it back; then show the fleet
@@ -97,10 +98,11 @@ def demo(
 
     _say(f"3/5 Running the lifecycle for {WORKLOAD!r} in Dagster: "
          "raw_llm_logs -> curated_dataset -> lora_adapter -> eval_report -> deployed_endpoint")
-    # A demo's few hundred calls leave some 40 held-out rows: the evidence minimums are lowered to fit, and the
-    # report's gate says so.
+    # A demo's few hundred calls leave few held-out rows: a fifth each for validation (the cascade's calibration)
+    # and test, and evidence minimums lowered to fit (the report's gate says so).
     _run_lifecycle(WORKLOAD, epochs, {"max_gap_to_frontier_points": max_gap_points, "min_test_rows": DEMO_MIN_ROWS,
-                                      "min_calibration_rows": DEMO_MIN_ROWS})
+                                      "min_calibration_rows": DEMO_MIN_ROWS},
+                   {"validation_fraction": 0.2, "test_fraction": 0.2})
     _say("4/5 Cut-over through the gateway: shadow, canary, small model, then a forced fault")
     walk_cutover(frontier_url=frontier_url, model=model, api_key_env=api_key_env, say=typer.echo)
     typer.echo("  routes and their history: .venv/bin/distillery route show")

@@ -44,16 +44,19 @@ def _daemon_alive(instance: dg.DagsterInstance) -> bool:
 
 
 def run_lifecycle(workload: str, *, epochs: float | None = None, gate: dict | None = None,
-                  say=print, poll_s: float = 1.0) -> bool:
+                  curation: dict | None = None, say=print, poll_s: float = 1.0) -> bool:
     """Launch the lifecycle run for ``workload`` against the code location and wait for it; True when it succeeded.
 
-    ``epochs`` overrides the fine-tune's, ``gate`` the gate's settings (``eval_report``'s config).
+    ``epochs`` overrides the fine-tune's, ``gate`` the gate's settings (``eval_report``'s config), ``curation``
+    ``curated_dataset``'s.
     """
     ops: dict = {}
     if epochs is not None:
         ops["lora_adapter"] = {"config": {"epochs": epochs}}
     if gate:
         ops["eval_report"] = {"config": gate}
+    if curation:
+        ops["curated_dataset"] = {"config": curation}
     run_id = str(uuid.uuid4())
     _use_default_homes()
     with dg.DagsterInstance.get() as instance:

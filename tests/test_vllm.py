@@ -20,7 +20,7 @@ from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic, 
 from distillery.errors import DistilleryError
 from distillery.serving import SMALL, Endpoints, RouteStore
 from distillery.store import LogStore
-from distillery.tasks import DecodingPolicy
+from distillery.tasks import DecodingPolicy, confidence
 from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
                        TrainerResource, WorkerLauncherResource)
 
@@ -111,6 +111,53 @@ def test_the_gateway_answers_from_vllm_under_the_label_policy(deployed):
     assert all(a.choices[0].message.content in QUEUES for a in answers)
     served = rows[rows["served_by"] == "small"]
     assert len(served) == len(tickets) and not any("distillery_fallback" in p for p in served["request_params"])
+
+
+# vLLM's float32 CPU kernels against torch's, summed over an answer's tokens (measured 2026-12-02: see the test)
+LOGPROB_TOLERANCE = 2e-3
+
+
+def test_vllm_returns_the_confidences_the_local_engine_computes(deployed):
+    """Free text: the same quantity, equal within the kernels' float differences. Under the label policy vLLM's
+    grammar also allows a label's other tokenizations ('a'+'cc'+'ount'), which the engine's label trie never takes;
+    where vLLM chose the canonical tokens, the label's probability is the same number, and where it did not, the
+    two are different paths and are only counted."""
+    from distillery.serving import generate, load_model, using_adapter
+    from distillery.tasks import LABEL_PROBABILITY, MEAN_TOKEN_PROBABILITY
+
+    endpoint = Endpoints().current(WORKLOAD)
+    policy = RouteStore(LogStore().engine).get(WORKLOAD).policy
+    tickets = [demo_messages(t) for t in ["I was charged twice for my plan", "My parcel never arrived",
+                                          "I think my account was hacked", "The app crashes when I upload a photo",
+                                          "Please cancel my subscription", "Where do I change my address?"]]
+    model, tokenizer = load_model(endpoint.base_model, {"served": Path(endpoint.adapter_path)})
+    with using_adapter(model, "served"):
+        free = generate(model, tokenizer, tickets, max_new_tokens=8)
+        labels = generate(model, tokenizer, tickets, max_new_tokens=16, policy=policy)
+    vllm = openai.OpenAI(base_url=endpoint.url, api_key="local", max_retries=0, timeout=120)
+
+    def ask(messages, max_tokens, constraint=None):
+        answer = vllm.chat.completions.create(model=endpoint.model, messages=messages, max_tokens=max_tokens,
+                                              temperature=0, logprobs=True,
+                                              extra_body={"structured_outputs": constraint} if constraint else None)
+        return answer.choices[0]
+
+    for messages, local in zip(tickets, free):
+        served = ask(messages, 8)
+        assert served.message.content.strip() == local.text
+        logprobs = [entry.logprob for entry in served.logprobs.content]
+        assert confidence(MEAN_TOKEN_PROBABILITY, logprobs) == pytest.approx(
+            local.confidence(MEAN_TOKEN_PROBABILITY), abs=LOGPROB_TOLERANCE)
+    canonical = 0
+    for messages, local in zip(tickets, labels):
+        served = ask(messages, 16, policy.structured_outputs())
+        assert served.message.content in policy.labels
+        tokens = [entry.token for entry in served.logprobs.content]
+        if tokens == [tokenizer.decode([token]) for token in local.token_ids]:
+            canonical += 1
+            assert confidence(LABEL_PROBABILITY, [e.logprob for e in served.logprobs.content]) == pytest.approx(
+                local.confidence(LABEL_PROBABILITY), abs=LOGPROB_TOLERANCE)
+    print(f"vLLM chose the canonical tokens of {canonical} of {len(tickets)} labels")
 
 
 def test_a_second_version_loads_beside_the_first_and_an_old_version_unloads(lifecycle, deployed):

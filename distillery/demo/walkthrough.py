@@ -92,6 +92,7 @@ class CutoverStep:
     failed: int
     answered_by_small_model: int
     note: str = ""
+    escalated: int = 0  # a cascade route: calls the small model was not sure enough of, answered by the frontier
 
 
 def walk_cutover(*, frontier_url: str | None = None, model: str = STANDIN_MODEL, api_key_env: str | None = None,
@@ -110,6 +111,7 @@ def walk_cutover(*, frontier_url: str | None = None, model: str = STANDIN_MODEL,
 
     def traffic(client: openai.OpenAI, label: str, note: str = "") -> CutoverStep:
         failed = small = 0
+        escalated_before = escalations()
         for i in range(calls_per_step):
             try:
                 answer = client.chat.completions.create(model=model, messages=demo_messages(next(tickets)),
@@ -117,8 +119,12 @@ def walk_cutover(*, frontier_url: str | None = None, model: str = STANDIN_MODEL,
                 small += answer.model != model  # the small model answers under its adapter's name
             except openai.APIError:
                 failed += 1
-        steps.append(CutoverStep(label, calls_per_step, failed, small, note))
-        say(f"  {label}: {calls_per_step} calls, {failed} failed, {small} answered by the small model"
+        escalated = escalations() - escalated_before
+        steps.append(CutoverStep(label, calls_per_step, failed, small, note, escalated))
+        cascade = (f", {escalated} escalated to the frontier below the confidence threshold "
+                   f"{route.cascade.threshold:.3g} (coverage {small / (small + escalated):.0%})"
+                   if route.cascade and small + escalated else "")
+        say(f"  {label}: {calls_per_step} calls, {failed} failed, {small} answered by the small model{cascade}"
             + (f" ({note})" if note else ""))
         return steps[-1]
 
@@ -126,7 +132,17 @@ def walk_cutover(*, frontier_url: str | None = None, model: str = STANDIN_MODEL,
         routes.set(replace(routes.get(WORKLOAD), mode=mode, canary_percent=percent), "demo cut-over walk")
         time.sleep(0.5)  # the gateway reads routes every 0.2 s
 
-    rollback = RollbackPolicy(min_samples=4, max_p95_latency_ms=30_000)
+    # 12 calls a step: a cascade's coverage over so few calls swings widely, so only a collapse rolls back here
+    rollback = RollbackPolicy(min_samples=4, max_p95_latency_ms=30_000, max_coverage_drop=0.5)
+    gateway = None
+
+    def escalations() -> int:
+        return gateway.gateway.metrics.escalated[WORKLOAD] if gateway else 0
+
+    if route.cascade:
+        say(f"  the gate approved a cascade: the small model answers alone when its confidence "
+            f"({route.cascade.measure.replace('_', ' ')}) is at least {route.cascade.threshold:.3g}, "
+            f"{route.cascade.coverage:.0%} of the held-out calls")
     try:
         with _gateway_to_frontier(frontier_url, api_key_env, route_refresh_s=0.2, rollback=rollback) as gateway:
             client = openai.OpenAI(base_url=gateway.url, api_key="demo", max_retries=0, timeout=120,
@@ -147,7 +163,8 @@ def walk_cutover(*, frontier_url: str | None = None, model: str = STANDIN_MODEL,
     finally:
         adapter = Path(endpoint.adapter_path)
         restarted = endpoints.deploy(WORKLOAD, endpoint.base_model, adapter, endpoint.model,
-                                     demo_messages("I was charged twice"), DecodingPolicy.load(adapter))
+                                     demo_messages("I was charged twice"), DecodingPolicy.load(adapter),
+                                     needs_confidence=route.cascade is not None)
         routes.set(replace(routes.get(WORKLOAD), mode=SHADOW, canary_percent=0.0, small_url=restarted.url),
                    "demo: endpoint restarted after the forced fault")
         say(f"  the endpoint is serving again at {restarted.url}; the route is back in shadow")
