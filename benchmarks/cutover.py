@@ -12,6 +12,10 @@ covered by the tests and the demo). Each caller sends a distinct route key (the 
    route's automatic rollback is stored, against the rollback window.
 3. Shadow overhead: one request at a time, alternating between a workload routed to the frontier
    and one in shadow (the same gateway, the same moment), p50 of each.
+4. Cascade overhead on covered calls: the same, alternating between a workload in ``small`` and one in ``small``
+   with a cascade whose threshold every answer clears (the small model's log-probabilities asked for, its
+   confidence computed, the gateway's default 5% audited); then --requests at --concurrency through each, the
+   requests/s of each and their ratio.
 
 ``--quick`` runs the same on 2,000 requests at 16 concurrent, killing after 0.3 s: what the tests run. The last line
 is one JSON object.
@@ -41,8 +45,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gateway import STUB_PROVIDER, start, wait_until_up  # noqa: E402
 
-from distillery.serving import CANARY, FRONTIER, SHADOW, RollbackPolicy, Route, RouteStore  # noqa: E402
+from distillery.serving import CANARY, FRONTIER, SHADOW, SMALL, RollbackPolicy, Route, RouteStore  # noqa: E402
 from distillery.store import LogStore  # noqa: E402
+from distillery.tasks import SEQUENCE_PROBABILITY, Cascade  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "I was charged twice"}]
 
@@ -117,9 +122,17 @@ def main() -> None:
     routes.set(Route("killed", CANARY, args.canary, small_url, "killed"), "benchmark")
     routes.set(Route("shadowed", SHADOW, 0, small_url, "shadowed"), "benchmark")
     routes.set(Route("direct", FRONTIER), "benchmark")
+    routes.set(Route("small", SMALL, 0, small_url, "small"), "benchmark")
+    routes.set(Route("cascade", SMALL, 0, small_url, "cascade", cascade=Cascade(0.5, SEQUENCE_PROBABILITY)),
+               "benchmark")
     port = 20000 + os.getpid() % 20000
-    gateway = subprocess.Popen([sys.executable, "-m", "distillery.cli", "gateway", "--upstream", frontier_url,
-                                "--port", str(port), "--no-require-api-key"], env=env, stdout=subprocess.DEVNULL)
+    # The stubs never agree ("ok" against "small"): disagreement (shadow, audits) must not roll the measured routes
+    # back, so its threshold is off; errors, latency and validity keep theirs.
+    config = workdir / "gateway.toml"
+    config.write_text(f'[gateway]\nport = {port}\nrequire_api_key = false\n\n'
+                      f'[upstreams.stub]\nbase_url = "{frontier_url}"\n\n[rollback]\nmax_disagreement_rate = 1.0\n')
+    gateway = subprocess.Popen([sys.executable, "-m", "distillery.cli", "gateway", "--config", str(config)],
+                               env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         wait_until_up(f"http://127.0.0.1:{port}/healthz", gateway)
@@ -127,6 +140,11 @@ def main() -> None:
         direct_ms, shadow_ms = loop.run_until_complete(
             alternating_latencies(url, ("direct", "shadowed"), args.latency_samples))
         share_answers, share_seconds = loop.run_until_complete(load(url, "canary", args.requests, args.concurrency))
+        small_ms, cascade_ms = loop.run_until_complete(
+            alternating_latencies(url, ("small", "cascade"), args.latency_samples))
+        small_answers, small_seconds = loop.run_until_complete(load(url, "small", args.requests, args.concurrency))
+        covered_answers, covered_seconds = loop.run_until_complete(
+            load(url, "cascade", args.requests, args.concurrency))
 
         killed_at: list[float] = []
 
@@ -173,6 +191,14 @@ def main() -> None:
         "frontier_mode_p50_ms": round(statistics.median(direct_ms), 3),
         "shadow_mode_p50_ms": round(statistics.median(shadow_ms), 3),
         "shadow_added_p50_ms": round(statistics.median(shadow_ms) - statistics.median(direct_ms), 3),
+        "small_mode_p50_ms": round(statistics.median(small_ms), 3),
+        "cascade_covered_p50_ms": round(statistics.median(cascade_ms), 3),
+        "cascade_added_p50_ms": round(statistics.median(cascade_ms) - statistics.median(small_ms), 3),
+        "small_mode_rps": round(sum(small_answers.values()) / small_seconds),
+        "cascade_covered_rps": round(sum(covered_answers.values()) / covered_seconds),
+        "cascade_vs_small_rps": round(sum(covered_answers.values()) / covered_seconds
+                                      / (sum(small_answers.values()) / small_seconds), 3),
+        "cascade_answered_by_small_model": covered_answers.get("small", 0) / max(sum(covered_answers.values()), 1),
         "quick": args.quick,
     }))
 

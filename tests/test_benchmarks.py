@@ -46,6 +46,9 @@ def test_cutover_benchmark_falls_back_and_rolls_back():
     assert figures["failed_client_requests"] == 0 and figures["rolled_back"] is True
     assert figures["answered_by_small_model_before_the_kill"] > 0
     assert abs(figures["canary_share"] - figures["canary_target"]) < 3
+    # every covered cascade call answered by the small model; the overhead figures printed (not asserted)
+    assert figures["cascade_answered_by_small_model"] == 1.0
+    assert figures["cascade_vs_small_rps"] > 0 and "cascade_added_p50_ms" in figures
 
 
 def test_curation_benchmark_finds_the_planted_copies_and_pii():

@@ -4,7 +4,8 @@ completions and Responses API, and Anthropic's Messages API, streamed and not.
 The requested ``model`` picks the behaviour: ``fail-500`` answers 500, ``rate-limited`` answers 429
 with ``Retry-After``, ``slow`` waits ``slow_seconds`` first, ``slow-stream`` streams five words
 one second apart, ``stalled-stream`` streams one word and then nothing for five seconds, anything else
-answers ``answer`` ("ok"; streamed when asked). A request that offers tools is answered with a call of its first
+answers ``answer`` ("ok"; streamed when asked; as one token of log-probability ``ANSWER_LOGPROB`` when a request
+asks for ``logprobs``). A request that offers tools is answered with a call of its first
 function with ``tool_arguments`` (model ``parallel-tools``: two calls; ``bad-arguments``: arguments that are not
 JSON). Every answer carries ``x-request-id`` and ``x-ratelimit-*`` headers, as OpenAI's do. The last Authorization
 and x-api-key headers and request body seen are kept, to check what the gateway forwards.
@@ -24,6 +25,7 @@ from distillery.tasks import tool_spec
 ANSWER = "ok"
 USAGE = (10, 1)  # prompt and completion tokens of every answer
 TOOL_ARGUMENTS = '{"queue": "billing", "priority": 2}'
+ANSWER_LOGPROB = -0.01  # the answer's one token, when a request asks for log-probabilities (a confident answer)
 
 
 class StubUpstream:
@@ -73,7 +75,9 @@ class StubUpstream:
             chunks = wire.chat_chunks([], model, *USAGE, "tool_calls", wire.wants_stream_usage(body), calls)
             return await self._stream(request, headers, b"".join(map(wire.sse_event, chunks)) + wire.SSE_DONE)
         if not body.get("stream"):
-            return web.json_response(wire.chat_completion(self.answer, model, *USAGE), headers=headers)
+            logprobs = [wire.token_logprob(self.answer, ANSWER_LOGPROB)] if body.get("logprobs") else None
+            return web.json_response(wire.chat_completion(self.answer, model, *USAGE, logprobs=logprobs),
+                                     headers=headers)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
         await response.prepare(request)
         words, pause = {"slow-stream": (["one ", "two ", "three ", "four ", "five"], 1.0),
