@@ -231,7 +231,8 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
     decoding = _adapter_policy(adapter)
     champion = _champion_adapter(artifacts, tracker, workload, trained["model_version"])
     report, outputs = evaluation.evaluate(
-        splits["test"], splits["validation"], workload, trained["base_model"], adapter.path / "adapter", task=curated.manifest["task"],
+        splits["test"], splits["validation"], workload, trained["base_model"], adapter.path / "adapter",
+        task=curated.manifest["task"],
         policy=policy, champion=champion, batch_size=batch_size, on_progress=on_progress, decoding=decoding,
         serving_concurrency=serving_concurrency, judge=judge)
     served = outputs.served.generations

@@ -139,12 +139,37 @@ def test_a_coverage_drop_rolls_the_route_back(tmp_path, small_model, frontier):
     assert event.to_mode.startswith("canary 10%") and "cascade coverage 0.0% over 5 calls" in event.reason
 
 
-def test_a_route_threshold_outside_0_1_is_refused_and_a_server_without_confidences_is_refused_at_deploy(frontier):
+def test_a_route_threshold_outside_0_1_is_refused_and_a_server_without_confidences_is_refused_at_deploy():
     with pytest.raises(ValueError, match="threshold must be a number between 0 and 1"):
         Cascade(1.5, LABEL_PROBABILITY)
     with pytest.raises(ValueError, match="unknown confidence measure"):
         Cascade(0.5, "vibes")
-    # the stub answers without log-probabilities: a cascade cannot decide on it
-    with pytest.raises(DistilleryError, match="without its tokens' log-probabilities"):
-        _probe(frontier.url, "gpt-x", CONVERSATIONS[0], DecodingPolicy(), needs_confidence=True)
-    _probe(frontier.url, "gpt-x", CONVERSATIONS[0], DecodingPolicy())  # without a cascade it is fine
+    server = StubUpstream(logprobs=False).start()  # a server that answers without log-probabilities
+    try:
+        with pytest.raises(DistilleryError, match="without its tokens' log-probabilities"):
+            _probe(server.url, "gpt-x", CONVERSATIONS[0], DecodingPolicy(), needs_confidence=True)
+        _probe(server.url, "gpt-x", CONVERSATIONS[0], DecodingPolicy())  # without a cascade it is fine
+    finally:
+        server.stop()
+
+
+def test_route_set_keeps_the_policy_and_cascade_and_refuses_a_threshold_outside_0_1(distillery_home):
+    from typer.testing import CliRunner
+
+    from distillery.cli import app
+
+    store = LogStore()
+    store.upgrade()
+    routes = RouteStore(store.engine)
+    routes.set(_route("http://127.0.0.1:9/v1", 0.9, coverage=0.7, mode=CANARY), "deployed")
+    runner = CliRunner()
+    moved = runner.invoke(app, ["route", "set", "triage", "small"])
+    assert moved.exit_code == 0 and "small (cascade at 0.9)" in moved.output
+    assert routes.get("triage").policy == POLICY and routes.get("triage").cascade == Cascade(0.9, LABEL_PROBABILITY, 0.7)
+    assert runner.invoke(app, ["route", "set", "triage", "small", "--threshold", "0.95"]).exit_code == 0
+    assert routes.get("triage").cascade.threshold == 0.95
+    refused = runner.invoke(app, ["route", "set", "triage", "small", "--threshold", "1.5"])
+    assert refused.exit_code == 2 and "threshold must be a number between 0 and 1" in refused.output
+    assert routes.get("triage").cascade.threshold == 0.95  # nothing changed
+    assert runner.invoke(app, ["route", "set", "triage", "small", "--no-cascade"]).exit_code == 0
+    assert routes.get("triage").cascade is None and routes.get("triage").label == "small"

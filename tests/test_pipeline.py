@@ -96,6 +96,9 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert trained["model_version"] == "1" and trained["steps"] == 3
     report = _metadata(first, eval_report)
     assert "| fine-tuned |" in report["report"] and report["passed"] is True
+    # a few validation rows: no cascade threshold is chosen from them, and the report says so
+    assert report["gate_mode"] == "full" and "under the 100 a threshold is chosen from" in report["cascade_note"]
+    assert report["plot_coverage_curve"].startswith("![coverage_curve](data:image/png;base64,")
     # Plots are embedded, so they render in the UI on any machine; links go to the MLflow UI.
     assert report["plot_confusion_matrix"].startswith("![confusion_matrix](data:image/png;base64,iVBOR")
     assert 0 <= report["fine_tuned_macro_f1"] <= 1

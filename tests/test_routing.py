@@ -310,3 +310,16 @@ def test_a_tool_schema_that_cannot_be_applied_gets_the_frontiers_answer(tmp_path
     assert answer.choices[0].message.tool_calls[0].function.arguments == '{"queue": "billing", "priority": 2}'
     [row] = logs.read("triage").itertuples()
     assert row.served_by == "frontier" and row.request_params["distillery_fallback"].startswith("invalid answer")
+
+
+def test_the_monitor_counts_audits_as_comparisons_and_watches_a_cascades_coverage():
+    monitor = RolloutMonitor(RollbackPolicy(min_samples=10, max_disagreement_rate=0.3, max_coverage_drop=0.2))
+    for i in range(10):
+        monitor.observe(ok=True, latency_ms=10, now=0.0)
+        monitor.observe_coverage(covered=i < 7, now=0.0)
+    assert monitor.breach(now=0.0, evaluated_coverage=0.8) is None  # 70% against 80%: within 20 points
+    assert "cascade coverage 70.0% over 10 calls" in monitor.breach(now=0.0, evaluated_coverage=0.95)
+    for i in range(10):
+        monitor.observe_audit(agreed=i < 6, now=0.0)
+    assert "shadow/audit disagreement 40.0% over 10 calls" in monitor.breach(now=0.0, evaluated_coverage=0.8)
+    assert monitor.breach(now=61.0) is None  # the window forgot them all

@@ -124,7 +124,8 @@ def decide(metric: str, rows: int, ci95: tuple[float, float], calibration: Calib
         elif d_high < 0:
             line += ": worse beyond noise, the champion stays"
         else:
-            line += ": not worse beyond noise" if champion_holds else ": no evidence that it is better, the champion stays"
+            line += (": not worse beyond noise" if champion_holds
+                     else ": no evidence that it is better, the champion stays")
         (passed if champion_holds else failed).append(line)
     promote = (full or cascade is not None) and champion_holds
     mode = (FULL if full else CASCADE) if promote else REFUSED

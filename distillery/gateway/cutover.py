@@ -134,11 +134,12 @@ class Cutover:
             self._fell_back(route, row, f"invalid answer: {answer.text[:200]}")
             return False
         cascade = route.cascade
+        covered = None
         if cascade:
             row["confidence"] = confidence(cascade.measure, token_logprobs) if token_logprobs else None
             covered = row["confidence"] is not None and row["confidence"] >= cascade.threshold
-            self._watch(route, ok=True, latency_ms=latency_ms, covered=covered)
             if not covered:
+                self._watch(route, ok=True, latency_ms=latency_ms, covered=False)
                 self._escalated(route, row, answer.text)
                 return False
         if policy.tool_calls:
@@ -151,14 +152,13 @@ class Cutover:
             responder.send(200, protocol.reply(answer, data, body))
         self._metrics.count(protocol.endpoint, 200, seconds=time.perf_counter() - started)
         self._metrics.served[route.workload, SERVED_BY_SMALL] += 1
-        if not cascade:
-            self._watch(route, ok=True, latency_ms=latency_ms, ungrounded=_ungrounded_share(route, row, answer.text))
-            return True
-        self._metrics.covered[route.workload] += 1
-        self._watch_grounding(route, row, answer.text)
-        if self._audit_share and random.random() < self._audit_share:
-            self._background(self._audit(route, row, answer.text if not policy.tool_calls else
-                                         tool_call_answer(answer.tool_calls), ask_frontier))
+        self._watch(route, ok=True, latency_ms=latency_ms, ungrounded=_ungrounded_share(route, row, answer.text),
+                    covered=covered)
+        if cascade:
+            self._metrics.covered[route.workload] += 1
+            if self._audit_share and random.random() < self._audit_share:
+                self._background(self._audit(route, row, answer.text if not policy.tool_calls else
+                                             tool_call_answer(answer.tool_calls), ask_frontier))
         return True
 
     def frontier_answered(self, route: Route, body: dict[str, Any], row: dict, answer: wire.Answer,
@@ -219,7 +219,8 @@ class Cutover:
         """The frontier answers a copy of a call the cascade's small model answered alone; the two are compared and
         the frontier's answer recorded (``served_by`` audit), off the caller's path."""
         started = time.perf_counter()
-        row = {**small_row, "uid": new_uid(), "served_by": SERVED_BY_AUDIT, "model": small_row["request_params"].get("model"),
+        row = {**small_row, "uid": new_uid(), "served_by": SERVED_BY_AUDIT,
+               "model": small_row["request_params"].get("model"),
                "request_params": {**small_row["request_params"], "audit_of": small_row["uid"]}}
         try:
             upstream, answer = await ask_frontier()
@@ -232,7 +233,7 @@ class Cutover:
         row["request_params"]["agrees_with_frontier"] = agreed
         self._rows.ok(row, started, answer)
         self._metrics.audited[route.workload, "agreed" if agreed else "disagreed"] += 1
-        self._watch(route, ok=True, latency_ms=0.0, agreed=agreed, counted=False)
+        self._watch(route, audited=agreed)
 
     async def _shadow(self, route: Route, protocol: WireProtocol, body: dict[str, Any], frontier_row: dict,
                       frontier_text: str) -> None:
@@ -272,24 +273,20 @@ class Cutover:
         row["request_params"] = {**row["request_params"], "distillery_escalated": {
             "reason": f"{sure} < threshold {route.cascade.threshold:.4g}", "small_answer": small_text[:2000]}}
 
-    def _watch_grounding(self, route: Route, row: dict, answer: str | None) -> None:
-        share = _ungrounded_share(route, row, answer)
-        if share is not None:
-            self._watch(route, ok=True, latency_ms=0.0, ungrounded=share, counted=False)
-
-    def _watch(self, route: Route, *, ok: bool, latency_ms: float, agreed: bool | None = None,
+    def _watch(self, route: Route, *, ok: bool = True, latency_ms: float = 0.0, agreed: bool | None = None,
                valid: bool = True, ungrounded: float | None = None, covered: bool | None = None,
-               counted: bool = True) -> None:
-        """Feed the workload's rollout monitor; step the route back when a threshold is crossed. A cascade call is
-        watched when its confidence is known (``covered``) and not again once answered (``counted`` False: the
-        grounding of its answer, an audit's agreement)."""
+               audited: bool | None = None) -> None:
+        """Feed the workload's rollout monitor; step the route back when a threshold is crossed. A cascade call also
+        says whether it was ``covered``; an audit (``audited``: agreed or not) adds a comparison, not a call."""
         monitor = self._monitors.get(route.workload)
         if monitor is None:
             monitor = self._monitors[route.workload] = RolloutMonitor(self._config.rollback)
-        if covered is not None:
-            monitor.observe_coverage(covered)
-        if counted or agreed is not None or ungrounded is not None:
+        if audited is not None:
+            monitor.observe_audit(audited)
+        else:
             monitor.observe(ok, latency_ms, agreed, valid, ungrounded=ungrounded)
+            if covered is not None:
+                monitor.observe_coverage(covered)
         reason = monitor.breach(evaluated_coverage=route.cascade.coverage if route.cascade else None)
         current = self.routes.routes.get(route.workload)
         if reason is None or current is None or current.mode != route.mode:

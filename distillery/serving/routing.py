@@ -170,6 +170,7 @@ class RolloutMonitor:
         self._outcomes: collections.deque[tuple[float, bool, float, bool | None, bool, float | None]] = \
             collections.deque()
         self._covered: collections.deque[tuple[float, bool]] = collections.deque()  # cascade calls: answered alone?
+        self._audits: collections.deque[tuple[float, bool]] = collections.deque()  # audited calls: agreed?
 
     def observe(self, ok: bool, latency_ms: float, agreed: bool | None = None, valid: bool = True,
                 now: float | None = None, ungrounded: float | None = None) -> None:
@@ -182,9 +183,14 @@ class RolloutMonitor:
         escalated."""
         self._covered.append((time.monotonic() if now is None else now, covered))
 
+    def observe_audit(self, agreed: bool, now: float | None = None) -> None:
+        """A covered call the frontier also answered: whether the two agreed (the call itself was observed)."""
+        self._audits.append((time.monotonic() if now is None else now, agreed))
+
     def reset(self) -> None:
         self._outcomes.clear()
         self._covered.clear()
+        self._audits.clear()
 
     def breach(self, now: float | None = None, evaluated_coverage: float | None = None) -> str | None:
         """The first threshold the window crosses, as a reason; None while the small model behaves. A cascade route
@@ -192,8 +198,9 @@ class RolloutMonitor:
         now = time.monotonic() if now is None else now
         while self._outcomes and self._outcomes[0][0] < now - self.policy.window_s:
             self._outcomes.popleft()
-        while self._covered and self._covered[0][0] < now - self.policy.window_s:
-            self._covered.popleft()
+        for window in (self._covered, self._audits):
+            while window and window[0][0] < now - self.policy.window_s:
+                window.popleft()
         if evaluated_coverage is not None and len(self._covered) >= self.policy.min_samples:
             coverage = sum(covered for _, covered in self._covered) / len(self._covered)
             if coverage < evaluated_coverage - self.policy.max_coverage_drop:
@@ -221,7 +228,8 @@ class RolloutMonitor:
             if mean > policy.max_ungrounded_share:
                 return (f"answer values not in the prompt {mean:.1%} over {len(shares)} answers > "
                         f"{policy.max_ungrounded_share:.1%}")
-        compared = [agreed for _, _, _, agreed, _, _ in outcomes if agreed is not None]
+        compared = [agreed for _, _, _, agreed, _, _ in outcomes if agreed is not None] + [
+            agreed for _, agreed in self._audits]
         if len(compared) >= policy.min_samples:
             disagreement = (len(compared) - sum(compared)) / len(compared)
             if disagreement > policy.max_disagreement_rate:

@@ -29,8 +29,10 @@ ANSWER_LOGPROB = -0.01  # the answer's one token, when a request asks for log-pr
 
 
 class StubUpstream:
-    def __init__(self, slow_seconds: float = 2.0, fail_every: int = 0, answer: str = ANSWER):
+    def __init__(self, slow_seconds: float = 2.0, fail_every: int = 0, answer: str = ANSWER,
+                 logprobs: bool = True):
         self.answer = answer  # what every completion says
+        self.logprobs = logprobs  # whether it returns log-probabilities when asked (a server that never does: False)
         self.slow_seconds = slow_seconds
         self.fail_every = fail_every  # also fail every Nth call of any model, for benchmarks
         self.calls = 0
@@ -75,7 +77,8 @@ class StubUpstream:
             chunks = wire.chat_chunks([], model, *USAGE, "tool_calls", wire.wants_stream_usage(body), calls)
             return await self._stream(request, headers, b"".join(map(wire.sse_event, chunks)) + wire.SSE_DONE)
         if not body.get("stream"):
-            logprobs = [wire.token_logprob(self.answer, ANSWER_LOGPROB)] if body.get("logprobs") else None
+            logprobs = ([wire.token_logprob(self.answer, ANSWER_LOGPROB)] if body.get("logprobs") and self.logprobs
+                        else None)
             return web.json_response(wire.chat_completion(self.answer, model, *USAGE, logprobs=logprobs),
                                      headers=headers)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
