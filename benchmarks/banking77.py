@@ -95,6 +95,9 @@ def baseline_tokens_per_s(base_model: str, rows: list[dict], config: TrainingCon
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-minutes", type=float, default=15.0)
+    # More epochs than the budget allows, so the budget decides where training ends (the schedule decays over it);
+    # a machine that ran one epoch in 9 of its 15 minutes otherwise stopped there (2026-12-02).
+    parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--base-model", default=None, help="path or id; default: the bundled SmolLM2-135M-Instruct")
     parser.add_argument("--quick", action="store_true", help="a tiny run for CI")
     parser.add_argument("--test-rows", type=int, default=0, help="0: all 3,080")
@@ -135,7 +138,7 @@ def main() -> None:
     train_rows = to_rows(train)
 
     config = TrainingConfig(rank=args.rank, alpha=2 * args.rank, dropout=0.0, lora_layers=args.lora_layers,
-                            learning_rate=args.learning_rate, warmup_fraction=0.03, epochs=1.0,
+                            learning_rate=args.learning_rate, warmup_fraction=0.03, epochs=args.epochs,
                             max_seconds=budget_s, batch_size=args.batch_size, label_vocab_loss=True,
                             checkpoint_every=0, max_seq_len=256)
     print(f"baseline: Trainer + peft for {args.baseline_steps} steps", flush=True)
