@@ -119,9 +119,11 @@ LOGPROB_TOLERANCE = 2e-3
 
 def test_vllm_returns_the_confidences_the_local_engine_computes(deployed):
     """Free text: the same quantity, equal within the kernels' float differences. Under the label policy vLLM's
-    grammar also allows a label's other tokenizations ('a'+'cc'+'ount'), which the engine's label trie never takes;
-    where vLLM chose the canonical tokens, the label's probability is the same number, and where it did not, the
-    two are different paths and are only counted."""
+    grammar also allows a label's other tokenizations ('a'+'cc'+'ount'), which the engine's label trie never takes:
+    at each step vLLM normalizes over a superset of the trie's tokens, so on the same (canonical) tokens its label
+    probability is at most the engine's. A cascade over vLLM therefore escalates at least the calls evaluation
+    escalated: never less safe, possibly less coverage (which the coverage rollback watches). The gap shrinks as a
+    model learns its labels' canonical tokens; this 2-step adapter has not."""
     from distillery.serving import generate, load_model, using_adapter
     from distillery.tasks import LABEL_PROBABILITY, MEAN_TOKEN_PROBABILITY
 
@@ -148,16 +150,17 @@ def test_vllm_returns_the_confidences_the_local_engine_computes(deployed):
         logprobs = [entry.logprob for entry in served.logprobs.content]
         assert confidence(MEAN_TOKEN_PROBABILITY, logprobs) == pytest.approx(
             local.confidence(MEAN_TOKEN_PROBABILITY), abs=LOGPROB_TOLERANCE)
-    canonical = 0
+    pairs = []
     for messages, local in zip(tickets, labels):
         served = ask(messages, 16, policy.structured_outputs())
         assert served.message.content in policy.labels
         tokens = [entry.token for entry in served.logprobs.content]
+        served_confidence = confidence(LABEL_PROBABILITY, [e.logprob for e in served.logprobs.content])
         if tokens == [tokenizer.decode([token]) for token in local.token_ids]:
-            canonical += 1
-            assert confidence(LABEL_PROBABILITY, [e.logprob for e in served.logprobs.content]) == pytest.approx(
-                local.confidence(LABEL_PROBABILITY), abs=LOGPROB_TOLERANCE)
-    print(f"vLLM chose the canonical tokens of {canonical} of {len(tickets)} labels")
+            pairs.append((served_confidence, local.confidence(LABEL_PROBABILITY)))
+            assert served_confidence <= local.confidence(LABEL_PROBABILITY) + LOGPROB_TOLERANCE
+    print(f"label probability on the canonical tokens, vLLM against the engine: {pairs} "
+          f"({len(pairs)} of {len(tickets)} answers on canonical tokens)")
 
 
 def test_a_second_version_loads_beside_the_first_and_an_old_version_unloads(lifecycle, deployed):
