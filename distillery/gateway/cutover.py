@@ -16,6 +16,12 @@ request's messages (the grounding check) is in that window too. Every protocol's
 the small model (legacy text completions excepted): the protocol translates the call into a chat request and the
 small model's answer back into the caller's shape (``protocols``), tool calls included.
 
+A route with a cascade (``Route.cascade``) asks the small model for its tokens' log-probabilities and answers a call
+with it only when its confidence reaches the threshold; below it the call is escalated: the frontier answers it the
+way it answers a fallback, but it counts as neither an error nor invalid. ``audit_percent`` of the covered calls are
+also answered by the frontier after the caller has the small model's answer, recorded (``served_by`` audit) and
+compared; the monitor watches the coverage against the evaluated one, and the audits' agreement.
+
 Work that need not come before the caller's answer runs after it: the grounding check, the monitor, the metrics.
 Routes are read from the database every ``route_refresh_s`` off the event loop, never per call, and what a route
 sends the small model (its model name and decoding policy) is computed once per route (``Route.small_model_request``).
