@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -276,7 +276,10 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
                 "headline": candidate.headline, "probe_messages": splits["test"][0]["messages"][:-1],
                 "decoding_policy": decoding.record(),
                 # beside the policy, so the deployment's route answers in the mode the gate approved
-                "mode": report.gate.mode, "cascade": report.cascade.record() if report.cascade else None}
+                "mode": report.gate.mode, "cascade": report.cascade.record() if report.cascade else None,
+                # what the calibration chose, whatever the mode: an operator may run a full route as this cascade
+                "calibrated_cascade": replace(calibration.cascade, coverage=calibration.test.coverage).record()
+                if calibration.cascade and calibration.test else None}
     with artifacts.publish(workload, REPORT, manifest) as folder:
         (folder / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
         (folder / "report.md").write_text(markdown)

@@ -21,8 +21,8 @@ from distillery.demo.standin import STANDIN_MODEL, STANDIN_PRICES, start_frontie
 from distillery.demo.workload import WORKLOAD, demo_messages, generate_tickets
 from distillery.gateway import WORKLOAD_HEADER, BackgroundGateway, GatewayConfig
 from distillery.serving import CANARY, SHADOW, SMALL, Endpoints, RollbackPolicy, RouteStore
-from distillery.store import LogStore
-from distillery.tasks import DecodingPolicy
+from distillery.store import ArtifactStore, LogStore
+from distillery.tasks import Cascade, DecodingPolicy
 
 
 @contextlib.contextmanager
@@ -121,15 +121,15 @@ def walk_cutover(*, frontier_url: str | None = None, model: str = STANDIN_MODEL,
                 failed += 1
         escalated = escalations() - escalated_before
         steps.append(CutoverStep(label, calls_per_step, failed, small, note, escalated))
-        cascade = (f", {escalated} escalated to the frontier below the confidence threshold "
-                   f"{route.cascade.threshold:.3g} (coverage {small / (small + escalated):.0%})"
-                   if route.cascade and small + escalated else "")
-        say(f"  {label}: {calls_per_step} calls, {failed} failed, {small} answered by the small model{cascade}"
+        threshold = routes.get(WORKLOAD).cascade
+        coverage = (f", {escalated} escalated to the frontier below the confidence threshold {threshold.threshold:.3g} "
+                    f"(coverage {small / (small + escalated):.0%})" if threshold and small + escalated else "")
+        say(f"  {label}: {calls_per_step} calls, {failed} failed, {small} answered by the small model{coverage}"
             + (f" ({note})" if note else ""))
         return steps[-1]
 
-    def move(mode: str, percent: float = 0.0) -> None:
-        routes.set(replace(routes.get(WORKLOAD), mode=mode, canary_percent=percent), "demo cut-over walk")
+    def move(mode: str, percent: float = 0.0, **change) -> None:
+        routes.set(replace(routes.get(WORKLOAD), mode=mode, canary_percent=percent, **change), "demo cut-over walk")
         time.sleep(0.5)  # the gateway reads routes every 0.2 s
 
     # 12 calls a step: a cascade's coverage over so few calls swings widely, so only a collapse rolls back here
@@ -139,10 +139,11 @@ def walk_cutover(*, frontier_url: str | None = None, model: str = STANDIN_MODEL,
     def escalations() -> int:
         return gateway.gateway.metrics.escalated[WORKLOAD] if gateway else 0
 
-    if route.cascade:
-        say(f"  the gate approved a cascade: the small model answers alone when its confidence "
-            f"({route.cascade.measure.replace('_', ' ')}) is at least {route.cascade.threshold:.3g}, "
-            f"{route.cascade.coverage:.0%} of the held-out calls")
+    cascade = route.cascade or _calibrated_cascade()
+    if cascade:
+        say(f"  {'the gate approved a cascade' if route.cascade else 'the gate approved full mode; calibration chose'}"
+            f": the small model answers alone when its confidence ({cascade.measure.replace('_', ' ')}) is at "
+            f"least {cascade.threshold:.3g}, {cascade.coverage:.0%} of the held-out calls")
     try:
         with _gateway_to_frontier(frontier_url, api_key_env, route_refresh_s=0.2, rollback=rollback) as gateway:
             client = openai.OpenAI(base_url=gateway.url, api_key="demo", max_retries=0, timeout=120,
@@ -153,6 +154,9 @@ def walk_cutover(*, frontier_url: str | None = None, model: str = STANDIN_MODEL,
             traffic(client, "canary 50%", "callers chosen by a stable hash of their user id")
             move(SMALL)
             traffic(client, "small", "every call")
+            if cascade and not route.cascade:
+                move(SMALL, cascade=cascade)  # as `distillery route set ... small --threshold T` does
+                traffic(client, f"small, cascade at {cascade.threshold:.3g}", "set by hand on the full-mode route")
             os.kill(endpoint.pid, signal.SIGKILL)
             say(f"  forced fault: the small model's server (pid {endpoint.pid}) is killed")
             traffic(client, "small, server dead", "each failed small-model call falls back to the frontier")
@@ -164,8 +168,16 @@ def walk_cutover(*, frontier_url: str | None = None, model: str = STANDIN_MODEL,
         adapter = Path(endpoint.adapter_path)
         restarted = endpoints.deploy(WORKLOAD, endpoint.base_model, adapter, endpoint.model,
                                      demo_messages("I was charged twice"), DecodingPolicy.load(adapter),
-                                     needs_confidence=route.cascade is not None)
-        routes.set(replace(routes.get(WORKLOAD), mode=SHADOW, canary_percent=0.0, small_url=restarted.url),
-                   "demo: endpoint restarted after the forced fault")
+                                     needs_confidence=cascade is not None)
+        routes.set(replace(routes.get(WORKLOAD), mode=SHADOW, canary_percent=0.0, small_url=restarted.url,
+                           cascade=route.cascade), "demo: endpoint restarted after the forced fault")
         say(f"  the endpoint is serving again at {restarted.url}; the route is back in shadow")
     return steps
+
+
+def _calibrated_cascade() -> Cascade | None:
+    """The cascade the newest eval report's calibration chose (also when the gate approved full mode)."""
+    reports = ArtifactStore()
+    if not reports.versions(WORKLOAD, "eval_report"):
+        return None
+    return Cascade.from_record(reports.latest(WORKLOAD, "eval_report").manifest.get("calibrated_cascade"))
