@@ -76,5 +76,5 @@ def test_the_eval_report_names_the_extraction_scoring():
     from distillery.evaluation.comparison import EvalReport
     from distillery.evaluation.gate import GateDecision
 
-    report = EvalReport("extract", "extraction", 0, {}, GateDecision(False, "field_f1"))
+    report = EvalReport("extract", "extraction", 0, {}, GateDecision(False, "field_f1", "refused"))
     assert "leaf fields" in report.scoring
