@@ -187,6 +187,9 @@ class RolloutMonitor:
         """A covered call the frontier also answered: whether the two agreed (the call itself was observed)."""
         self._audits.append((time.monotonic() if now is None else now, agreed))
 
+    def __len__(self) -> int:
+        return len(self._outcomes)
+
     def reset(self) -> None:
         self._outcomes.clear()
         self._covered.clear()
