@@ -107,15 +107,22 @@ def test_audited_calls_are_answered_by_the_frontier_too_recorded_and_compared(tm
     server, confidences, evaluated = small_model
     with _gateway(tmp_path, frontier.url, _route(server.url, 0.0), audit_percent=100) as gateway:
         answers = _ask(gateway, CONVERSATIONS[:6])
-        rows = _rows(gateway, 12)
+        client = openai.OpenAI(base_url=gateway.url, api_key="unused", max_retries=0,
+                               default_headers={"X-Distillery-Workload": "triage"})
+        plain = client.chat.completions.create(model="gpt-x", messages=CONVERSATIONS[0], max_tokens=16)
+        asked = client.chat.completions.create(model="gpt-x", messages=CONVERSATIONS[0], max_tokens=16, logprobs=True)
+        rows = _rows(gateway, 16)
         metrics = urllib.request.urlopen(gateway.url.removesuffix("/v1") + "/metrics").read().decode()
     assert answers == evaluated[:6]  # the caller has the small model's answer; the audit is off its path
+    # the log-probabilities the cascade asked for reach a caller only when it asked for them too
+    assert plain.choices[0].logprobs is None and plain.choices[0].message.content == evaluated[0]
+    assert [entry.logprob for entry in asked.choices[0].logprobs.content]
     small, audits = rows[rows["served_by"] == "small"], rows[rows["served_by"] == "audit"]
-    assert len(small) == len(audits) == 6
+    assert len(small) == len(audits) == 8
     assert set(audits["request_params"].map(lambda p: p["audit_of"])) == set(small["uid"])
-    assert list(audits["response_text"]) == ["billing"] * 6
+    assert list(audits["response_text"]) == ["billing"] * 8
     agreed = [params["agrees_with_frontier"] for params in audits["request_params"]]
-    assert sum(agreed) == sum(answer == "billing" for answer in evaluated[:6])
+    assert sum(agreed) == sum(answer == "billing" for answer in evaluated[:6] + evaluated[:1] * 2)
     assert f'distillery_gateway_cascade_audited_total{{outcome="agreed",workload="triage"}} {float(sum(agreed))}' \
         in metrics
     # audits are not training data: the frontier-only read leaves them out

@@ -155,6 +155,8 @@ class Cutover:
             answer = _as_tool_calls(answer)
         row.update(upstream="small-model", served_by=SERVED_BY_SMALL)
         self._rows.ok(row, started, answer)
+        if cascade and not body.get("logprobs"):
+            data = None  # the log-probabilities the cascade asked for are not the caller's
         if body.get("stream"):
             responder.send(200, protocol.reply(answer, data, body), "text/event-stream", extra=_STREAM_HEADERS)
         else:

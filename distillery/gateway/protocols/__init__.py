@@ -42,7 +42,9 @@ class WireProtocol(Protocol):
     def small_model_request(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
     # ``answer`` is the small model's (its text None where its tool calls stand instead), ``raw`` its chat completion
-    def reply(self, answer: wire.Answer, raw: bytes, body: dict[str, Any]) -> bytes: ...
+    # as the server sent it, or None when it must not reach the caller as it is (it carries what the caller did not
+    # ask for: a cascade's log-probabilities)
+    def reply(self, answer: wire.Answer, raw: bytes | None, body: dict[str, Any]) -> bytes: ...
 
 
 __all__ = ["WireProtocol", "CHAT_COMPLETIONS", "COMPLETIONS", "RESPONSES", "MESSAGES"]

@@ -177,7 +177,7 @@ class AnthropicMessages:
                 request[name] = body[name]
         return request
 
-    def reply(self, answer: wire.Answer, raw: bytes, body: dict[str, Any]) -> bytes:
+    def reply(self, answer: wire.Answer, raw: bytes | None, body: dict[str, Any]) -> bytes:
         whole = message(answer.text, answer.model, *answer.tokens, answer.tool_calls,
                         _ANTHROPIC_STOP.get(answer.finish_reason or "stop", "end_turn"))
         return wire.typed_sse_events(stream_events(whole)) if body.get("stream") else orjson.dumps(whole)

@@ -57,7 +57,7 @@ class OpenAICompletions:
     def small_model_request(self, body: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in body.items() if k not in SMALL_MODEL_DROPS}
 
-    def reply(self, answer: wire.Answer, raw: bytes, body: dict[str, Any]) -> bytes:
+    def reply(self, answer: wire.Answer, raw: bytes | None, body: dict[str, Any]) -> bytes:
         """What the caller gets for the small model's answer (``raw``, already translated into ``answer``)."""
         tokens = answer.tokens
         if body.get("stream"):
@@ -67,6 +67,9 @@ class OpenAICompletions:
             return b"".join(map(wire.sse_event, chunks)) + wire.SSE_DONE
         if answer.tool_calls:
             return orjson.dumps(wire.chat_completion(None, answer.model, *tokens, "tool_calls", answer.tool_calls))
+        if raw is None:
+            return orjson.dumps(wire.chat_completion(answer.text, answer.model, *tokens,
+                                                     answer.finish_reason or "stop"))
         return raw
 
 

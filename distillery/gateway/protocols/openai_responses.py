@@ -186,7 +186,7 @@ class OpenAIResponses:
             request["max_tokens"] = body["max_output_tokens"]
         return request
 
-    def reply(self, answer: wire.Answer, raw: bytes, body: dict[str, Any]) -> bytes:
+    def reply(self, answer: wire.Answer, raw: bytes | None, body: dict[str, Any]) -> bytes:
         whole = response(answer.text, answer.model, *answer.tokens, answer.tool_calls, body)
         return wire.typed_sse_events(stream_events(whole)) if body.get("stream") else orjson.dumps(whole)
 
