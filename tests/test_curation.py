@@ -239,3 +239,18 @@ def test_a_schema_from_the_traffic_that_is_not_a_schema_is_a_clear_error():
         for i in range(30)])
     with pytest.raises(DistilleryError, match="the JSON schema from the requests' response_format is not a valid"):
         curate(rows, "orders", min_rows=10)
+
+
+def test_curation_measures_which_string_fields_are_copies_of_the_users_text():
+    """Issue 26's first piece: the fields grounded decoding may hold to copies of the request."""
+    rows = pd.DataFrame([_row(i, f"book a table for {i % 7 + 2} people in Paris under Lee, ticket {i}",
+                              json.dumps({"city": "Paris", "name": "Lee" if i % 10 else "Mr Lee", "party_size": i % 7 + 2,
+                                          "cuisine": "french"}))
+                         for i in range(1, 61)])
+    dataset, report = curate(rows, "booking", task="auto", min_rows=10, near_duplicate_threshold=None)
+    assert report.task == EXTRACTION
+    # numbers are not strings; the cuisine is never in the text; the name is a copy in 9 rows of 10
+    assert report.copy_rates == {"city": 1.0, "cuisine": 0.0, "name": pytest.approx(0.9)}
+    assert report.copied_fields == ["city"]
+    card = data_card("booking", report, dataset)
+    assert "| `city` | 100.0% | yes |" in card and "| `name` | 90.0% | no |" in card

@@ -10,7 +10,9 @@ what the caller wrote (system messages are shared by every call and left out); a
 duplicates the most common answer wins, then the newest, and conflicts are counted. PII is
 replaced by typed placeholders in prompts and answers.
 The split is stratified by label for classification and by time otherwise (newest rows to
-test); the test split is never trained on.
+test); the test split is never trained on. For JSON answers the report measures, per string field, how often the
+frontier's value is a verbatim copy of the user's text (``copy_rates``): the fields grounded decoding may hold to
+copies.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from distillery.curation.neardup import clusters_of, signatures
 from distillery.curation.pii import scrub
 from distillery.errors import DistilleryError
 from distillery.store import STATUS_OK
-from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, caller_text, tool_call_answer, tool_spec
+from distillery.tasks import (CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, caller_text, leaf_fields, parse_record,
+                              tool_call_answer, tool_spec)
 
 SPLITS = ("train", "validation", "test")
 LEAKAGE_THRESHOLD = 0.75  # MinHash-estimated Jaccard of character 3-grams (neardup)
@@ -62,9 +65,32 @@ class CurationReport:
     json_schema: dict | None = None
     schema_source: str | None = None
     rows_under_older_schemas: int = 0  # usable rows whose requests carried another schema (or other tools)
+    # JSON answers: per leaf field with string values, the share of them that are a substring of the prompt's user
+    # text (what grounded decoding may copy), and the fields copied in at least COPIED_SHARE of their rows.
+    copy_rates: dict[str, float] = field(default_factory=dict)
+    copied_fields: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+COPIED_SHARE = 0.95  # a field whose values are copies of the user's text this often is marked copied
+
+
+def copy_rates(examples: list[dict]) -> dict[str, float]:
+    """Per leaf field of the JSON answers (``tasks.leaf_fields`` paths) with string values: the share of those values
+    found verbatim in the prompt's user messages."""
+    copied: Counter = Counter()
+    seen: Counter = Counter()
+    for example in examples:
+        *prompt, answer = example["messages"]
+        user_text = "\n".join(m["content"] for m in prompt if m["role"] == "user")
+        for (path, encoded), count in leaf_fields(parse_record(answer["content"]) or {}).items():
+            value = json.loads(encoded)
+            if isinstance(value, str):
+                seen[path] += count
+                copied[path] += count * (value in user_text)
+    return {path: copied[path] / seen[path] for path in sorted(seen)}
 
 
 def normalize_prompt(messages: list[dict]) -> str:
@@ -248,6 +274,7 @@ def curate(
     splits = {split: [examples[i] for i in sorted(parts[split])] for split in SPLITS}
     dataset = DatasetDict({split: Dataset.from_list(rows) for split, rows in splits.items()})
     answers = Counter(ex["messages"][-1]["content"] for ex in examples) if task == CLASSIFICATION else Counter()
+    rates = copy_rates(examples) if task in (EXTRACTION, TOOL_CALL) else {}
     report = CurationReport(
         task=task, steps=steps, duplicate_conflicts=conflicts, pii=dict(pii), labels=label_set,
         label_counts=dict(answers.most_common()),
@@ -255,6 +282,7 @@ def curate(
         content_hash=dataset_hash(splits), first_log_id=int(unique["id"].min()),
         last_log_id=int(unique["id"].max()), log_ids=sorted(int(i) for i in unique["id"]),
         json_schema=json_schema, schema_source=schema_source, rows_under_older_schemas=older_schemas,
+        copy_rates=rates, copied_fields=[path for path, rate in rates.items() if rate >= COPIED_SHARE],
     )
     return dataset, report
 
@@ -353,6 +381,11 @@ def data_card(workload: str, report: CurationReport, dataset: DatasetDict, examp
     if report.json_schema:
         lines += [f"Answers held to the JSON schema from {report.schema_source} (the newest); rows whose requests "
                   f"carried another: {report.rows_under_older_schemas}.", ""]
+    if report.copy_rates:
+        lines += [f"String fields of the answers, and how often their value is a copy of the user's text (copied: "
+                  f"at least {COPIED_SHARE:.0%}):", "", "| field | copied from the user's text | copied |", "|---|---:|---|"]
+        lines += [f"| `{path}` | {rate:.1%} | {'yes' if path in report.copied_fields else 'no'} |"
+                  for path, rate in report.copy_rates.items()] + [""]
     if report.label_counts:
         lines += ["| label | rows |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in report.label_counts.items()]
         lines.append("")
