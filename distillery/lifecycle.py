@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -278,8 +278,7 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
                 # beside the policy, so the deployment's route answers in the mode the gate approved
                 "mode": report.gate.mode, "cascade": report.cascade.record() if report.cascade else None,
                 # what the calibration chose, whatever the mode: an operator may run a full route as this cascade
-                "calibrated_cascade": replace(calibration.cascade, coverage=calibration.test.coverage).record()
-                if calibration.cascade and calibration.test else None}
+                "calibrated_cascade": calibration.cascade.record() if calibration.test else None}
     with artifacts.publish(workload, REPORT, manifest) as folder:
         (folder / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
         (folder / "report.md").write_text(markdown)

@@ -374,9 +374,6 @@ class Cascade:
         if self.measure not in CONFIDENCE_MEASURES:
             raise ValueError(f"unknown confidence measure {self.measure!r}: use one of {', '.join(CONFIDENCE_MEASURES)}")
 
-    def covers(self, token_logprobs: list[float]) -> bool:
-        return confidence(self.measure, token_logprobs) >= self.threshold
-
     def record(self) -> dict:
         return {"threshold": self.threshold, "measure": self.measure, "coverage": self.coverage}
 

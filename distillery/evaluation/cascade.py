@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 from distillery.tasks import Cascade
@@ -27,15 +27,20 @@ Z95 = 1.959964  # two-sided 95%
 def interval95(values: Sequence[float]) -> tuple[float, float]:
     """The 95% interval of the mean of per-row values in [0, 1]: Wilson's score interval when every value is 0 or 1
     (it stays inside [0, 1] and is honest at 100% agreement), else the normal approximation."""
-    n = len(values)
+    return _interval95(len(values), sum(values), sum(v * v for v in values), all(v in (0.0, 1.0) for v in values))
+
+
+def _interval95(n: int, total: float, squares: float, binary: bool) -> tuple[float, float]:
+    """``interval95`` from the count, sum and sum of squares, so a curve can grow them row by row."""
     if n == 0:
         return (0.0, 0.0)
-    mean = statistics.fmean(values)
-    if all(v in (0.0, 1.0) for v in values):
+    mean = total / n
+    if binary:
         centre = (mean + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
         half = Z95 * math.sqrt(mean * (1 - mean) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
         return (max(0.0, centre - half), min(1.0, centre + half))
-    half = Z95 * (statistics.stdev(values) / math.sqrt(n) if n > 1 else 1.0)
+    stdev = math.sqrt(max(0.0, (squares - n * mean * mean) / (n - 1))) if n > 1 else 0.0
+    half = Z95 * (stdev / math.sqrt(n) if n > 1 else 1.0)
     return (max(0.0, mean - half), min(1.0, mean + half))
 
 
@@ -48,15 +53,19 @@ class CurvePoint:
 
 
 def coverage_curve(confidences: Sequence[float], agreement: Sequence[float]) -> list[CurvePoint]:
-    """One point per distinct confidence, from the most confident row down to full coverage."""
+    """One point per distinct confidence, from the most confident row down to full coverage (running sums: one pass
+    over the rows, not one per point)."""
     order = sorted(range(len(confidences)), key=lambda i: -confidences[i])
-    points, covered = [], []
+    binary = all(a in (0.0, 1.0) for a in agreement)
+    points, total, squares = [], 0.0, 0.0
     for k, i in enumerate(order):
-        covered.append(agreement[i])
+        total += agreement[i]
+        squares += agreement[i] * agreement[i]
         if k + 1 < len(order) and confidences[order[k + 1]] == confidences[i]:
             continue  # a threshold covers every row of its confidence or none
-        points.append(CurvePoint(confidences[i], len(covered) / len(order), statistics.fmean(covered),
-                                 interval95(covered)[0]))
+        n = k + 1
+        points.append(CurvePoint(confidences[i], n / len(order), total / n,
+                                 _interval95(n, total, squares, binary)[0]))
     return points
 
 
@@ -85,17 +94,20 @@ class Calibration:
         return {**asdict(self), "cascade": self.cascade.record() if self.cascade else None}
 
 
+def too_few_rows(rows: int, *, max_gap: float, min_rows: int) -> Calibration:
+    """The calibration of a validation split too small to choose a threshold from."""
+    return Calibration(rows, 1 - max_gap, None, f"validation split of {rows} rows is under the {min_rows} a threshold "
+                       "is chosen from: no cascade, the mode is full")
+
+
 def choose(confidences: dict[str, Sequence[float]], agreement: Sequence[float], *, max_gap: float,
            min_rows: int) -> Calibration:
     """The cascade covering the most validation rows whose covered agreement's lower bound is at least
     ``1 - max_gap``; ``confidences`` holds each candidate measure's per-row confidences, best-preferred first."""
+    if len(agreement) < min_rows:
+        return too_few_rows(len(agreement), max_gap=max_gap, min_rows=min_rows)
     required = 1 - max_gap
     curves = {measure: coverage_curve(values, agreement) for measure, values in confidences.items()}
-    first = next(iter(curves.values()), [])
-    if len(agreement) < min_rows:
-        return Calibration(len(agreement), required, None,
-                           f"validation split of {len(agreement)} rows is under the {min_rows} a threshold is chosen "
-                           "from: no cascade, the mode is full", first)
     best: tuple[str, CurvePoint] | None = None
     for measure, curve in curves.items():
         # the lowest threshold that still holds the bound (points run from high to low confidence)
@@ -105,7 +117,8 @@ def choose(confidences: dict[str, Sequence[float]], agreement: Sequence[float], 
     if best is None:
         return Calibration(len(agreement), required, None,
                            f"no threshold keeps the covered agreement's lower 95% bound at {required:.1%} or above on "
-                           f"{len(agreement)} validation rows: no cascade, the mode is full", first)
+                           f"{len(agreement)} validation rows: no cascade, the mode is full",
+                           next(iter(curves.values()), []))
     measure, point = best
     return Calibration(len(agreement), required, Cascade(point.threshold, measure),
                        f"threshold {point.threshold:.4g} on {measure.replace('_', ' ')} covers {point.coverage:.1%} of "
@@ -114,7 +127,8 @@ def choose(confidences: dict[str, Sequence[float]], agreement: Sequence[float], 
 
 
 def check(calibration: Calibration, confidences: Sequence[float], agreement: Sequence[float]) -> Calibration:
-    """Measure the chosen cascade on the test split (``confidences`` under its measure); returns ``calibration``."""
+    """Measure the chosen cascade on the test split (``confidences`` under its measure) and record the coverage it
+    reaches there on the cascade (what the live coverage is compared with); returns ``calibration``."""
     calibration.test_curve = coverage_curve(confidences, agreement)
     if calibration.cascade is None or not agreement:
         return calibration
@@ -125,5 +139,6 @@ def check(calibration: Calibration, confidences: Sequence[float], agreement: Seq
         covered_agreement=statistics.fmean(covered) if covered else 0.0,
         covered_agreement_ci95=interval95(covered),
         blended_agreement=(sum(covered) + escalated) / len(agreement))
+    calibration.cascade = replace(calibration.cascade, coverage=calibration.test.coverage)
     return calibration
 

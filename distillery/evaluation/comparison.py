@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 from datasets import Dataset
 
 from distillery.evaluation.costs import CostComparison, blended_usd_per_1k, percentile
-from distillery.evaluation.cascade import Calibration, check, choose
+from distillery.evaluation.cascade import Calibration, check, choose, too_few_rows
 from distillery.evaluation.gate import ChampionComparison, GateDecision, GatePolicy, decide
 from distillery.evaluation.judge import JudgeResult
 from distillery.evaluation.metrics import (EXTRACTION_SCORING, TOOL_CALL_SCORING, bootstrap_interval,
@@ -214,61 +214,70 @@ def _cell(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def headline_rows(task: str, references: Sequence[str], answers: Sequence[str]) -> tuple[list, Callable[[Sequence], float]]:
-    """Per-row items of the headline metric and the statistic that makes the headline of any subset of them (what a
-    bootstrap, plain or paired, resamples)."""
+# The statistic that makes the headline metric of any subset of a model's per-row headline items (``headline_rows``):
+# what a bootstrap, plain or paired, resamples.
+HEADLINE_STATISTIC: dict[str, Callable[[Sequence], float]] = {
+    CLASSIFICATION: statistics.fmean, EXTRACTION: field_f1, TOOL_CALL: field_f1, FREE_TEXT: statistics.fmean}
+
+
+def headline_rows(task: str, references: Sequence[str], answers: Sequence[str]) -> list:
+    """Per-row items of the headline metric: agreement (classification), record matches (JSON), embedding
+    similarity (free text)."""
     if task == CLASSIFICATION:
-        return [float(agrees(a, r)) for a, r in zip(answers, references)], statistics.fmean
+        return [float(agrees(a, r)) for a, r in zip(answers, references)]
     if task in (EXTRACTION, TOOL_CALL):
-        return [record_match(r, a) for r, a in zip(references, answers)], field_f1
+        return [record_match(r, a) for r, a in zip(references, answers)]
     if task == FREE_TEXT:
         from distillery.evaluation.embeddings import cosine_similarities
 
-        return cosine_similarities(answers, references), statistics.fmean
+        return cosine_similarities(answers, references)
     raise ValueError(f"unknown task {task!r}: expected one of {sorted(HEADLINE)}")
 
 
-def score_answers(task: str, references: Sequence[str], answers: Sequence[str]) -> tuple[float, tuple[float, float],
-                                                                                         dict[str, float], list[float]]:
-    """The headline metric, its 95% interval, the task's metrics, and a per-row score (for picking review rows)."""
-    items, statistic = headline_rows(task, references, answers)
+def score_answers(task: str, references: Sequence[str], answers: Sequence[str]) -> tuple[
+        float, tuple[float, float], dict[str, float], list[float], list]:
+    """The headline metric, its 95% interval, the task's metrics, a per-row score (for picking review rows), and the
+    per-row headline items (``headline_rows``)."""
+    items = headline_rows(task, references, answers)
+    statistic = HEADLINE_STATISTIC[task]
     headline, ci95 = statistic(items), bootstrap_interval(items, statistic)
     if task == CLASSIFICATION:
         return headline, ci95, {"accuracy": headline,
-                                "macro_f1": classification_metrics(references, answers)["macro_f1"]}, items
+                                "macro_f1": classification_metrics(references, answers)["macro_f1"]}, items, items
     if task in (EXTRACTION, TOOL_CALL):
         rows = [float(m.exact) + (m.true_positive / m.expected if m.expected else 0.0) for m in items]
-        return headline, ci95, (extraction_metrics if task == EXTRACTION else tool_call_metrics)(references, answers), rows
-    return headline, ci95, free_text_metrics(references, answers, items), items
+        metrics = (extraction_metrics if task == EXTRACTION else tool_call_metrics)(references, answers)
+        return headline, ci95, metrics, rows, items
+    return headline, ci95, free_text_metrics(references, answers, items), items, items
 
 
-def paired_comparison(task: str, references: Sequence[str], challenger: Sequence[str], champion: Sequence[str],
-                      champion_version: str) -> ChampionComparison:
-    """The challenger's headline minus the champion's on the same rows, with a paired bootstrap 95% interval (each
-    resample draws rows, and both models are scored on the same draw)."""
-    ours, statistic = headline_rows(task, references, challenger)
-    theirs, _ = headline_rows(task, references, champion)
+def paired_comparison(task: str, challenger: Sequence, champion: Sequence, champion_version: str) -> ChampionComparison:
+    """The challenger's headline minus the champion's, from both models' per-row headline items on the same rows,
+    with a paired bootstrap 95% interval (each resample draws rows, and both models are scored on the same draw)."""
+    statistic = HEADLINE_STATISTIC[task]
 
     def difference(pairs: Sequence[tuple]) -> float:
         return statistic([a for a, _ in pairs]) - statistic([b for _, b in pairs])
 
-    pairs = list(zip(ours, theirs))
-    return ChampionComparison(champion_version, statistic(theirs), difference(pairs),
+    pairs = list(zip(challenger, champion))
+    return ChampionComparison(champion_version, statistic(champion), difference(pairs),
                               bootstrap_interval(pairs, difference))
 
 
-def row_agreement(task: str, references: Sequence[str], answers: Sequence[str]) -> list[float]:
+def row_agreement(task: str, references: Sequence[str], answers: Sequence[str],
+                  headline_items: list | None = None) -> list[float]:
     """Each row's agreement with the frontier, in [0, 1], for the cascade: exact agreement (as values, for JSON), or
-    for free text the answers' embedding similarity."""
-    if task == FREE_TEXT:
-        return headline_rows(task, references, answers)[0]
+    for free text the answers' embedding similarity. Where the answers' headline items are known and are that
+    agreement already (classification, free text), they are reused."""
+    if task in (CLASSIFICATION, FREE_TEXT):
+        return headline_items if headline_items is not None else headline_rows(task, references, answers)
     return [float(agrees(a, r)) for a, r in zip(answers, references)]
 
 
 def _score(name: str, task: str, generations: list[Generation], references: list[str],
-           seconds: float) -> tuple[ModelScore, list[float]]:
+           seconds: float) -> tuple[ModelScore, list[float], list]:
     answers = [g.text for g in generations]
-    headline, ci95, metrics, rows = score_answers(task, references, answers)
+    headline, ci95, metrics, rows, items = score_answers(task, references, answers)
     score = ModelScore(
         name=name, headline=headline, headline_ci95=ci95,
         agreement=statistics.fmean(agrees(a, r) for a, r in zip(answers, references)),
@@ -276,7 +285,7 @@ def _score(name: str, task: str, generations: list[Generation], references: list
         rows_per_s=len(references) / seconds if seconds else 0.0,
         completion_tokens_mean=statistics.fmean(g.completion_tokens for g in generations),
     )
-    return score, rows
+    return score, rows, items
 
 
 @dataclass
@@ -337,6 +346,7 @@ def evaluate(
     outputs: dict[str, list[Generation]] = {}
     scores: dict[str, ModelScore] = {}
     row_scores: dict[str, list[float]] = {}
+    headline_items: dict[str, list] = {}
     for name in (BASE, *adapters):
         if on_progress:
             on_progress(f"generating {len(conversations)} answers with the {name} model")
@@ -344,8 +354,10 @@ def evaluate(
         with using_adapter(model, None if name == BASE else name):
             outputs[name] = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens, policy=decoding,
                                      batch_size=batch_size)
-        scores[name], row_scores[name] = _score(name, task, outputs[name], references, time.perf_counter() - started)
-    calibration = _calibrate(model, tokenizer, task, validation, references, outputs[CANDIDATE], decoding, policy,
+        scores[name], row_scores[name], headline_items[name] = _score(name, task, outputs[name], references,
+                                                                      time.perf_counter() - started)
+    test_agreement = row_agreement(task, references, [g.text for g in outputs[CANDIDATE]], headline_items[CANDIDATE])
+    calibration = _calibrate(model, tokenizer, task, validation, outputs[CANDIDATE], test_agreement, decoding, policy,
                              max_new_tokens, batch_size, on_progress)
     if on_progress:
         on_progress(f"serving the {len(conversations)} rows to {serving_concurrency} concurrent callers, "
@@ -358,8 +370,8 @@ def evaluate(
         engine.close()
 
     candidate = scores[CANDIDATE]
-    versus = (paired_comparison(task, references, [g.text for g in outputs[CANDIDATE]],
-                                [g.text for g in outputs[CHAMPION]], champion[0]) if champion else None)
+    versus = (paired_comparison(task, headline_items[CANDIDATE], headline_items[CHAMPION], champion[0])
+              if champion else None)
     gate = decide(HEADLINE[task], len(references), candidate.headline_ci95, calibration, versus, policy)
 
     shown = sorted(range(len(references)), key=lambda i: row_scores[CANDIDATE][i])[:examples]
@@ -380,25 +392,23 @@ def evaluate(
     return report, Outputs(conversations, references, reference_tokens, outputs, served)
 
 
-def _calibrate(model, tokenizer, task: str, validation: Dataset | None, test_references: list[str],
-               test_answers: list[Generation], decoding: DecodingPolicy, policy: GatePolicy, max_new_tokens: int,
+def _calibrate(model, tokenizer, task: str, validation: Dataset | None, test_answers: list[Generation],
+               test_agreement: list[float], decoding: DecodingPolicy, policy: GatePolicy, max_new_tokens: int,
                batch_size: int, on_progress: Callable[[str], None] | None) -> Calibration:
     """Choose the cascade's threshold on the validation rows (the fine-tuned model's answers and confidences), then
-    measure it on the test rows."""
+    measure it on the test rows (their agreement with the frontier: ``test_agreement``)."""
     rows = validation if validation is not None else []
     measures = confidence_measures(decoding)
-    if len(rows) >= policy.min_calibration_rows:
+    if len(rows) < policy.min_calibration_rows:  # not worth generating: nothing would be chosen from them
+        calibration = too_few_rows(len(rows), max_gap=policy.max_gap_to_frontier, min_rows=policy.min_calibration_rows)
+    else:
         if on_progress:
             on_progress(f"calibrating the cascade on {len(rows)} validation rows")
         with using_adapter(model, CANDIDATE):
             answers = generate(model, tokenizer, [row["messages"][:-1] for row in rows],
                                max_new_tokens=max_new_tokens, policy=decoding, batch_size=batch_size)
         agreement = row_agreement(task, [row["messages"][-1]["content"] for row in rows], [g.text for g in answers])
-        confidences = {measure: [g.confidence(measure) for g in answers] for measure in measures}
-    else:  # too few to choose from: ``choose`` says so
-        agreement, confidences = [0.0] * len(rows), {measure: [0.0] * len(rows) for measure in measures}
-    calibration = choose(confidences, agreement, max_gap=policy.max_gap_to_frontier,
-                         min_rows=policy.min_calibration_rows)
+        calibration = choose({measure: [g.confidence(measure) for g in answers] for measure in measures}, agreement,
+                             max_gap=policy.max_gap_to_frontier, min_rows=policy.min_calibration_rows)
     measure = calibration.cascade.measure if calibration.cascade else measures[0]
-    return check(calibration, [g.confidence(measure) for g in test_answers],
-                 row_agreement(task, test_references, [g.text for g in test_answers]))
+    return check(calibration, [g.confidence(measure) for g in test_answers], test_agreement)

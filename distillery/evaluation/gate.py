@@ -107,7 +107,7 @@ def decide(metric: str, rows: int, ci95: tuple[float, float], calibration: Calib
                     f"{covered_low:.1%} (required {required:.1%})")
             if test.covered_rows and covered_low >= required - 1e-9:
                 passed.append(line)
-                cascade = {**chosen.record(), "coverage": test.coverage}
+                cascade = chosen.record()  # its coverage: the test split's
             else:
                 failed.append(line)
     champion_holds = True
