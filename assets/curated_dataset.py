@@ -9,6 +9,7 @@ from assets.partitions import workload_partitions
 from assets.raw_llm_logs import raw_llm_logs
 from assets.upstream import recorded_version
 from distillery.curation import label_balance
+from distillery.curation import COPIED_SHARE
 from distillery.lifecycle import CURATED, build_curated_dataset
 from distillery.models import load_tokenizer
 from resources import ArtifactsResource, TrainerResource
@@ -30,6 +31,9 @@ class CurationConfig(dg.Config):
     labels: list[str] = Field(default=[], description="Classification label set; empty: inferred from the logs.")
     json_schema: str = Field(default="", description="Extraction: JSON schema (as JSON text) answers must satisfy.")
     max_tokens: int = Field(default=512, description="Drop examples longer than this in the base model's tokens.")
+    copied_share: float = Field(default=COPIED_SHARE, description=(
+        "Extraction: a string field whose values are copies of the user's text in at least this share of rows is "
+        "marked copied, and decoded grounded in each request's user text."))
     scrub_pii: bool = Field(default=True, description="Replace PII with typed placeholders.")
 
 
@@ -52,7 +56,7 @@ def curated_dataset(
             validation_fraction=config.validation_fraction, test_fraction=config.test_fraction,
             min_rows=config.min_rows, task=config.task, labels=config.labels or None,
             json_schema=json.loads(config.json_schema) if config.json_schema else None, scrub_pii=config.scrub_pii,
-            max_tokens=config.max_tokens, min_train_rows=config.min_train_rows,
+            max_tokens=config.max_tokens, min_train_rows=config.min_train_rows, copied_share=config.copied_share,
             count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
             raw_version=recorded_version(context, raw_llm_logs),
         )

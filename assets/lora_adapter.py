@@ -14,7 +14,9 @@ _DEFAULTS = TrainingConfig()
 
 
 class LoraConfig(dg.Config):
-    """The fine-tune's settings (``distillery.training.TrainingConfig`` says what each does); all logged to MLflow."""
+    """The fine-tune's settings (``distillery.training.TrainingConfig`` says what each does); all logged to MLflow.
+    A setting the run leaves out comes from the task's recipe (``distillery.training.recipes``: extraction has its
+    own), else the default shown."""
 
     base_model: str | None = Field(default=None, description="Overrides TrainerResource.base_model (id or path).")
     base_model_revision: str | None = _DEFAULTS.base_model_revision
@@ -53,7 +55,8 @@ def lora_adapter(
     Trains out of process (workers/train_lora.py through Dagster Pipes): locally or on a GPU node. The worker
     resolves the base model itself, where it runs.
     """
-    training = config.model_dump(exclude={"base_model"})
+    # Only what the run sets: the task's recipe (distillery.training.recipes) fills the rest, where it trains.
+    training = config.model_dump(exclude={"base_model"}, exclude_unset=True)
     with user_errors_as_failures():
         TrainingConfig(**training)  # refuse a bad config here, before a worker starts
     return workers.launch(context, TRAIN_LORA, extras={

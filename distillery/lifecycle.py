@@ -23,6 +23,7 @@ from distillery.serving import CANARY, FRONTIER, SHADOW, SMALL, Endpoint, Endpoi
 from distillery.settings import validate_workload
 from distillery.store import STATUS_OK, Artifact, ArtifactStore, LogStore, load_snapshot, save_snapshot
 from distillery.tasks import POLICY_FILE, Cascade, DecodingPolicy
+from distillery.training.recipes import recipe_for
 from distillery.training import CHALLENGER, CHAMPION, MODEL_ARTIFACT_PATH, Tracker, registered_model_name
 
 RAW, CURATED, ADAPTER, REPORT = "raw_llm_logs", "curated_dataset", "lora_adapter", "eval_report"
@@ -91,14 +92,14 @@ def build_curated_dataset(artifacts: ArtifactStore, workload: str, *, seed: int,
                           test_fraction: float, min_rows: int, min_train_rows: int, task: str = "auto",
                           labels: list[str] | None = None, json_schema: dict | None = None, scrub_pii: bool = True,
                           max_tokens: int | None = None, count_tokens: Callable[[str], int] | None = None,
-                          raw_version: str | None = None) -> CuratedSummary:
+                          raw_version: str | None = None, copied_share: float = curation.COPIED_SHARE) -> CuratedSummary:
     """Curate a snapshot and publish the dataset with its data card and its checks' outcomes."""
     raw = _upstream(artifacts, workload, RAW, raw_version, CURATED)
     rows = load_snapshot(raw.path / "rows.parquet")
     dataset, report = curation.curate(rows, workload, seed=seed, validation_fraction=validation_fraction,
                                       test_fraction=test_fraction, min_rows=min_rows, task=task, labels=labels,
                                       json_schema=json_schema, scrub_pii=scrub_pii, max_tokens=max_tokens,
-                                      count_tokens=count_tokens)
+                                      count_tokens=count_tokens, copied_share=copied_share)
     card = curation.data_card(workload, report, dataset)
     checks = curation.blocking_checks(dataset, min_train_rows)
     summary = {k: v for k, v in report.as_dict().items() if k != "log_ids"}
@@ -121,9 +122,10 @@ class AdapterSummary:
 
 
 def _decoding_policy(curated_manifest: dict) -> DecodingPolicy:
-    """How the workload's answers are decoded: its label set, its JSON schema (or any JSON object), or free text."""
+    """How the workload's answers are decoded: its label set, its JSON schema (or any JSON object; with its copied
+    fields grounded in each request's user text), or free text."""
     return DecodingPolicy.for_task(curated_manifest["task"], curated_manifest.get("labels"),
-                                   curated_manifest.get("json_schema"))
+                                   curated_manifest.get("json_schema"), curated_manifest.get("copied_fields") or ())
 
 
 def _adapter_policy(adapter: Artifact) -> DecodingPolicy:
@@ -136,14 +138,15 @@ def _adapter_policy(adapter: Artifact) -> DecodingPolicy:
 
 
 def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, base_model: str,
-                  config: training.TrainingConfig, run_tags: dict[str, str],
+                  settings: dict, run_tags: dict[str, str],
                   on_step: training.StepCallback | None = None,
                   log: Callable[[str], None] = lambda message: None,
                   dataset_version: str | None = None) -> AdapterSummary:
     """Train on the latest curated dataset; record the run and a new model version in MLflow.
 
-    A crashed training of the same dataset version resumes from its last checkpoint (kept
-    under the artifact root until the run finishes); the new MLflow run says so in its tags.
+    ``settings`` are the ``TrainingConfig`` fields the run sets; the rest come from the task's recipe
+    (``training.recipes``), then the defaults. A crashed training of the same dataset version resumes from its
+    last checkpoint (kept under the artifact root until the run finishes); the new MLflow run says so in its tags.
     """
     curated = _upstream(artifacts, workload, CURATED, dataset_version, ADAPTER)
     dataset = load_from_disk(str(curated.path / "dataset"))
@@ -156,6 +159,7 @@ def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, bas
         "distillery.log_id_range": f"{source['first_log_id']}-{source['last_log_id']}",
     }
     decoding = _decoding_policy(source)
+    config = training.TrainingConfig(**{**recipe_for(source["task"], len(dataset["train"])), **settings})
     checkpoint_dir = artifacts.scratch(workload, "checkpoints") / curated.version
     with tracker.run(workload, run_name=f"{workload}-{curated.version[:16]}", tags=tags) as run_id:
         tracker.log_params(run_id, {**asdict(config), "base_model": base_model,

@@ -218,22 +218,48 @@ class DecodingPolicy:
     # tools (``ToolSpec.schema``); ``json_schema`` is the one of the workload's newest traffic, for requests without.
     tool_calls: bool = False
     whitespace_pattern: str = JSON_WHITESPACE  # JSON answers: what may stand between two tokens
+    # Grounded decoding: leaf fields (``leaf_fields`` paths) that copy the user's text, decoded as substrings of each
+    # request's user text (``distillery.grounding``); the schema must declare them as strings.
+    copied_fields: tuple[str, ...] = ()
+    grammar: str | None = None  # one request's own llguidance Lark grammar (vLLM's ``structured_outputs.grammar``)
+
+    def __post_init__(self) -> None:
+        if self.copied_fields:  # refused here, naming the field, so no route or adapter ever carries such a policy
+            from distillery.grounding import check_copied_fields
+
+            check_copied_fields(json.loads(self.json_schema) if self.json_schema else None, self.copied_fields)
 
     @classmethod
-    def for_task(cls, task: str, labels: list[str] | None = None, json_schema: dict | None = None) -> "DecodingPolicy":
+    def for_task(cls, task: str, labels: list[str] | None = None, json_schema: dict | None = None,
+                 copied_fields: list[str] | tuple[str, ...] = ()) -> "DecodingPolicy":
         if task == CLASSIFICATION:
             if not labels:
                 raise ValueError("a classification workload's decoding policy needs its label set")
             return cls(labels=tuple(labels))
         if task in (EXTRACTION, TOOL_CALL):
-            return cls(json_object=True, json_schema=json.dumps(json_schema, sort_keys=True) if json_schema else None,
+            return cls(json_object=True, json_schema=json.dumps(json_schema) if json_schema else None,
                        tool_calls=task == TOOL_CALL, whitespace_pattern=COMPACT_JSON if task == TOOL_CALL
-                       else JSON_WHITESPACE)
+                       else JSON_WHITESPACE, copied_fields=tuple(copied_fields) if task == EXTRACTION else ())
         return cls()
 
     @property
     def kind(self) -> str:
+        if self.grammar:
+            return "grammar"
         return "labels" if self.labels else "tools" if self.tool_calls else "json" if self.json_object else "free"
+
+    def request_grammar(self, messages) -> tuple[str | None, str | None]:
+        """A grounded policy's Lark grammar for one request, and why there is none when it cannot be grounded (the
+        request has no user text: the answer is then decoded under the schema alone, and its record says so)."""
+        if not self.copied_fields:
+            return self.grammar, None
+        from distillery.grounding import grounded_grammar, user_text
+
+        text = user_text(messages)
+        if not text:
+            return None, "not grounded: the request has no user text, so the copied fields were decoded under the " \
+                         "schema alone"
+        return grounded_grammar(json.loads(self.json_schema), self.copied_fields, text), None
 
     def for_request(self, spec: ToolSpec | None) -> "DecodingPolicy":
         """A tool-call policy narrowed to one request's tools and tool choice, with no more calls than the workload's
@@ -249,13 +275,19 @@ class DecodingPolicy:
 
     def record(self) -> dict | None:
         """How the policy is stored (beside an adapter, in a route): its ``structured_outputs``, marked when its
-        answers are tool calls (the mark never goes to a server)."""
+        answers are tool calls and with its copied fields (neither mark goes to a server)."""
         constraint = self.structured_outputs()
-        return {**constraint, "tool_calls": True} if self.tool_calls and constraint else constraint
+        if constraint and self.tool_calls:
+            return {**constraint, "tool_calls": True}
+        return {**constraint, "copied": list(self.copied_fields)} if constraint and self.copied_fields else constraint
 
-    def structured_outputs(self) -> dict | None:
+    def structured_outputs(self, messages=None) -> dict | None:
+        """What a server is sent: for a grounded policy and a request's ``messages``, that request's grammar."""
         if self.labels:
             return {"choice": list(self.labels)}
+        grammar = self.request_grammar(messages)[0] if messages is not None or self.grammar else None
+        if grammar:
+            return {"grammar": grammar}
         if self.json_object:
             schema = json.loads(self.json_schema) if self.json_schema else {"type": "object"}
             return {"json": schema, "whitespace_pattern": self.whitespace_pattern}
@@ -280,12 +312,17 @@ class DecodingPolicy:
             whitespace = params.get("whitespace_pattern", JSON_WHITESPACE)
             if not isinstance(whitespace, str):
                 raise ValueError("'whitespace_pattern' must be a regular expression")
-            return cls(json_object=True, json_schema=None if schema == {"type": "object"}
-                       else json.dumps(schema, sort_keys=True), whitespace_pattern=whitespace)
+            copied = params.get("copied", [])
+            if not isinstance(copied, list) or not all(isinstance(path, str) for path in copied):
+                raise ValueError("'copied' must be a list of field paths")
+            return cls(json_object=True, json_schema=None if schema == {"type": "object"} else json.dumps(schema),
+                       whitespace_pattern=whitespace, copied_fields=tuple(copied))
+        if isinstance(params.get("grammar"), str) and params["grammar"].strip():
+            return cls(grammar=params["grammar"])
         if params.get("json_object") is True:
             return cls(json_object=True)
-        raise ValueError("'structured_outputs' supports a non-empty 'choice' list of strings, 'json' (a JSON schema) "
-                         f"or 'json_object': true; got {sorted(params)}")
+        raise ValueError("'structured_outputs' supports a non-empty 'choice' list of strings, 'json' (a JSON schema), "
+                         f"'grammar' (llguidance Lark) or 'json_object': true; got {sorted(params)}")
 
     def save(self, folder: Path) -> None:
         (Path(folder) / POLICY_FILE).write_text(json.dumps({"structured_outputs": self.record()}))
@@ -308,9 +345,10 @@ class DecodingPolicy:
 
         return jsonschema.Draft202012Validator(json.loads(self.json_schema)) if self.json_schema else None
 
-    def valid_answer(self, text: str) -> bool:
+    def valid_answer(self, text: str, messages=None) -> bool:
         """Whether an answer is one this policy allows (on the gateway's request path: the label set is
-        normalized and the schema compiled once per policy)."""
+        normalized and the schema compiled once per policy); with the request's ``messages``, a grounded policy's
+        copied values must also be copies of its user text (when it has any)."""
         if self.labels:
             return normalize_answer(text) in self._normalized_labels
         if self.json_object:
@@ -318,9 +356,15 @@ class DecodingPolicy:
             if record is None or (self.tool_calls and tool_calls_of(text) is None):
                 return False
             try:
-                return self._schema_validator is None or self._schema_validator.is_valid(record)
+                if self._schema_validator is not None and not self._schema_validator.is_valid(record):
+                    return False
             except Exception:  # noqa: BLE001 - a caller's tool schema that cannot be applied: nothing is valid
                 return False
+            if self.copied_fields and messages is not None:
+                from distillery.grounding import ungrounded_values, user_text
+
+                text = user_text(messages)
+                return not text or not ungrounded_values(record, self.copied_fields, text)
         return True
 
 

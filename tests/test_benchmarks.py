@@ -72,7 +72,23 @@ def test_serving_benchmark_serves_what_was_evaluated():
     assert all(difference["explained"] == "near-tie" for difference in figures["differences"])
 
 
-@pytest.mark.parametrize("script", ["curation.py", "eval_throughput.py"])
+@pytest.mark.slow
+def test_extraction_benchmark_reports_each_domain_grounded_and_not():
+    figures = _run("extraction.py", "--quick")
+    assert figures["quick"] is True and list(figures["domains"]) == ["Buses_1", "Events_1"]
+    for domain in figures["domains"].values():
+        assert domain["test_rows"] == 24 and domain["train_steps"] > 0
+        for name in ("grounded", "ungrounded", "base_grounded"):
+            assert 0 <= domain[name]["slot_f1"] <= 1 and domain[name]["rows_per_s"] > 0
+        # grounded decoding cannot write a value the user did not write
+        assert domain["grounded"]["ungrounded_value_rate"] == 0 and domain["base_grounded"]["ungrounded_value_rate"] == 0
+    serving = figures["domains"]["Buses_1"]["serving"]
+    assert serving["served_requests_per_s"] > 0 and 0 < serving["grammar_build_share_of_answer"] < 1
+    assert figures["mean_slot_f1"] == pytest.approx(
+        sum(d["grounded"]["slot_f1"] for d in figures["domains"].values()) / 2, abs=1e-4)
+
+
+@pytest.mark.parametrize("script", ["curation.py", "eval_throughput.py", "extraction.py"])
 def test_without_the_data_a_benchmark_stops_and_names_the_setting(script, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,

@@ -23,8 +23,8 @@ def test_fine_tuning_the_bundled_model_beats_it_on_held_out_tickets(distillery_h
     lifecycle.snapshot_raw_logs(store, artifacts, WORKLOAD)
     lifecycle.build_curated_dataset(artifacts, WORKLOAD, seed=0, validation_fraction=0.05, test_fraction=0.1,
                                     min_rows=20, min_train_rows=16)
-    config = TrainingConfig(max_steps=30, batch_size=8, learning_rate=3e-3)
-    trained = lifecycle.train_adapter(artifacts, tracker, WORKLOAD, base_model, config, run_tags={})
+    trained = lifecycle.train_adapter(artifacts, tracker, WORKLOAD, base_model,
+                                      {"max_steps": 30, "batch_size": 8, "learning_rate": 3e-3}, run_tags={})
     assert trained.result.final_train_loss < trained.result.loss_curve[0][1] / 4
 
     # Any gap passes: this run proves the path, not that 30 steps reach the frontier.

@@ -222,3 +222,27 @@ def test_a_tool_call_policy_travels_to_vllm_as_structured_outputs(deployed):
     assert policy.valid_answer(text), text  # a label adapter, held to the schema of the call's tools
     [call] = tool_calls_of(text)
     assert call["name"] == "route_ticket" and call["arguments"]["queue"] in QUEUES
+
+
+def test_vllm_decodes_a_grounded_grammar_as_the_local_engine_does(deployed):
+    """The grammar a grounded route sends (copied fields are runs of the user's words) through vLLM's llguidance
+    backend: answers equal to the engine's under the same grammar, and every copied value a copy."""
+    from distillery.grounding import ungrounded_values, user_text
+    from distillery.serving import generate, load_model, using_adapter
+
+    endpoint = Endpoints().current(WORKLOAD)
+    schema = {"type": "object", "properties": {"product": {"type": "string"}, "problem": {"type": "string"}},
+              "additionalProperties": False}
+    policy = DecodingPolicy.for_task("extraction", json_schema=schema, copied_fields=["product", "problem"])
+    tickets = [demo_messages(t) for t in ["My blender arrived with a cracked jar", "The app crashes when I upload",
+                                          "I was charged twice for the headphones", "Where is my \"Deluxe\" kettle?"]]
+    model, tokenizer = load_model(endpoint.base_model, {"served": Path(endpoint.adapter_path)})
+    with using_adapter(model, "served"):
+        local = [g.text for g in generate(model, tokenizer, tickets, max_new_tokens=48, policy=policy)]
+    vllm = openai.OpenAI(base_url=endpoint.url, api_key="local", max_retries=0, timeout=120)
+    served = [vllm.chat.completions.create(model=endpoint.model, messages=messages, max_tokens=48, temperature=0,
+                                           extra_body={"structured_outputs": policy.structured_outputs(messages)})
+              .choices[0].message.content.strip() for messages in tickets]
+    assert served == local
+    for messages, answer in zip(tickets, served):
+        assert ungrounded_values(json.loads(answer), policy.copied_fields, user_text(messages)) == [], answer

@@ -19,7 +19,6 @@ from dagster_pipes import PipesContext, open_dagster_pipes
 
 from distillery.lifecycle import train_adapter
 from distillery.models import resolve_base_model
-from distillery.training import TrainingConfig
 from workers import mlflow_links, open_stores
 
 
@@ -35,7 +34,7 @@ def run(pipes: PipesContext) -> None:
 
     artifacts, tracker = open_stores(extras)
     summary = train_adapter(
-        artifacts, tracker, workload, resolve_base_model(extras["base_model"]), TrainingConfig(**extras["config"]),
+        artifacts, tracker, workload, resolve_base_model(extras["base_model"]), extras["config"],
         run_tags=extras["run_tags"], on_step=progress, log=pipes.log.info, dataset_version=extras["dataset_version"],
     )
     result = summary.result

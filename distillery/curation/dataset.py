@@ -34,9 +34,11 @@ from datasets import Dataset, DatasetDict
 from distillery.curation.neardup import clusters_of, signatures
 from distillery.curation.pii import scrub
 from distillery.errors import DistilleryError
+from distillery.grounding import field_schema, is_plain_string
 from distillery.store import STATUS_OK
 from distillery.tasks import (CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, caller_text, leaf_fields, parse_record,
                               tool_call_answer, tool_spec)
+from distillery.training.recipes import serialize_answer
 
 SPLITS = ("train", "validation", "test")
 LEAKAGE_THRESHOLD = 0.75  # MinHash-estimated Jaccard of character 3-grams (neardup)
@@ -185,6 +187,7 @@ def curate(
     scrub_pii: bool = True,
     max_tokens: int | None = None,
     count_tokens: Callable[[str], int] | None = None,
+    copied_share: float = COPIED_SHARE,
 ) -> tuple[DatasetDict, CurationReport]:
     steps: dict[str, int] = {"rows in": len(rows)}
 
@@ -270,6 +273,8 @@ def curate(
     for row in unique.itertuples():
         messages = [{**m, "content": clean(m["content"], pii)} for m in row.request_messages]
         answer = clean(row.response_text, pii)
+        if task == EXTRACTION and (record := parse_record(answer)) is not None:
+            answer = serialize_answer(record, json_schema)  # the recipe's one spelling of a record
         examples.append({"log_id": int(row.id), "messages": [*messages, {"role": "assistant", "content": answer}]})
     splits = {split: [examples[i] for i in sorted(parts[split])] for split in SPLITS}
     dataset = DatasetDict({split: Dataset.from_list(rows) for split, rows in splits.items()})
@@ -282,7 +287,8 @@ def curate(
         content_hash=dataset_hash(splits), first_log_id=int(unique["id"].min()),
         last_log_id=int(unique["id"].max()), log_ids=sorted(int(i) for i in unique["id"]),
         json_schema=json_schema, schema_source=schema_source, rows_under_older_schemas=older_schemas,
-        copy_rates=rates, copied_fields=[path for path, rate in rates.items() if rate >= COPIED_SHARE],
+        copy_rates=rates, copied_fields=[path for path, rate in rates.items() if rate >= copied_share and task ==
+                                         EXTRACTION and is_plain_string(field_schema(json_schema or {}, path))],
     )
     return dataset, report
 

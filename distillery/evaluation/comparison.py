@@ -26,11 +26,11 @@ from distillery.evaluation.gate import ChampionComparison, GateDecision, GatePol
 from distillery.evaluation.judge import JudgeResult
 from distillery.evaluation.metrics import (EXTRACTION_SCORING, TOOL_CALL_SCORING, bootstrap_interval,
                                            classification_metrics, extraction_metrics, field_f1, free_text_metrics,
-                                           record_match, tool_call_metrics)
+                                           per_field_f1, record_match, tool_call_metrics)
 from distillery.serving import (BatchingEngine, Generation, LoadResult, generate, load_model, serve_under_load,
                                 using_adapter)
 from distillery.tasks import (CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, Cascade, DecodingPolicy, agrees,
-                             confidence_measures)
+                             confidence_measures, prompt_text, ungrounded)
 
 BASE, CANDIDATE, CHAMPION = "base", "fine-tuned", "champion"
 HEADLINE = {CLASSIFICATION: "accuracy", EXTRACTION: "field_f1", FREE_TEXT: "embedding_similarity",
@@ -76,6 +76,8 @@ class EvalReport:
     examples: list[dict] = field(default_factory=list)  # worst rows of the fine-tuned model first
     # Classification: metrics.classification_metrics per model (per-label F1, confusion).
     classification: dict[str, dict] = field(default_factory=dict)
+    # Extraction: F1 per leaf field per model, the lowest first (metrics.per_field_f1).
+    fields: dict[str, dict[str, float]] = field(default_factory=dict)
     judge: JudgeResult | None = None
     operations: CostComparison | None = None
     serving: ServingFigures | None = None
@@ -162,6 +164,12 @@ class EvalReport:
             worst = sorted(self.classification[CANDIDATE]["per_label_f1"].items(), key=lambda item: item[1])[:10]
             lines += ["Fine-tuned model, lowest per-label F1:", "", "| label | F1 |", "|---|---:|"]
             lines += [f"| {label} | {f1:.2f} |" for label, f1 in worst] + [""]
+        if self.fields:
+            shown = [name for name in (BASE, CANDIDATE, CHAMPION) if name in self.fields]
+            lines += ["Per-field F1, the fine-tuned model's lowest first:", "",
+                      "| field | " + " | ".join(shown) + " |", "|---|" + "---:|" * len(shown)]
+            lines += [f"| `{path}` | " + " | ".join(f"{self.fields[name].get(path, 0.0):.2f}" for name in shown) + " |"
+                      for path in self.fields[CANDIDATE]] + [""]
         if self.examples:
             shown = [name for name in (BASE, CANDIDATE, CHAMPION) if name in self.scores]
             lines += ["Rows for review, the fine-tuned model's worst first:", "",
@@ -247,6 +255,7 @@ def score_answers(task: str, references: Sequence[str], answers: Sequence[str]) 
     if task in (EXTRACTION, TOOL_CALL):
         rows = [float(m.exact) + (m.true_positive / m.expected if m.expected else 0.0) for m in items]
         metrics = (extraction_metrics if task == EXTRACTION else tool_call_metrics)(references, answers)
+        metrics.pop("per_field_f1", None)  # a table of its own (EvalReport.fields)
         return headline, ci95, metrics, rows, items
     return headline, ci95, free_text_metrics(references, answers, items), items, items
 
@@ -356,6 +365,10 @@ def evaluate(
                                      batch_size=batch_size)
         scores[name], row_scores[name], headline_items[name] = _score(name, task, outputs[name], references,
                                                                       time.perf_counter() - started)
+        if task == EXTRACTION:  # values not found in the prompt: what the hallucination monitor watches live
+            missing, values = map(sum, zip(*(ungrounded(g.text, prompt_text(c)) for g, c in
+                                             zip(outputs[name], conversations))))
+            scores[name].metrics["ungrounded_value_rate"] = missing / values if values else 0.0
     test_agreement = row_agreement(task, references, [g.text for g in outputs[CANDIDATE]], headline_items[CANDIDATE])
     calibration = _calibrate(model, tokenizer, task, validation, outputs[CANDIDATE], test_agreement, decoding, policy,
                              max_new_tokens, batch_size, on_progress)
@@ -380,6 +393,8 @@ def evaluate(
                 "agrees": agrees(outputs[CANDIDATE][i].text, references[i])} for i in shown]
     classification = ({name: classification_metrics(references, [g.text for g in generations])
                        for name, generations in outputs.items()} if task == CLASSIFICATION else {})
+    fields = ({name: per_field_f1(references, [g.text for g in generations]) for name, generations in outputs.items()}
+              if task == EXTRACTION else {})
     verdicts = None
     if judge:
         if on_progress:
@@ -387,7 +402,9 @@ def evaluate(
         verdicts = judge(conversations, references, [g.text for g in outputs[CANDIDATE]])
     report = EvalReport(workload=workload, task=task, rows=len(references), scores=scores, gate=gate,
                         calibration=calibration, champion_version=champion[0] if champion else None, examples=samples,
-                        classification=classification, judge=verdicts, decoding=decoding.kind,
+                        classification=classification, fields=fields, judge=verdicts,
+                        decoding=decoding.kind + (f", grounded: {', '.join(decoding.copied_fields)} copy the user's "
+                                                  "text" if decoding.copied_fields else ""),
                         serving=serving_figures(served, outputs[CANDIDATE], conversations, serving_concurrency))
     return report, Outputs(conversations, references, reference_tokens, outputs, served)
 

@@ -88,8 +88,20 @@ def field_f1(matches: Sequence[RecordMatch]) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
+def per_field_f1(references: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+    """F1 of each leaf field (path) over the rows, the lowest first: which fields the model gets wrong."""
+    counts: dict[str, list[int]] = {}
+    for reference, prediction in zip(references, predictions):
+        expected, got = leaf_fields(_parse_json(reference) or {}), leaf_fields(_parse_json(prediction) or {})
+        for column, leaves in enumerate((expected & got, got, expected)):
+            for (path, _), n in leaves.items():
+                counts.setdefault(path, [0, 0, 0])[column] += n
+    f1 = {path: 2 * hit / (predicted + expected) for path, (hit, predicted, expected) in counts.items()}
+    return dict(sorted(f1.items(), key=lambda item: (item[1], item[0])))
+
+
 def extraction_metrics(references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:
-    """JSON validity, micro precision/recall/F1 over leaf (path, value) pairs, exact-record match."""
+    """JSON validity, micro precision/recall/F1 over leaf (path, value) pairs (and per field), exact-record match."""
     matches = [record_match(r, p) for r, p in zip(references, predictions)]
     true_positive = sum(m.true_positive for m in matches)
     predicted, expected = sum(m.predicted for m in matches), sum(m.expected for m in matches)
@@ -100,6 +112,7 @@ def extraction_metrics(references: Sequence[str], predictions: Sequence[str]) ->
         "field_recall": true_positive / expected if expected else 0.0,
         "field_f1": field_f1(matches),
         "exact_record_match": sum(m.exact for m in matches) / rows,
+        "per_field_f1": per_field_f1(references, predictions),
     }
 
 

