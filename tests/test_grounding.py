@@ -16,11 +16,14 @@ from distillery.pricing import Price
 from distillery.serving import SHADOW, ModelServer, OpenAIServer, Route, RouteStore, generate
 from distillery.serving.engine import _grammar_tokenizer
 from distillery.store import LogStore
-from distillery.tasks import DecodingPolicy, prompt_text, ungrounded
+from distillery.tasks import COMPACT_JSON, DecodingPolicy, parse_record, prompt_text, ungrounded
 
 SCHEMA = {"type": "object", "properties": {"from_location": {"type": "string"}, "to_location": {"type": "string"},
                                            "group_size": {"type": "integer"}}, "additionalProperties": False}
 COPIED = ("from_location", "to_location")
+# The random model writes digits without end where a number may stand: the decoding tests hold strings only.
+STRINGS = {"type": "object", "properties": {key: SCHEMA["properties"][key] for key in COPIED},
+           "additionalProperties": False}
 GROUNDED = DecodingPolicy.for_task("extraction", json_schema=SCHEMA, copied_fields=COPIED)
 UNGROUNDED = DecodingPolicy.for_task("extraction", json_schema=SCHEMA)
 TEXTS = ["I am leaving from Washington on the 11th.", "Two of us go to New York, from \"Old\" Boston\\North.",
@@ -81,8 +84,11 @@ def test_grounded_decoding_never_invents_a_value_where_the_schema_alone_does(tin
     from distillery.serving import load_model
 
     model, tokenizer = load_model(tiny_model_dir)
-    grounded = generate(model, tokenizer, CONVERSATIONS, max_new_tokens=48, policy=GROUNDED)
-    free = generate(model, tokenizer, CONVERSATIONS, max_new_tokens=48, policy=UNGROUNDED)
+    schema = {**STRINGS, "required": ["to_location"]}  # one string at least
+    grounded = generate(model, tokenizer, CONVERSATIONS, max_new_tokens=48,
+                        policy=DecodingPolicy.for_task("extraction", json_schema=schema, copied_fields=COPIED))
+    free = generate(model, tokenizer, CONVERSATIONS, max_new_tokens=48, policy=DecodingPolicy(
+        json_object=True, json_schema=json.dumps(schema), whitespace_pattern=COMPACT_JSON))
     for generation, text in zip(grounded, TEXTS):
         assert generation.finish_reason == "stop" and generation.note is None
         assert ungrounded_values(json.loads(generation.text), COPIED, text) == [], generation.text
@@ -149,18 +155,27 @@ def _shadow_rows(tmp_path, small_model, policy: DecodingPolicy, name: str):
 
 
 def test_live_the_hallucination_monitor_finds_no_ungrounded_value_on_a_grounded_route(tmp_path, small_model):
-    figures = {}
-    for name, policy in (("grounded", GROUNDED), ("schema-only", UNGROUNDED)):
+    schema = json.dumps({**STRINGS, "required": ["to_location"]})  # one string at least, no blanks to spend tokens on
+    invented = {}
+    for name, policy in (("grounded", DecodingPolicy(json_object=True, json_schema=schema, copied_fields=COPIED,
+                                                     whitespace_pattern=COMPACT_JSON)),
+                         ("schema-only", DecodingPolicy(json_object=True, json_schema=schema,
+                                                        whitespace_pattern=COMPACT_JSON))):
         rows = _shadow_rows(tmp_path, small_model, policy, name)
-        report = live_report(rows, "bus", train_prompts=CONVERSATIONS * 4, train_answers=["{}"] * 24, since_log_id=0,
-                             task="extraction", small_usd_per_request=0.0, min_rows=1)
-        figures[name] = report.hallucination.ungrounded_value_share
         shadow = rows[rows["served_by"] == "shadow"]
+        with_user_text = shadow[["distillery_grounding" not in p for p in shadow["request_params"]]]
+        # an answer that does not parse (a string the random model never closed) or holds a value not in the prompt
+        invented[name] = sum(parse_record(answer) is None or ungrounded(answer, prompt_text(messages))[0] > 0
+                             for messages, answer in zip(with_user_text["request_messages"],
+                                                         with_user_text["response_text"]))
         if name == "grounded":
-            assert all(p["valid_answer"] for p in shadow["request_params"])
+            report = live_report(rows, "bus", train_prompts=CONVERSATIONS * 4, train_answers=["{}"] * 24,
+                                 since_log_id=0, task="extraction", small_usd_per_request=0.0, min_rows=1)
+            assert report.hallucination.ungrounded_value_share == 0.0
+            assert len(with_user_text) == len(CONVERSATIONS)
+            assert all(p["valid_answer"] for p in with_user_text["request_params"])
+            # the call without user text: decoded under the schema alone, and its row says so
             [note] = [p["distillery_grounding"] for p in shadow["request_params"] if "distillery_grounding" in p]
             assert note.startswith("not grounded: the request has no user text")
-            for messages, answer in zip(shadow["request_messages"], shadow["response_text"]):
-                assert ungrounded(answer, prompt_text(messages))[0] == 0, answer
-    assert figures["grounded"] == 0.0
-    assert figures["schema-only"] > 0.2, figures  # the same random model, free to write any string
+    assert invented["grounded"] == 0
+    assert invented["schema-only"] >= len(CONVERSATIONS) // 2, invented  # the same random model, free to write
