@@ -74,6 +74,7 @@ def curated_dataset(
             "pii_replaced": dg.MetadataValue.md("| type | replaced |\n|---|---:|\n" + "".join(
                 f"| {kind} | {count} |\n" for kind, count in sorted(report.pii.items())) if report.pii else "none"),
             "data_card": dg.MetadataValue.md(curated.data_card),
+            **({"copied_fields": dg.MetadataValue.json(report.copied_fields)} if report.copy_rates else {}),
             "version": artifact.version,
             "path": dg.MetadataValue.path(str(artifact.path)),
         },

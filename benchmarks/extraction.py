@@ -5,10 +5,11 @@ grounded decoding.
 
 For each domain of ``$DISTILLERY_DATA/dstc8_spans`` (Buses_1, Events_1, Homes_1, RentalCars_1):
 
-1. The rows become an extraction workload as Distillery captures one: a system prompt naming the domain's slots,
-   the slots the dialogue asked for (``context.requestedSlots``) as the assistant's earlier turn, the user's text,
-   and the answer as compact JSON, keys in schema order, absent slots left out (``distillery.training.recipes``).
-   Every slot is a string the user's text contains, so curation marks every slot *copied*.
+1. The rows become an extraction workload as ``distillery logs import --format dstc8`` imports one
+   (``capture.logs_io``: a system prompt naming the domain's slots, the slots the dialogue asked for as the
+   assistant's earlier turn, the user's text; each slot a string of the answers' schema), the answer serialized as
+   curation serializes it (compact JSON, keys in schema order, absent slots left out: ``training.recipes``). Every
+   slot is a span of the user's text, so curation marks every slot *copied*.
 2. A LoRA adapter is trained on ``train_0.json`` under the extraction recipe for at most ``--budget-minutes``.
 3. ``test.json`` is decoded three ways: the adapter under the grounded policy (copied slots are substrings of the
    user's text, ``distillery.grounding``), the adapter under the schema alone (ungrounded), and the base model
@@ -40,6 +41,7 @@ from datasets import Dataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from distillery.capture.logs_io import dstc8_answer, dstc8_domain, dstc8_messages  # noqa: E402
 from distillery.errors import DistilleryError  # noqa: E402
 from distillery.evaluation.metrics import extraction_metrics  # noqa: E402
 from distillery.grounding import ungrounded_values, user_text  # noqa: E402
@@ -55,33 +57,7 @@ DOMAINS = ("Buses_1", "Events_1", "Homes_1", "RentalCars_1")
 
 
 def domain_rows(data: Path, domain: str, split: str) -> list[dict]:
-    path = data / domain / f"{split}.json"
-    return json.loads(path.read_text())
-
-
-def slot_names(rows: list[dict]) -> list[str]:
-    """The domain's slots in the order they first appear: the schema's order, so the answers' key order."""
-    return list(dict.fromkeys(label["slot"] for row in rows for label in row.get("labels", ())))
-
-
-def schema_of(slots: list[str]) -> dict:
-    return {"type": "object", "properties": {slot: {"type": "string"} for slot in slots},
-            "additionalProperties": False}
-
-
-def conversation(row: dict, domain: str, slots: list[str]) -> list[dict]:
-    messages = [{"role": "system", "content": f"Extract the {domain.split('_')[0].lower()} slots the user gives "
-                                              f"({', '.join(slots)}) as JSON."}]
-    asked = (row.get("context") or {}).get("requestedSlots")
-    if asked:
-        messages.append({"role": "assistant", "content": f"(asks for {', '.join(asked)})"})
-    return messages + [{"role": "user", "content": row["userInput"]["text"]}]
-
-
-def reference(row: dict) -> dict:
-    text = row["userInput"]["text"]
-    return {label["slot"]: text[label["valueSpan"].get("startIndex", 0):label["valueSpan"]["endIndex"]]
-            for label in row.get("labels", ())}
+    return json.loads((data / domain / f"{split}.json").read_text())
 
 
 def scores(references: list[dict], texts: list[str], prompts: list[list[dict]], slots: list[str]) -> dict:
@@ -197,12 +173,11 @@ def main() -> None:
         train, test = domain_rows(data, domain, "train_0"), domain_rows(data, domain, "test")
         if args.test_rows:
             test = test[: args.test_rows]
-        slots = slot_names(train + test)
-        schema = schema_of(slots)
+        slots, schema = dstc8_domain(data / domain)
         grounded = DecodingPolicy.for_task("extraction", json_schema=schema, copied_fields=slots)
         ungrounded = DecodingPolicy.for_task("extraction", json_schema=schema)
-        examples = [{"messages": conversation(row, domain, slots) + [
-            {"role": "assistant", "content": serialize_answer(reference(row), schema)}]} for row in train]
+        examples = [{"messages": dstc8_messages(row, domain, slots) + [
+            {"role": "assistant", "content": serialize_answer(dstc8_answer(row), schema)}]} for row in train]
         recipe = extraction_recipe(len(examples))
         config = TrainingConfig(**{**recipe, "max_seconds": budget_s, "checkpoint_every": 0,
                                    **({"learning_rate": args.learning_rate} if args.learning_rate else {}),
@@ -217,8 +192,8 @@ def main() -> None:
             print(f"{domain}: trained {result.steps} steps in {result.seconds:.0f} s "
                   f"(final loss {result.final_train_loss:.3f})", flush=True)
             model, _ = load_model(base_model, {domain: adapter})
-            prompts = [conversation(row, domain, slots) for row in test]
-            references = [reference(row) for row in test]
+            prompts = [dstc8_messages(row, domain, slots) for row in test]
+            references = [dstc8_answer(row) for row in test]
             results = {"train_rows": len(examples), "test_rows": len(test), "train_seconds": round(result.seconds, 1),
                        "train_steps": result.steps, "epochs_trained": round(result.steps * config.batch_size
                                                                             / len(examples), 2)}

@@ -247,10 +247,23 @@ def test_curation_measures_which_string_fields_are_copies_of_the_users_text():
                               json.dumps({"city": "Paris", "name": "Lee" if i % 10 else "Mr Lee", "party_size": i % 7 + 2,
                                           "cuisine": "french"}))
                          for i in range(1, 61)])
-    dataset, report = curate(rows, "booking", task="auto", min_rows=10, near_duplicate_threshold=None)
+    schema = {"type": "object", "properties": {"party_size": {"type": "integer"}, "city": {"type": "string"},
+                                               "name": {"type": "string"}, "cuisine": {"type": "string"}}}
+    dataset, report = curate(rows, "booking", task="auto", min_rows=10, near_duplicate_threshold=None,
+                             json_schema=schema)
     assert report.task == EXTRACTION
     # numbers are not strings; the cuisine is never in the text; the name is a copy in 9 rows of 10
     assert report.copy_rates == {"city": 1.0, "cuisine": 0.0, "name": pytest.approx(0.9)}
     assert report.copied_fields == ["city"]
     card = data_card("booking", report, dataset)
     assert "| `city` | 100.0% | yes |" in card and "| `name` | 90.0% | no |" in card
+    # the share is a setting; a field is only marked copied when the schema makes it a plain string
+    _, lenient = curate(rows, "booking", task="auto", min_rows=10, near_duplicate_threshold=None, json_schema=schema,
+                        copied_share=0.9)
+    assert lenient.copied_fields == ["city", "name"]
+    _, enum = curate(rows, "booking", task="auto", min_rows=10, near_duplicate_threshold=None, json_schema={
+        **schema, "properties": {**schema["properties"], "city": {"enum": ["Paris", "Rome"]}}})
+    _, schemaless = curate(rows, "booking", task="auto", min_rows=10, near_duplicate_threshold=None)
+    assert enum.copied_fields == [] and schemaless.copied_fields == []
+    # trained in one spelling: compact, keys in the schema's order
+    assert dataset["train"][0]["messages"][-1]["content"].startswith('{"party_size":')

@@ -150,12 +150,17 @@ def test_dstc8_slot_spans_import_as_an_extraction_workload(store, shared_data):
     assert import_logs(store, path, "buses", "dstc8").already_stored == 377
     rows = store.read("buses")
     answers = {row.request_messages[-1]["content"]: json.loads(row.response_text) for row in rows.itertuples()}
-    # The second record of the file: spans cut from the user's text, keys sorted.
+    # The second record of the file: spans cut from the user's text.
     assert answers["The date is March 14th and the destination is Sacramento. The departure is from Las Vegas."] == {
         "from_location": "Las Vegas", "leaving_date": "March 14th", "to_location": "Sacramento"}
     assert answers["I need a bus for my planned trip."] == {}
-    system = rows.iloc[1]["request_messages"][0]["content"]
-    assert "from_location, leaving_date, to_location" in system and "just asked for: to_location" in system
+    [second] = [row for row in rows.itertuples() if row.request_messages[-1]["content"].startswith("The date is")]
+    system, asked, _ = second.request_messages
+    # the slots in the order they first appear in train_0.json (the schema's order), the requested ones asked before
+    assert system["content"] == "Extract the buses slots the user gives (to_location, leaving_date, from_location) as JSON."
+    assert asked == {"role": "assistant", "content": "(asks for to_location, from_location, leaving_date)"}
+    schema = second.request_params["response_format"]["json_schema"]["schema"]
+    assert list(schema["properties"]) == ["to_location", "leaving_date", "from_location"]
     assert infer_task(rows["response_text"]) == EXTRACTION
 
 

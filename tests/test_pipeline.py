@@ -412,6 +412,11 @@ def test_an_extraction_workload_from_dstc8_is_scored_with_extraction_metrics(res
     assert {"fine_tuned_json_valid_rate", "fine_tuned_field_precision", "fine_tuned_field_recall",
             "fine_tuned_exact_record_match"} <= set(report)
     assert "| json_valid_rate |" in report["report"]
+    # Every slot is a span of the user's text: curation marks them copied, and every model decodes them grounded.
+    assert set(_metadata(result, curated_dataset)["copied_fields"]) == {"to_location", "leaving_date", "from_location"}
+    assert "grounded: to_location, leaving_date, from_location copy the user's text" in report["report"]
+    assert report["fine_tuned_ungrounded_value_rate"] == 0 and "| ungrounded_value_rate |" in report["report"]
+    assert "Per-field F1, the fine-tuned model's lowest first:" in report["report"]
     # Imported logs carry no usage: the frontier's cost is estimated from counted tokens, and says so.
     assert "no usage logged" in report["report"] and report["frontier_usd_per_1k"] > 0
 

@@ -186,30 +186,46 @@ def _openai_chat_records(path: Path, workload: str, result: ImportResult) -> Ite
             result.skipped.append(f"line {number}: {exc.__class__.__name__}: {exc}")
 
 
-def dstc8_system_prompt(slots: list[str], requested: list[str]) -> str:
-    prompt = ("Extract the slot values the user states, as a JSON object with only these keys: " + ", ".join(slots)
-              + ". Copy each value exactly as written; leave out slots the user does not state; answer {} if none.")
-    return prompt + (f" The assistant has just asked for: {', '.join(requested)}." if requested else "")
+def dstc8_domain(folder: Path) -> tuple[list[str], dict]:
+    """A DSTC8 domain folder's slots, in the order they first appear (training files first: the order the answers'
+    keys take), and the JSON schema of its answers: each slot a string, no others."""
+    files = sorted(folder.glob("*.json"), key=lambda p: (not p.name.startswith("train"), p.name))
+    slots = list(dict.fromkeys(label["slot"] for file in files for example in json.loads(file.read_text("utf-8"))
+                               for label in example.get("labels", ())))
+    return slots, {"type": "object", "properties": {slot: {"type": "string"} for slot in slots},
+                   "additionalProperties": False}
+
+
+def dstc8_messages(example: dict, domain: str, slots: list[str]) -> list[dict]:
+    """The call a DSTC8 user turn stands for: the domain's slots in the system prompt, the slots the dialogue just
+    asked for (``context.requestedSlots``) as the assistant's turn before, and the user's text."""
+    messages = [{"role": "system", "content": f"Extract the {domain.split('_')[0].lower()} slots the user gives "
+                                              f"({', '.join(slots)}) as JSON."}]
+    asked = (example.get("context") or {}).get("requestedSlots")
+    if asked:
+        messages.append({"role": "assistant", "content": f"(asks for {', '.join(asked)})"})
+    return messages + [{"role": "user", "content": example["userInput"]["text"]}]
+
+
+def dstc8_answer(example: dict) -> dict:
+    """The labelled slot values: spans of the user's text (a missing ``startIndex`` means 0)."""
+    text = example["userInput"]["text"]
+    return {label["slot"]: text[label["valueSpan"].get("startIndex", 0):label["valueSpan"]["endIndex"]]
+            for label in example.get("labels", ())}
 
 
 def _dstc8_records(path: Path, workload: str, result: ImportResult) -> Iterator[Exchange]:
-    """Every file of the domain folder names the slots, so train and test files get the same system prompt."""
+    """Every file of the domain folder names the slots, so train and test files get the same prompt and schema; the
+    schema travels as the call's ``response_format``, as a structured-output call carries it."""
     examples = json.loads(path.read_text(encoding="utf-8"))
-    slots = sorted({label["slot"] for sibling in sorted(path.parent.glob("*.json"))
-                    for example in json.loads(sibling.read_text(encoding="utf-8"))
-                    for label in example.get("labels", [])})
+    slots, schema = dstc8_domain(path.parent)
+    response_format = {"type": "json_schema", "json_schema": {"name": "slots", "schema": schema}}
     for number, example in enumerate(examples, 1):
         result.read += 1
         try:
-            text = example["userInput"]["text"]
-            values = {}
-            for label in example.get("labels", []):
-                span = label["valueSpan"]
-                values[label["slot"]] = text[span.get("startIndex", 0) : span["endIndex"]]
-            system = dstc8_system_prompt(slots, example.get("context", {}).get("requestedSlots", []))
-            yield Exchange(workload=workload, request_messages=[{"role": "system", "content": system},
-                                                                {"role": "user", "content": text}],
-                           response_text=json.dumps(dict(sorted(values.items())), ensure_ascii=False),
+            yield Exchange(workload=workload, request_messages=dstc8_messages(example, path.parent.name, slots),
+                           request_params={"response_format": response_format},
+                           response_text=json.dumps(dstc8_answer(example), ensure_ascii=False),
                            model="imported", finish_reason="stop", uid=_uid(workload, _dstc8_source(path, number, example)))
         except (KeyError, TypeError, AttributeError) as exc:
             result.skipped.append(f"record {number}: {exc.__class__.__name__}: {exc}")
