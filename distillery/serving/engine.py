@@ -230,7 +230,8 @@ class _GrammarRow:
         return tokens
 
     def advance(self, generated: list[int]) -> list[int] | None:
-        self.matcher.consume_token(generated[-1])
+        if not self.matcher.consume_token(generated[-1]):
+            return generated  # never a token its own mask allowed; were it, the row ends there (an invalid answer)
         if generated[-1] in self.stop_ids:
             return generated
         # a grammar that can end only here (a closed object) stops without asking the model: the stop is forced
@@ -238,6 +239,8 @@ class _GrammarRow:
 
 
 class _FreeRow:
+    """A row decoded unconstrained, up to its stop token."""
+
     matcher = None
 
     def __init__(self, stop_ids: list[int]):
