@@ -49,9 +49,9 @@ from distillery.models import load_tokenizer, resolve_base_model  # noqa: E402
 from distillery.serving import BatchingEngine, generate, load_model, serve_under_load, using_adapter  # noqa: E402
 from distillery.serving.engine import _grammar_tokenizer  # noqa: E402
 from distillery.settings import public_dataset  # noqa: E402
-from distillery.tasks import DecodingPolicy, parse_record  # noqa: E402
+from distillery.tasks import DecodingPolicy, parse_record, serialize_answer  # noqa: E402
 from distillery.training import TrainingConfig, train_lora  # noqa: E402
-from distillery.training.recipes import extraction_recipe, serialize_answer  # noqa: E402
+from distillery.training.recipes import extraction_recipe  # noqa: E402
 
 DOMAINS = ("Buses_1", "Events_1", "Homes_1", "RentalCars_1")
 

@@ -94,6 +94,21 @@ def ungrounded(answer: str, prompt: str) -> tuple[int, int]:
     return missing, total
 
 
+def serialize_answer(record: dict, schema: dict | None = None) -> str:
+    """A record as extraction trains on it: compact JSON, the schema's keys first and in its order, absent (null or
+    empty) fields left out; nested objects the same way."""
+    def ordered(value, node):
+        if isinstance(value, dict):
+            properties = (node or {}).get("properties") or {}
+            keys = [k for k in properties if k in value] + [k for k in value if k not in properties]
+            return {k: ordered(value[k], properties.get(k)) for k in keys if value[k] not in (None, "", [], {})}
+        if isinstance(value, list):
+            return [ordered(v, (node or {}).get("items")) for v in value]
+        return value
+
+    return json.dumps(ordered(record, schema), ensure_ascii=False, separators=(",", ":"))
+
+
 # Tool calls. A tool-call workload's answer, as it is trained on, evaluated and decoded, is one JSON object that lists
 # the calls with their arguments as JSON: {"tool_calls": [{"name": "route_ticket", "arguments": {"queue": "billing"}}]}.
 # Provider shapes (chat completions' tool_calls with arguments as text, the Responses API's function_call items,

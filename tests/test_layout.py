@@ -10,7 +10,7 @@ import pytest
 
 CORE = Path(__file__).resolve().parents[1] / "distillery"
 STAGES = ["store", "capture", "gateway", "curation", "training", "evaluation", "serving", "monitoring", "fleet", "demo"]
-SHARED = {"errors", "settings", "tasks", "models", "wire", "pricing"}
+SHARED = {"errors", "settings", "tasks", "grounding", "models", "wire", "pricing"}
 
 # What each part of the core may import besides the shared modules; the same table is in docs/architecture.md.
 ALLOWED = {

@@ -414,7 +414,7 @@ def test_an_extraction_workload_from_dstc8_is_scored_with_extraction_metrics(res
     assert "| json_valid_rate |" in report["report"]
     # Every slot is a span of the user's text: curation marks them copied, and every model decodes them grounded.
     assert set(_metadata(result, curated_dataset)["copied_fields"]) == {"to_location", "leaving_date", "from_location"}
-    assert "grounded: to_location, leaving_date, from_location copy the user's text" in report["report"]
+    assert "grounded: from_location, leaving_date, to_location copy the user's text" in report["report"]
     assert report["fine_tuned_ungrounded_value_rate"] == 0 and "| ungrounded_value_rate |" in report["report"]
     assert "Per-field F1, the fine-tuned model's lowest first:" in report["report"]
     # Imported logs carry no usage: the frontier's cost is estimated from counted tokens, and says so.

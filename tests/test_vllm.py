@@ -214,8 +214,7 @@ def test_a_tool_call_policy_travels_to_vllm_as_structured_outputs(deployed):
     policy = DecodingPolicy.for_task(TOOL_CALL, json_schema=tool_spec({"tools": ROUTER_TOOLS}).schema(max_calls=1))
     vllm = openai.OpenAI(base_url=endpoint.url, api_key="local", max_retries=0, timeout=120)
     # vLLM 0.32 takes whitespace from its server-wide structured-outputs config, not from the request's
-    # whitespace_pattern: an adapter never trained on compact tool calls (this label one) may indent its JSON there,
-    # so it gets more tokens than the 40 a compact call needs.
+    # whitespace_pattern; Endpoints starts it with none (compact, as the engine decodes tool calls).
     answer = vllm.chat.completions.create(model=endpoint.model, messages=tool_messages("I was charged twice"),
                                           max_tokens=160, extra_body={"structured_outputs": policy.structured_outputs()})
     text = answer.choices[0].message.content

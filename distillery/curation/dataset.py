@@ -37,8 +37,7 @@ from distillery.errors import DistilleryError
 from distillery.grounding import field_schema, is_plain_string
 from distillery.store import STATUS_OK
 from distillery.tasks import (CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, caller_text, leaf_fields, parse_record,
-                              tool_call_answer, tool_spec)
-from distillery.training.recipes import serialize_answer
+                              serialize_answer, tool_call_answer, tool_spec)
 
 SPLITS = ("train", "validation", "test")
 LEAKAGE_THRESHOLD = 0.75  # MinHash-estimated Jaccard of character 3-grams (neardup)

@@ -9,7 +9,7 @@ machine, 2026-12-03; slot F1 under grounded decoding):
 - epochs fall with the rows (``EXTRACTION_ROW_EPOCHS`` / rows, between 2 and 8), sized to fill the default
   10-minute budget at ~1.5 s a step: RentalCars_1 at 4.6 epochs (388 s) reached 0.753 on its 328 test rows, at
   1.4 epochs 0.425; the budget ends a larger workload's training first;
-- the answer is serialized by ``serialize_answer`` (compact JSON, keys in schema order, absent fields left out), the
+- the answer is serialized by ``tasks.serialize_answer`` (compact JSON, keys in schema order, absent fields left out), the
   spelling the grounded grammar writes, so training and decoding never disagree on the form of a record (not
   measured against another spelling);
 - the loss covers the answer's tokens only (the trainer masks the prompt), as for every task (not measured
@@ -17,8 +17,6 @@ machine, 2026-12-03; slot F1 under grounded decoding):
 """
 
 from __future__ import annotations
-
-import json
 
 from distillery.tasks import EXTRACTION
 
@@ -38,21 +36,6 @@ EXTRACTION_ROW_EPOCHS = 6000  # epochs = this / training rows, clamped to [2, 8]
 def extraction_recipe(rows: int) -> dict:
     """``TrainingConfig`` settings for an extraction workload of ``rows`` training rows."""
     return {**EXTRACTION_SETTINGS, "epochs": round(min(8.0, max(2.0, EXTRACTION_ROW_EPOCHS / max(rows, 1))), 2)}
-
-
-def serialize_answer(record: dict, schema: dict | None = None) -> str:
-    """A record as extraction trains on it: compact JSON, the schema's keys first and in its order, absent (null or
-    empty) fields left out; nested objects the same way."""
-    def ordered(value, node):
-        if isinstance(value, dict):
-            properties = (node or {}).get("properties") or {}
-            keys = [k for k in properties if k in value] + [k for k in value if k not in properties]
-            return {k: ordered(value[k], properties.get(k)) for k in keys if value[k] not in (None, "", [], {})}
-        if isinstance(value, list):
-            return [ordered(v, (node or {}).get("items")) for v in value]
-        return value
-
-    return json.dumps(ordered(record, schema), ensure_ascii=False, separators=(",", ":"))
 
 
 def recipe_for(task: str, rows: int) -> dict:
