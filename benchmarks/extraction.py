@@ -47,7 +47,7 @@ from distillery.evaluation.metrics import extraction_metrics  # noqa: E402
 from distillery.grounding import ungrounded_values, user_text  # noqa: E402
 from distillery.models import load_tokenizer, resolve_base_model  # noqa: E402
 from distillery.serving import BatchingEngine, generate, load_model, serve_under_load, using_adapter  # noqa: E402
-from distillery.serving.engine import _grammar_tokenizer  # noqa: E402
+from distillery.serving.engine import _constraint  # noqa: E402
 from distillery.settings import public_dataset  # noqa: E402
 from distillery.tasks import DecodingPolicy, parse_record, serialize_answer  # noqa: E402
 from distillery.training import TrainingConfig, train_lora  # noqa: E402
@@ -84,8 +84,6 @@ def decode(model, tokenizer, prompts, policy, batch_size) -> tuple[list[str], fl
 
 def serving_figures(model, tokenizer, adapter: str, prompts, policy, concurrency: int) -> dict:
     """What the model server's engine delivers under ``concurrency`` callers, and the grounded grammar's cost."""
-    import llguidance
-
     engine = BatchingEngine(model, tokenizer)
     try:
         serve_under_load(engine, prompts[:concurrency], concurrency=concurrency, adapter=adapter, policy=policy,
@@ -94,11 +92,9 @@ def serving_figures(model, tokenizer, adapter: str, prompts, policy, concurrency
                                 max_new_tokens=64)
     finally:
         engine.close()
-    grammar_tokenizer = _grammar_tokenizer(tokenizer)
     began = time.perf_counter()
-    for messages in prompts:
-        grammar, _ = policy.request_grammar(messages)
-        llguidance.LLMatcher(grammar_tokenizer, llguidance.grammar_from("lark", grammar))
+    for messages in prompts:  # what the engine builds for each row
+        _constraint(tokenizer, policy, messages, [tokenizer.eos_token_id])
     build_ms = (time.perf_counter() - began) * 1000 / len(prompts)
     latencies = sorted(g.latency_ms for g in load.generations)
     return {"served_requests_per_s": round(load.requests_per_s, 2), "served_concurrency": concurrency,

@@ -34,7 +34,7 @@ from datasets import Dataset, DatasetDict
 from distillery.curation.neardup import clusters_of, signatures
 from distillery.curation.pii import scrub
 from distillery.errors import DistilleryError
-from distillery.grounding import field_schema, is_plain_string
+from distillery.grounding import field_schema, is_plain_string, user_text
 from distillery.store import STATUS_OK
 from distillery.tasks import (CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, caller_text, leaf_fields, parse_record,
                               serialize_answer, tool_call_answer, tool_spec)
@@ -85,12 +85,12 @@ def copy_rates(examples: list[dict]) -> dict[str, float]:
     seen: Counter = Counter()
     for example in examples:
         *prompt, answer = example["messages"]
-        user_text = "\n".join(m["content"] for m in prompt if m["role"] == "user")
+        text = user_text(prompt)
         for (path, encoded), count in leaf_fields(parse_record(answer["content"]) or {}).items():
             value = json.loads(encoded)
             if isinstance(value, str):
                 seen[path] += count
-                copied[path] += count * (value in user_text)
+                copied[path] += count * (value in text)
     return {path: copied[path] / seen[path] for path in sorted(seen)}
 
 
