@@ -329,17 +329,79 @@ def _routes():
     return RouteStore(_store().engine)
 
 
+def _autopilot_policy(config: Path | None):
+    from distillery.errors import DistilleryError
+    from distillery.gateway import load_config
+    from distillery.serving import AutopilotPolicy
+
+    try:
+        return load_config(config).autopilot if config else AutopilotPolicy()
+    except DistilleryError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+_GATEWAY_CONFIG = typer.Option(None, "--config", help="The gateway's TOML file, for its [autopilot] table; default: "
+                               "the default stages, dwell times and delta.")
+
+
 @route_app.command("show")
-def route_show(workload: Optional[str] = typer.Argument(None, help="One workload; default: all with a route.")) -> None:
-    """Each workload's route and its latest changes (rollbacks included)."""
+def route_show(workload: Optional[str] = typer.Argument(None, help="One workload; default: all with a route."),
+               config: Optional[Path] = _GATEWAY_CONFIG) -> None:
+    """Each workload's route, its autopilot (the stage, the evidence so far, what would trigger the next decision)
+    and its latest changes with the evidence they were made on."""
+    import datetime as dt
+
     routes = _routes()
-    chosen = {workload: routes.get(workload)} if workload else routes.all()
-    for name, route in sorted(chosen.items()):
+    policy = _autopilot_policy(config)
+    states = routes.states()
+    now = dt.datetime.now(dt.timezone.utc)
+    for name in sorted([workload] if workload else states):
+        state = states.get(name)
+        route = state.route if state else None
         target = f"{route.small_model} at {route.small_url}" if route and route.small_url else "-"
         typer.echo(f"{name}\t{route.label if route else 'frontier (no route)'}\tsmall model: {target}")
+        if route is None or not (route.autopilot or route.approval):
+            continue
+        evidence = state.evidence
+        if route.autopilot and route.approval:
+            sound, worse = policy.hypotheses(route.approval)
+            agreement = f"agreement {evidence.agreement:.1%}" if evidence.calls else "no agreement yet"
+            typer.echo(f"  autopilot on: {route.label} since {state.since:%Y-%m-%d %H:%M:%S}; "
+                       f"{evidence.calls} compared calls, {agreement} (sound: {sound:.1%} as evaluated, worse: "
+                       f"{worse:.1%}), log-likelihood ratio {evidence.llr:+.2f}")
+        typer.echo(f"  {policy.outlook(route, evidence, state.since, now)}")
     for event in routes.events(workload, limit=10):
         typer.echo(f"  {event.created_at:%Y-%m-%d %H:%M:%S} {event.workload} {event.kind}: "
                    f"{event.from_mode or '-'} -> {event.to_mode} ({event.reason})")
+        if event.evidence:
+            typer.echo("      evidence: " + ", ".join(f"{key} {value}" for key, value in event.evidence.items()
+                                                      if value is not None))
+
+
+@route_app.command("auto")
+def route_auto(workload: str, switch: str = typer.Argument(..., help="on or off."),
+               config: Optional[Path] = _GATEWAY_CONFIG) -> None:
+    """Turn a workload's autopilot on (the route walks shadow -> canary -> small by itself while live agreement with
+    the frontier holds what evaluation measured, and steps back when it does not) or off (it stays where it is)."""
+    from dataclasses import replace
+
+    if switch not in ("on", "off"):
+        raise typer.BadParameter("on or off")
+    routes = _routes()
+    current = routes.get(settings.validate_workload(workload))
+    try:
+        if switch == "on":
+            route = _autopilot_policy(config).switched_on(current, workload)
+        elif current is None:
+            raise ValueError(f"workload {workload!r} has no route")
+        else:
+            route = replace(current, autopilot=False)
+    except ValueError as exc:
+        typer.secho(f"autopilot refused: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    routes.set(route, f"autopilot {switch} from the command line", kind="autopilot")
+    typer.echo(f"{workload}: {route.label}, autopilot {switch}")
 
 
 @route_app.command("set")
@@ -354,7 +416,8 @@ def route_set(
         "current route's (the one the gate chose)."),
     no_cascade: bool = typer.Option(False, "--no-cascade", help="The small model answers every call it takes."),
 ) -> None:
-    """Move a workload's traffic; running gateways pick it up within a second."""
+    """Move a workload's traffic and pin it there (its autopilot, if on, turns off); running gateways pick it up
+    within a second."""
     from distillery.serving import Route
     from distillery.tasks import Cascade, DecodingPolicy, confidence_measures
 
@@ -370,12 +433,14 @@ def route_set(
                 threshold, cascade.measure if cascade else confidence_measures(policy)[0],
                 cascade.coverage if cascade else None)
         route = Route(workload, mode, percent, url or (current.small_url if current else None),
-                      model or (current.small_model if current else None), policy, cascade)
+                      model or (current.small_model if current else None), policy, cascade,
+                      approval=current.approval if current else None)
     except ValueError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc
-    routes.set(route, "set from the command line")
-    typer.echo(f"{workload}: {route.label}")
+    pinned = current is not None and current.autopilot
+    routes.set(route, "set from the command line" + ("; pinned: autopilot off" if pinned else ""))
+    typer.echo(f"{workload}: {route.label}" + (" (pinned: autopilot off until `route auto on`)" if pinned else ""))
 
 
 @db_app.command("upgrade")

@@ -19,7 +19,7 @@ from datasets import DatasetDict, load_from_disk
 from distillery import curation, evaluation, monitoring, serving, training
 from distillery.errors import DistilleryError
 from distillery.evaluation import CostSettings, GatePolicy, compare_costs, small_model_figures
-from distillery.serving import CANARY, FRONTIER, SHADOW, SMALL, Endpoint, Endpoints, Route, RouteStore
+from distillery.serving import CANARY, FRONTIER, SHADOW, SMALL, Approval, Endpoint, Endpoints, Route, RouteStore
 from distillery.settings import validate_workload
 from distillery.store import STATUS_OK, Artifact, ArtifactStore, LogStore, load_snapshot, save_snapshot
 from distillery.tasks import POLICY_FILE, Cascade, DecodingPolicy
@@ -282,7 +282,9 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
                 # beside the policy, so the deployment's route answers in the mode the gate approved
                 "mode": report.gate.mode, "cascade": report.cascade.record() if report.cascade else None,
                 # what the calibration chose, whatever the mode: an operator may run a full route as this cascade
-                "calibrated_cascade": calibration.cascade.record() if calibration.test else None}
+                "calibrated_cascade": calibration.cascade.record() if calibration.test else None,
+                # the agreement with the frontier live traffic is held to (the rollout autopilot's p_eval)
+                "agreement": calibration.test.covered_agreement if report.cascade else candidate.agreement}
     with artifacts.publish(workload, REPORT, manifest) as folder:
         (folder / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
         (folder / "report.md").write_text(markdown)
@@ -336,6 +338,8 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: Endpoi
             f"workload {workload!r}: eval_report {report.version} did not evaluate adapter {adapter.version} under "
             f"the decoding policy recorded beside it ({decoding.kind}): materialize eval_report before deploying")
     cascade = Cascade.from_record(verdict.get("cascade"))  # the mode the gate approved travels with the route
+    approval = Approval(verdict.get("mode", "full"), verdict["agreement"], cascade, version) \
+        if "agreement" in verdict else None
     endpoint = endpoints.deploy(workload, adapter.manifest["base_model"], adapter.path / "adapter",
                                 model_name=f"{workload}-v{version}", probe_messages=verdict["probe_messages"],
                                 policy=decoding, needs_confidence=cascade is not None)
@@ -345,7 +349,8 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: Endpoi
         current = routes.get(workload)
         mode = SHADOW if current is None or current.mode == FRONTIER else current.mode
         route = routes.set(Route(workload, mode, current.canary_percent if current else 0.0, endpoint.url,
-                                 endpoint.model, decoding, cascade),
+                                 endpoint.model, decoding, cascade, autopilot=bool(current and current.autopilot),
+                                 approval=approval),
                            f"deployed model version {version} ({verdict.get('mode', 'full')})")
     return DeploySummary(True, reason, version, endpoint, route)
 

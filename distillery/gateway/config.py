@@ -16,7 +16,7 @@ from typing import Any
 
 from distillery.errors import DistilleryError
 from distillery.pricing import Price
-from distillery.serving import RollbackPolicy
+from distillery.serving import AutopilotPolicy, RollbackPolicy
 from distillery.settings import home
 
 
@@ -70,6 +70,7 @@ class GatewayConfig:
     # off the caller's path, so agreement on the covered calls keeps being measured live.
     audit_percent: float = 5.0
     rollback: RollbackPolicy = field(default_factory=RollbackPolicy)
+    autopilot: AutopilotPolicy = field(default_factory=AutopilotPolicy)  # routes whose autopilot is on
 
     def upstream_for(self, model: Any, kind: str = "openai") -> Upstream | None:
         """The upstream that lists ``model`` when it is of ``kind``, else the default upstream of that kind (the
@@ -135,7 +136,8 @@ def load_config(path: Path) -> GatewayConfig:
     if not upstreams:
         raise DistilleryError(f"gateway config {path}: define at least one [upstreams.NAME] with a base_url")
     settings = dict(raw.get("gateway", {}))
-    known = {f.name for f in dataclasses.fields(GatewayConfig)} - {"upstreams", "default_upstream", "rollback"}
+    known = {f.name for f in dataclasses.fields(GatewayConfig)} - {"upstreams", "default_upstream", "rollback",
+                                                                   "autopilot"}
     if unknown := sorted(set(settings) - known):
         raise DistilleryError(f"gateway config {path}: unknown [gateway] setting(s) {', '.join(unknown)}; "
                               f"known: {', '.join(sorted(known))}")
@@ -147,4 +149,13 @@ def load_config(path: Path) -> GatewayConfig:
             raise DistilleryError(f"gateway config {path}: unknown [rollback] setting(s) {', '.join(unknown)}; "
                                   f"known: {', '.join(sorted(known_rollback))}")
         settings["rollback"] = RollbackPolicy(**raw["rollback"])
+    if "autopilot" in raw:
+        known_autopilot = {f.name for f in dataclasses.fields(AutopilotPolicy)}
+        if unknown := sorted(set(raw["autopilot"]) - known_autopilot):
+            raise DistilleryError(f"gateway config {path}: unknown [autopilot] setting(s) {', '.join(unknown)}; "
+                                  f"known: {', '.join(sorted(known_autopilot))}")
+        try:
+            settings["autopilot"] = AutopilotPolicy(**raw["autopilot"])
+        except (TypeError, ValueError) as exc:
+            raise DistilleryError(f"gateway config {path}: [autopilot]: {exc}") from exc
     return GatewayConfig(upstreams=upstreams, default_upstream=default or next(iter(upstreams)), **settings)

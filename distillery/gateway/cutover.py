@@ -30,6 +30,7 @@ sends the small model (its model name and decoding policy) is computed once per 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import random
 import time
@@ -44,7 +45,8 @@ from distillery.gateway.metrics import GatewayMetrics
 from distillery.gateway.protocols import WireProtocol
 from distillery.gateway.proxy import upstream_error_message
 from distillery.gateway.rows import Rows, new_uid
-from distillery.serving import ROUTE_KEY_HEADER, SHADOW, RolloutMonitor, Route, RouteStore, takes_small_model
+from distillery.serving import (CANARY, ROUTE_KEY_HEADER, SHADOW, AutopilotPolicy, RolloutMonitor, Route, RouteStore,
+                                takes_small_model)
 from distillery.store import SERVED_BY_AUDIT, SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL
 from distillery.tasks import (DecodingPolicy, ToolSpec, agrees, confidence, prompt_text, tool_call_answer,
                              tool_calls_of, ungrounded)
@@ -59,30 +61,75 @@ _STREAM_HEADERS = [("cache-control", "no-cache")]
 
 
 class RouteTable:
-    """The routes, read from the database every ``refresh_s`` off the event loop, never per request."""
+    """The routes, read from the database every ``refresh_s`` off the event loop, never per request; with each read
+    the autopilot's evidence gathered since the last one is added to the database and the routes are judged."""
 
-    def __init__(self, store: RouteStore | None, refresh_s: float):
+    def __init__(self, store: RouteStore | None, refresh_s: float, autopilot: AutopilotPolicy):
         self.store = store
         self.refresh_s = refresh_s
+        self.autopilot = autopilot
         self.routes: dict[str, Route] = store.all() if store else {}
+        self.breaches: dict[str, str | None] = {}  # per workload: what its rollback window crossed when last judged
         self._pinned: dict[str, Route] = {}  # changed here, not yet stored: a refresh must not undo them
+        self._compared: dict[tuple[str, int], list[int]] = {}  # (workload, epoch): [compared calls, agreeing]
+        self._unsent: dict[tuple[str, int], list[int]] = {}  # counts a refresh could not store (the database is away)
         self._due = time.monotonic() + refresh_s
         self._refreshing = False
 
     def get(self, workload: str) -> Route | None:
         if self.store and not self._refreshing and time.monotonic() >= self._due:
             self._refreshing = True
-            asyncio.get_running_loop().run_in_executor(None, self._refresh)
+            compared, self._compared = self._compared, {}  # taken on the event loop, which alone adds to it
+            asyncio.get_running_loop().run_in_executor(None, self._refresh, compared, dict(self.breaches))
         return self.routes.get(workload)
 
-    def _refresh(self) -> None:
+    def compared(self, route: Route, agreed: bool) -> None:
+        """A compared call of a route whose autopilot is on (a shadow copy, an audit): evidence for its stage."""
+        counts = self._compared.setdefault((route.workload, route.epoch), [0, 0])
+        counts[0] += 1
+        counts[1] += agreed
+
+    def _refresh(self, compared: dict[tuple[str, int], list[int]], breaches: dict[str, str | None]) -> None:
+        for key, (calls, agreed) in compared.items():
+            counts = self._unsent.setdefault(key, [0, 0])
+            counts[0] += calls
+            counts[1] += agreed
         try:
+            self._run_autopilot(breaches)
             self.routes = {**self.store.all(), **self._pinned}
-        except Exception:  # noqa: BLE001 - a database outage keeps the last known routes
+        except Exception:  # noqa: BLE001 - a database outage keeps the last known routes, and the evidence to store
             pass
         finally:
             self._due = time.monotonic() + self.refresh_s
             self._refreshing = False
+
+    def _run_autopilot(self, breaches: dict[str, str | None]) -> None:
+        """Store the evidence gathered since the last refresh, then judge every route whose autopilot is on; a
+        decision is stored only if its route has not changed meanwhile (another gateway, a person)."""
+        if not self._unsent and not any(route.autopilot for route in self.routes.values()):
+            return
+        states = self.store.states()
+        while self._unsent:
+            (workload, epoch), (calls, agreed) = self._unsent.popitem()
+            state = states.get(workload)
+            if state is None or state.route.epoch != epoch or state.route.approval is None:
+                continue  # its stage is over: the counts belong to no test any more
+            try:
+                llr = self.autopilot.llr_of(state.route.approval, calls, agreed)
+            except ValueError:
+                continue  # an approval the autopilot cannot test (`route auto on` says why)
+            if not self.store.add_evidence(workload, epoch, calls, agreed, llr, self.autopilot.step_back_bound):
+                continue
+            states[workload] = self.store.state(workload) or state
+        now = dt.datetime.now(dt.timezone.utc)
+        for workload, state in states.items():
+            try:
+                decision = self.autopilot.judge(state.route, state.evidence, state.since, now, breaches.get(workload))
+            except ValueError:
+                continue
+            if decision is not None:
+                self.store.set(decision.route, decision.reason, decision.kind, evidence=decision.evidence,
+                               expected_epoch=state.route.epoch)
 
     def roll_back(self, route: Route, reason: str) -> None:
         """Effective at once in this process; stored (and so seen by every gateway) off the event loop."""
@@ -100,7 +147,7 @@ class RouteTable:
 
 class Cutover:
     def __init__(self, store: RouteStore | None, config: GatewayConfig, rows: Rows, metrics: GatewayMetrics):
-        self.routes = RouteTable(store, config.route_refresh_s)
+        self.routes = RouteTable(store, config.route_refresh_s, config.autopilot)
         self._config = config
         self._rows = rows
         self._metrics = metrics
@@ -167,17 +214,19 @@ class Cutover:
                     covered=covered)
         if cascade:
             self._metrics.covered[route.workload] += 1
-            if self._audit_share and random.random() < self._audit_share:
-                self._background(self._audit(route, row, answer.text if not policy.tool_calls else
-                                             tool_call_answer(answer.tool_calls), ask_frontier))
+        if (cascade or route.autopilot) and self._audit_share and random.random() < self._audit_share:
+            self._background(self._audit(route, row, answer.text if not policy.tool_calls else
+                                         tool_call_answer(answer.tool_calls), ask_frontier))
         return True
 
     def frontier_answered(self, route: Route, body: dict[str, Any], row: dict, answer: wire.Answer,
                           protocol: WireProtocol) -> None:
         """After the caller has the frontier's answer: count it, and on a shadow route let the small model answer a
-        copy in the background."""
+        copy in the background; so too on a canary route whose autopilot is on, for the calls the small model did not
+        take (its evidence comes at the stage's whole traffic, not only from audits)."""
         self._metrics.served[route.workload, SERVED_BY_FRONTIER] += 1
-        if route.mode != SHADOW:
+        if route.mode != SHADOW and not (route.autopilot and route.mode == CANARY
+                                         and not _small_model_tried(row)):
             return
         reference = tool_call_answer(answer.tool_calls) if route.policy.tool_calls else answer.text
         if isinstance(reference, str):
@@ -253,6 +302,8 @@ class Cutover:
         self._rows.ok(row, started, answer)
         self._metrics.audited[route.workload, "agreed" if agreed else "disagreed"] += 1
         self._watch(route, audited=agreed)
+        if route.autopilot:
+            self.routes.compared(route, agreed)
 
     async def _shadow(self, route: Route, protocol: WireProtocol, body: dict[str, Any], frontier_row: dict,
                       frontier_text: str) -> None:
@@ -279,6 +330,9 @@ class Cutover:
         self._metrics.served[route.workload, SERVED_BY_SHADOW] += 1
         self._watch(route, ok=True, latency_ms=latency_ms, agreed=agreed, valid=valid,
                     ungrounded=_ungrounded_share(route, row, answer.text))
+        # A cascade's evaluated agreement is its covered rows': the autopilot compares the copies it would cover.
+        if route.autopilot and (route.cascade is None or (row["confidence"] or 0.0) >= route.cascade.threshold):
+            self.routes.compared(route, agreed)
 
     def _fell_back(self, route: Route, row: dict, reason: str) -> None:
         self._metrics.fallbacks[route.workload] += 1
@@ -314,11 +368,13 @@ class Cutover:
         if len(monitor) >= _JUDGE_EVERY_CALL_BELOW and now < self._next_check.get(route.workload, 0.0):
             return
         self._next_check[route.workload] = now + _CHECK_INTERVAL_S
-        reason = monitor.breach(now, evaluated_coverage=route.cascade.coverage if route.cascade else None)
+        reason = self.routes.breaches[route.workload] = monitor.breach(
+            now, evaluated_coverage=route.cascade.coverage if route.cascade else None)
         current = self.routes.routes.get(route.workload)
         if reason is None or current is None or current.mode != route.mode:
             return
-        self.routes.roll_back(current.step_back(), reason)
+        self.routes.roll_back(self.routes.autopilot.previous_route(current) if current.autopilot else current.step_back(),
+                              reason)
         monitor.reset()
         self._metrics.rollbacks[route.workload] += 1
 
@@ -337,6 +393,12 @@ def _as_tool_calls(answer: wire.Answer) -> wire.Answer:
     calls = [wire.tool_call(call["name"], orjson.dumps(call["arguments"]).decode())
              for call in tool_calls_of(answer.text) or ()]
     return wire.Answer(None, calls, None, "tool_calls", answer.model, answer.usage)
+
+
+def _small_model_tried(row: dict) -> bool:
+    """Whether the small model already had this call: it failed (fallback) or was not sure enough (escalated)."""
+    params = row["request_params"]
+    return "distillery_fallback" in params or "distillery_escalated" in params
 
 
 def _ungrounded_share(route: Route, row: dict, answer: str | None) -> float | None:

@@ -4,7 +4,7 @@ The inference engine (``engine``: batched greedy decoding under the workload's d
 and the micro-batching that serves concurrent requests with it), the local model server
 (``model_server``) and the endpoints that run it, run vLLM, or load adapters into a remote vLLM
 (``endpoints``), and the gateway's routes between the frontier and the small model with their
-automatic rollback (``routing``), and the adapter as a loadable MLflow model (``mlflow_model``).
+automatic rollback (``routing``), the autopilot that walks a route through its stages (``autopilot``), and the adapter as a loadable MLflow model (``mlflow_model``).
 """
 
 import lazy_loader
@@ -14,8 +14,9 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
                "serve_under_load"],
     "model_server": ["ModelServer", "BASE_MODEL_NAME", "adapter_mismatch"],
     "endpoints": ["Endpoints", "Endpoint", "LOCAL", "VLLM", "REMOTE"],
-    "routing": ["Route", "RouteStore", "RouteEvent", "RolloutMonitor", "RollbackPolicy", "takes_small_model",
-                "FRONTIER", "SHADOW", "CANARY", "SMALL", "ROUTE_KEY_HEADER"],
+    "routing": ["Route", "RouteStore", "RouteEvent", "RouteState", "Approval", "Evidence", "RolloutMonitor",
+                "RollbackPolicy", "takes_small_model", "FRONTIER", "SHADOW", "CANARY", "SMALL", "ROUTE_KEY_HEADER"],
+    "autopilot": ["AutopilotPolicy", "Decision", "Stage", "ADVANCE", "STEP_BACK"],
     "openai_http": ["OpenAIServer", "Completion"],
     "mlflow_model": ["AdapterModel", "save_adapter_model"],
 })

@@ -14,7 +14,8 @@ Whenever the small model fails to answer (error, timeout, unreadable completion)
 something invalid for the workload (a label outside the set, a JSON object that does not
 parse), the caller gets the frontier's answer instead: a cut-over never fails a request. ``RolloutMonitor`` watches a
 sliding window of the small model's outcomes and, when a threshold is crossed, the route steps
-back one mode (small -> canary -> shadow -> frontier) and the rollback is recorded as an event.
+back one mode (small -> canary -> shadow -> frontier) and the rollback is recorded as an event. A route whose
+autopilot is on (``distillery.serving.autopilot``) also advances by itself, and steps back by its stages.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import datetime as dt
 import functools
 import hashlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import sqlalchemy as sa
 
@@ -34,6 +35,34 @@ from distillery.tasks import Cascade, DecodingPolicy
 FRONTIER, SHADOW, CANARY, SMALL = "frontier", "shadow", "canary", "small"
 MODES = (FRONTIER, SHADOW, CANARY, SMALL)
 ROUTE_KEY_HEADER = "x-distillery-route-key"
+
+
+@dataclass(frozen=True)
+class Approval:
+    """What the gate approved for the deployed model, recorded with its route by the deployment: the autopilot's
+    ceiling (its mode: full, or the cascade at the threshold it chose) and the agreement live traffic is held to."""
+
+    mode: str  # "full" or "cascade"
+    agreement: float  # the fine-tuned model's agreement with the frontier on the test split (a cascade's: covered rows)
+    cascade: Cascade | None = None
+    model_version: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("full", "cascade") or (self.mode == "cascade") != (self.cascade is not None):
+            raise ValueError(f"an approval is full, or cascade with its cascade; got {self.mode!r}")
+        if not 0 <= self.agreement <= 1:
+            raise ValueError(f"an approval's agreement must be between 0 and 1, got {self.agreement!r}")
+
+    def record(self) -> dict:
+        return {"mode": self.mode, "agreement": self.agreement,
+                "cascade": self.cascade.record() if self.cascade else None, "model_version": self.model_version}
+
+    @classmethod
+    def from_record(cls, record: dict | None) -> "Approval | None":
+        if not record:
+            return None
+        return cls(record["mode"], record["agreement"], Cascade.from_record(record.get("cascade")),
+                   record.get("model_version"))
 
 
 @dataclass(frozen=True)
@@ -48,6 +77,9 @@ class Route:
     # A confidence cascade: of the calls the small model takes, it answers those it is sure of (at least the
     # threshold); the frontier answers the rest (escalated). None: it answers every call it takes.
     cascade: Cascade | None = None
+    autopilot: bool = False  # advances and steps back by itself (distillery.serving.autopilot)
+    approval: Approval | None = None  # what the gate approved for the deployed model
+    epoch: int = field(default=0, compare=False)  # the route's changes so far, as stored (evidence is per epoch)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -95,11 +127,36 @@ def takes_small_model(route: Route | None, key: str) -> bool:
 @dataclass(frozen=True)
 class RouteEvent:
     workload: str
-    kind: str  # "set" (a person, the CLI, the deploy) or "rollback"
+    kind: str  # "set" (a person, the CLI, the deploy), "rollback", "advance" (the autopilot), "autopilot" (on, off)
     from_mode: str | None
     to_mode: str
     reason: str
     created_at: dt.datetime
+    evidence: dict | None = None  # an autopilot decision's (distillery.serving.autopilot.AutopilotPolicy.evidence_record)
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A stage's sequential test so far: its compared calls, how many agreed, and the log-likelihood ratio of sound
+    against worse (held at the step-back bound's size from above)."""
+
+    calls: int = 0
+    agreed: int = 0
+    llr: float = 0.0
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.calls if self.calls else None
+
+
+@dataclass(frozen=True)
+class RouteState:
+    """A stored route, the evidence of its current stage, and when that stage began."""
+
+    route: Route
+    evidence: Evidence
+    since: dt.datetime
 
 
 class RouteStore:
@@ -114,38 +171,78 @@ class RouteStore:
         return _route(row) if row else None
 
     def all(self) -> dict[str, Route]:
-        with self.engine.connect() as conn:
-            return {row.workload: _route(row) for row in conn.execute(sa.select(RouteRow))}
+        return {workload: state.route for workload, state in self.states().items()}
 
-    def set(self, route: Route, reason: str, kind: str = "set") -> Route:
-        """Store ``route`` and record the change; returns the route it replaced's successor (``route``)."""
+    def states(self) -> dict[str, RouteState]:
+        with self.engine.connect() as conn:
+            return {row.workload: _state(row) for row in conn.execute(sa.select(RouteRow))}
+
+    def state(self, workload: str) -> RouteState | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(RouteRow).where(RouteRow.workload == workload)).first()
+        return _state(row) if row else None
+
+    def set(self, route: Route, reason: str, kind: str = "set", *, evidence: dict | None = None,
+            expected_epoch: int | None = None) -> Route | None:
+        """Store ``route`` as a new stage (its epoch moves on, its evidence starts over) and record the change with
+        ``evidence``; returns the stored route. With ``expected_epoch``, only when the stored route is still at that
+        epoch (else None: another gateway or a person changed it first)."""
         now = dt.datetime.now(dt.timezone.utc)
         values = {"mode": route.mode, "canary_percent": route.canary_percent, "small_url": route.small_url,
                   "small_model": route.small_model, "decoding_policy": route.policy.record(),
-                  "cascade": route.cascade.record() if route.cascade else None, "updated_at": now}
+                  "cascade": route.cascade.record() if route.cascade else None, "updated_at": now,
+                  "autopilot": route.autopilot, "approval": route.approval.record() if route.approval else None,
+                  "evidence_calls": 0, "evidence_agreed": 0, "evidence_llr": 0.0}
         with self.engine.begin() as conn:
             before = conn.execute(sa.select(RouteRow).where(RouteRow.workload == route.workload)).first()
+            if expected_epoch is not None and (before is None or before.epoch != expected_epoch):
+                return None
+            epoch = before.epoch + 1 if before else 0
             if before:
-                conn.execute(sa.update(RouteRow).where(RouteRow.workload == route.workload).values(**values))
+                changed = conn.execute(sa.update(RouteRow).where(
+                    RouteRow.workload == route.workload, RouteRow.epoch == before.epoch).values(epoch=epoch, **values))
+                if changed.rowcount != 1:  # changed since it was read
+                    return None
             else:
-                conn.execute(sa.insert(RouteRow).values(workload=route.workload, **values))
+                conn.execute(sa.insert(RouteRow).values(workload=route.workload, epoch=epoch, **values))
             conn.execute(sa.insert(RouteEventRow).values(
                 workload=route.workload, kind=kind, from_mode=_route(before).label if before else None,
-                to_mode=route.label, reason=reason, created_at=now))
-        return route
+                to_mode=route.label, reason=reason, created_at=now, evidence=evidence))
+        return replace(route, epoch=epoch)
 
-    def events(self, workload: str | None = None, limit: int = 50) -> list[RouteEvent]:
-        query = sa.select(RouteEventRow).order_by(RouteEventRow.id.desc()).limit(limit)
+    def add_evidence(self, workload: str, epoch: int, calls: int, agreed: int, llr: float, cap: float) -> bool:
+        """Add compared calls to the route's current stage test in one update (gateways' counts pool, none is lost);
+        False when the route has moved past ``epoch`` (the counts belong to a stage that is over)."""
+        total = RouteRow.evidence_llr + llr
+        with self.engine.begin() as conn:
+            changed = conn.execute(sa.update(RouteRow).where(
+                RouteRow.workload == workload, RouteRow.epoch == epoch).values(
+                evidence_calls=RouteRow.evidence_calls + calls, evidence_agreed=RouteRow.evidence_agreed + agreed,
+                evidence_llr=sa.case((total > cap, cap), else_=total)))
+        return changed.rowcount == 1
+
+    def events(self, workload: str | None = None, limit: int = 50, after_id: int | None = None) -> list[RouteEvent]:
+        """The newest ``limit`` events, newest first; with ``after_id``, those after it, oldest first."""
+        if after_id is None:
+            query = sa.select(RouteEventRow).order_by(RouteEventRow.id.desc()).limit(limit)
+        else:
+            query = sa.select(RouteEventRow).where(RouteEventRow.id > after_id).order_by(RouteEventRow.id).limit(limit)
         if workload:
             query = query.where(RouteEventRow.workload == workload)
         with self.engine.connect() as conn:
-            return [RouteEvent(r.workload, r.kind, r.from_mode, r.to_mode, r.reason, r.created_at)
+            return [RouteEvent(r.workload, r.kind, r.from_mode, r.to_mode, r.reason, r.created_at, r.evidence, r.id)
                     for r in conn.execute(query)]
 
 
 def _route(row) -> Route:
     return Route(row.workload, row.mode, row.canary_percent, row.small_url, row.small_model,
-                 DecodingPolicy.from_structured_outputs(row.decoding_policy), Cascade.from_record(row.cascade))
+                 DecodingPolicy.from_structured_outputs(row.decoding_policy), Cascade.from_record(row.cascade),
+                 bool(row.autopilot), Approval.from_record(row.approval), row.epoch)
+
+
+def _state(row) -> RouteState:
+    since = row.updated_at if row.updated_at.tzinfo else row.updated_at.replace(tzinfo=dt.timezone.utc)
+    return RouteState(_route(row), Evidence(row.evidence_calls, row.evidence_agreed, row.evidence_llr), since)
 
 
 @dataclass(frozen=True)

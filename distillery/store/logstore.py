@@ -83,7 +83,14 @@ class RouteRow(Base):
     small_model: Mapped[str | None] = mapped_column(sa.String(200))
     decoding_policy: Mapped[dict | None] = mapped_column(sa.JSON)  # vLLM's structured_outputs; NULL: free text
     cascade: Mapped[dict | None] = mapped_column(sa.JSON)  # distillery.tasks.Cascade's record; NULL: no cascade
-    updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))  # when the current stage began
+    autopilot: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    approval: Mapped[dict | None] = mapped_column(sa.JSON)  # distillery.serving.Approval's record: what the gate approved
+    epoch: Mapped[int] = mapped_column(sa.Integer, server_default="0")  # +1 on every change of the route
+    # The current stage's sequential test, pooled over every gateway (distillery.serving.autopilot)
+    evidence_calls: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    evidence_agreed: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    evidence_llr: Mapped[float] = mapped_column(sa.Float, server_default="0")
 
 
 class RouteEventRow(Base):
@@ -91,11 +98,12 @@ class RouteEventRow(Base):
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
     workload: Mapped[str] = mapped_column(sa.String(100), index=True)
-    kind: Mapped[str] = mapped_column(sa.String(20))  # set (by a person or the deploy) or rollback
+    kind: Mapped[str] = mapped_column(sa.String(20))  # set (a person, the deploy), rollback, advance, autopilot (on/off)
     from_mode: Mapped[str | None] = mapped_column(sa.String(40))
     to_mode: Mapped[str] = mapped_column(sa.String(40))
     reason: Mapped[str] = mapped_column(sa.Text)
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
+    evidence: Mapped[dict | None] = mapped_column(sa.JSON)  # an autopilot decision's: distillery.serving.Evidence
 
 
 class ApiKeyRow(Base):
