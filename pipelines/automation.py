@@ -8,9 +8,11 @@ import json
 
 import dagster as dg
 
-from assets import LIFECYCLE_ASSETS, frontier_traffic, live_monitoring, raw_llm_logs, workload_partitions
+from assets import (LIFECYCLE_ASSETS, deployed_endpoint, frontier_traffic, live_monitoring, raw_llm_logs,
+                    workload_partitions)
 from assets.upstream import latest_materialization
-from resources import LogStoreResource
+from distillery.serving import RouteStore
+from resources import LogStoreResource, MlflowResource
 
 lifecycle_job = dg.define_asset_job(
     "workload_lifecycle",
@@ -83,3 +85,34 @@ def build_log_store_watch(new_rows_to_retrain: int = NEW_ROWS_TO_RETRAIN) -> dg.
 
 
 log_store_watch = build_log_store_watch()
+
+
+LIVE_STAGE_TAG, AUTOPILOT_TAG = "distillery.live_stage", "distillery.autopilot"
+
+
+@dg.sensor(name="route_changes", minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Records each route change (the autopilot's advances and step-backs with their evidence, "
+           "rollbacks, a person's settings) as an observation of the workload's deployed_endpoint, and tags the "
+           "deployed MLflow model version with its live stage.")
+def route_changes(context: dg.SensorEvaluationContext, log_store: LogStoreResource, mlflow: MlflowResource):
+    routes = RouteStore(log_store.open().engine)
+    events = routes.events(after_id=int(context.cursor or 0), limit=1000)
+    if not events:
+        return dg.SkipReason("no route changes")
+    known = set(context.instance.get_dynamic_partitions(workload_partitions.name))
+    observations = [dg.AssetObservation(deployed_endpoint.key, partition=event.workload, metadata={
+        "change": event.kind, "from": event.from_mode or "none", "to": event.to_mode, "reason": event.reason,
+        "at": event.created_at.isoformat(), **({"evidence": dg.MetadataValue.json(event.evidence)} if event.evidence
+                                               else {})})
+        for event in events if event.workload in known]
+    tracker = mlflow.open()
+    for workload in sorted({event.workload for event in events}):
+        route = routes.get(workload)
+        if route is None or route.approval is None or route.approval.model_version is None:
+            continue
+        try:
+            tracker.tag_version(workload, route.approval.model_version,
+                                {LIVE_STAGE_TAG: route.label, AUTOPILOT_TAG: "on" if route.autopilot else "off"})
+        except Exception as exc:  # noqa: BLE001 - MLflow away: the observations still land; the next change retags
+            context.log.warning(f"{workload}: could not tag model version {route.approval.model_version}: {exc}")
+    return dg.SensorResult(asset_events=observations, cursor=str(events[-1].id))

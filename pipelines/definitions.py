@@ -5,7 +5,7 @@ import os
 import dagster as dg
 
 from assets import LIFECYCLE_ASSETS, frontier_traffic, label_balance_check, live_monitoring, workload_portfolio
-from pipelines.automation import lifecycle_automation, lifecycle_job, log_store_watch, monitoring_job
+from pipelines.automation import lifecycle_automation, lifecycle_job, log_store_watch, monitoring_job, route_changes
 from pipelines.deployments import DEPLOYMENT_VARIABLE, DEPLOYMENTS, LOCAL
 
 
@@ -20,6 +20,6 @@ def defs() -> dg.Definitions:
         assets=[frontier_traffic, *LIFECYCLE_ASSETS, live_monitoring, workload_portfolio],
         asset_checks=[label_balance_check],
         jobs=[lifecycle_job, monitoring_job],
-        sensors=[log_store_watch, lifecycle_automation],
+        sensors=[log_store_watch, route_changes, lifecycle_automation],
         resources=DEPLOYMENTS[deployment](),
     )

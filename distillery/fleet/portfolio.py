@@ -8,7 +8,7 @@ Per workload, from the log store (aggregated in the database) and the artifact s
   ``CostSettings.frontier_price``, times the monthly volume;
 - task and answer variety: curation's ``infer_task`` on the frontier's newest answers, and the share of them
   that are distinct;
-- stage: the gateway route (frontier, shadow, canary N%, small);
+- stage: the gateway route (frontier, shadow, canary N%, small), and whether its autopilot walks it;
 - champion: the newest version whose eval report passed its gate (the one deploy serves), with its headline
   figure; its report's serving-based price per request is the small model's price. Without one, the
   small model's price is ``small_usd_per_1k_estimate``;
@@ -59,6 +59,7 @@ class WorkloadLine:
     task: str
     answer_variety: float | None  # distinct share of the frontier's newest answers
     stage: str
+    autopilot: bool  # the route advances and steps back by itself (distillery.serving.autopilot)
     champion_version: str | None
     champion_figures: dict  # headline metric, its value, the gate's verdict
     small_usd_per_request: float
@@ -115,7 +116,8 @@ def _line(workload: str, usage: pd.DataFrame, store: LogStore, artifacts: Artifa
     return WorkloadLine(
         workload=workload, requests_per_day=per_day, requests_per_month=per_month,
         frontier_usd_per_request=frontier_price, frontier_usd_per_month=spend, frontier_price_basis=basis,
-        task=task, answer_variety=variety, stage=stage, champion_version=champion, champion_figures=figures,
+        task=task, answer_variety=variety, stage=stage, autopilot=bool(route and route.autopilot),
+        champion_version=champion, champion_figures=figures,
         small_usd_per_request=small_price, small_price_basis=small_basis, small_answers=small_answers,
         realized_saving_usd=realized,
         projected_saving_usd_per_month=projected, payback_months=payback, recommended=recommended, reason=reason)
@@ -196,7 +198,8 @@ def _recommend(stage: str, spend: float | None, projected: float | None, payback
                   + (f", payback in {payback:.1f} months" if payback else ""))
 
 
-COLUMNS = ["workload", "requests_per_month", "frontier_usd_per_month", "task", "stage", "realized_saving_usd",
+COLUMNS = ["workload", "requests_per_month", "frontier_usd_per_month", "task", "stage", "autopilot",
+           "realized_saving_usd",
            "projected_saving_usd_per_month", "recommended", "reason"]
 
 
@@ -213,6 +216,10 @@ def _money(value: float | None) -> str:
     return f"${value:,.0f}" if abs(value) >= 100 else f"${value:,.2f}" if abs(value) >= 1 else f"${value:.4f}"
 
 
+def _stage(line: WorkloadLine) -> str:
+    return f"{line.stage} (autopilot)" if line.autopilot else line.stage
+
+
 def portfolio_markdown(lines: list[WorkloadLine]) -> str:
     rows = ["| workload | requests/month | frontier $/month | task | stage | champion | realized saving | "
             "projected saving/month | payback | recommended |", "|---|---:|---:|---|---|---|---:|---:|---:|---|"]
@@ -221,7 +228,7 @@ def portfolio_markdown(lines: list[WorkloadLine]) -> str:
                     f"{line.champion_figures.get('headline'):.3f})" if line.champion_version else "-")
         payback = f"{line.payback_months:.1f} mo" if line.payback_months else "-"
         rows.append(f"| {line.workload} | {line.requests_per_month:,.0f} | {_money(line.frontier_usd_per_month)} | "
-                    f"{line.task} | {line.stage} | {champion} | {_money(line.realized_saving_usd)} | "
+                    f"{line.task} | {_stage(line)} | {champion} | {_money(line.realized_saving_usd)} | "
                     f"{_money(line.projected_saving_usd_per_month)} | {payback} | "
                     f"{'**yes**' if line.recommended else 'no'}: {line.reason} |")
     return "\n".join(rows)
@@ -231,7 +238,7 @@ def portfolio_text(lines: list[WorkloadLine]) -> str:
     """A plain table for a terminal."""
     header = ["workload", "req/month", "frontier/month", "task", "stage", "realized", "projected/month", "rec"]
     table = [[line.workload, f"{line.requests_per_month:,.0f}", _money(line.frontier_usd_per_month), line.task,
-              line.stage, _money(line.realized_saving_usd), _money(line.projected_saving_usd_per_month),
+              _stage(line), _money(line.realized_saving_usd), _money(line.projected_saving_usd_per_month),
               "yes" if line.recommended else "no"] for line in lines]
     widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
     out = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in [header, *table]]

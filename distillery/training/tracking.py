@@ -130,6 +130,10 @@ class Tracker:
         if self.alias_version(workload, CHALLENGER) == version:
             self.client.delete_registered_model_alias(registered_model_name(workload), CHALLENGER)
 
+    def tag_version(self, workload: str, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(registered_model_name(workload), version, key, value)
+
     def alias_version(self, workload: str, alias: str) -> str | None:
         try:
             return str(self.client.get_model_version_by_alias(registered_model_name(workload), alias).version)

@@ -4,7 +4,8 @@ completions and Responses API, and Anthropic's Messages API, streamed and not.
 The requested ``model`` picks the behaviour: ``fail-500`` answers 500, ``rate-limited`` answers 429
 with ``Retry-After``, ``slow`` waits ``slow_seconds`` first, ``slow-stream`` streams five words
 one second apart, ``stalled-stream`` streams one word and then nothing for five seconds, anything else
-answers ``answer`` ("ok"; streamed when asked; as one token of log-probability ``ANSWER_LOGPROB`` when a request
+answers ``answer`` ("ok"; with chance 1 - ``agreement`` ``other_answer`` instead: a small-model stand-in whose
+agreement with a frontier stub is planted; streamed when asked; as one token of log-probability ``ANSWER_LOGPROB`` when a request
 asks for ``logprobs``). A request that offers tools is answered with a call of its first
 function with ``tool_arguments`` (model ``parallel-tools``: two calls; ``bad-arguments``: arguments that are not
 JSON). Every answer carries ``x-request-id`` and ``x-ratelimit-*`` headers, as OpenAI's do. The last Authorization
@@ -14,6 +15,7 @@ and x-api-key headers and request body seen are kept, to check what the gateway 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 
 from aiohttp import web
@@ -32,6 +34,9 @@ class StubUpstream:
     def __init__(self, slow_seconds: float = 2.0, fail_every: int = 0, answer: str = ANSWER,
                  logprobs: bool = True):
         self.answer = answer  # what every completion says
+        self.agreement = 1.0  # the share of chat answers that are ``answer``; the others are ``other_answer``
+        self.other_answer = "other"
+        self._random = random.Random(0)
         self.logprobs = logprobs  # whether it returns log-probabilities when asked (a server that never does: False)
         self.slow_seconds = slow_seconds
         self.fail_every = fail_every  # also fail every Nth call of any model, for benchmarks
@@ -76,15 +81,16 @@ class StubUpstream:
                                          headers=headers)
             chunks = wire.chat_chunks([], model, *USAGE, "tool_calls", wire.wants_stream_usage(body), calls)
             return await self._stream(request, headers, b"".join(map(wire.sse_event, chunks)) + wire.SSE_DONE)
+        text = self.answer if self.agreement >= 1 or self._random.random() < self.agreement else self.other_answer
         if not body.get("stream"):
-            logprobs = ([wire.token_logprob(self.answer, ANSWER_LOGPROB)] if body.get("logprobs") and self.logprobs
+            logprobs = ([wire.token_logprob(text, ANSWER_LOGPROB)] if body.get("logprobs") and self.logprobs
                         else None)
-            return web.json_response(wire.chat_completion(self.answer, model, *USAGE, logprobs=logprobs),
+            return web.json_response(wire.chat_completion(text, model, *USAGE, logprobs=logprobs),
                                      headers=headers)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
         await response.prepare(request)
         words, pause = {"slow-stream": (["one ", "two ", "three ", "four ", "five"], 1.0),
-                        "stalled-stream": (["one ", "two"], 5.0)}.get(model, ([self.answer], 0.0))
+                        "stalled-stream": (["one ", "two"], 5.0)}.get(model, ([text], 0.0))
         chunks = wire.chat_chunks(words, model, *USAGE, usage_chunk=wire.wants_stream_usage(body))
         for position, chunk in enumerate(chunks):
             if pause and 1 < position <= len(words):  # between the words
