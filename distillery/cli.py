@@ -367,7 +367,7 @@ def route_show(workload: Optional[str] = typer.Argument(None, help="One workload
         if route.autopilot and route.approval:
             sound, worse = policy.hypotheses(route.approval)
             agreement = f"agreement {evidence.agreement:.1%}" if evidence.calls else "no agreement yet"
-            typer.echo(f"  autopilot on: {route.label} since {state.since:%Y-%m-%d %H:%M:%S}; "
+            typer.echo(f"  autopilot on: {route.label} since {state.since.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC; "
                        f"{evidence.calls} compared calls, {agreement} (sound: {sound:.1%} as evaluated, worse: "
                        f"{worse:.1%}), log-likelihood ratio {evidence.llr:+.2f}")
         typer.echo(f"  {policy.outlook(route, evidence, state.since, now)}")

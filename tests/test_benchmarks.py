@@ -51,6 +51,17 @@ def test_cutover_benchmark_falls_back_and_rolls_back():
     assert figures["cascade_vs_small_rps"] > 0 and "cascade_added_p50_ms" in figures
 
 
+def test_autopilot_benchmark_walks_the_real_gateway_to_small_and_back():
+    figures = _run("autopilot.py", "--quick")
+    assert figures["quick"] is True and figures["n_runs"] == 20
+    assert figures["e2e_stages"] == ["shadow", "canary 10%", "canary 50%", "small", "canary 50%"]
+    assert figures["e2e_failed_client_calls"] == 0 and len(figures["e2e_events"]) == 4
+    # 20 runs are too few for the rates; that the statistics were computed on every scenario is what is checked
+    assert figures["promote_calls_median"] > 0 and figures["detect_calls_median"] > 0
+    assert {"false_rollback_rate", "missed_drop_rate", "baseline_false_rollback_rate"} <= set(figures)
+    assert figures["at_0.85"]["detect_calls_median"] > 0
+
+
 def test_curation_benchmark_finds_the_planted_copies_and_pii():
     figures = _run("curation.py", "--quick")
     assert figures["rows"] == 2000 and figures["near_dup_recall"] >= 0.95 and figures["pii_recall"] >= 0.99
