@@ -1,18 +1,21 @@
 """The rollout autopilot: its sequential test on a real log store, the gateway walking a route by itself between two
 real stub servers on loopback, the CLI that turns it on, pins and shows it, and the Dagster sensor that records it."""
 
+import asyncio
 import datetime as dt
 import time
 
 import dagster as dg
 import openai
 import pytest
+import sqlalchemy as sa
 from support.stub_provider import StubUpstream
 from typer.testing import CliRunner
 
 from distillery.cli import app
 from distillery.errors import DistilleryError
 from distillery.gateway import BackgroundGateway, GatewayConfig, load_config
+from distillery.gateway.cutover import RouteTable
 from distillery.serving import (ADVANCE, CANARY, FRONTIER, SHADOW, SMALL, STEP_BACK, Approval, AutopilotPolicy,
                                 Evidence, Route, RouteStore)
 from distillery.store import LogStore
@@ -158,6 +161,47 @@ def test_turning_it_on_is_refused_with_the_reason_and_a_pinned_route_stays_pinne
     assert runner.invoke(app, ["route", "auto", "triage", "on"]).exit_code == 0
     assert policy.next_route(routes.get("triage")).label == "canary 50%"
     assert policy.previous_route(routes.get("triage")).label == "canary 10%"
+
+
+def test_evidence_waits_out_a_database_outage_and_a_stage_that_is_over_takes_none(postgres_url, postgres_admin):
+    store = LogStore(postgres_url)
+    store.upgrade()
+    routes = RouteStore(store.engine)
+    routes.set(_route(SHADOW), "deployed")
+    table = RouteTable(routes, 0.0, AutopilotPolicy())
+
+    def refresh() -> None:  # one refresh, as the gateway's event loop starts it, waited for
+        async def run():
+            table.get("triage")
+            while table._refreshing:
+                await asyncio.sleep(0.01)
+        asyncio.run(run())
+
+    def allow_connections(allowed: bool) -> None:
+        with postgres_admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{store.engine.url.database}" ALLOW_CONNECTIONS {allowed}'))
+            if not allowed:
+                conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                     f"WHERE datname = '{store.engine.url.database}'"))
+
+    route = table.routes["triage"]
+    for i in range(20):
+        table.compared(route, agreed=i != 0)
+    allow_connections(False)
+    try:
+        refresh()  # the database is away: the counts stay with the gateway, the last known routes too
+        assert table.routes["triage"] == route
+    finally:
+        allow_connections(True)
+    for _ in range(10):
+        table.compared(route, agreed=True)
+    refresh()
+    assert routes.state("triage").evidence.calls == 30 and routes.state("triage").evidence.agreed == 29
+    # A person moves the route: counts gathered at the stage before land nowhere.
+    routes.set(_route(CANARY, 10, autopilot=False), "by hand")
+    table.compared(route, agreed=False)
+    refresh()
+    assert routes.state("triage").evidence == Evidence()
 
 
 def _gateway(tmp_path, frontier_url: str, autopilot: AutopilotPolicy, **settings) -> BackgroundGateway:

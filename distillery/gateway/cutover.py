@@ -109,18 +109,19 @@ class RouteTable:
         if not self._unsent and not any(route.autopilot for route in self.routes.values()):
             return
         states = self.store.states()
-        while self._unsent:
-            (workload, epoch), (calls, agreed) = self._unsent.popitem()
+        for (workload, epoch), (calls, agreed) in list(self._unsent.items()):
             state = states.get(workload)
-            if state is None or state.route.epoch != epoch or state.route.approval is None:
-                continue  # its stage is over: the counts belong to no test any more
-            try:
-                llr = self.autopilot.llr_of(state.route.approval, calls, agreed)
-            except ValueError:
-                continue  # an approval the autopilot cannot test (`route auto on` says why)
-            if not self.store.add_evidence(workload, epoch, calls, agreed, llr, self.autopilot.step_back_bound):
-                continue
-            states[workload] = self.store.state(workload) or state
+            # Counts of a stage that is over belong to no test any more; nor do those of an approval the autopilot
+            # cannot test (`route auto on` says why). Either way they are dropped; the others once stored.
+            if state is not None and state.route.epoch == epoch and state.route.approval is not None:
+                try:
+                    llr = self.autopilot.llr_of(state.route.approval, calls, agreed)
+                except ValueError:
+                    llr = None
+                if llr is not None and self.store.add_evidence(workload, epoch, calls, agreed, llr,
+                                                               self.autopilot.step_back_bound):
+                    states[workload] = self.store.state(workload) or state
+            del self._unsent[workload, epoch]
         now = dt.datetime.now(dt.timezone.utc)
         for workload, state in states.items():
             try:
