@@ -48,5 +48,6 @@ def deployed_endpoint(
             "adapter_path": dg.MetadataValue.path(endpoint.adapter_path) if endpoint else "none",
             "pid": endpoint.pid if endpoint else 0,
             "gateway_route": summary.route.label if summary.route else "unchanged",
+            "autopilot": ("on" if summary.route.autopilot else "off") if summary.route else "unchanged",
         }
     )

@@ -116,6 +116,9 @@ def test_the_whole_lifecycle_twice(resources, instance):
     routes = RouteStore(LogStore().engine)
     route = routes.get(WORKLOAD)
     assert route.small_url == deployed["url"] and set(route.policy.labels) <= set(QUEUES) and route.policy.labels
+    # What the gate approved travels with the route: the autopilot's ceiling and the agreement it holds traffic to.
+    assert (route.approval.mode, route.approval.model_version, route.autopilot) == ("full", "1", False)
+    assert route.approval.agreement == pytest.approx(report["live_reference_agreement"], abs=1e-3)
     live = _materialize([live_monitoring], instance, resources)
     assert live.success
     monitored = _metadata(live, live_monitoring)

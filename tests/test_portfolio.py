@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import re
 
 import dagster as dg
 import pytest
@@ -65,6 +66,12 @@ def test_portfolio_ranks_by_projected_saving_and_recommends_only_the_big_frontie
     assert not moved["triage"]["recommended"] and moved["triage"]["stage"] == "small"
     assert "already moving" in moved["triage"]["reason"]
     assert not any(line["recommended"] for line in moved.values())
+    RouteStore(fleet.engine).set(Route("triage", "canary", 10, "http://127.0.0.1:9/v1", "triage-v1", autopilot=True),
+                                 "autopilot on")
+    walking = CliRunner().invoke(app, ["portfolio"]).output
+    assert re.search(r"triage .* canary 10% \(autopilot\)", walking)
+    assert {line["workload"]: line["autopilot"] for line in _portfolio()} == {"triage": True, "invoices": False,
+                                                                              "faq": False}
 
 
 def test_realized_saving_counts_small_model_answers_and_open_free_text_is_not_recommended(distillery_home):

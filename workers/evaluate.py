@@ -90,6 +90,8 @@ def run(pipes: PipesContext) -> None:
         "passed": report.passed,
         "verdict": report.verdict,
         "gate_mode": report.gate.mode,
+        # the agreement with the frontier the rollout autopilot holds live traffic to (a cascade's: covered rows')
+        "live_reference_agreement": rounded(artifact.manifest["agreement"]),
         **_cascade_metadata(report),
         "model_version": artifact.manifest["model_version"],
         **mlflow_links(extras, tracker, extras["workload"], artifact.manifest["mlflow_run_id"],
