@@ -1,3 +1,4 @@
+import datetime as dt
 import json
 
 import pytest
@@ -8,7 +9,7 @@ from distillery.capture import export_finetune_jsonl, import_logs
 from distillery.gateway import KeyStore
 from distillery.cli import app
 from distillery.curation import infer_task
-from distillery.serving import RouteStore
+from distillery.serving import Evidence, RouteStore
 from distillery.store import LogStore
 from distillery.store.migrations import current_revision, upgrade
 from distillery.tasks import EXTRACTION, DecodingPolicy
@@ -84,11 +85,26 @@ def test_rows_from_revision_0001_survive_the_upgrade_to_head(tmp_path):
             "VALUES ('old', '2025-01-01 00:00:00', 'chat.completions', '[]', '{}', 'ok')"))
     store = LogStore(f"sqlite:///{tmp_path / 'old.db'}")
     store.upgrade()
-    assert current_revision(store.engine) == "0008"
+    assert current_revision(store.engine) == "0009"
     old = store.read("old").iloc[0]
     assert store.workloads() == {"old": 1} and old["uid"] is None and old["served_by"] is None
     assert old["tool_calls"] is None and old["refusal"] is None  # 0007: an answer with neither
     assert len(store.read("old", frontier_only=True)) == 1  # rows from before routing were the frontier's
+
+
+def test_routes_from_revision_0008_survive_the_upgrade_with_the_autopilot_off_and_no_evidence(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(engine, "0008")
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO routes (workload, mode, canary_percent, small_url, small_model, updated_at) "
+                             "VALUES ('triage', 'canary', 10, 'http://127.0.0.1:9/v1', 'triage-v1', "
+                             "'2026-12-01 00:00:00')"))
+    store = LogStore(f"sqlite:///{tmp_path / 'old.db'}")
+    store.upgrade()
+    state = RouteStore(store.engine).state("triage")
+    assert (state.route.label, state.route.autopilot, state.route.approval, state.route.epoch) == (
+        "canary 10%", False, None, 0)
+    assert state.evidence == Evidence() and state.since == dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
 
 
 def test_keys_from_revision_0004_get_their_default_workload_as_their_scope(tmp_path):
