@@ -106,6 +106,7 @@ def demo(
     _say("4/5 Cut-over through the gateway: shadow, canary, small model, then a forced fault")
     walk_cutover(frontier_url=frontier_url, model=model, api_key_env=api_key_env, say=typer.echo)
     typer.echo("  routes and their history: .venv/bin/distillery route show")
+    typer.echo(f"  walk a route by itself on live agreement: .venv/bin/distillery route auto {WORKLOAD} on")
     _say("5/5 The fleet: every workload in the log store, ranked by what moving it to a small model saves")
     portfolio(as_json=False, threshold=3000.0)
 
