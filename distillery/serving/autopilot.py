@@ -22,7 +22,7 @@ threshold is crossed, or it is the last stage), the ratio is held at the step-ba
 month later is seen as soon as one that comes at once, within about twice that bound over the drop's
 information per call. ``benchmarks/autopilot.py`` measures all of it against planted agreement rates (the README
 has the figures; with the defaults, for p_eval 0.95: about 2,400 compared calls from shadow to small, about 1,000 to
-step back a model 2 points worse, 3% of sound models stepped back within 10,000 calls).
+step back a model 2 points worse, 3.6% of sound models stepped back within 10,000 calls).
 
 **Who runs it.** The gateway (``gateway.cutover``) counts each compared call of a route whose autopilot is on, adds
 its counts to the route's evidence in the database every ``route_refresh_s`` (one atomic update, so every gateway's
