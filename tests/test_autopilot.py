@@ -17,7 +17,7 @@ from distillery.errors import DistilleryError
 from distillery.gateway import BackgroundGateway, GatewayConfig, load_config
 from distillery.gateway.cutover import RouteTable
 from distillery.serving import (ADVANCE, CANARY, FRONTIER, SHADOW, SMALL, STEP_BACK, Approval, AutopilotPolicy,
-                                Evidence, Route, RouteStore)
+                                Evidence, RollbackPolicy, Route, RouteStore)
 from distillery.store import LogStore
 from distillery.tasks import LABEL_PROBABILITY, Cascade, DecodingPolicy
 from distillery.training import Tracker
@@ -278,3 +278,30 @@ def test_route_changes_are_observations_of_deployed_endpoint_and_tag_the_model_v
                                                                 cursor=result.cursor)), dg.SkipReason)
     tags = tracker.client.get_model_version("distillery-triage", version).tags
     assert tags[LIVE_STAGE_TAG] == "canary 10%" and tags[AUTOPILOT_TAG] == "on"
+
+
+def test_a_rollback_threshold_steps_an_autopilot_route_back_one_of_its_stages(store, tmp_path):
+    """The small model's server dies in `small`: every caller gets the frontier's answer, and the error rate steps the
+    route back to the stage before (canary 50%, not the fixed ladder's canary 10%); the autopilot stays on."""
+    frontier, small = StubUpstream().start(), StubUpstream().start()
+    routes = RouteStore(store.engine)
+    routes.set(_route(SMALL, url=small.url), "the autopilot walked it here")
+    small.stop()
+    try:
+        with _gateway(tmp_path, frontier.url, AutopilotPolicy(), small_timeout_s=2,
+                      rollback=RollbackPolicy(min_samples=5, max_error_rate=0.2)) as gateway:
+            client = openai.OpenAI(base_url=gateway.url, api_key="unused", max_retries=0,
+                                   default_headers={"X-Distillery-Workload": "triage"})
+            answers = [client.chat.completions.create(model="gpt-x", messages=MESSAGES, user=f"u{i}")
+                       .choices[0].message.content for i in range(8)]
+            deadline = time.monotonic() + 10
+            while routes.get("triage").mode == SMALL:
+                assert time.monotonic() < deadline, "the rollback was not stored"
+                time.sleep(0.05)
+    finally:
+        frontier.stop()
+    assert answers == ["ok"] * 8
+    route, event = routes.get("triage"), routes.events("triage")[0]
+    assert (route.label, route.autopilot) == ("canary 50%", True)
+    assert (event.kind, event.from_mode, event.to_mode) == ("rollback", "small", "canary 50%")
+    assert event.reason.startswith("automatic: error rate")
