@@ -105,9 +105,9 @@ def route_changes(context: dg.SensorEvaluationContext, log_store: LogStoreResour
         "at": event.created_at.isoformat(), **({"evidence": dg.MetadataValue.json(event.evidence)} if event.evidence
                                                else {})})
         for event in events if event.workload in known]
-    tracker = mlflow.open()
+    tracker, current = mlflow.open(), routes.all()
     for workload in sorted({event.workload for event in events}):
-        route = routes.get(workload)
+        route = current.get(workload)
         if route is None or route.approval is None or route.approval.model_version is None:
             continue
         try:

@@ -143,19 +143,19 @@ def load_config(path: Path) -> GatewayConfig:
                               f"known: {', '.join(sorted(known))}")
     if "journal_path" in settings:
         settings["journal_path"] = Path(settings["journal_path"])
-    if "rollback" in raw:
-        known_rollback = {f.name for f in dataclasses.fields(RollbackPolicy)}
-        if unknown := sorted(set(raw["rollback"]) - known_rollback):
-            raise DistilleryError(f"gateway config {path}: unknown [rollback] setting(s) {', '.join(unknown)}; "
-                                  f"known: {', '.join(sorted(known_rollback))}")
-        settings["rollback"] = RollbackPolicy(**raw["rollback"])
-    if "autopilot" in raw:
-        known_autopilot = {f.name for f in dataclasses.fields(AutopilotPolicy)}
-        if unknown := sorted(set(raw["autopilot"]) - known_autopilot):
-            raise DistilleryError(f"gateway config {path}: unknown [autopilot] setting(s) {', '.join(unknown)}; "
-                                  f"known: {', '.join(sorted(known_autopilot))}")
-        try:
-            settings["autopilot"] = AutopilotPolicy(**raw["autopilot"])
-        except (TypeError, ValueError) as exc:
-            raise DistilleryError(f"gateway config {path}: [autopilot]: {exc}") from exc
+    for table, policy in (("rollback", RollbackPolicy), ("autopilot", AutopilotPolicy)):
+        if table in raw:
+            settings[table] = _policy_table(path, table, policy, raw[table])
     return GatewayConfig(upstreams=upstreams, default_upstream=default or next(iter(upstreams)), **settings)
+
+
+def _policy_table(path: Path, table: str, policy: type, values: dict) -> Any:
+    """A ``[table]`` of the file as its policy dataclass; unknown settings and out-of-range values refused, named."""
+    known = {f.name for f in dataclasses.fields(policy)}
+    if unknown := sorted(set(values) - known):
+        raise DistilleryError(f"gateway config {path}: unknown [{table}] setting(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
+    try:
+        return policy(**values)
+    except (TypeError, ValueError) as exc:
+        raise DistilleryError(f"gateway config {path}: [{table}]: {exc}") from exc
