@@ -7,7 +7,8 @@ from assets.lora_adapter import lora_adapter
 from assets.partitions import workload_partitions
 from assets.upstream import recorded_version
 from distillery.lifecycle import deploy_adapter
-from distillery.serving import REMOTE, RouteStore
+from distillery.routing import RouteStore
+from distillery.serving import REMOTE
 from resources import ArtifactsResource, LogStoreResource, MlflowResource, ServingResource, WorkerLauncherResource
 from resources.workers import KUBERNETES
 

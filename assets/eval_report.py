@@ -4,36 +4,35 @@ import dagster as dg
 from pydantic import Field
 
 from assets.conditions import follow_upstream
+from assets.configs import config_from
 from assets.lora_adapter import lora_adapter
 from assets.partitions import workload_partitions
 from assets.upstream import recorded_version
-from distillery.evaluation import JUDGE_API_KEY_VARIABLE
+from distillery.evaluation import JUDGE_API_KEY_VARIABLE, CostSettings, GatePolicy
 from resources import ArtifactsResource, JudgeResource, MlflowResource, WorkerLauncherResource
 from resources.workers import EVALUATE
 from workers.evaluate import GATE_CHECK
 
 
-class EvalConfig(dg.Config):
-    max_gap_to_frontier_points: float = Field(
-        default=5.0, description="Promote only if the headline metric is at most this many points below the "
-        "frontier's (which scores 100 on its own answers).")
-    min_test_rows: int = Field(
-        default=200, description="Fewer held-out rows get the verdict 'not enough evidence', never a promotion.")
-    min_calibration_rows: int = Field(
-        default=100, description="Fewer validation rows: no cascade threshold is chosen (the mode can only be full).")
-    require_gain_over_champion: bool = Field(
-        default=True, description="Replace the champion only when the challenger is better beyond noise (paired "
-        "bootstrap on the same rows); false: when it is not worse beyond noise.")
-    batch_size: int = Field(default=32, description="Rows generated together.")
-    serving_concurrency: int = Field(
-        default=16, description="Concurrent callers when the fine-tuned model is served for its price and latency.")
-    serving_usd_per_hour: float = Field(default=1.0, description="Hourly price of the small model's serving machine.")
-    migration_cost_usd: float = Field(default=5000.0, description="One-off cost of the migration, for the payback.")
-    monthly_requests: int | None = Field(
-        default=None, description="Requests per month for the saving; empty: the rate in the logged traffic.")
-    frontier_input_usd_per_million: float = Field(
-        default=2.50, description="Frontier price for logged exchanges that carry no logged cost (imported logs).")
-    frontier_output_usd_per_million: float = Field(default=10.00, description="Same, per million answer tokens.")
+_COSTS = CostSettings()
+EvalConfig = config_from(
+    GatePolicy, "EvalConfig", "The gate, and how the small model is measured and priced.",
+    scaled={"max_gap_to_frontier": ("max_gap_to_frontier_points", 100, "points (5: 0.05)")},
+    batch_size=(int, Field(default=32, description="Rows generated together.")),
+    serving_concurrency=(int, Field(default=16, description="Concurrent callers when the fine-tuned model is served "
+                                    "for its price and latency.")),
+    serving_usd_per_hour=(float, Field(default=_COSTS.serving_usd_per_hour,
+                                       description="Hourly price of the small model's serving machine.")),
+    migration_cost_usd=(float, Field(default=_COSTS.migration_cost_usd,
+                                     description="One-off cost of the migration, for the payback.")),
+    monthly_requests=(int | None, Field(default=None, description="Requests per month for the saving; empty: the "
+                                        "rate in the logged traffic.")),
+    frontier_input_usd_per_million=(float, Field(
+        default=_COSTS.frontier_price.input_per_million,
+        description="Frontier price for logged exchanges that carry no logged cost (imported logs).")),
+    frontier_output_usd_per_million=(float, Field(default=_COSTS.frontier_price.output_per_million,
+                                                  description="Same, per million answer tokens.")),
+)
 
 
 @dg.asset(
@@ -57,9 +56,7 @@ def eval_report(
     return workers.launch(context, EVALUATE, extras={
         "workload": context.partition_key,
         "adapter_version": recorded_version(context, lora_adapter),
-        "gate": {"max_gap_to_frontier": config.max_gap_to_frontier_points / 100, "min_test_rows": config.min_test_rows,
-                 "min_calibration_rows": config.min_calibration_rows,
-                 "require_gain_over_champion": config.require_gain_over_champion},
+        "gate": config.to_core(),
         "costs": {"serving_usd_per_hour": config.serving_usd_per_hour, "migration_cost_usd": config.migration_cost_usd,
                   "monthly_requests": config.monthly_requests,
                   "frontier_price": [config.frontier_input_usd_per_million, config.frontier_output_usd_per_million]},

@@ -1,18 +1,18 @@
 from typing import Iterator
 
 import dagster as dg
-from pydantic import Field
 
 from assets.conditions import every_monitoring_tick
+from assets.configs import config_from
 from assets.deployed_endpoint import deployed_endpoint
 from assets.errors import user_errors_as_failures
 from assets.eval_report import eval_report
 from assets.partitions import workload_partitions
 from assets.upstream import recorded_version
 from distillery.lifecycle import monitor_live_traffic
-from distillery.monitoring import MonitoringPolicy
 from distillery.evaluation import pairwise_judge
-from resources import ArtifactsResource, JudgeResource, LogStoreResource
+from distillery.monitoring import MonitoringPolicy
+from resources import ArtifactsResource, GatewayResource, JudgeResource, LogStoreResource
 
 CHECKS = {
     "shadow_agreement": "Sampled shadow answers agree with the frontier's often enough.",
@@ -30,24 +30,7 @@ CHECKS = {
 }
 
 
-class MonitoringConfig(dg.Config):
-    min_shadow_agreement: float = Field(default=0.8, description="Shadow agreement below this fails its check.")
-    max_psi: float = Field(default=0.25, description="Prompt PSI (length or embedding clusters) above this is drift.")
-    max_label_shift: float = Field(default=0.15, description="Total-variation distance of the label distributions.")
-    max_invalid_rate: float = Field(default=0.05, description="Invalid small-model answers above this fail.")
-    max_ungrounded_share: float = Field(default=0.1, description="Extraction: answer values not found in the prompt.")
-    max_invented_field_share: float = Field(default=0.1,
-                                            description="Extraction: answer fields the frontier's answer lacks.")
-    min_faithfulness: float = Field(default=0.3, description="Free text: embedding similarity of answer and prompt.")
-    min_frontier_agreement: float = Field(default=0.6, description="Free text: the judge's win-or-tie rate when a "
-                                          "judge is configured, else embedding similarity to the frontier's answer.")
-    max_unsupported_label_share: float = Field(default=0.1, description="Classification: labels the frontier never "
-                                               "gave the ten most similar training prompts.")
-    max_coverage_drop: float = Field(default=0.2, description="Cascade: live coverage below the evaluated one by more "
-                                     "than this (0.2: 20 points) steps the route back.")
-    min_audited_agreement: float = Field(default=0.8, description="Cascade: audited calls' agreement below this "
-                                         "steps the route back.")
-    min_cascade_calls: int = Field(default=20, description="Cascade: fewer calls (or audits) give no figure.")
+MonitoringConfig = config_from(MonitoringPolicy, "MonitoringConfig", "When live traffic fails a check.")
 
 
 # A multi-asset only so that checks may go unreported (can_subset): a check without enough traffic to judge shows
@@ -62,15 +45,16 @@ class MonitoringConfig(dg.Config):
     partitions_def=workload_partitions, can_subset=True,
     check_specs=[dg.AssetCheckSpec(name, asset="live_monitoring", description=text) for name, text in CHECKS.items()],
 )
-def live_monitoring(context: dg.AssetExecutionContext, config: MonitoringConfig, log_store: LogStoreResource,
-                    artifacts: ArtifactsResource, judge: JudgeResource) -> Iterator[dg.MaterializeResult]:
-    policy = MonitoringPolicy(**config.model_dump())
+def live_monitoring(context: dg.AssetExecutionContext, config: MonitoringConfig,
+                    log_store: LogStoreResource, artifacts: ArtifactsResource, judge: JudgeResource,
+                    gateway: GatewayResource) -> Iterator[dg.MaterializeResult]:
+    policy = MonitoringPolicy(**config.to_core())
     settings = judge.settings()
     with user_errors_as_failures():
         summary = monitor_live_traffic(log_store.open(), artifacts.open(), context.partition_key, policy,
                                        report_version=recorded_version(context, eval_report),
                                        judge=pairwise_judge(settings, judge.api_key) if settings else None,
-                                       judge_name=judge.model)
+                                       judge_name=judge.model, stages=gateway.rollout_stages())
     report = summary.report
     measured = MonitoringPolicy.measured(report)
     events = "\n".join(f"- {e.created_at:%Y-%m-%d %H:%M:%S} {e.kind}: {e.from_mode or '-'} -> {e.to_mode} ({e.reason})"

@@ -2,6 +2,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.conditions import follow_checked_upstream
+from assets.configs import config_from
 from assets.curated_dataset import curated_dataset
 from assets.errors import user_errors_as_failures
 from assets.partitions import workload_partitions
@@ -10,38 +11,10 @@ from distillery.training import TrainingConfig
 from resources import ArtifactsResource, MlflowResource, TrainerResource, WorkerLauncherResource
 from resources.workers import TRAIN_LORA
 
-_DEFAULTS = TrainingConfig()
-
-
-class LoraConfig(dg.Config):
-    """The fine-tune's settings (``distillery.training.TrainingConfig`` says what each does); all logged to MLflow.
-    A setting the run leaves out comes from the task's recipe (``distillery.training.recipes``: extraction has its
-    own), else the default shown."""
-
-    base_model: str | None = Field(default=None, description="Overrides TrainerResource.base_model (id or path).")
-    base_model_revision: str | None = _DEFAULTS.base_model_revision
-    rank: int = _DEFAULTS.rank
-    alpha: int = _DEFAULTS.alpha
-    dropout: float = _DEFAULTS.dropout
-    target_modules: list[str] = _DEFAULTS.target_modules
-    lora_layers: int = _DEFAULTS.lora_layers
-    learning_rate: float = _DEFAULTS.learning_rate
-    lr_schedule: str = _DEFAULTS.lr_schedule
-    warmup_fraction: float = _DEFAULTS.warmup_fraction
-    epochs: float = _DEFAULTS.epochs
-    max_steps: int = _DEFAULTS.max_steps
-    max_seconds: float = _DEFAULTS.max_seconds
-    batch_size: int = _DEFAULTS.batch_size
-    grad_accum: int = _DEFAULTS.grad_accum
-    max_seq_len: int = _DEFAULTS.max_seq_len
-    seed: int = _DEFAULTS.seed
-    precision: str = _DEFAULTS.precision
-    gradient_checkpointing: bool = _DEFAULTS.gradient_checkpointing
-    qlora: bool = _DEFAULTS.qlora
-    eval_every: int = _DEFAULTS.eval_every
-    early_stopping_patience: int = _DEFAULTS.early_stopping_patience
-    checkpoint_every: int = _DEFAULTS.checkpoint_every
-    label_vocab_loss: bool = _DEFAULTS.label_vocab_loss
+LoraConfig = config_from(
+    TrainingConfig, "LoraConfig", "The fine-tune's settings, all logged to MLflow. A setting the run leaves out comes "
+    "from the task's recipe (distillery.training.recipes: extraction has its own), else the default shown.",
+    base_model=(str | None, Field(default=None, description="Overrides TrainerResource.base_model (id or path).")))
 
 
 @dg.asset(partitions_def=workload_partitions, deps=[curated_dataset], kinds={"pytorch", "mlflow"},
@@ -56,7 +29,7 @@ def lora_adapter(
     resolves the base model itself, where it runs.
     """
     # Only what the run sets: the task's recipe (distillery.training.recipes) fills the rest, where it trains.
-    training = config.model_dump(exclude={"base_model"}, exclude_unset=True)
+    training = config.to_core(only_set=True)
     with user_errors_as_failures():
         TrainingConfig(**training)  # refuse a bad config here, before a worker starts
     return workers.launch(context, TRAIN_LORA, extras={

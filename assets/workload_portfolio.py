@@ -8,7 +8,7 @@ from assets.live_monitoring import live_monitoring
 from assets.raw_llm_logs import frontier_traffic
 from distillery.evaluation import CostSettings
 from distillery.fleet import PortfolioSettings, build_portfolio, portfolio_markdown, spend_png
-from distillery.serving import FRONTIER
+from distillery.routing import FRONTIER
 from resources import ArtifactsResource, LogStoreResource
 
 

@@ -3,7 +3,7 @@ and how often it errs, on planted agreement rates; then one rollout through the 
 
     python benchmarks/autopilot.py [--runs 1000] [--horizon 10000] [--quick]
 
-1. Simulated rollouts drive ``distillery.serving.autopilot`` (the module the gateway judges routes with) one compared
+1. Simulated rollouts drive ``distillery.routing.autopilot`` (the module the gateway judges routes with) one compared
    call at a time, with no dwell: for an evaluated agreement of 0.95 (and 0.85), a non-inferior model (planted
    agreement = evaluated) and a model 2 points worse. Per scenario, over --runs rollouts of --horizon compared calls:
    the compared calls from shadow to small (median), the share of non-inferior models ever stepped back, the compared
@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from gateway import STUB_PROVIDER, start, wait_until_up  # noqa: E402
 from support.stub_provider import StubUpstream  # noqa: E402
 
-from distillery.serving import (SHADOW, SMALL, STEP_BACK, Approval, AutopilotPolicy, Evidence, Route,  # noqa: E402
+from distillery.routing import (SHADOW, SMALL, STEP_BACK, Approval, AutopilotPolicy, Evidence, Route,  # noqa: E402
                                 RouteStore)
 from distillery.store import LogStore  # noqa: E402
 from distillery.tasks import DecodingPolicy  # noqa: E402

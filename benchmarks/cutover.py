@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gateway import STUB_PROVIDER, start, wait_until_up  # noqa: E402
 
-from distillery.serving import CANARY, FRONTIER, SHADOW, SMALL, RollbackPolicy, Route, RouteStore  # noqa: E402
+from distillery.routing import CANARY, FRONTIER, SHADOW, SMALL, RollbackPolicy, Route, RouteStore  # noqa: E402
 from distillery.store import LogStore  # noqa: E402
 from distillery.tasks import SEQUENCE_PROBABILITY, Cascade  # noqa: E402
 

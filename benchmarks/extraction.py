@@ -14,7 +14,7 @@ For each domain of ``$DISTILLERY_DATA/dstc8_spans`` (Buses_1, Events_1, Homes_1,
 3. ``test.json`` is decoded three ways: the adapter under the grounded policy (copied slots are substrings of the
    user's text, ``distillery.grounding``), the adapter under the schema alone (ungrounded), and the base model
    grounded. Each reports slot F1 (a slot counts when its value equals the labelled span exactly), exact-record
-   rate, invalid-JSON rate, ungrounded-value rate (values that are not a run of whole words of the user's text),
+   rate, invalid-JSON rate, uncopied-value rate (``grounding.uncopied_values``: values that are not a run of whole words of the user's text),
    and rows/s.
 4. On the first domain: the model server's engine under 16 concurrent callers (requests/s, p50), and the cost of
    building each request's grounded grammar against the answer's time; with ``--vllm-python``, vLLM (started by
@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from distillery.capture.logs_io import dstc8_answer, dstc8_domain, dstc8_messages  # noqa: E402
 from distillery.errors import DistilleryError  # noqa: E402
 from distillery.evaluation.metrics import extraction_metrics  # noqa: E402
-from distillery.grounding import ungrounded_values, user_text  # noqa: E402
+from distillery.grounding import uncopied_values, user_text  # noqa: E402
 from distillery.models import load_tokenizer, resolve_base_model  # noqa: E402
 from distillery.serving import BatchingEngine, generate, load_model, serve_under_load, using_adapter  # noqa: E402
 from distillery.serving.engine import _constraint  # noqa: E402
@@ -62,16 +62,16 @@ def domain_rows(data: Path, domain: str, split: str) -> list[dict]:
 
 def scores(references: list[dict], texts: list[str], prompts: list[list[dict]], slots: list[str]) -> dict:
     metrics = extraction_metrics([json.dumps(r) for r in references], texts)
-    values = ungrounded = 0
+    values = uncopied = 0
     for text, messages in zip(texts, prompts):
         record = parse_record(text) or {}
         values += sum(isinstance(v, str) and v != "" for v in record.values())
-        ungrounded += len(ungrounded_values(record, tuple(slots), user_text(messages)))
+        uncopied += len(uncopied_values(record, tuple(slots), user_text(messages)))
     return {"slot_f1": round(metrics["field_f1"], 4), "slot_precision": round(metrics["field_precision"], 4),
             "slot_recall": round(metrics["field_recall"], 4),
             "exact_record_rate": round(metrics["exact_record_match"], 4),
             "invalid_json_rate": round(1 - metrics["json_valid_rate"], 4),
-            "ungrounded_value_rate": round(ungrounded / values, 4) if values else 0.0,
+            "uncopied_value_rate": round(uncopied / values, 4) if values else 0.0,
             "per_slot_f1": {k: round(v, 4) for k, v in metrics["per_field_f1"].items()}}
 
 

@@ -42,7 +42,8 @@ from gateway import wait_until_up  # noqa: E402
 
 from distillery.demo import (QUEUES, WORKLOAD, demo_messages, generate_tickets, route_ticket,  # noqa: E402
                              send_demo_traffic, start_frontier_standin)
-from distillery.serving import SMALL, Endpoints, Route, RouteStore, generate, load_model  # noqa: E402
+from distillery.routing import SMALL, Route, RouteStore  # noqa: E402
+from distillery.serving import Endpoints, generate, load_model  # noqa: E402
 from distillery.settings import home  # noqa: E402
 from distillery.store import ArtifactStore, LogStore  # noqa: E402
 from distillery.tasks import DecodingPolicy  # noqa: E402

@@ -325,7 +325,7 @@ def portfolio(
 
 
 def _routes():
-    from distillery.serving import RouteStore
+    from distillery.routing import RouteStore
 
     return RouteStore(_store().engine)
 
@@ -333,7 +333,7 @@ def _routes():
 def _autopilot_policy(config: Path | None):
     from distillery.errors import DistilleryError
     from distillery.gateway import load_config
-    from distillery.serving import AutopilotPolicy
+    from distillery.routing import AutopilotPolicy
 
     try:
         return load_config(config).autopilot if config else AutopilotPolicy()
@@ -405,6 +405,25 @@ def route_auto(workload: str, switch: str = typer.Argument(..., help="on or off.
     typer.echo(f"{workload}: {route.label}, autopilot {switch}")
 
 
+@route_app.command("back")
+def route_back(workload: str,
+               reason: str = typer.Option("a person's decision", help="Why, recorded with the route event."),
+               config: Optional[Path] = _GATEWAY_CONFIG) -> None:
+    """Step a workload's route back one stage of the rollout, by the rule the gateway's rollback and live monitoring
+    follow (small -> canary 50% -> canary 10% -> shadow -> frontier with the default stages); recorded as a rollback.
+    An autopilot stays on (it goes on from the stage below), as after an automatic step back."""
+    from distillery.routing import FRONTIER, step_back
+
+    routes = _routes()
+    current = routes.get(settings.validate_workload(workload))
+    if current is None or current.mode == FRONTIER:
+        typer.secho(f"workload {workload!r} is on the frontier already: nothing to step back", fg="red", err=True)
+        raise typer.Exit(2)
+    route = routes.set(step_back(current, _autopilot_policy(config)), f"from the command line: {reason}",
+                       kind="rollback")
+    typer.echo(f"{workload}: {current.label} -> {route.label}")
+
+
 @route_app.command("set")
 def route_set(
     workload: str,
@@ -419,7 +438,7 @@ def route_set(
 ) -> None:
     """Move a workload's traffic and pin it there (its autopilot, if on, turns off); running gateways pick it up
     within a second."""
-    from distillery.serving import Route
+    from distillery.routing import Route
     from distillery.tasks import Cascade, DecodingPolicy, confidence_measures
 
     routes = _routes()

@@ -1,26 +1,47 @@
-"""Grounded decoding: the fields of a JSON answer that copy the user's text may only be copies of it.
+"""What an answer's values rest on in the request: the reading of a request's text, an answer's leaf fields, the two
+groundedness measures, and grounded decoding.
 
-A decoding policy marks the workload's *copied* fields (curation measures which: ``curation.copy_rates``). For
-each request, ``grounded_grammar`` writes an llguidance Lark grammar for the answer: the workload's JSON schema,
-compact, keys in schema order, in which every copied string field is a substring of the request's user text made of
-whole words (``copy_chunks``), JSON-escaped. A model decoding under it cannot invent or misspell a copied value.
-Numbers, enums and every field not copied keep their schema (``%json``). The same grammar text goes to vLLM as
-``structured_outputs={"grammar": ...}`` (its llguidance backend) and to the engine's matchers.
+**Reading.** ``message_text`` reads the text of a request's messages (string contents and text parts; whatever else a
+caller may send is skipped), of some roles only when asked: ``user_text`` is what a copied field may copy,
+``CALLER_ROLES`` what varies between a workload's calls (every message but the instructions). ``leaf_fields`` lists a
+JSON answer's leaves by path.
+
+**Two measures, two names.**
+
+- ``uncopied_values``: the copied fields' values that are not a run of whole words of the user's text. The grammar's
+  own reading: a grounded answer has none (``DecodingPolicy.valid_answer`` checks it at the gateway;
+  ``benchmarks/extraction.py`` reports it as ``uncopied_value_rate``).
+- ``unsupported_values``: the leaf values of any JSON answer that do not occur anywhere in the request's text, case,
+  blanks and quotes folded. A looser reading that needs no copied fields (a value may come from the instructions, an
+  earlier turn, the requested slots); the eval report (``unsupported_value_rate``), the gateway's rollback window and
+  the hallucination monitor (``unsupported_value_share``) report it.
+
+**Grounded decoding.** A decoding policy marks the workload's *copied* fields (curation measures which:
+``curation.copy_rates``). For each request, ``grounded_grammar`` writes an llguidance Lark grammar for the answer: the
+workload's JSON schema, compact, keys in schema order, in which every copied string field is a substring of the
+request's user text made of whole words (``copy_chunks``), JSON-escaped. A model decoding under it cannot invent or
+misspell a copied value. Numbers, enums and every field not copied keep their schema (``%json``). The same grammar
+text goes to vLLM as ``structured_outputs={"grammar": ...}`` (its llguidance backend) and to the engine's matchers.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
 _CHUNK = re.compile(r"\w+|\s+|[^\w\s]")
+USER_ROLES = ("user",)
+# What varies between a workload's calls: not the instructions (system, developer), which every call repeats.
+CALLER_ROLES = ("user", "assistant", "tool")
 
 
-def user_text(messages) -> str:
-    """The text of a request's user messages (string contents and text parts): what a copied field may copy."""
+def message_text(messages, roles: tuple[str, ...] | None = None) -> str:
+    """The text of a request's messages (of ``roles`` only, when given), one message a line: string contents and the
+    text of content parts. Tolerant of what a caller may send: non-dict messages and other contents are skipped."""
     texts = []
     for message in messages if isinstance(messages, list) else ():
-        if not isinstance(message, dict) or message.get("role") != "user":
+        if not isinstance(message, dict) or (roles is not None and message.get("role") not in roles):
             continue
         content = message.get("content")
         if isinstance(content, str):
@@ -30,6 +51,58 @@ def user_text(messages) -> str:
     return "\n".join(texts)
 
 
+def user_text(messages) -> str:
+    """The text of a request's user messages: what a copied field may copy."""
+    return message_text(messages, USER_ROLES)
+
+
+def leaf_fields(value, path: str = "") -> Counter:
+    """A JSON value's leaves as a multiset of (dotted path, JSON-encoded value).
+
+    ``{"slots": {"city": "Paris"}, "intents": ["book", "pay"]}`` has the leaves ``("slots.city", '"Paris"')``,
+    ``("intents[]", '"book"')`` and ``("intents[]", '"pay"')``; a list of objects puts its elements' leaves under
+    ``path[].``. Empty values (null, "", [], {}) are absent.
+    """
+    leaves: Counter = Counter()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            leaves += leaf_fields(inner, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for element in value:
+            leaves += leaf_fields(element, f"{path}[]")
+    elif value is not None and value != "":
+        leaves[(path, json.dumps(value))] += 1
+    return leaves
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.casefold().replace('"', " ").replace("'", " ").split())
+
+
+def unsupported_values(record: dict | None, prompt: str) -> tuple[int, int]:
+    """(leaf values not found in ``prompt``, leaf values) of a JSON answer, case, blanks and quotes folded; true and
+    false are judgements, not quotes of the prompt, and do not count. No record (not JSON) has none."""
+    haystack = _folded(prompt)
+    missing = total = 0
+    for (_, encoded), count in leaf_fields(record or {}).items():
+        value = json.loads(encoded)
+        if isinstance(value, bool):
+            continue
+        total += count
+        missing += count * (_folded(str(value)) not in haystack)
+    return missing, total
+
+
+def uncopied_values(record: dict, copied: tuple[str, ...], text: str) -> list[str]:
+    """The copied fields' values in an answer that are not a run of whole pieces (``copy_chunks``) of ``text``."""
+    def pieces(value: str) -> str:
+        return "\x00" + "\x00".join(_CHUNK.findall(value)) + "\x00"
+
+    haystack = pieces(text)
+    return [value for (path, encoded), _ in leaf_fields(record).items()
+            if path in copied and isinstance(value := json.loads(encoded), str) and pieces(value) not in haystack]
+
+
 def copy_chunks(text: str) -> list[str]:
     """The pieces a copied value is made of: words, runs of blanks and single punctuation marks, each JSON-escaped.
     A value is a run of whole pieces: every labelled span of the four DSTC8 domains is one (2,667 of 2,667)."""
@@ -37,7 +110,7 @@ def copy_chunks(text: str) -> list[str]:
 
 
 def field_schema(schema: dict, path: str) -> dict | None:
-    """The subschema of a ``tasks.leaf_fields`` path (``slots.city``, ``intents[]``), or None when it has none."""
+    """The subschema of a ``leaf_fields`` path (``slots.city``, ``intents[]``), or None when it has none."""
     node: dict | None = schema
     for step in re.findall(r"[^.\[\]]+|\[\]", path):
         if not isinstance(node, dict):
@@ -125,15 +198,3 @@ def grounded_grammar(schema: dict, copied: tuple[str, ...], text: str) -> str:
     start = writer.object(schema, "")
     chunks = json.dumps({"substring_chunks": copy_chunks(text)}, ensure_ascii=False)
     return "\n".join([f"start: {start}", *writer.rules, f'COPIED: "\\"" %regex {chunks} "\\""'])
-
-
-def ungrounded_values(record: dict, copied: tuple[str, ...], text: str) -> list[str]:
-    """The copied fields' values in an answer that are not a run of whole pieces of the user's text."""
-    from distillery.tasks import leaf_fields
-
-    def pieces(value: str) -> str:
-        return "\x00" + "\x00".join(_CHUNK.findall(value)) + "\x00"
-
-    haystack = pieces(text)
-    return [value for (path, encoded), _ in leaf_fields(record).items()
-            if path in copied and isinstance(value := json.loads(encoded), str) and pieces(value) not in haystack]

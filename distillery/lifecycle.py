@@ -19,7 +19,8 @@ from datasets import DatasetDict, load_from_disk
 from distillery import curation, evaluation, monitoring, serving, training
 from distillery.errors import DistilleryError
 from distillery.evaluation import CostSettings, GatePolicy, compare_costs, small_model_figures
-from distillery.serving import CANARY, FRONTIER, SHADOW, SMALL, Approval, Endpoint, Endpoints, Route, RouteStore
+from distillery.routing import CANARY, FRONTIER, SHADOW, SMALL, Approval, AutopilotPolicy, Route, RouteStore, step_back
+from distillery.serving import Endpoint, Endpoints
 from distillery.settings import validate_workload
 from distillery.store import STATUS_OK, Artifact, ArtifactStore, LogStore, load_snapshot, save_snapshot
 from distillery.tasks import POLICY_FILE, Cascade, DecodingPolicy
@@ -375,12 +376,13 @@ class LiveSummary:
 def monitor_live_traffic(store: LogStore, artifacts: ArtifactStore, workload: str,
                          policy: monitoring.MonitoringPolicy = monitoring.MonitoringPolicy(),
                          report_version: str | None = None, judge: evaluation.Judge | None = None,
-                         judge_name: str = "") -> LiveSummary:
+                         judge_name: str = "", stages: AutopilotPolicy = AutopilotPolicy()) -> LiveSummary:
     """The deployed model's live figures against the data it was trained on, and whether to retrain.
 
     Drift, disagreement and hallucination are retrain reasons (``log_store_watch`` signals them). A hallucination,
     cascade-coverage or audited-agreement failure while the small model answers callers (canary, small) also steps
-    the route back one mode at once: the gateway's own rollback watches a one-minute window, this the whole record.
+    the route back one stage at once (``routing.step_back`` along ``stages``, the gateway's ``[autopilot]`` table, as
+    the gateway's own rollback does): the gateway watches a one-minute window, this the whole record.
     """
     report_artifact = _upstream(artifacts, workload, REPORT, report_version, LIVE)
     adapter = artifacts.get(workload, ADAPTER, report_artifact.manifest["adapter_version"])
@@ -401,9 +403,9 @@ def monitor_live_traffic(store: LogStore, artifacts: ArtifactStore, workload: st
     reasons = [reason for key, reason in failures.items() if reason and key in RETRAIN_REASONS]
     routes = RouteStore(store.engine)
     route = routes.get(workload)
-    step_back = next((failures[key] for key in STEP_BACK_REASONS if failures[key]), None)
-    if step_back and route is not None and route.mode in (CANARY, SMALL):
-        route = routes.set(route.step_back(), f"live monitoring: {step_back}", kind="rollback")
+    failure = next((failures[key] for key in STEP_BACK_REASONS if failures[key]), None)
+    if failure and route is not None and route.mode in (CANARY, SMALL):
+        route = routes.set(step_back(route, stages), f"live monitoring: {failure}", kind="rollback")
     with artifacts.publish(workload, LIVE, {**report.as_dict(), "retrain_reasons": reasons,
                                             "failures": failures}) as folder:
         (folder / "live.json").write_text(json.dumps(report.as_dict(), indent=2))

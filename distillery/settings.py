@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from distillery.errors import DistilleryError
 
 DEFAULT_WORKLOAD = "default"
+DOC = "doc"  # a settings field's metadata key for its one-line description
+
+
+def setting(default: Any, doc: str) -> Any:
+    """A field of a settings dataclass with its description: the Dagster launchpad shows the same default and doc
+    (``assets/configs.py`` builds the run configs from these fields)."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={DOC: doc})
+    return dataclasses.field(default=default, metadata={DOC: doc})
 _WORKLOAD_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
 
@@ -23,7 +34,7 @@ def model_cache() -> Path:
     return Path(os.environ.get("DISTILLERY_MODEL_CACHE", default)).resolve()
 
 
-# The public datasets the benchmarks and tests read, and the files each must hold (README: "Public datasets").
+# The public datasets the benchmarks and tests read, and the files each must hold (README: "Public datasets", under Configuration).
 PUBLIC_DATASETS = {
     "banking77": "banking77/train.csv and banking77/test.csv (columns text, category)",
     "dstc8_spans": "dstc8_spans/<domain>/{train_0,test}.json (DSTC8 SGD dialogues with slot spans), e.g. Buses_1",
@@ -38,7 +49,7 @@ def public_dataset(name: str) -> Path:
     if not folder.is_dir() or not any(folder.iterdir()):
         raise DistilleryError(
             f"the {name} dataset is not in {root}: set DISTILLERY_DATA to a folder that holds "
-            f"{PUBLIC_DATASETS[name]} (the README's 'Public datasets' says where to get it)")
+            f"{PUBLIC_DATASETS[name]} (the README's 'Public datasets' says what they are)")
     return folder
 
 

@@ -1,9 +1,8 @@
-"""What a workload's calls look like: its task kind, the part of a prompt that varies, and valid answers.
+"""What a workload's calls look like: its task kind, valid answers and how they are decoded, tool calls, confidence.
 
-Shared by every stage that reads prompts or answers: curation (filters by task), evaluation
-(scores by task, decodes by policy), serving (decodes by the same policy), the gateway's routes
-(what counts as a valid small-model answer, how much of it the prompt grounds) and live monitoring
-(drift of what callers write, hallucination).
+Shared by every stage that reads answers: curation (filters by task), evaluation (scores by task, decodes by policy),
+serving (decodes by the same policy), the gateway's routes (what counts as a valid small-model answer) and live
+monitoring. How a request's text is read, and what an answer's values rest on in it, is ``distillery.grounding``'s.
 """
 
 from __future__ import annotations
@@ -12,24 +11,12 @@ import functools
 import json
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from distillery.grounding import check_copied_fields, grounded_grammar, uncopied_values, user_text
+
 CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL = "classification", "extraction", "free_text", "tool_call"
-
-
-def caller_text(messages: list[dict]) -> str:
-    """What varies between calls of one workload: every message but the system prompt."""
-    return "\n".join(m["content"] for m in messages if m["role"] != "system")
-
-
-def prompt_text(messages) -> str:
-    """Every message's text, system prompt included (a value may be grounded in the context: requested slots,
-    earlier turns); tolerant of what a caller may send: non-dict messages and non-text contents are skipped."""
-    if not isinstance(messages, list):
-        return ""
-    return "\n".join(m["content"] for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str))
 
 
 def normalize_answer(text: str) -> str:
@@ -55,43 +42,6 @@ def parse_record(text: str) -> dict | None:
     except (json.JSONDecodeError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def leaf_fields(value, path: str = "") -> Counter:
-    """A JSON value's leaves as a multiset of (dotted path, JSON-encoded value).
-
-    ``{"slots": {"city": "Paris"}, "intents": ["book", "pay"]}`` has the leaves ``("slots.city", '"Paris"')``,
-    ``("intents[]", '"book"')`` and ``("intents[]", '"pay"')``; a list of objects puts its elements' leaves under
-    ``path[].``. Empty values (null, "", [], {}) are absent.
-    """
-    leaves: Counter = Counter()
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            leaves += leaf_fields(inner, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for element in value:
-            leaves += leaf_fields(element, f"{path}[]")
-    elif value is not None and value != "":
-        leaves[(path, json.dumps(value))] += 1
-    return leaves
-
-
-def _folded(text: str) -> str:
-    return " ".join(text.casefold().replace('"', " ").replace("'", " ").split())
-
-
-def ungrounded(answer: str, prompt: str) -> tuple[int, int]:
-    """(values not found in the prompt, values) over a JSON answer's leaf values, case, whitespace and quotes
-    folded; true/false are judgements, not quotes of the prompt, and do not count. An unparsable answer has none."""
-    haystack = _folded(prompt)
-    missing = total = 0
-    for (_, encoded), count in leaf_fields(parse_record(answer) or {}).items():
-        value = json.loads(encoded)
-        if isinstance(value, bool):
-            continue
-        total += count
-        missing += count * (_folded(str(value)) not in haystack)
-    return missing, total
 
 
 def serialize_answer(record: dict, schema: dict | None = None) -> str:
@@ -233,15 +183,13 @@ class DecodingPolicy:
     # tools (``ToolSpec.schema``); ``json_schema`` is the one of the workload's newest traffic, for requests without.
     tool_calls: bool = False
     whitespace_pattern: str = JSON_WHITESPACE  # JSON answers: what may stand between two tokens
-    # Grounded decoding: leaf fields (``leaf_fields`` paths) that copy the user's text, decoded as substrings of each
-    # request's user text (``distillery.grounding``); the schema must declare them as strings.
+    # Grounded decoding: leaf fields (``grounding.leaf_fields`` paths) that copy the user's text, decoded as substrings
+    # of each request's user text (``distillery.grounding``); the schema must declare them as strings.
     copied_fields: tuple[str, ...] = ()
     grammar: str | None = None  # one request's own llguidance Lark grammar (vLLM's ``structured_outputs.grammar``)
 
     def __post_init__(self) -> None:
         if self.copied_fields:  # refused here, naming the field, so no route or adapter ever carries such a policy
-            from distillery.grounding import check_copied_fields
-
             check_copied_fields(json.loads(self.json_schema) if self.json_schema else None, self.copied_fields)
 
     @classmethod
@@ -268,8 +216,6 @@ class DecodingPolicy:
         request has no user text: the answer is then decoded under the schema alone, and its record says so)."""
         if not self.copied_fields:
             return self.grammar, None
-        from distillery.grounding import grounded_grammar, user_text
-
         text = user_text(messages)
         if not text:
             return None, "not grounded: the request has no user text, so the copied fields were decoded under the " \
@@ -376,10 +322,8 @@ class DecodingPolicy:
             except Exception:  # noqa: BLE001 - a caller's tool schema that cannot be applied: nothing is valid
                 return False
             if self.copied_fields and messages is not None:
-                from distillery.grounding import ungrounded_values, user_text
-
                 text = user_text(messages)
-                return not text or not ungrounded_values(record, self.copied_fields, text)
+                return not text or not uncopied_values(record, self.copied_fields, text)
         return True
 
 

@@ -166,9 +166,10 @@ def answer_of(payload: Any) -> Answer:
         raise WireError(f"not a completion: {type(exc).__name__}: {exc}") from exc
 
 
-def model_list(names: list[str], owned_by: str) -> dict[str, Any]:
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": owned_by}
-                                       for name in names]}
+def model_list(models: list[tuple[str, str]], created: int = 0) -> dict[str, Any]:
+    """``/v1/models``: each (model, its owner), ``created`` as a Unix time (0: unknown)."""
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": owned_by}
+                                       for name, owned_by in models]}
 
 
 # Streams

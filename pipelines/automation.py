@@ -11,7 +11,7 @@ import dagster as dg
 from assets import (LIFECYCLE_ASSETS, deployed_endpoint, frontier_traffic, live_monitoring, raw_llm_logs,
                     workload_partitions)
 from assets.upstream import latest_materialization
-from distillery.serving import RouteStore
+from distillery.routing import RouteStore
 from resources import LogStoreResource, MlflowResource
 
 lifecycle_job = dg.define_asset_job(

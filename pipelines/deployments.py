@@ -8,8 +8,8 @@ names each field that changes.
 
 import dagster as dg
 
-from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
-                       TrainerResource, WorkerLauncherResource)
+from resources import (ArtifactsResource, GatewayResource, JudgeResource, LogStoreResource, MlflowResource,
+                       ServingResource, TrainerResource, WorkerLauncherResource)
 
 DEPLOYMENT_VARIABLE = "DISTILLERY_DEPLOYMENT"
 LOCAL, CLUSTER = "local", "cluster"
@@ -31,6 +31,7 @@ def local_resources() -> dict:
         "workers": WorkerLauncherResource(),
         "serving": ServingResource(),
         "judge": JudgeResource(),
+        "gateway": GatewayResource(),
     }
 
 
@@ -47,6 +48,9 @@ def cluster_resources() -> dict:
         "serving": ServingResource(backend="remote", remote_url=dg.EnvVar("DISTILLERY_VLLM_URL"),
                                    remote_path_map={CLUSTER_ARTIFACT_CACHE: VLLM_ARTIFACTS_MOUNT}),
         "judge": JudgeResource(),
+        # The gateway runs beside the applications, not in this chart: a non-default [autopilot] table is named here
+        # as a file the run worker can read (docs/kubernetes.md).
+        "gateway": GatewayResource(),
     }
 
 

@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 from distillery.cli import app
 from distillery.errors import DistilleryError
 from distillery.gateway import BackgroundGateway, GatewayConfig, load_config
-from distillery.gateway.cutover import RouteTable
-from distillery.serving import (ADVANCE, CANARY, FRONTIER, SHADOW, SMALL, STEP_BACK, Approval, AutopilotPolicy,
-                                Evidence, RollbackPolicy, Route, RouteStore)
+from distillery.routing import (ADVANCE, CANARY, FRONTIER, SHADOW, SMALL, STEP_BACK, Approval, AutopilotPolicy,
+                                Evidence, RollbackPolicy, Route, RouteStore, RouteTable, step_back)
 from distillery.store import LogStore
 from distillery.tasks import LABEL_PROBABILITY, Cascade, DecodingPolicy
 from distillery.training import Tracker
@@ -160,7 +159,7 @@ def test_turning_it_on_is_refused_with_the_reason_and_a_pinned_route_stays_pinne
     # Turned on again, it goes on from where the person left it: canary 30% lies between canary 10% and 50%.
     assert runner.invoke(app, ["route", "auto", "triage", "on"]).exit_code == 0
     assert policy.next_route(routes.get("triage")).label == "canary 50%"
-    assert policy.previous_route(routes.get("triage")).label == "canary 10%"
+    assert step_back(routes.get("triage"), policy).label == "canary 10%"
 
 
 def test_evidence_waits_out_a_database_outage_and_a_stage_that_is_over_takes_none(postgres_url, postgres_admin):

@@ -92,7 +92,7 @@ def test_extraction_benchmark_reports_each_domain_grounded_and_not():
         for name in ("grounded", "ungrounded", "base_grounded"):
             assert 0 <= domain[name]["slot_f1"] <= 1 and domain[name]["rows_per_s"] > 0
         # grounded decoding cannot write a value the user did not write
-        assert domain["grounded"]["ungrounded_value_rate"] == 0 and domain["base_grounded"]["ungrounded_value_rate"] == 0
+        assert domain["grounded"]["uncopied_value_rate"] == 0 and domain["base_grounded"]["uncopied_value_rate"] == 0
     serving = figures["domains"]["Buses_1"]["serving"]
     assert serving["served_requests_per_s"] > 0 and 0 < serving["grammar_build_share_of_answer"] < 1
     assert figures["mean_slot_f1"] == pytest.approx(

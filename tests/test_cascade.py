@@ -12,7 +12,8 @@ from support.stub_provider import StubUpstream
 from distillery.errors import DistilleryError
 from distillery.gateway import BackgroundGateway, GatewayConfig
 from distillery.pricing import Price
-from distillery.serving import CANARY, SMALL, ModelServer, OpenAIServer, RollbackPolicy, Route, RouteStore, generate
+from distillery.routing import CANARY, SMALL, RollbackPolicy, Route, RouteStore
+from distillery.serving import ModelServer, OpenAIServer, generate
 from distillery.serving.endpoints import _probe
 from distillery.store import LogStore
 from distillery.tasks import LABEL_PROBABILITY, Cascade, DecodingPolicy
@@ -143,7 +144,7 @@ def test_a_coverage_drop_rolls_the_route_back(tmp_path, small_model, frontier):
             time.sleep(0.05)
     assert answers == ["billing"] * 6  # every call escalated: none failed
     [event] = [e for e in routes.events("triage") if e.kind == "rollback"]
-    assert event.to_mode.startswith("canary 10%") and "cascade coverage 0.0% over 5 calls" in event.reason
+    assert event.to_mode.startswith("canary 50%") and "cascade coverage 0.0% over 5 calls" in event.reason
 
 
 def test_a_route_threshold_outside_0_1_is_refused_and_a_server_without_confidences_is_refused_at_deploy():

@@ -174,7 +174,7 @@ def test_extraction_answers_must_satisfy_the_schema_and_long_examples_are_droppe
 def test_a_held_out_prompt_that_repeats_a_train_prompt_moves_to_train():
     from distillery.curation.dataset import _move_leaks_to_train, normalize_prompt
     from distillery.curation.neardup import signatures
-    from distillery.tasks import caller_text
+    from distillery.grounding import CALLER_ROLES, message_text
 
     def example(system: str, text: str) -> dict:
         return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": text},
@@ -185,7 +185,7 @@ def test_a_held_out_prompt_that_repeats_a_train_prompt_moves_to_train():
     parts = {"train": [0, 1], "validation": [], "test": [2, 3]}
     prompts = [ex["messages"][:-1] for ex in examples]
     keys = np.array([normalize_prompt(messages) for messages in prompts], dtype=object)
-    sigs = signatures([caller_text(messages) for messages in prompts])
+    sigs = signatures([message_text(messages, CALLER_ROLES) for messages in prompts])
     # The same words under another system prompt are no exact duplicate, but the caller wrote the same thing.
     assert _move_leaks_to_train(parts, keys, sigs, 0.75) == 1
     assert parts == {"train": [0, 1, 2], "validation": [], "test": [3]}

@@ -246,7 +246,8 @@ def test_unreachable_upstream_is_a_502(tmp_path):
 
 
 def test_models_health_and_metrics(gateway):
-    assert [m.id for m in _client(gateway).models.list()] == ["stub-model"]
+    models = _client(gateway).models.list().data  # validated by the openai client as openai.types.Model
+    assert [(m.id, m.owned_by) for m in models] == [("stub-model", "default")] and models[0].created > 0
     _client(gateway).chat.completions.create(model="stub-model", messages=MESSAGES)
     _post(f"{gateway.url}/chat/completions", b"{oops")
     _flushed(gateway)

@@ -10,13 +10,14 @@ import pytest
 from support.stub_provider import StubUpstream
 
 from distillery.gateway import BackgroundGateway, GatewayConfig
-from distillery.grounding import copy_chunks, grounded_grammar, ungrounded_values
+from distillery.grounding import copy_chunks, grounded_grammar, message_text, uncopied_values, unsupported_values
 from distillery.monitoring import live_report
 from distillery.pricing import Price
-from distillery.serving import SHADOW, ModelServer, OpenAIServer, Route, RouteStore, generate
+from distillery.routing import SHADOW, Route, RouteStore
+from distillery.serving import ModelServer, OpenAIServer, generate
 from distillery.serving.engine import _grammar_tokenizer
 from distillery.store import LogStore
-from distillery.tasks import COMPACT_JSON, DecodingPolicy, parse_record, prompt_text, ungrounded
+from distillery.tasks import COMPACT_JSON, DecodingPolicy, parse_record
 
 SCHEMA = {"type": "object", "properties": {"from_location": {"type": "string"}, "to_location": {"type": "string"},
                                            "group_size": {"type": "integer"}}, "additionalProperties": False}
@@ -47,14 +48,14 @@ def test_the_grammar_admits_copies_of_whole_words_in_schema_order_and_nothing_el
     for answer in ['{"from_location":"\\"Old\\" Boston\\\\North","to_location":"New York","group_size":2}',
                    '{"to_location":"New York"}', '{}', '{"group_size":12}']:
         assert _accepts(tokenizer, grammar, answer), answer
-        assert ungrounded_values(json.loads(answer), COPIED, text) == []
+        assert uncopied_values(json.loads(answer), COPIED, text) == []
     for answer in ['{"to_location":"New Yor"}',  # not a whole word
                    '{"to_location":"Paris"}',  # invented
                    '{"to_location":"New York","from_location":"Boston"}',  # keys out of schema order
                    '{"to_location":"New York","airline":"x"}',  # a field the schema does not have
                    '{"group_size":"two"}']:  # a number keeps its schema
         assert not _accepts(tokenizer, grammar, answer), answer
-    assert ungrounded_values({"to_location": "New Yor"}, COPIED, text) == ["New Yor"]
+    assert uncopied_values({"to_location": "New Yor"}, COPIED, text) == ["New Yor"]
     assert copy_chunks('a "b"') == ["a", " ", '\\"', "b", '\\"']
 
 
@@ -91,10 +92,10 @@ def test_grounded_decoding_never_invents_a_value_where_the_schema_alone_does(tin
         json_object=True, json_schema=json.dumps(schema), whitespace_pattern=COMPACT_JSON))
     for generation, text in zip(grounded, TEXTS):
         assert generation.finish_reason == "stop" and generation.note is None
-        assert ungrounded_values(json.loads(generation.text), COPIED, text) == [], generation.text
+        assert uncopied_values(json.loads(generation.text), COPIED, text) == [], generation.text
     # The random model under the schema alone writes strings of its own (or runs out of tokens inside one).
     invented = [g.text for g, text in zip(free, TEXTS)
-                if g.finish_reason == "length" or ungrounded_values(json.loads(g.text), COPIED, text)]
+                if g.finish_reason == "length" or uncopied_values(json.loads(g.text), COPIED, text)]
     assert len(invented) >= len(TEXTS) // 2, [g.text for g in free]
 
 
@@ -123,7 +124,7 @@ def test_the_model_server_decodes_a_requests_grammar_and_refuses_a_broken_one(sm
     answer = client.chat.completions.create(model="base", messages=CONVERSATIONS[2], max_tokens=48,
                                             extra_body={"structured_outputs": GROUNDED.structured_outputs(
                                                 CONVERSATIONS[2])}).choices[0].message.content
-    assert ungrounded_values(json.loads(answer), COPIED, TEXTS[2]) == []
+    assert uncopied_values(json.loads(answer), COPIED, TEXTS[2]) == []
     with pytest.raises(openai.BadRequestError, match="the grammar is not valid llguidance Lark"):
         client.chat.completions.create(model="base", messages=CONVERSATIONS[2], max_tokens=8,
                                        extra_body={"structured_outputs": {"grammar": "start: foo("}})
@@ -154,7 +155,7 @@ def _shadow_rows(tmp_path, small_model, policy: DecodingPolicy, name: str):
     return rows
 
 
-def test_live_the_hallucination_monitor_finds_no_ungrounded_value_on_a_grounded_route(tmp_path, small_model):
+def test_live_the_hallucination_monitor_finds_no_unsupported_value_on_a_grounded_route(tmp_path, small_model):
     schema = json.dumps({**STRINGS, "required": ["to_location"]})  # one string at least, no blanks to spend tokens on
     invented = {}
     for name, policy in (("grounded", DecodingPolicy(json_object=True, json_schema=schema, copied_fields=COPIED,
@@ -165,13 +166,14 @@ def test_live_the_hallucination_monitor_finds_no_ungrounded_value_on_a_grounded_
         shadow = rows[rows["served_by"] == "shadow"]
         with_user_text = shadow[["distillery_grounding" not in p for p in shadow["request_params"]]]
         # an answer that does not parse (a string the random model never closed) or holds a value not in the prompt
-        invented[name] = sum(parse_record(answer) is None or ungrounded(answer, prompt_text(messages))[0] > 0
+        invented[name] = sum(parse_record(answer) is None
+                             or unsupported_values(parse_record(answer), message_text(messages))[0] > 0
                              for messages, answer in zip(with_user_text["request_messages"],
                                                          with_user_text["response_text"]))
         if name == "grounded":
             report = live_report(rows, "bus", train_prompts=CONVERSATIONS * 4, train_answers=["{}"] * 24,
                                  since_log_id=0, task="extraction", small_usd_per_request=0.0, min_rows=1)
-            assert report.hallucination.ungrounded_value_share == 0.0
+            assert report.hallucination.unsupported_value_share == 0.0
             assert len(with_user_text) == len(CONVERSATIONS)
             assert all(p["valid_answer"] for p in with_user_text["request_params"])
             # the call without user text: decoded under the schema alone, and its row says so

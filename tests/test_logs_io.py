@@ -1,6 +1,7 @@
 import datetime as dt
 import json
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
@@ -9,7 +10,7 @@ from distillery.capture import export_finetune_jsonl, import_logs
 from distillery.gateway import KeyStore
 from distillery.cli import app
 from distillery.curation import infer_task
-from distillery.serving import Evidence, RouteStore
+from distillery.routing import Evidence, RouteStore
 from distillery.store import LogStore
 from distillery.store.migrations import current_revision, upgrade
 from distillery.tasks import EXTRACTION, DecodingPolicy
@@ -54,19 +55,29 @@ def test_batch_api_output_joined_with_its_input(store, tmp_path):
     output = tmp_path / "out.jsonl"
     requests.write_text("\n".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
                                                "body": {"model": "gpt", "messages": [{"role": "user", "content": f"q{i}"}]}})
-                                   for i in range(2)))
+                                   for i in range(4)))
     ok = {"custom_id": "r0", "response": {"status_code": 200, "body": {
         "model": "gpt", "choices": [{"message": {"role": "assistant", "content": "a0"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 1}}}, "error": None}
     failed = {"custom_id": "r1", "response": {"status_code": 500, "body": {"error": {"message": "boom"}}}, "error": None}
-    output.write_text(json.dumps(ok) + "\n" + json.dumps(failed) + "\n")
+    call = {"id": "call_1", "type": "function", "function": {"name": "route", "arguments": '{"queue": "billing"}'}}
+    tool_call = {"custom_id": "r2", "response": {"status_code": 200, "body": {"model": "gpt", "choices": [
+        {"message": {"role": "assistant", "content": None, "tool_calls": [call]}, "finish_reason": "tool_calls"}]}},
+        "error": None}
+    refused = {"custom_id": "r3", "response": {"status_code": 200, "body": {"model": "gpt", "choices": [
+        {"message": {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+         "finish_reason": "stop"}]}}, "error": None}
+    output.write_text("\n".join(json.dumps(line) for line in (ok, failed, tool_call, refused)) + "\n")
     result = import_logs(store, output, "batch", "batch", requests_path=requests)
-    assert result.imported == 2
+    assert result.imported == 4
     rows = store.read("batch")
-    assert list(rows["status"]) == ["ok", "error"]
+    assert list(rows["status"]) == ["ok", "error", "ok", "ok"]
     assert rows.iloc[0]["request_messages"] == [{"role": "user", "content": "q0"}]
     assert rows.iloc[0]["response_text"] == "a0" and rows.iloc[0]["prompt_tokens"] == 5
     assert "boom" in rows.iloc[1]["error"]
+    # Tool calls and refusals survive the import whole, as the other importers keep them.
+    assert rows.iloc[2]["tool_calls"] == [call] and rows.iloc[2]["finish_reason"] == "tool_calls"
+    assert rows.iloc[3]["refusal"] == "I can't help with that." and pd.isna(rows.iloc[3]["response_text"])
 
 
 def test_csv_with_missing_columns_is_refused(store, tmp_path):

@@ -2,7 +2,7 @@ import pytest
 
 from distillery.evaluation import bootstrap_interval, classification_metrics, extraction_metrics, free_text_metrics
 from distillery.evaluation.metrics import field_f1, record_match
-from distillery.tasks import leaf_fields
+from distillery.grounding import leaf_fields
 from distillery.tasks import parse_record
 
 

@@ -113,7 +113,7 @@ def test_live_monitoring_retrain_reasons_signal_frontier_traffic_once_per_result
         assert "shadow agreement" in again.metadata["reasons"].value
 
 
-def test_extraction_answers_with_planted_values_have_exactly_that_share_ungrounded(tmp_path):
+def test_extraction_answers_with_planted_values_have_exactly_that_share_unsupported(tmp_path):
     cities = ["Paris", "Rome", "Lisbon", "Oslo", "Vienna", "Prague", "Dublin", "Madrid", "Berlin", "Athens"]
     frontier, shadow = [], []
     for i, city in enumerate(cities * 3):
@@ -130,9 +130,9 @@ def test_extraction_answers_with_planted_values_have_exactly_that_share_unground
     report = live_report(rows, "triage", train_prompts=TRAIN, train_answers=["{}"] * 40, since_log_id=0,
                          task="extraction", small_usd_per_request=0.0)
     planted, values = 10, 30 * 3 + 10
-    assert report.hallucination.ungrounded_value_share == pytest.approx(planted / values)
+    assert report.hallucination.unsupported_value_share == pytest.approx(planted / values)
     assert report.hallucination.invented_field_share == pytest.approx(planted / values)
-    assert MonitoringPolicy(max_ungrounded_share=0.05).failures(report)["hallucination"].startswith(
+    assert MonitoringPolicy(max_unsupported_value_share=0.05).failures(report)["hallucination"].startswith(
         "answer values not in the prompt 10.0%")
     assert MonitoringPolicy().failures(report)["hallucination"] is None  # 10% is not above the default 10%
 
@@ -172,13 +172,78 @@ def test_classification_labels_the_frontier_never_gave_similar_prompts_are_count
     assert figures.unsupported_label_share == pytest.approx(0.3)
 
 
-def test_the_gateway_rollback_watches_ungrounded_values():
-    from distillery.serving import RollbackPolicy, RolloutMonitor
+def test_the_gateway_rollback_watches_unsupported_values():
+    from distillery.routing import RollbackPolicy, RolloutMonitor
 
-    monitor = RolloutMonitor(RollbackPolicy(min_samples=20, max_ungrounded_share=0.2))
+    monitor = RolloutMonitor(RollbackPolicy(min_samples=20, max_unsupported_value_share=0.2))
     for i in range(20):
-        monitor.observe(True, 10.0, ungrounded=0.1, now=float(i))
+        monitor.observe(True, 10.0, unsupported=0.1, now=float(i))
     assert monitor.breach(now=20.0) is None
     for i in range(20):
-        monitor.observe(True, 10.0, ungrounded=0.5, now=20.0 + i)
+        monitor.observe(True, 10.0, unsupported=0.5, now=20.0 + i)
     assert monitor.breach(now=40.0).startswith("answer values not in the prompt 30.0%")
+
+
+def _deployed_extraction_workload(artifacts, workload: str) -> str:
+    """The artifacts live monitoring reads, as the lifecycle leaves them: a curated extraction dataset, an adapter
+    trained on it, and the eval report that passed it; returns the report's version."""
+    from datasets import Dataset, DatasetDict
+
+    from distillery.lifecycle import ADAPTER, CURATED, REPORT
+
+    train = [{"messages": [{"role": "user", "content": f"book a table for {n} in Paris"},
+                           {"role": "assistant", "content": json.dumps({"city": "Paris", "people": str(n)})}]}
+             for n in range(2, 8)]
+    with artifacts.publish(workload, CURATED, {"last_log_id": 0, "task": "extraction"}) as folder:
+        DatasetDict({"train": Dataset.from_list(train)}).save_to_disk(str(folder / "dataset"))
+    with artifacts.publish(workload, ADAPTER, {"dataset_version": artifacts.latest(workload, CURATED).version}):
+        pass
+    with artifacts.publish(workload, REPORT, {"adapter_version": artifacts.latest(workload, ADAPTER).version}) as folder:
+        (folder / "report.json").write_text(json.dumps({"operations": {}}))
+    return artifacts.latest(workload, REPORT).version
+
+
+def test_live_monitoring_steps_a_route_back_one_stage_of_the_rollout(tmp_path, distillery_home):
+    """Through the asset: a hallucinating small model (answer values its prompts do not hold) steps an autopilot route
+    and a hand-set route back by the same rule as the gateway, along the gateway file's [autopilot] stages."""
+    from distillery.routing import CANARY, SMALL, Approval, Route, RouteStore
+    from distillery.store import ArtifactStore
+    from distillery.tasks import DecodingPolicy
+    from resources import ArtifactsResource, GatewayResource, JudgeResource
+
+    store = LogStore()
+    store.upgrade()
+    artifacts = ArtifactStore()
+    routes = RouteStore(store.engine)
+    config = tmp_path / "gateway.toml"
+    config.write_text('[upstreams.openai]\nbase_url = "http://127.0.0.1:9/v1"\n\n'
+                      '[autopilot]\nstages = ["shadow", "canary 5", "canary 25", "small"]\nmin_dwell_s = [0, 0, 0]\n')
+    policy = DecodingPolicy.for_task("extraction")
+    hand_set = Route("booking", SMALL, 0.0, "http://127.0.0.1:9/v1", "booking-v1", policy)
+    autopilot = Route("orders", CANARY, 25.0, "http://127.0.0.1:9/v1", "orders-v1", policy, autopilot=True,
+                      approval=Approval("full", 0.95, model_version="1"))
+    resources = {"log_store": LogStoreResource(), "artifacts": ArtifactsResource(), "judge": JudgeResource(),
+                 "gateway": GatewayResource(config_file=str(config))}
+    with dg.instance_for_test() as instance:
+        for route in (hand_set, autopilot):
+            workload = route.workload
+            routes.set(route, "deployed")
+            version = _deployed_extraction_workload(artifacts, workload)
+            instance.add_dynamic_partitions("workload", [workload])
+            instance.report_runless_asset_event(dg.AssetMaterialization("eval_report", partition=workload,
+                                                                        metadata={"version": version}))
+            store.record([Exchange(workload, [{"role": "user", "content": "a table for two in Rome"}],
+                                   json.dumps({"city": "Berlin"}), served_by="small") for _ in range(5)])
+        walked = {route.workload: [route.label] for route in (hand_set, autopilot)}
+        for _ in range(2):
+            for workload in walked:
+                result = dg.materialize([live_monitoring], partition_key=workload, instance=instance,
+                                        resources=resources)
+                [materialization] = result.asset_materializations_for_node("live_monitoring")
+                walked[workload].append(materialization.metadata["route"].value)
+    # The gateway file's stages, not the defaults: small -> canary 25% -> canary 5% -> shadow (where no small-model
+    # answer reaches a caller, so monitoring steps back no further); the autopilot stays on.
+    assert walked == {"booking": ["small", "canary 25%", "canary 5%"], "orders": ["canary 25%", "canary 5%", "shadow"]}
+    assert routes.get("orders").autopilot and not routes.get("booking").autopilot
+    [latest, *_] = routes.events("orders")
+    assert latest.kind == "rollback" and latest.reason.startswith("live monitoring: answer values not in the prompt")

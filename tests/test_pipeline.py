@@ -18,14 +18,15 @@ from assets import (LIFECYCLE_ASSETS, curated_dataset, deployed_endpoint, eval_r
 from distillery.demo import (QUEUES, ROUTER_TOOLS, TOOL_WORKLOAD, WORKLOAD, demo_messages, send_demo_traffic,
                              tool_messages, walk_cutover)
 from distillery.demo.walkthrough import _gateway_to_frontier
-from distillery.serving import Endpoints, RouteStore
+from distillery.routing import RouteStore
+from distillery.serving import Endpoints
 from distillery.store import LogStore
 from distillery.tasks import POLICY_FILE
 from distillery.training import CHALLENGER, CHAMPION, Tracker, registered_model_name
 from pipelines.automation import build_log_store_watch
 from pipelines.definitions import defs
-from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
-                       TrainerResource, WorkerLauncherResource)
+from resources import (ArtifactsResource, GatewayResource, JudgeResource, LogStoreResource, MlflowResource,
+                       ServingResource, TrainerResource, WorkerLauncherResource)
 
 FAST_TRAINING = {"lora_adapter": {"config": {"max_steps": 3, "batch_size": 8, "rank": 4, "alpha": 8}}}
 
@@ -47,7 +48,7 @@ def resources(distillery_home, tiny_model_dir):
         "trainer": TrainerResource(base_model=tiny_model_dir),
         "serving": ServingResource(startup_timeout_s=120),
         "workers": WorkerLauncherResource(),
-        "judge": JudgeResource(),
+        "judge": JudgeResource(), "gateway": GatewayResource(),
     }
     for endpoint in Endpoints().all():
         Endpoints().stop(endpoint.workload)
@@ -418,7 +419,7 @@ def test_an_extraction_workload_from_dstc8_is_scored_with_extraction_metrics(res
     # Every slot is a span of the user's text: curation marks them copied, and every model decodes them grounded.
     assert set(_metadata(result, curated_dataset)["copied_fields"]) == {"to_location", "leaving_date", "from_location"}
     assert "grounded: from_location, leaving_date, to_location copy the user's text" in report["report"]
-    assert report["fine_tuned_ungrounded_value_rate"] == 0 and "| ungrounded_value_rate |" in report["report"]
+    assert report["fine_tuned_unsupported_value_rate"] == 0 and "| unsupported_value_rate |" in report["report"]
     assert "Per-field F1, the fine-tuned model's lowest first:" in report["report"]
     # Imported logs carry no usage: the frontier's cost is estimated from counted tokens, and says so.
     assert "no usage logged" in report["report"] and report["frontier_usd_per_1k"] > 0
@@ -430,7 +431,7 @@ def test_a_tool_call_workload_goes_through_the_lifecycle_and_in_small_the_caller
     import json
 
     from distillery.gateway import WORKLOAD_HEADER
-    from distillery.serving import SMALL
+    from distillery.routing import SMALL
 
     assert send_demo_traffic(60, concurrency=2, workload=TOOL_WORKLOAD, messages=tool_messages, max_tokens=40,
                              tools=ROUTER_TOOLS).written == 60

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from distillery.cli import app
 from distillery.evaluation.costs import DAYS_PER_MONTH
-from distillery.serving import Route, RouteStore
+from distillery.routing import Route, RouteStore
 from distillery.store import Exchange, LogStore
 
 REQUESTS_PER_DAY = 100

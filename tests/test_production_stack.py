@@ -13,8 +13,8 @@ from assets import LIFECYCLE_ASSETS, curated_dataset, eval_report, lora_adapter,
 from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic
 from distillery.serving import Endpoints
 from distillery.training import CHAMPION, Tracker, registered_model_name
-from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
-                       TrainerResource, WorkerLauncherResource)
+from resources import (ArtifactsResource, GatewayResource, JudgeResource, LogStoreResource, MlflowResource,
+                       ServingResource, TrainerResource, WorkerLauncherResource)
 
 FAST = {"ops": {"lora_adapter": {"config": {"max_steps": 3, "batch_size": 8, "rank": 4, "alpha": 8}},
                 "eval_report": {"config": {"max_gap_to_frontier_points": 100, "min_test_rows": 1,
@@ -35,7 +35,7 @@ def test_the_whole_lifecycle_on_postgres_and_an_object_store(distillery_home, ti
         "trainer": TrainerResource(base_model=tiny_model_dir),
         "serving": ServingResource(startup_timeout_s=120),
         "workers": WorkerLauncherResource(),
-        "judge": JudgeResource(),
+        "judge": JudgeResource(), "gateway": GatewayResource(),
     }
     assert send_demo_traffic(60, concurrency=2).written == 60
     started = time.monotonic()

@@ -11,9 +11,8 @@ from support.stub_provider import StubUpstream
 
 from distillery.gateway import BackgroundGateway, GatewayConfig, Upstream
 from distillery.pricing import Price
-from distillery.serving import (CANARY, FRONTIER, SHADOW, SMALL, RollbackPolicy, RolloutMonitor, Route, RouteStore,
-                                takes_small_model)
-from distillery.serving.routing import canary_bucket
+from distillery.routing import (CANARY, FRONTIER, SHADOW, SMALL, AutopilotPolicy, RollbackPolicy, RolloutMonitor,
+                                Route, RouteStore, canary_bucket, step_back, takes_small_model)
 from distillery.store import LogStore
 from distillery.tasks import DecodingPolicy
 
@@ -35,10 +34,16 @@ def test_the_canary_share_follows_the_percentage_and_a_key_stays_on_its_side():
     assert not takes_small_model(_route(SHADOW), "x") and takes_small_model(_route(SMALL), "x")
 
 
-def test_a_route_steps_back_towards_the_frontier():
-    assert _route(SMALL).step_back().label == "canary 10%"
-    assert _route(CANARY, 25).step_back().mode == SHADOW
-    assert _route(SHADOW).step_back().mode == FRONTIER
+def test_a_route_steps_back_one_stage_of_the_rollout_towards_the_frontier():
+    stages = AutopilotPolicy()  # shadow -> canary 10% -> canary 50% -> small
+    walked = [_route(SMALL)]
+    while walked[-1].mode != FRONTIER:
+        walked.append(step_back(walked[-1], stages))
+    assert [route.label for route in walked] == ["small", "canary 50%", "canary 10%", "shadow", "frontier"]
+    assert step_back(_route(CANARY, 25), stages).label == "canary 10%"  # set between two stages: the one below
+    assert step_back(_route(CANARY, 5), stages).mode == SHADOW
+    custom = AutopilotPolicy(stages=("shadow", "canary 5", "small"), min_dwell_s=(0, 0))
+    assert step_back(_route(SMALL), custom).label == "canary 5%"
     with pytest.raises(ValueError, match="needs the small model's URL"):
         Route("triage", SHADOW)
     with pytest.raises(ValueError, match="unknown route mode"):
@@ -165,7 +170,7 @@ def test_a_dead_small_model_fails_no_request_and_the_route_rolls_back(tmp_path, 
     assert answers == ["ok"] * 12 and metrics.status_code == 200  # every caller got the frontier's answer
     assert text >= 1
     rollback = routes.events("triage")[0]
-    assert (rollback.kind, rollback.from_mode, rollback.to_mode) == ("rollback", "small", "canary 10%")
+    assert (rollback.kind, rollback.from_mode, rollback.to_mode) == ("rollback", "small", "canary 50%")
     assert rollback.reason.startswith("automatic: error rate")
 
 

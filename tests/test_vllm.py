@@ -18,11 +18,12 @@ from assets import LIFECYCLE_ASSETS, deployed_endpoint, eval_report, lora_adapte
 from distillery.gateway import BackgroundGateway, GatewayConfig
 from distillery.demo import QUEUES, WORKLOAD, demo_messages, send_demo_traffic, start_frontier_standin
 from distillery.errors import DistilleryError
-from distillery.serving import SMALL, Endpoints, RouteStore
+from distillery.routing import SMALL, RouteStore
+from distillery.serving import Endpoints
 from distillery.store import LogStore
 from distillery.tasks import DecodingPolicy, confidence
-from resources import (ArtifactsResource, JudgeResource, LogStoreResource, MlflowResource, ServingResource,
-                       TrainerResource, WorkerLauncherResource)
+from resources import (ArtifactsResource, GatewayResource, JudgeResource, LogStoreResource, MlflowResource,
+                       ServingResource, TrainerResource, WorkerLauncherResource)
 
 pytestmark = pytest.mark.vllm
 
@@ -52,6 +53,7 @@ def lifecycle(tmp_path_factory):
         resources = {
             "log_store": LogStoreResource(), "artifacts": ArtifactsResource(), "mlflow": MlflowResource(),
             "trainer": TrainerResource(), "workers": WorkerLauncherResource(), "judge": JudgeResource(),
+            "gateway": GatewayResource(),
             "serving": ServingResource(backend="vllm", vllm_python=str(VLLM_PYTHON), max_lora_rank=MAX_LORA_RANK,
                                        vllm_args=["--dtype", "float32", "--max-model-len", "2048", "-O0"]),
         }
@@ -226,7 +228,7 @@ def test_a_tool_call_policy_travels_to_vllm_as_structured_outputs(deployed):
 def test_vllm_decodes_a_grounded_grammar_as_the_local_engine_does(deployed):
     """The grammar a grounded route sends (copied fields are runs of the user's words) through vLLM's llguidance
     backend: answers equal to the engine's under the same grammar, and every copied value a copy."""
-    from distillery.grounding import ungrounded_values, user_text
+    from distillery.grounding import uncopied_values, user_text
     from distillery.serving import generate, load_model, using_adapter
 
     endpoint = Endpoints().current(WORKLOAD)
@@ -244,4 +246,4 @@ def test_vllm_decodes_a_grounded_grammar_as_the_local_engine_does(deployed):
               .choices[0].message.content.strip() for messages in tickets]
     assert served == local
     for messages, answer in zip(tickets, served):
-        assert ungrounded_values(json.loads(answer), policy.copied_fields, user_text(messages)) == [], answer
+        assert uncopied_values(json.loads(answer), policy.copied_fields, user_text(messages)) == [], answer

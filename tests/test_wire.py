@@ -50,8 +50,10 @@ def test_errors_are_what_the_openai_client_reads():
 
 
 def test_a_model_list_holds_openai_models():
-    listing = wire.model_list(["a", "b"], "distillery")
-    assert [openai.types.Model.model_validate(m).id for m in listing["data"]] == ["a", "b"]
+    listing = wire.model_list([("a", "distillery"), ("b", "frontier")], created=1_700_000_000)
+    models = [openai.types.Model.model_validate(m) for m in listing["data"]]
+    assert [(m.id, m.owned_by, m.created) for m in models] == [("a", "distillery", 1_700_000_000),
+                                                                ("b", "frontier", 1_700_000_000)]
 
 
 @pytest.mark.parametrize("body", [{}, {"messages": []}, {"messages": [{"role": "user"}]},

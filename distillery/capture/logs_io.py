@@ -101,13 +101,14 @@ def _batch_records(path: Path, requests_path: Path | None, workload: str,
                 yield Exchange(workload=workload, request_messages=messages, response_text=None, status=STATUS_ERROR,
                                status_code=response.get("status_code"), error=error, uid=_uid(workload, line))
                 continue
-            choice = body["choices"][0]
-            usage = body.get("usage") or {}
-            yield Exchange(workload=workload, request_messages=messages, response_text=choice["message"]["content"],
-                           model=body.get("model"), finish_reason=choice.get("finish_reason"),
-                           prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
-                           request_params={"custom_id": custom_id}, uid=_uid(workload, line))
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+            answer = wire.answer_of(body)
+            usage = answer.usage or {}
+            yield Exchange(workload=workload, request_messages=messages, response_text=answer.text,
+                           tool_calls=answer.tool_calls, refusal=answer.refusal, model=answer.model,
+                           finish_reason=answer.finish_reason, prompt_tokens=usage.get("prompt_tokens"),
+                           completion_tokens=usage.get("completion_tokens"), request_params={"custom_id": custom_id},
+                           uid=_uid(workload, line))
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError, wire.WireError) as exc:
             result.skipped.append(f"line {number}: {exc.__class__.__name__}: {exc}")
 
 

@@ -34,10 +34,10 @@ from datasets import Dataset, DatasetDict
 from distillery.curation.neardup import clusters_of, signatures
 from distillery.curation.pii import scrub
 from distillery.errors import DistilleryError
-from distillery.grounding import field_schema, is_plain_string, user_text
+from distillery.grounding import CALLER_ROLES, field_schema, is_plain_string, leaf_fields, message_text, user_text
 from distillery.store import STATUS_OK
-from distillery.tasks import (CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, caller_text, leaf_fields, parse_record,
-                              serialize_answer, tool_call_answer, tool_spec)
+from distillery.tasks import (CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, parse_record, serialize_answer,
+                              tool_call_answer, tool_spec)
 
 SPLITS = ("train", "validation", "test")
 LEAKAGE_THRESHOLD = 0.75  # MinHash-estimated Jaccard of character 3-grams (neardup)
@@ -79,7 +79,7 @@ COPIED_SHARE = 0.95  # a field whose values are copies of the user's text this o
 
 
 def copy_rates(examples: list[dict]) -> dict[str, float]:
-    """Per leaf field of the JSON answers (``tasks.leaf_fields`` paths) with string values: the share of those values
+    """Per leaf field of the JSON answers (``grounding.leaf_fields`` paths) with string values: the share of those values
     found verbatim in the prompt's user messages."""
     copied: Counter = Counter()
     seen: Counter = Counter()
@@ -241,7 +241,7 @@ def curate(
     unique, conflicts = _deduplicate(frame)
     steps["exact duplicate prompts"] = len(frame) - len(unique)
     # One MinHash signature per prompt, for the near-duplicate removal and the leak check both.
-    sigs = signatures(list(unique["request_messages"].map(caller_text)))
+    sigs = signatures(list(unique["request_messages"].map(lambda messages: message_text(messages, CALLER_ROLES))))
     if near_duplicate_threshold is not None and len(unique) > 1:
         cluster = clusters_of(sigs, near_duplicate_threshold)
         near = unique.assign(prompt_key=unique["prompt_key"].to_numpy()[cluster], signature_row=np.arange(len(unique)))
@@ -336,7 +336,7 @@ def leaked_test_rows(train: list[list[dict]], test: list[list[dict]],
     system prompt left out, as it is shared), in one near-duplicate cluster with a train prompt.
     """
     keys = np.array([normalize_prompt(messages) for messages in [*train, *test]], dtype=object)
-    sigs = signatures([caller_text(messages) for messages in [*train, *test]])
+    sigs = signatures([message_text(messages, CALLER_ROLES) for messages in [*train, *test]])
     return _leaked(keys, sigs, len(train), threshold)
 
 

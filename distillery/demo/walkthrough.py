@@ -20,7 +20,8 @@ import openai
 from distillery.demo.standin import STANDIN_MODEL, STANDIN_PRICES, start_frontier_standin
 from distillery.demo.workload import WORKLOAD, demo_messages, generate_tickets
 from distillery.gateway import WORKLOAD_HEADER, BackgroundGateway, GatewayConfig
-from distillery.serving import CANARY, SHADOW, SMALL, Endpoints, RollbackPolicy, RouteStore
+from distillery.routing import CANARY, SHADOW, SMALL, RollbackPolicy, RouteStore
+from distillery.serving import Endpoints
 from distillery.store import ArtifactStore, LogStore
 from distillery.tasks import Cascade, DecodingPolicy
 

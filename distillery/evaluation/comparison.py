@@ -29,8 +29,9 @@ from distillery.evaluation.metrics import (EXTRACTION_SCORING, TOOL_CALL_SCORING
                                            per_field_f1, record_match, tool_call_metrics)
 from distillery.serving import (BatchingEngine, Generation, LoadResult, generate, load_model, serve_under_load,
                                 using_adapter)
+from distillery.grounding import message_text, unsupported_values
 from distillery.tasks import (CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, Cascade, DecodingPolicy, agrees,
-                             confidence_measures, prompt_text, ungrounded)
+                             confidence_measures, parse_record)
 
 BASE, CANDIDATE, CHAMPION = "base", "fine-tuned", "champion"
 HEADLINE = {CLASSIFICATION: "accuracy", EXTRACTION: "field_f1", FREE_TEXT: "embedding_similarity",
@@ -366,9 +367,9 @@ def evaluate(
         scores[name], row_scores[name], headline_items[name] = _score(name, task, outputs[name], references,
                                                                       time.perf_counter() - started)
         if task == EXTRACTION:  # values not found in the prompt: what the hallucination monitor watches live
-            missing, values = map(sum, zip(*(ungrounded(g.text, prompt_text(c)) for g, c in
+            missing, values = map(sum, zip(*(unsupported_values(parse_record(g.text), message_text(c)) for g, c in
                                              zip(outputs[name], conversations))))
-            scores[name].metrics["ungrounded_value_rate"] = missing / values if values else 0.0
+            scores[name].metrics["unsupported_value_rate"] = missing / values if values else 0.0
     test_agreement = row_agreement(task, references, [g.text for g in outputs[CANDIDATE]], headline_items[CANDIDATE])
     calibration = _calibrate(model, tokenizer, task, validation, outputs[CANDIDATE], test_agreement, decoding, policy,
                              max_new_tokens, batch_size, on_progress)

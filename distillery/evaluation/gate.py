@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from distillery.evaluation.cascade import Calibration
+from distillery.settings import setting
 
 FRONTIER_SCORE = 1.0  # the frontier's answers are the references
 DEFAULT_MIN_TEST_ROWS = 200
@@ -29,10 +30,18 @@ FULL, CASCADE, REFUSED, NOT_ENOUGH_EVIDENCE = "full", "cascade", "refused", "not
 
 @dataclass(frozen=True)
 class GatePolicy:
-    max_gap_to_frontier: float = 0.05  # in metric units: 0.05 is 5 points
-    min_test_rows: int = DEFAULT_MIN_TEST_ROWS  # fewer held-out rows are not evidence enough for a promotion
-    min_calibration_rows: int = 100  # fewer validation rows: no cascade threshold is chosen
-    require_gain_over_champion: bool = True
+    """The gate's rules (the module's docstring says what each decides)."""
+
+    max_gap_to_frontier: float = setting(0.05, "Promote only if the headline metric's lower bound is at most this "
+                                         "far below the frontier's, which scores 1.0 on its own answers (0.05: 5 "
+                                         "points).")
+    min_test_rows: int = setting(DEFAULT_MIN_TEST_ROWS, "Fewer held-out rows get the verdict 'not enough evidence', "
+                                 "never a promotion.")
+    min_calibration_rows: int = setting(100, "Fewer validation rows: no cascade threshold is chosen (the mode can "
+                                        "only be full).")
+    require_gain_over_champion: bool = setting(True, "Replace the champion only when the challenger is better beyond "
+                                               "noise (paired bootstrap on the same rows); false: when it is not "
+                                               "worse beyond noise.")
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_gap_to_frontier <= 1:

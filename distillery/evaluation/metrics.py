@@ -2,7 +2,7 @@
 
 Classification: accuracy, macro-F1 over the labels the frontier used, F1 per label, and the
 confusion matrix. Extraction (a JSON object of fields per answer): the share of answers that
-parse as a JSON object, precision/recall/F1 over leaf fields (``leaf_fields``: nested objects
+parse as a JSON object, precision/recall/F1 over leaf fields (``grounding.leaf_fields``: nested objects
 flattened to dotted paths, lists compared as multisets of their elements, so 2 of 3 intents
 right earn 2 of 3 credits), and exact-record match. Free text: ROUGE-L F1, chrF (both on a 0-1 scale) and the cosine
 similarity of sentence embeddings. Tool calls (``{"tool_calls": [{"name", "arguments"}]}``): the extraction scores
@@ -19,7 +19,8 @@ import statistics
 from collections import Counter
 from typing import Any, Callable, NamedTuple, Sequence
 
-from distillery.tasks import leaf_fields, parse_record, tool_calls_of
+from distillery.grounding import leaf_fields
+from distillery.tasks import parse_record, tool_calls_of
 
 
 def classification_metrics(references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:

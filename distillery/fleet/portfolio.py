@@ -30,7 +30,7 @@ import pandas as pd
 
 from distillery.evaluation.costs import (DAYS_PER_MONTH, CostSettings, blended_usd_per_1k, frontier_usd_per_request,
                                         logged_rate)
-from distillery.serving import FRONTIER, Route, RouteStore
+from distillery.routing import FRONTIER, Route, RouteStore
 from distillery.store import (SERVED_BY_AUDIT, SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_OK,
                               ArtifactStore, LogStore)
 from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, tool_call_answer
@@ -42,7 +42,7 @@ REPORT = "eval_report"
 class PortfolioSettings:
     recommend_above_usd_per_month: float = 3000.0
     max_free_text_variety: float = 0.5  # free text is narrow when at most this share of its answers is distinct
-    # $1/hour serving at the 5.56 requests/s the demo's small model served 16 concurrent callers with (README).
+    # $1/hour serving at the 5.56 requests/s the demo's small model served 16 concurrent callers with (docs/benchmarks.md).
     small_usd_per_1k_estimate: float = 0.05
     answer_sample: int = 2000  # the frontier's newest answers the task and variety are judged on
     costs: CostSettings = field(default_factory=CostSettings)
@@ -59,7 +59,7 @@ class WorkloadLine:
     task: str
     answer_variety: float | None  # distinct share of the frontier's newest answers
     stage: str
-    autopilot: bool  # the route advances and steps back by itself (distillery.serving.autopilot)
+    autopilot: bool  # the route advances and steps back by itself (distillery.routing.autopilot)
     champion_version: str | None
     champion_figures: dict  # headline metric, its value, the gate's verdict
     small_usd_per_request: float

@@ -1,7 +1,8 @@
 """The gateway's handling of one call: its key, its workload, who answers it, its log row, its metrics.
 
 The HTTP layer under it is ``http`` (why hand-written: see there); the wire protocols are in ``protocols``, the
-provider side in ``proxy``, the small model's side in ``cutover``, the log row in ``rows``.
+provider side in ``proxy``, who answers a routed call in ``cutover`` (the small model's client in ``small_model``),
+what follows a routed call's answer in ``watch``, the log row in ``rows``.
 
 What a caller sees when something goes wrong, always as an error object of its protocol:
 401 unknown or revoked gateway key; 403 a workload outside the key's scope (recorded as an error under
@@ -13,9 +14,10 @@ timed out; an upstream 4xx/5xx is passed through with its status. Every one of t
 proxy step is recorded as a failed exchange, before its answer is sent.
 
 Per call, in order: the key (looked up in the database once per ``key_cache_ttl_s``, off the event loop), the body,
-the route (in memory), then the provider or the small model; the row is completed and recorded before the
-answer goes out, so a call whose caller has its answer is in the journal even if the process dies; the metrics
-and the cut-over's bookkeeping come after the answer.
+the route (in memory, ``routing.RouteTable``), then the provider, or, on a routed workload, one pass through the
+cut-over (the small model or the provider); the row is completed and recorded before the answer goes out, so a call
+whose caller has its answer is in the journal even if the process dies; the metrics and the watch come after the
+answer.
 
 Where a call's CPU goes (benchmarks/gateway.py's CPU per request, and py-spy on the running gateway, 20,000
 requests at 64 concurrent, 2026-12-02). Before this stage took its present form: 217 µs a call against the bare
@@ -42,14 +44,16 @@ from prometheus_client import generate_latest
 from distillery import wire
 from distillery.capture import Recorder
 from distillery.gateway.config import GatewayConfig, Upstream
-from distillery.gateway.cutover import AskFrontier, Cutover
+from distillery.gateway.cutover import Cutover
 from distillery.gateway.http import ClientDisconnected, Request, Responder
 from distillery.gateway.keys import ApiKey, KeyStore
 from distillery.gateway.metrics import GatewayMetrics
 from distillery.gateway.protocols import CHAT_COMPLETIONS, COMPLETIONS, MESSAGES, RESPONSES, WireProtocol
 from distillery.gateway.proxy import Proxy, StreamBroken, UpstreamTimeout, passed_headers, upstream_error_message
 from distillery.gateway.rows import Rows
-from distillery.serving import Route, RouteStore
+from distillery.gateway.small_model import SmallModel
+from distillery.gateway.watch import AskFrontier, Watch
+from distillery.routing import RouteStore, RouteTable
 from distillery.settings import DEFAULT_WORKLOAD, validate_workload
 
 WORKLOAD_HEADER = "x-distillery-workload"
@@ -73,7 +77,13 @@ class Gateway:
         self.metrics = GatewayMetrics(recorder)
         self.rows = Rows(config, recorder, self.metrics)
         self.proxy = Proxy(config)
-        self.cutover = Cutover(routes, config, self.rows, self.metrics)
+        self.routes = RouteTable(routes, config.route_refresh_s, config.autopilot)
+        self.small_model = SmallModel(config.small_timeout_s)
+        self.watch = Watch(self.routes, self.small_model, config, self.rows, self.metrics)
+        self.cutover = Cutover(self.small_model, self.watch, self.rows, self.metrics)
+        # The configured upstreams' priced models, each owned by its upstream; "created" is the gateway's start.
+        self._model_list = wire.model_list([(model, upstream.name) for upstream in config.upstreams.values()
+                                            for model in upstream.models], created=int(time.time()))
         self._key_cache: cachetools.TTLCache[str, ApiKey | None] = cachetools.TTLCache(
             config.key_cache_size, config.key_cache_ttl_s)
         self._endpoints = {
@@ -97,12 +107,12 @@ class Gateway:
 
     async def finish_shadows(self, timeout_s: float = 10) -> None:
         """Let shadow calls still in flight end (and be recorded) before the gateway closes."""
-        await self.cutover.finish(timeout_s)
+        await self.watch.finish(timeout_s)
 
     def close(self) -> None:
         """After the HTTP server stopped: drop upstream connections, flush the recorder."""
         self.proxy.close()
-        self.cutover.close()
+        self.small_model.close()
         self.recorder.stop()
 
     async def healthz(self, _request: Request, responder: Responder) -> None:
@@ -118,9 +128,7 @@ class Gateway:
             await self._authenticate(request)
         except GatewayError as exc:
             return self._refuse(CHAT_COMPLETIONS, "models", responder, exc)
-        responder.send(200, orjson.dumps({"object": "list", "data": [
-            {"id": model, "object": "model", "owned_by": upstream.name}
-            for upstream in self.config.upstreams.values() for model in upstream.models]}))
+        responder.send(200, orjson.dumps(self._model_list))
 
     async def _call(self, protocol: WireProtocol, request: Request, responder: Responder) -> None:
         started = time.perf_counter()
@@ -138,15 +146,21 @@ class Gateway:
             message = f"gateway key {caller.name!r} may not write to workload {workload!r} (its scope: {caller.scope})"
             return self._fail(protocol, responder, row, started, 403, message, "permission_denied")
         row = self.rows.new(body, protocol, workload, upstream.name)
-        stream = bool(body.get("stream"))
-        route = self.cutover.route(protocol, workload)
-        if route and self.cutover.small_model_takes(route, request, body, row):
-            if await self.cutover.small_model_answers(route, protocol, body, row, responder, started,
-                                                      self._frontier_copy(protocol, upstream, body, request)):
-                return
+        route = self.routes.get(workload) if protocol.small_model_may_answer else None
+        if route is None:
+            await self._frontier(protocol, upstream, request, body, row, responder, started)
+        else:
+            await self.cutover.serve(
+                route, protocol, request, body, row, responder, started,
+                functools.partial(self._frontier, protocol, upstream, request, body, row, responder, started),
+                self._frontier_copy(protocol, upstream, body, request))
+
+    async def _frontier(self, protocol: WireProtocol, upstream: Upstream, request: Request, body: dict[str, Any],
+                        row: dict, responder: Responder, started: float) -> wire.Answer | None:
+        """Answer the caller from the provider: its answer, or None when the caller got an error instead."""
         try:
             answer, data = await self.proxy.send(upstream.name, protocol.upstream_path,
-                                                 protocol.upstream_body(body, request.body), stream,
+                                                 protocol.upstream_body(body, request.body), bool(body.get("stream")),
                                                  _anthropic_headers(request) if upstream.kind == "anthropic" else None)
         except UpstreamTimeout as exc:
             return self._fail(protocol, responder, row, started, 504, str(exc), "upstream_timeout")
@@ -155,7 +169,7 @@ class Gateway:
                               f"{exc or type(exc).__name__}", "upstream_unreachable")
         headers = passed_headers(answer.headers)
         if data is None:
-            return await self._relay(protocol, answer, responder, row, started, headers, route, body)
+            return await self._relay(protocol, answer, responder, row, started, headers)
         if answer.status >= 400:
             return self._fail(protocol, responder, row, started, answer.status,
                               upstream_error_message(data, answer.status), "upstream_error", passthrough=data,
@@ -168,11 +182,10 @@ class Gateway:
         self.rows.ok(row, started, result)
         responder.send(answer.status, data, extra=headers)
         self.metrics.count(protocol.endpoint, answer.status, seconds=time.perf_counter() - started)
-        if route:
-            self.cutover.frontier_answered(route, body, row, result, protocol)
+        return result
 
     async def _relay(self, protocol: WireProtocol, answer, responder: Responder, row: dict, started: float,
-                     headers: list[tuple[str, str]], route: Route | None, body: dict) -> None:
+                     headers: list[tuple[str, str]]) -> wire.Answer | None:
         reader = protocol.stream_reader()
         completed = False
 
@@ -190,15 +203,14 @@ class Gateway:
             if not completed:
                 self.rows.error(row, started, 502, f"upstream stream broke off: {exc}", reader.answer.text)
             self.metrics.count(protocol.endpoint, 502, "upstream_stream", time.perf_counter() - started)
-            return
+            return None
         except ClientDisconnected:
             if not completed:
                 self.rows.error(row, started, 499, "client disconnected mid-stream", reader.answer.text)
             self.metrics.count(protocol.endpoint, 499, "client_disconnect", time.perf_counter() - started)
             raise
         self.metrics.count(protocol.endpoint, 200, seconds=time.perf_counter() - started)
-        if route:
-            self.cutover.frontier_answered(route, body, row, reader.answer, protocol)
+        return reader.answer
 
     def _frontier_copy(self, protocol: WireProtocol, upstream: Upstream, body: dict[str, Any],
                        request: Request) -> AskFrontier:

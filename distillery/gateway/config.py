@@ -16,7 +16,7 @@ from typing import Any
 
 from distillery.errors import DistilleryError
 from distillery.pricing import Price
-from distillery.serving import AutopilotPolicy, RollbackPolicy
+from distillery.routing import AutopilotPolicy, RollbackPolicy
 from distillery.settings import home
 
 

@@ -12,7 +12,7 @@ from distillery.gateway.app import Gateway
 from distillery.gateway.config import GatewayConfig
 from distillery.gateway.http import HttpServer
 from distillery.gateway.keys import KeyStore
-from distillery.serving import RouteStore
+from distillery.routing import RouteStore
 from distillery.store import LogStore
 
 

@@ -1,8 +1,8 @@
 """Is the small model making things up? One figure per task, from its live answers (served and shadow).
 
-- Extraction: the share of the answer's leaf values (``tasks.leaf_fields``) that do not occur in the
-  prompt after normalization (``tasks.ungrounded``: case, whitespace and quotes folded), and, on shadow rows,
-  the share of the answer's leaf fields that the frontier's answer to the same request does not have.
+- Extraction: the share of the answer's leaf values (``grounding.leaf_fields``) that do not occur in the
+  prompt after normalization (``grounding.unsupported_values``: case, whitespace and quotes folded), and, on shadow
+  rows, the share of the answer's leaf fields that the frontier's answer to the same request does not have.
 - Free text: on a sample of shadow rows, faithfulness to the prompt (embedding similarity of answer
   and prompt) and agreement with the frontier's answer (the pairwise judge's win-or-tie rate when one
   is configured, else embedding similarity).
@@ -18,7 +18,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from distillery.tasks import leaf_fields, parse_record, ungrounded
+from distillery.grounding import leaf_fields, unsupported_values
+from distillery.tasks import parse_record
 
 NEIGHBOURS = 10
 
@@ -34,7 +35,7 @@ def invented_fields(answer: str, frontier_answer: str) -> tuple[int, int]:
 class Hallucination:
     """The figures of one workload; None where its task or its traffic does not give one."""
 
-    ungrounded_value_share: float | None = None  # extraction
+    unsupported_value_share: float | None = None  # extraction
     invented_field_share: float | None = None  # extraction, shadow rows
     faithfulness: float | None = None  # free text: answer vs. prompt
     frontier_agreement: float | None = None  # free text: answer vs. the frontier's answer
@@ -46,11 +47,11 @@ class Hallucination:
 def extraction_figures(prompts: Sequence[str], answers: Sequence[str],
                        frontier_answers: Sequence[str | None]) -> Hallucination:
     """``frontier_answers[i]`` is the frontier's answer to the same request (shadow rows), else None."""
-    grounded = [ungrounded(a, p) for p, a in zip(prompts, answers)]
+    supported = [unsupported_values(parse_record(a), p) for p, a in zip(prompts, answers)]
     invented = [invented_fields(a, f) for a, f in zip(answers, frontier_answers) if f is not None]
-    values, fields = sum(t for _, t in grounded), sum(t for _, t in invented)
+    values, fields = sum(t for _, t in supported), sum(t for _, t in invented)
     return Hallucination(
-        ungrounded_value_share=sum(m for m, _ in grounded) / values if values else None,
+        unsupported_value_share=sum(m for m, _ in supported) / values if values else None,
         invented_field_share=sum(m for m, _ in invented) / fields if fields else None, answers=len(answers))
 
 

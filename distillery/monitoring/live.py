@@ -21,8 +21,10 @@ import pandas as pd
 
 from distillery.monitoring.hallucination import (AgreementJudge, Hallucination, classification_figures,
                                                  extraction_figures, free_text_figures)
+from distillery.grounding import CALLER_ROLES, message_text
+from distillery.settings import setting
 from distillery.store import SERVED_BY_AUDIT, SERVED_BY_FRONTIER, SERVED_BY_SHADOW, SERVED_BY_SMALL, STATUS_OK
-from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT, caller_text, prompt_text
+from distillery.tasks import CLASSIFICATION, EXTRACTION, FREE_TEXT
 
 _EPSILON = 1e-4  # an empty bin counts as this share, so the PSI stays finite
 
@@ -101,18 +103,24 @@ class LiveReport:
 
 @dataclass(frozen=True)
 class MonitoringPolicy:
-    min_shadow_agreement: float = 0.8
-    max_psi: float = 0.25  # prompt length and embedding clusters
-    max_label_shift: float = 0.15
-    max_invalid_rate: float = 0.05
-    max_ungrounded_share: float = 0.1  # extraction: answer values not in the prompt
-    max_invented_field_share: float = 0.1  # extraction: answer fields the frontier's answer lacks
-    min_faithfulness: float = 0.3  # free text: embedding similarity of answer and prompt
-    min_frontier_agreement: float = 0.6  # free text: judge win-or-tie rate, else embedding similarity
-    max_unsupported_label_share: float = 0.1  # classification: labels the frontier never gave similar prompts
-    max_coverage_drop: float = 0.2  # cascade: live coverage below the evaluated one by more than this
-    min_audited_agreement: float = 0.8  # cascade: audited covered calls that agree with the frontier
-    min_cascade_calls: int = 20  # fewer cascade calls (or audits) give no coverage (or audited agreement) figure
+    """When live traffic fails a check of ``live_monitoring``."""
+
+    min_shadow_agreement: float = setting(0.8, "Shadow agreement below this fails its check.")
+    max_psi: float = setting(0.25, "Prompt PSI (length or embedding clusters) above this is drift.")
+    max_label_shift: float = setting(0.15, "Total-variation distance of the label distributions.")
+    max_invalid_rate: float = setting(0.05, "Invalid small-model answers above this fail.")
+    max_unsupported_value_share: float = setting(0.1, "Extraction: answer values the prompt does not hold "
+                                                 "(grounding.unsupported_values).")
+    max_invented_field_share: float = setting(0.1, "Extraction: answer fields the frontier's answer lacks.")
+    min_faithfulness: float = setting(0.3, "Free text: embedding similarity of answer and prompt.")
+    min_frontier_agreement: float = setting(0.6, "Free text: the judge's win-or-tie rate when a judge is "
+                                            "configured, else embedding similarity to the frontier's answer.")
+    max_unsupported_label_share: float = setting(0.1, "Classification: labels the frontier never gave the ten most "
+                                                 "similar training prompts.")
+    max_coverage_drop: float = setting(0.2, "Cascade: live coverage below the evaluated one by more than this "
+                                       "(0.2: 20 points) steps the route back.")
+    min_audited_agreement: float = setting(0.8, "Cascade: audited calls' agreement below this steps the route back.")
+    min_cascade_calls: int = setting(20, "Cascade: fewer calls (or audits) give no figure.")
 
     def failures(self, report: LiveReport) -> dict[str, str | None]:
         """Per check, why it fails (None: it passes, or there is not enough traffic to say)."""
@@ -152,7 +160,7 @@ class MonitoringPolicy:
             "label_shift": report.label_shift is not None,
             "invalid_answers": report.invalid_rate is not None,
             "hallucination": any(value is not None for value in (
-                figures.ungrounded_value_share, figures.invented_field_share, figures.faithfulness,
+                figures.unsupported_value_share, figures.invented_field_share, figures.faithfulness,
                 figures.frontier_agreement, figures.unsupported_label_share)),
             "cascade_coverage": report.cascade_coverage is not None and report.evaluated_coverage is not None,
             "audited_agreement": report.audited_agreement is not None,
@@ -165,7 +173,7 @@ class MonitoringPolicy:
                 return None
             return f"{what} {value:.1%} {'<' if low else '>'} {limit:.0%} over {figures.answers} answers"
 
-        reasons = [outside(figures.ungrounded_value_share, self.max_ungrounded_share,
+        reasons = [outside(figures.unsupported_value_share, self.max_unsupported_value_share,
                            "answer values not in the prompt"),
                    outside(figures.invented_field_share, self.max_invented_field_share,
                            "answer fields the frontier's answer lacks"),
@@ -217,14 +225,14 @@ def live_report(rows: pd.DataFrame, workload: str, *, train_prompts: list[list[d
     )
     from distillery.evaluation import encode
 
-    train_texts = [caller_text(p) for p in train_prompts]
+    train_texts = [message_text(p, CALLER_ROLES) for p in train_prompts]
     train_vectors = None
     small_answers = pd.concat([small, shadow])
     # The frontier's answer to the request a shadow row copied (request_params.shadow_of).
     frontier_by_uid = dict(zip(ok["uid"], ok["response_text"])) if task in (EXTRACTION, FREE_TEXT) else {}
     if task == EXTRACTION:
         report.hallucination = extraction_figures(
-            [prompt_text(m) for m in small_answers["request_messages"]], list(small_answers["response_text"]),
+            [message_text(m) for m in small_answers["request_messages"]], list(small_answers["response_text"]),
             [frontier_by_uid.get(p.get("shadow_of")) if isinstance(p, dict) else None
              for p in small_answers["request_params"]])
     elif task == FREE_TEXT:
@@ -233,18 +241,19 @@ def live_report(rows: pd.DataFrame, workload: str, *, train_prompts: list[list[d
                   for m, a, p in zip(sample["request_messages"], sample["response_text"], sample["request_params"])
                   if isinstance(p, dict) and frontier_by_uid.get(p.get("shadow_of"))]
         report.hallucination = free_text_figures(
-            [m for m, _, _ in paired], [caller_text(m) for m, _, _ in paired], [a for _, a, _ in paired],
+            [m for m, _, _ in paired], [message_text(m, CALLER_ROLES) for m, _, _ in paired], [a for _, a, _ in paired],
             [f for _, _, f in paired], judge=judge, judge_name=judge_name)
     elif task == CLASSIFICATION and len(small_answers) and train_texts:
         train_vectors = encode(train_texts)
         report.hallucination = classification_figures(
-            train_vectors, train_answers, encode([caller_text(m) for m in small_answers["request_messages"]]),
+            train_vectors, train_answers,
+            encode([message_text(m, CALLER_ROLES) for m in small_answers["request_messages"]]),
             list(small_answers["response_text"]))
 
     if len(live) < min_rows:
         report.notes.append(f"{len(live)} live rows since training: drift needs at least {min_rows}")
         return report
-    live_texts = [caller_text(m) for m in live["request_messages"]]
+    live_texts = [message_text(m, CALLER_ROLES) for m in live["request_messages"]]
     report.length_psi = length_psi(train_texts, live_texts)
     report.cluster_psi = cluster_psi(encode(train_texts) if train_vectors is None else train_vectors,
                                      encode(live_texts))

@@ -3,8 +3,8 @@
 The inference engine (``engine``: batched greedy decoding under the workload's decoding policy,
 and the micro-batching that serves concurrent requests with it), the local model server
 (``model_server``) and the endpoints that run it, run vLLM, or load adapters into a remote vLLM
-(``endpoints``), and the gateway's routes between the frontier and the small model with their
-automatic rollback (``routing``), the autopilot that walks a route through its stages (``autopilot``), and the adapter as a loadable MLflow model (``mlflow_model``).
+(``endpoints``), the small HTTP base of the model server (``openai_http``), and the adapter as a loadable MLflow
+model (``mlflow_model``). Which model answers a call is routing's (``distillery.routing``).
 """
 
 import lazy_loader
@@ -14,9 +14,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
                "serve_under_load"],
     "model_server": ["ModelServer", "BASE_MODEL_NAME", "adapter_mismatch"],
     "endpoints": ["Endpoints", "Endpoint", "LOCAL", "VLLM", "REMOTE"],
-    "routing": ["Route", "RouteStore", "RouteEvent", "RouteState", "Approval", "Evidence", "RolloutMonitor",
-                "RollbackPolicy", "takes_small_model", "FRONTIER", "SHADOW", "CANARY", "SMALL", "ROUTE_KEY_HEADER"],
-    "autopilot": ["AutopilotPolicy", "Decision", "Stage", "ADVANCE", "STEP_BACK"],
     "openai_http": ["OpenAIServer", "Completion"],
     "mlflow_model": ["AdapterModel", "save_adapter_model"],
 })

@@ -68,7 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/healthz":
             self._send_json(200, {"status": "ok"})
         elif self.path == "/v1/models":
-            self._send_json(200, wire.model_list(self.server.models(), "distillery"))
+            self._send_json(200, wire.model_list([(name, "distillery") for name in self.server.models()]))
         else:
             self._send_json(404, wire.error(f"no route {self.path}", "not_found"))
 

@@ -85,9 +85,9 @@ class RouteRow(Base):
     cascade: Mapped[dict | None] = mapped_column(sa.JSON)  # distillery.tasks.Cascade's record; NULL: no cascade
     updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))  # when the current stage began
     autopilot: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
-    approval: Mapped[dict | None] = mapped_column(sa.JSON)  # distillery.serving.Approval's record: what the gate approved
+    approval: Mapped[dict | None] = mapped_column(sa.JSON)  # distillery.routing.Approval's record: what the gate approved
     epoch: Mapped[int] = mapped_column(sa.Integer, server_default="0")  # +1 on every change of the route
-    # The current stage's sequential test, pooled over every gateway (distillery.serving.autopilot)
+    # The current stage's sequential test, pooled over every gateway (distillery.routing.autopilot)
     evidence_calls: Mapped[int] = mapped_column(sa.Integer, server_default="0")
     evidence_agreed: Mapped[int] = mapped_column(sa.Integer, server_default="0")
     evidence_llr: Mapped[float] = mapped_column(sa.Float, server_default="0")
@@ -103,7 +103,7 @@ class RouteEventRow(Base):
     to_mode: Mapped[str] = mapped_column(sa.String(40))
     reason: Mapped[str] = mapped_column(sa.Text)
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
-    evidence: Mapped[dict | None] = mapped_column(sa.JSON)  # an autopilot decision's: distillery.serving.Evidence
+    evidence: Mapped[dict | None] = mapped_column(sa.JSON)  # an autopilot decision's: distillery.routing.Evidence
 
 
 class ApiKeyRow(Base):

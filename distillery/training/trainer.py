@@ -23,6 +23,7 @@ from datasets import Dataset
 
 from distillery.errors import DistilleryError
 from distillery.models import answer_token_ids, load_tokenizer
+from distillery.settings import setting
 
 IGNORE_INDEX = -100
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -30,31 +31,35 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 @dataclass
 class TrainingConfig:
-    base_model_revision: str | None = None  # a Hub branch, tag or commit; ignored for local folders
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
-    lora_layers: int = 0  # LoRA on the top N decoder layers only (backward stops there); 0: all layers
-    learning_rate: float = 1e-3
-    lr_schedule: str = "cosine"  # cosine | linear | constant, after warmup
-    warmup_fraction: float = 0.1
-    epochs: float = 2.0
-    max_steps: int = 0  # 0: run the full number of epochs
-    max_seconds: float = 0  # a time budget; the schedule decays over whichever of steps or time ends first
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_seq_len: int = 512
-    seed: int = 0
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
-    gradient_checkpointing: bool = False
-    qlora: bool = False  # 4-bit base weights via bitsandbytes; GPU only
-    eval_every: int = 0  # validation loss every N optimizer steps (0: at the end only)
-    early_stopping_patience: int = 0  # stop after N validations without improvement (0: never)
-    checkpoint_every: int = 25  # optimizer steps between resumable checkpoints (0: none)
-    # Classification: softmax over the label set's tokens only. Faster and sharper, but the model is then only
-    # trained to rank labels, so serve it with decoding constrained to the label set (eval_report does).
-    label_vocab_loss: bool = False
+    """A fine-tune's settings; a setting a run leaves out comes from the task's recipe (``training.recipes``)."""
+
+    base_model_revision: str | None = setting(None, "A Hub branch, tag or commit of the base model; ignored for "
+                                              "local folders.")
+    rank: int = setting(16, "LoRA rank.")
+    alpha: int = setting(32, "LoRA alpha (the update is scaled by alpha / rank).")
+    dropout: float = setting(0.05, "LoRA dropout.")
+    target_modules: list[str] = setting(ALL_LINEAR, "The linear layers LoRA adapts (default: all of them).")
+    lora_layers: int = setting(0, "LoRA on the top N decoder layers only (backward stops there); 0: all layers.")
+    learning_rate: float = setting(1e-3, "Peak learning rate.")
+    lr_schedule: str = setting("cosine", "cosine, linear or constant, after the warmup.")
+    warmup_fraction: float = setting(0.1, "The share of the schedule spent warming up.")
+    epochs: float = setting(2.0, "Passes over the training split.")
+    max_steps: int = setting(0, "Optimizer steps at most; 0: the full number of epochs.")
+    max_seconds: float = setting(0, "A time budget in seconds; the schedule decays over whichever of steps or time "
+                                 "ends first; 0: none.")
+    batch_size: int = setting(16, "Examples per micro-batch.")
+    grad_accum: int = setting(1, "Micro-batches per optimizer step.")
+    max_seq_len: int = setting(512, "Longer examples are skipped (and counted).")
+    seed: int = setting(0, "Seed of the batch order and the adapter's initialization.")
+    precision: str = setting("auto", "auto (bf16 on GPU, fp32 on CPU), fp32 or bf16.")
+    gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass: less memory, slower.")
+    qlora: bool = setting(False, "4-bit base weights through bitsandbytes; GPU only.")
+    eval_every: int = setting(0, "Validation loss every N optimizer steps; 0: at the end only.")
+    early_stopping_patience: int = setting(0, "Stop after N validations without improvement; 0: never.")
+    checkpoint_every: int = setting(25, "Optimizer steps between resumable checkpoints; 0: none.")
+    # Faster and sharper, but the model is then only trained to rank labels, so it must be served with decoding
+    # constrained to the label set (eval_report does).
+    label_vocab_loss: bool = setting(False, "Classification: the softmax over the label set's tokens only.")
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in SCHEDULES:

@@ -56,7 +56,9 @@ class StubUpstream:
         self.last_api_key = request.headers.get("x-api-key")
         self.last_anthropic_version = request.headers.get("anthropic-version")
         body = self.last_body = await request.json()
-        model = body.get("model", "stub")
+        # The model is echoed into the answer: a caller's odd one (a number past 64 bits, which orjson cannot write)
+        # is answered under the stub's own name, as a provider names the model that answered.
+        model = body.get("model") if isinstance(body.get("model"), str) else "stub"
         headers = {"x-request-id": f"req-stub-{self.calls}", "x-ratelimit-limit-requests": "500",
                    "x-ratelimit-remaining-requests": "0" if model == "rate-limited" else "499"}
         if model == "fail-500" or (self.fail_every and self.calls % self.fail_every == 0):

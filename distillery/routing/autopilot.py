@@ -20,15 +20,16 @@ inequality: under each hypothesis the likelihood ratio of the other is a nonnega
 While the test has accepted sound but the route cannot advance (the stage's minimum dwell has not passed, a rollback
 threshold is crossed, or it is the last stage), the ratio is held at the step-back bound's size: a drop that comes a
 month later is seen as soon as one that comes at once, within about twice that bound over the drop's
-information per call. ``benchmarks/autopilot.py`` measures all of it against planted agreement rates (the README
+information per call. ``benchmarks/autopilot.py`` measures all of it against planted agreement rates (docs/benchmarks.md
 has the figures; with the defaults, for p_eval 0.95: about 2,400 compared calls from shadow to small, about 1,000 to
 step back a model 2 points worse, 3.6% of sound models stepped back within 10,000 calls).
 
-**Who runs it.** The gateway (``gateway.cutover``) counts each compared call of a route whose autopilot is on, adds
-its counts to the route's evidence in the database every ``route_refresh_s`` (one atomic update, so every gateway's
-calls pool into one test, and evidence gathered at an earlier stage is dropped: the route's ``epoch`` moved on), and
-judges the route with ``AutopilotPolicy.judge``. A decision is a route change that records its evidence as a route
-event; the route only changes when its epoch is still the one judged, so two gateways never decide twice.
+**Who runs it.** The gateway (``gateway.watch``) counts each compared call of a route whose autopilot is on; its
+route table (``routing.table``) adds those counts to the route's evidence in the database every ``route_refresh_s``
+(one atomic update, so every gateway's calls pool into one test, and evidence gathered at an earlier stage is dropped:
+the route's ``epoch`` moved on), and judges the route with ``AutopilotPolicy.judge``. A decision is a route change
+that records its evidence as a route event; the route only changes when its epoch is still the one judged, so two
+gateways never decide twice.
 
 The route never goes past what the gate approved (``Approval``): its last stage is ``small`` in the gate's mode, a
 cascade at the threshold it approved when the gate chose one. A person's ``distillery route set`` pins the route:
@@ -41,7 +42,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass, replace
 
-from distillery.serving.routing import CANARY, FRONTIER, SHADOW, SMALL, Approval, Evidence, Route
+from distillery.routing.routes import CANARY, FRONTIER, SHADOW, SMALL, Approval, Evidence, Route
 
 ADVANCE, STEP_BACK = "advance", "rollback"  # route event kinds of the autopilot's decisions
 DEFAULT_STAGES = ("shadow", "canary 10", "canary 50", "small")
@@ -159,25 +160,10 @@ class AutopilotPolicy:
         return max((i for i, stage in enumerate(self.walk) if _position(stage.mode, stage.percent) <= here),
                    default=-1)
 
-    def _at(self, route: Route, stage: Stage) -> Route:
-        """``route`` moved to ``stage``, in the mode the gate approved (its cascade when it chose one)."""
-        approval = route.approval
-        cascade = approval.cascade if approval and approval.mode == "cascade" else route.cascade
-        return replace(route, mode=stage.mode, canary_percent=stage.percent, cascade=cascade)
-
     def next_route(self, route: Route) -> Route | None:
         """The next stage; None on the last one."""
         index = self.stage_index(route)
-        return self._at(route, self.walk[index + 1]) if index + 1 < len(self.walk) else None
-
-    def previous_route(self, route: Route) -> Route:
-        """The stage before the route's; below the first stage the frontier, where the autopilot stops (nothing
-        is compared there)."""
-        here = _position(route.mode, route.canary_percent)
-        before = [stage for stage in self.walk if _position(stage.mode, stage.percent) < here]
-        if not before:
-            return replace(route, mode=FRONTIER, canary_percent=0.0, autopilot=False)
-        return self._at(route, before[-1])
+        return _moved(route, self.walk[index + 1]) if index + 1 < len(self.walk) else None
 
     def switched_on(self, route: Route | None, workload: str) -> Route:
         """The route with its autopilot on: a route on the frontier starts at the first stage, one a person took past
@@ -195,7 +181,7 @@ class AutopilotPolicy:
         self.hypotheses(route.approval)
         switched = replace(route, autopilot=True)
         if route.mode == FRONTIER:
-            return self._at(switched, self.walk[0])
+            return _moved(switched, self.walk[0])
         if route.approval.mode == "cascade" and route.cascade != route.approval.cascade:
             return replace(switched, cascade=route.approval.cascade)
         return switched
@@ -223,7 +209,7 @@ class AutopilotPolicy:
             else "no compared calls"
         sound, worse = self.hypotheses(route.approval)
         if evidence.llr <= -self.step_back_bound:
-            back = self.previous_route(route)
+            back = step_back(route, self)
             stop = "; the autopilot stops at the frontier" if back.mode == FRONTIER else ""
             return Decision(STEP_BACK, back, (
                 f"autopilot: {agreement} accepts worse (agreement {worse:.1%} or less against the evaluated "
@@ -247,7 +233,7 @@ class AutopilotPolicy:
             return "autopilot waits for a deployment to record what the gate approved"
         if route.mode == FRONTIER:
             return "autopilot waits: nothing is compared on the frontier"
-        back = self.previous_route(route)
+        back = step_back(route, self)
         following = self.next_route(route)
         lines = [f"steps back to {back.label} when the log-likelihood ratio reaches "
                  f"{-self.step_back_bound:+.2f} (now {evidence.llr:+.2f})"]
@@ -265,3 +251,29 @@ def _duration(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}"
     return f"{max(seconds, 0):.0f} s"
+
+
+def _moved(route: Route, stage: Stage) -> Route:
+    """An autopilot's ``route`` moved to ``stage``, in the mode the gate approved (its cascade when it chose one)."""
+    approval = route.approval
+    cascade = approval.cascade if approval and approval.mode == "cascade" else route.cascade
+    return replace(route, mode=stage.mode, canary_percent=stage.percent, cascade=cascade)
+
+
+def step_back(route: Route, policy: AutopilotPolicy) -> Route:
+    """One step towards the frontier: the stage of the rollout (``policy.stages``, the gateway's ``[autopilot]``
+    table) before the route's. The one rule of every step back: the gateway's rollback window, the autopilot's test,
+    live monitoring and ``distillery route back``.
+
+    Below the first stage is the frontier, where the autopilot stops (nothing is compared there). With the default
+    stages: small -> canary 50% -> canary 10% -> shadow -> frontier, and a route a person set between two stages
+    (canary 25%) goes to the stage below it (canary 10%). An autopilot route lands in the mode the gate approved (its
+    cascade); a route a person set keeps its own cascade, and its autopilot stays off.
+    """
+    here = _position(route.mode, route.canary_percent)
+    before = [stage for stage in policy.walk if _position(stage.mode, stage.percent) < here]
+    if not before:
+        return replace(route, mode=FRONTIER, canary_percent=0.0, autopilot=False)
+    if route.autopilot:
+        return _moved(route, before[-1])
+    return replace(route, mode=before[-1].mode, canary_percent=before[-1].percent)
