@@ -47,6 +47,8 @@ def deployed_endpoint(
             "url": dg.MetadataValue.url(endpoint.url) if endpoint else "none",
             "served_model": endpoint.model if endpoint else "none",
             "adapter_path": dg.MetadataValue.path(endpoint.adapter_path) if endpoint else "none",
+            "student_kind": summary.student_kind,
+            **({"serving_note": endpoint.note} if endpoint and endpoint.note else {}),
             "pid": endpoint.pid if endpoint else 0,
             "gateway_route": summary.route.label if summary.route else "unchanged",
             "autopilot": ("on" if summary.route.autopilot else "off") if summary.route else "unchanged",

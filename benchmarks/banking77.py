@@ -16,6 +16,16 @@
    model; escalated: the small model and the frontier at ``--frontier-usd-per-1k``), the small model priced from
    the evaluation's rows/s at ``--serving-usd-per-hour``.
 
+5. ``--students``: instead of the generative student alone, the candidates ``lora_adapter`` trains for a classification
+   workload (``distillery.training.students``): the generative student (the settings above) and a classifier on the
+   bundled all-MiniLM-L6-v2, trained side by side within the one budget, each given the time left divided among
+   those still to train. The calibration rows (``--calibration-per-label``) are the validation split the choice is
+   made on, as ``eval_report`` makes it (``distillery.evaluation.selection``: the cheapest blended cost per 1k whose
+   gate mode, at ``--cascade-margin-points``, would pass); every candidate, and the pair of them (a call covered when
+   both answer the same, each sure of it), is then measured on the test rows. The chosen student is served to 16
+   concurrent callers through the serving engine on the test rows: requests/s, and its answers against the evaluated
+   ones. A table of the candidates, then the JSON.
+
 The last line is one JSON object. ``--quick`` is a tiny run for CI (seconds of training, 77 test rows).
 """
 
@@ -111,7 +121,9 @@ def main() -> None:
     parser.add_argument("--cascade-margin-points", type=float, default=2.0)
     parser.add_argument("--frontier-usd-per-1k", type=float, default=0.30)
     parser.add_argument("--serving-usd-per-hour", type=float, default=1.0)
+    parser.add_argument("--students", action="store_true", help="train and compare the candidate students")
     args = parser.parse_args()
+    args.cascade = args.cascade or args.students  # the students are chosen on the calibration rows
     try:
         data = public_dataset("banking77")
     except DistilleryError as exc:
@@ -141,6 +153,8 @@ def main() -> None:
                             learning_rate=args.learning_rate, warmup_fraction=0.03, epochs=args.epochs,
                             max_seconds=budget_s, batch_size=args.batch_size, label_vocab_loss=True,
                             checkpoint_every=0, max_seq_len=256)
+    if args.students:
+        return print(json.dumps(compare_students(args, base_model, config, to_rows(train), calibration, test, labels)))
     print(f"baseline: Trainer + peft for {args.baseline_steps} steps", flush=True)
     baseline = baseline_tokens_per_s(base_model, train_rows, config, args.baseline_steps)
     print(f"baseline {baseline:.0f} tokens/s; training for up to {budget_s:.0f} s on {len(train_rows)} rows",
@@ -187,6 +201,97 @@ def main() -> None:
         "quick": args.quick,
         **figures,
     }))
+
+
+def compare_students(args, base_model: str, config: TrainingConfig, train_rows: list[dict], calibration: pd.DataFrame,
+                     test: pd.DataFrame, labels: list[str]) -> dict:
+    """``--students`` (the module's docstring)."""
+    from dataclasses import asdict
+
+    from distillery.evaluation import row_agreement, score_answers
+    from distillery.evaluation.gate import GatePolicy
+    from distillery.evaluation.selection import StudentFigures, choose_student, measure_student, pair_figures
+    from distillery.models import BUNDLED_ENCODER
+    from distillery.serving import load_students
+    from distillery.students import CLASSIFIER, GENERATIVE
+    from distillery.training.students import Candidate, candidate_config, train_candidate
+
+    policy = DecodingPolicy(labels=tuple(labels))
+    gate = GatePolicy(max_gap_to_frontier=args.cascade_margin_points / 100, min_test_rows=1, min_calibration_rows=1)
+    settings = {k: v for k, v in asdict(config).items() if k != "max_seconds"}
+    candidates = [Candidate(GENERATIVE, base_model, settings),
+                  Candidate(CLASSIFIER, BUNDLED_ENCODER, {"max_seq_len": 64} if not args.quick else {"epochs": 1.0})]
+    validation = [conversation(t) for t in calibration["text"]]
+    references = list(calibration["category"])
+    tests = [conversation(t) for t in test["text"]]
+    test_labels = list(test["category"])
+
+    def score(references):
+        def scored(answers):
+            headline, ci95, _, _, items = score_answers("classification", references, [g.text for g in answers])
+            return headline, ci95, row_agreement("classification", references, [g.text for g in answers], items)
+        return scored
+
+    budget_s = config.max_seconds
+    figures, answers, test_answers, folders = [], {}, {}, {}
+    with tempfile.TemporaryDirectory() as work:
+        began = time.perf_counter()
+        for position, candidate in enumerate(candidates):
+            share = max(budget_s - (time.perf_counter() - began), 1.0) / (len(candidates) - position)
+            folder = Path(work) / candidate.label
+            print(f"training {candidate.label} for up to {share:.0f} s", flush=True)
+            result = train_candidate(candidate, candidate_config(candidate, share), train_rows, [], folder, policy)
+            folders[candidate.label] = (folder, resolve_base_model(candidate.base_model))
+            row = StudentFigures(candidate.label, candidate.kind, candidate.base_model, "trained")
+            row.test = {"train_seconds": round(result.seconds, 1), "train_steps": result.steps}
+            figures.append(row)
+        for row in figures:
+            student = load_students({row.name: folders[row.name]})[row.name]
+            print(f"measuring {row.name} on {len(validation)} validation rows", flush=True)
+            _, answers[row.name] = measure_student(
+                row, student, validation, score(references), decoding=policy, gate=gate,
+                usd_per_hour=args.serving_usd_per_hour, frontier_usd_per_1k=args.frontier_usd_per_1k, concurrency=16,
+                batch_size=64, max_new_tokens=24)
+            print(f"answering the {len(tests)} test rows with {row.name}", flush=True)
+            began = time.perf_counter()
+            test_answers[row.name] = student.answer(tests, policy=policy, max_new_tokens=24, batch_size=64)
+            seconds = time.perf_counter() - began
+            accuracy = [float(g.text == label) for g, label in zip(test_answers[row.name], test_labels)]
+            threshold = (row.cascade or {}).get("threshold")
+            measure = (row.cascade or {}).get("measure", LABEL_PROBABILITY)
+            covered = [a for g, a in zip(test_answers[row.name], accuracy)
+                       if threshold is not None and g.confidence(measure) >= threshold]
+            coverage = len(covered) / len(accuracy)
+            row.test.update(accuracy=round(statistics.fmean(accuracy), 4), rows_per_s=round(len(tests) / seconds, 1),
+                            coverage=round(coverage, 4),
+                            covered_accuracy=round(statistics.fmean(covered), 4) if covered else None,
+                            blended_usd_per_1k=round(blended_usd_per_1k(coverage, row.small_usd_per_1k or 0.0,
+                                                                        args.frontier_usd_per_1k), 5))
+            del student
+        chosen = choose_student(figures)
+        served = load_students({chosen.name: folders[chosen.name]})[chosen.name].serve(
+            tests, concurrency=16, policy=policy, max_new_tokens=24, batch_size=64)
+        pair = pair_figures(figures[0], figures[1], test_answers[figures[0].name], test_answers[figures[1].name],
+                            [float(g.text == label) for g, label in zip(test_answers[figures[0].name], test_labels)],
+                            gate, args.frontier_usd_per_1k)
+    print(f"| student | train s | validation accuracy | mode | served rps | test accuracy | coverage | covered "
+          f"accuracy | blended $/1k | chosen |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---|")
+    for row in figures:
+        t = row.test
+        print(f"| {row.name} ({row.kind}) | {t['train_seconds']} | {row.headline:.4f} | {row.mode} | "
+              f"{row.requests_per_s:.1f} | {t['accuracy']} | {t['coverage']} | {t['covered_accuracy']} | "
+              f"{t['blended_usd_per_1k']} | {'yes' if row.chosen else 'no'}: {row.reason} |", flush=True)
+    print(f"pair (on the test rows): {pair}", flush=True)
+    return {"chosen": chosen.name, "candidates": [row.as_dict() for row in figures], "pair_on_test": pair,
+            "accuracy": chosen.test["accuracy"], "coverage": chosen.test["coverage"],
+            "covered_accuracy": chosen.test["covered_accuracy"], "blended_usd_per_1k": chosen.test["blended_usd_per_1k"],
+            "frontier_usd_per_1k": args.frontier_usd_per_1k,
+            "cheaper_than_frontier": round(args.frontier_usd_per_1k / chosen.test["blended_usd_per_1k"], 1)
+            if chosen.test["blended_usd_per_1k"] else None,
+            "served_rps_c16": round(served.requests_per_s, 1),
+            "served_answers_match_eval": round(statistics.fmean(
+                float(s.text == e.text) for s, e in zip(served.generations, test_answers[chosen.name])), 4),
+            "test_rows": len(tests), "quick": args.quick}
 
 
 def cascade_figures(calibrated, calibration_labels, generations, test_labels, args, small_usd_per_1k: float) -> dict:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import asdict, dataclass
+import shutil
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -18,11 +19,12 @@ from datasets import DatasetDict, load_from_disk
 
 from distillery import curation, evaluation, monitoring, serving, training
 from distillery.errors import DistilleryError
-from distillery.evaluation import CostSettings, GatePolicy, compare_costs, small_model_figures
+from distillery.evaluation import CostSettings, GatePolicy, compare_costs, frontier_figures, small_model_figures
 from distillery.routing import CANARY, FRONTIER, SHADOW, SMALL, Approval, AutopilotPolicy, Route, RouteStore, step_back
 from distillery.serving import Endpoint, Endpoints
 from distillery.settings import validate_workload
 from distillery.store import STATUS_OK, Artifact, ArtifactStore, LogStore, load_snapshot, save_snapshot
+from distillery.students import GENERATIVE, StudentCard
 from distillery.tasks import POLICY_FILE, Cascade, DecodingPolicy
 from distillery.training.recipes import recipe_for
 from distillery.training import CHALLENGER, CHAMPION, MODEL_ARTIFACT_PATH, Tracker, registered_model_name
@@ -116,10 +118,8 @@ def build_curated_dataset(artifacts: ArtifactStore, workload: str, *, seed: int,
 @dataclass
 class AdapterSummary:
     artifact: Artifact
-    run_id: str
-    model_version: str
-    registered_model: str
-    result: training.TrainingResult
+    run_id: str  # the training's parent run; each candidate has a child run of its own
+    candidates: list[dict]  # per candidate: name, kind, base_model, status, its training figures and run
 
 
 def _decoding_policy(curated_manifest: dict) -> DecodingPolicy:
@@ -129,26 +129,43 @@ def _decoding_policy(curated_manifest: dict) -> DecodingPolicy:
                                    curated_manifest.get("json_schema"), curated_manifest.get("copied_fields") or ())
 
 
-def _adapter_policy(adapter: Artifact) -> DecodingPolicy:
-    policy = DecodingPolicy.load(adapter.path / "adapter")
+def _student_policy(folder: Path, needed_by: str) -> DecodingPolicy:
+    policy = DecodingPolicy.load(folder)
     if policy is None:
         raise DistilleryError(
-            f"lora_adapter {adapter.version} has no {POLICY_FILE} beside its weights (it was trained before "
-            "decoding policies were recorded): rematerialize lora_adapter")
+            f"the student in {folder} has no {POLICY_FILE} beside its weights (it was trained before decoding "
+            f"policies were recorded), so {needed_by} refuses it: rematerialize lora_adapter")
     return policy
+
+
+def student_folder(adapter: Artifact, name: str | None = None) -> Path:
+    """A trained candidate's folder in a lora_adapter version (one trained before candidates: its ``adapter``)."""
+    return adapter.path / CANDIDATES / name if name and (adapter.path / CANDIDATES / name).is_dir() \
+        else adapter.path / "adapter"
+
+
+CANDIDATES = "candidates"  # beside a lora_adapter version's manifest: one folder per trained candidate
 
 
 def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, base_model: str,
                   settings: dict, run_tags: dict[str, str],
                   on_step: training.StepCallback | None = None,
                   log: Callable[[str], None] = lambda message: None,
-                  dataset_version: str | None = None) -> AdapterSummary:
-    """Train on the latest curated dataset; record the run and a new model version in MLflow.
+                  dataset_version: str | None = None, candidates: list[dict] | None = None) -> AdapterSummary:
+    """Train the workload's candidate students side by side on the latest curated dataset (the task's default list,
+    or ``candidates``: ``training.students.parse_candidates``), each in an MLflow run nested under one run for the
+    dataset version; evaluation then chooses among them on the validation split.
 
-    ``settings`` are the ``TrainingConfig`` fields the run sets; the rest come from the task's recipe
-    (``training.recipes``), then the defaults. A crashed training of the same dataset version resumes from its
-    last checkpoint (kept under the artifact root until the run finishes); the new MLflow run says so in its tags.
+    ``settings`` are the ``TrainingConfig`` fields the run sets, for the generative student (the rest come from the
+    task's recipe, ``training.recipes``, then the defaults); its ``max_seconds`` is the budget of all candidates
+    together. A candidate that fails to train (an error, out of memory) is recorded as failed, in its run and the
+    artifact, and the others go on; the step fails only when none trained. A crashed generative training of the same
+    dataset version resumes from its last checkpoint; its run says so in its tags.
     """
+    import time
+
+    from distillery.training.students import check_candidates, default_candidates, parse_candidates, train_candidate
+
     curated = _upstream(artifacts, workload, CURATED, dataset_version, ADAPTER)
     dataset = load_from_disk(str(curated.path / "dataset"))
     source = curated.manifest
@@ -160,98 +177,222 @@ def train_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, bas
         "distillery.log_id_range": f"{source['first_log_id']}-{source['last_log_id']}",
     }
     decoding = _decoding_policy(source)
-    config = training.TrainingConfig(**{**recipe_for(source["task"], len(dataset["train"])), **settings})
+    settings = dict(settings)
+    budget = float(settings.pop("max_seconds", 0) or 0)
+    listed = parse_candidates(candidates, base_model) if candidates else default_candidates(source["task"], base_model)
+    listed = [replace(c, settings={**settings, **c.settings}) if c.kind == GENERATIVE else c for c in listed]
+    usable, ruled_out = check_candidates(listed, source["task"], decoding)
+    recipe = recipe_for(source["task"], len(dataset["train"]))
     checkpoint_dir = artifacts.scratch(workload, "checkpoints") / curated.version
+    records = [{**c.record(), "status": f"skipped: {ruled_out[c.label]}"} for c in listed if c.label in ruled_out]
     with tracker.run(workload, run_name=f"{workload}-{curated.version[:16]}", tags=tags) as run_id:
-        tracker.log_params(run_id, {**asdict(config), "base_model": base_model,
+        tracker.log_params(run_id, {"candidates": ", ".join(c.label for c in usable), "budget_seconds": budget,
                                     "train_rows": len(dataset["train"]), "validation_rows": len(dataset["validation"])})
         tracker.log_dataset(run_id, f"{workload}-curated", source["content_hash"], str(curated.path / "dataset"),
                             {split: len(rows) for split, rows in dataset.items()})
-
-        def record_step(step: int, total: int, loss: float) -> None:
-            tracker.log_metrics(run_id, {"train_loss": loss}, step=step)
-            if on_step:
-                on_step(step, total, loss)
-
         manifest = {"base_model": base_model, "dataset_version": curated.version, "mlflow_run_id": run_id,
-                    "tracking_uri": tracker.tracking_uri, **{k.removeprefix("distillery."): v for k, v in tags.items()}}
+                    "tracking_uri": tracker.tracking_uri, "decoding_policy": decoding.record(),
+                    **{k.removeprefix("distillery."): v for k, v in tags.items()}}
         with artifacts.publish(workload, ADAPTER, manifest) as folder:
-            result = training.train_lora(dataset["train"], dataset["validation"], base_model, folder / "adapter",
-                                         config, on_step=record_step, checkpoint_dir=checkpoint_dir,
-                                         labels=list(decoding.labels) or None, log=log)
-            decoding.save(folder / "adapter")  # evaluation, the model server and the gateway decode by it
-            if result.resumed_from_step:
-                tracker.set_tag(run_id, "distillery.resumed_from_step", str(result.resumed_from_step))
-            # CPU and memory over time come from MLflow's system-metrics monitor (Tracker.run), not from here.
-            metrics = {"train_loss_mean_last_10_steps": result.final_train_loss, "train_seconds": result.seconds,
-                       "tokens_per_s": result.tokens_per_s, "train_tokens": result.train_tokens}
-            tracker.log_series(run_id, "validation_loss", result.validation_curve)
-            tracker.log_metrics(run_id, metrics, step=result.steps)
-            model = serving.save_adapter_model(folder / "adapter", base_model,
-                                               artifacts.scratch(workload, "mlflow-model") / run_id)
-            tracker.log_artifacts(run_id, model, MODEL_ARTIFACT_PATH)
-            version = tracker.register_adapter(workload, run_id, tags)
-            tracker.describe(run_id, _run_description(workload, curated, version))
-            tracker.set_alias(workload, CHALLENGER, version)
-            manifest["model_version"] = version
-    return AdapterSummary(artifacts.latest(workload, ADAPTER), run_id, version, registered_model_name(workload), result)
+            began = time.monotonic()
+            for position, candidate in enumerate(usable):
+                left = budget - (time.monotonic() - began)
+                share = max(left, 1.0) / (len(usable) - position) if budget else 0.0
+                log(f"training candidate {candidate.label} ({candidate.kind} on {candidate.base_model})"
+                    + (f" for up to {share:.0f} s" if budget else ""))
+                records.append(_train_candidate(tracker, workload, run_id, tags, candidate, dataset, folder, decoding,
+                                                share, recipe, checkpoint_dir, artifacts, on_step, log))
+            trained = [r for r in records if r["status"] == "trained"]
+            if not trained:
+                raise DistilleryError(f"workload {workload!r}: no candidate student trained: "
+                                      + "; ".join(f"{r['name']}: {r['status']}" for r in records))
+            (folder / "candidates.json").write_text(json.dumps(records, indent=2))
+            manifest["candidates"] = records
+            tracker.describe(run_id, _run_description(workload, curated, records))
+    return AdapterSummary(artifacts.latest(workload, ADAPTER), run_id, records)
 
 
-def _run_description(workload: str, curated: Artifact, version: str, verdict: str | None = None,
-                     headline: str | None = None) -> str:
-    """The MLflow run's description: what was trained on what, and what the gate said."""
+def _train_candidate(tracker: Tracker, workload: str, parent_run_id: str, tags: dict[str, str], candidate,
+                     dataset: DatasetDict, folder: Path, decoding: DecodingPolicy, budget_seconds: float, recipe: dict,
+                     checkpoint_dir: Path, artifacts: ArtifactStore, on_step: training.StepCallback | None,
+                     log: Callable[[str], None]) -> dict:
+    """One candidate in its own MLflow run under the training's: its params, curves and MLflow model; a record of
+    it for the artifact (its status says whether it trained)."""
+    from distillery.models import resolve_base_model
+    from distillery.training.students import candidate_config, train_candidate
+
+    record = {**candidate.record(), "status": "trained"}
+    child_tags = {**tags, "distillery.student": candidate.label, "distillery.student_kind": candidate.kind,
+                  "distillery.base_model": candidate.base_model}
+    try:
+        with tracker.run(workload, run_name=f"{workload}-{candidate.label}", tags=child_tags,
+                         parent_run_id=parent_run_id) as child:
+            record["mlflow_run_id"] = child
+            config = candidate_config(candidate, budget_seconds, recipe)
+            tracker.log_params(child, {"kind": candidate.kind, "base_model": candidate.base_model, **asdict(config)})
+
+            def record_step(step: int, total: int, loss: float) -> None:
+                tracker.log_metrics(child, {"train_loss": loss}, step=step)
+                if on_step:
+                    on_step(step, total, loss)
+
+            student = folder / CANDIDATES / candidate.label
+            try:
+                result = train_candidate(candidate, config, dataset["train"], dataset["validation"], student,
+                                         decoding, record_step, checkpoint_dir / candidate.label, log)
+            except Exception as exc:
+                tracker.set_tag(child, "distillery.error", f"{type(exc).__name__}: {exc}"[:5000])
+                raise
+            figures = {"train_seconds": round(result.seconds, 1), "steps": result.steps,
+                       "train_loss_mean_last_10_steps": round(result.final_train_loss, 4),
+                       "validation_loss": round(result.validation_loss, 4) if result.validation_loss is not None
+                       else None, "device": result.device}
+            if getattr(result, "resumed_from_step", 0):
+                tracker.set_tag(child, "distillery.resumed_from_step", str(result.resumed_from_step))
+            tracker.log_series(child, "validation_loss", getattr(result, "validation_curve", []))
+            tracker.log_metrics(child, {k: v for k, v in figures.items() if isinstance(v, (int, float))},
+                                step=result.steps)
+            model = serving.save_adapter_model(student, resolve_base_model(candidate.base_model),
+                                               artifacts.scratch(workload, "mlflow-model") / child)
+            tracker.log_artifacts(child, model, MODEL_ARTIFACT_PATH)
+            record.update(figures)
+    except Exception as exc:  # noqa: BLE001 - a candidate that fails is recorded; the others go on
+        log(f"candidate {candidate.label} failed: {type(exc).__name__}: {exc}")
+        shutil.rmtree(folder / CANDIDATES / candidate.label, ignore_errors=True)
+        record["status"] = f"failed: {type(exc).__name__}: {exc}"[:2000]
+    return record
+
+
+def _run_description(workload: str, curated: Artifact, candidates: list[dict], version: str | None = None,
+                     verdict: str | None = None, headline: str | None = None) -> str:
+    """The training run's description: what was trained on what, which student evaluation chose, and the gate."""
     source = curated.manifest
-    gate = "not evaluated yet." if verdict is None else f"**{verdict}**" + (f" ({headline})" if headline else "")
-    return (f"Workload **{workload}**, model version {version}: LoRA fine-tune on dataset version "
-            f"`{curated.version}` ({source['train']} train rows, log ids "
-            f"{source['first_log_id']}-{source['last_log_id']}, content hash `{source['content_hash']}`).\n\n"
-            f"Gate: {gate}")
+    students = ", ".join(f"{c['name']} ({c['kind']} on {c['base_model']}: {c['status']})" for c in candidates)
+    gate = "not evaluated yet." if verdict is None else (
+        f"model version {version}, **{verdict}**" + (f" ({headline})" if headline else ""))
+    return (f"Workload **{workload}**: candidate students {students}, trained on dataset version `{curated.version}` "
+            f"({source['train']} train rows, log ids {source['first_log_id']}-{source['last_log_id']}, content hash "
+            f"`{source['content_hash']}`).\n\nEvaluation: {gate}")
 
 
-def _champion_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str,
-                      candidate_version: str) -> tuple[str, Path] | None:
-    """The current champion's model version and adapter folder (the artifact store's copy, else MLflow's)."""
+def _champion_student(artifacts: ArtifactStore, tracker: Tracker, workload: str,
+                      candidate_version: str) -> tuple[str, Path, str] | None:
+    """The current champion's model version, student folder (the artifact store's copy, else MLflow's) and base."""
     version = tracker.alias_version(workload, CHAMPION)
     if version is None or version == candidate_version:
         return None
-    for adapter_version in reversed(artifacts.versions(workload, ADAPTER)):
-        adapter = artifacts.get(workload, ADAPTER, adapter_version)
-        if adapter.manifest.get("model_version") == version and (adapter.path / "adapter").is_dir():
-            return version, adapter.path / "adapter"
-    return version, tracker.download_adapter(workload, version, artifacts.scratch(workload, "champion-download"))
+    for report_version in reversed(artifacts.versions(workload, REPORT)):
+        verdict = artifacts.get(workload, REPORT, report_version).manifest
+        if verdict.get("model_version") != version:
+            continue
+        adapter = artifacts.get(workload, ADAPTER, verdict["adapter_version"])
+        folder = student_folder(adapter, verdict.get("student"))
+        if folder.is_dir():
+            return version, folder, verdict.get("student_base_model") or adapter.manifest["base_model"]
+    folder = tracker.download_adapter(workload, version, artifacts.scratch(workload, "champion-download"))
+    card = StudentCard.load(folder)
+    return version, folder, card.base_model if card else tracker.version_tag(workload, version, "distillery.base_model")
+
+
+def _trained_candidates(adapter: Artifact) -> list[dict]:
+    """A lora_adapter version's candidates; one trained before candidates holds its generative adapter alone."""
+    trained = adapter.manifest
+    return trained.get("candidates") or [{"name": None, "kind": GENERATIVE, "base_model": trained["base_model"],
+                                          "status": "trained", "mlflow_run_id": trained["mlflow_run_id"]}]
 
 
 def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, *, policy: GatePolicy,
                      costs: CostSettings = CostSettings(), batch_size: int, serving_concurrency: int = 16,
                      judge: evaluation.Judge | None = None, on_progress: Progress = _quiet,
                      adapter_version: str | None = None) -> tuple[Artifact, evaluation.EvalReport]:
-    """Score the latest adapter, its base model and the champion on the held-out split it was never trained on,
-    each decoded under the adapter's decoding policy; measure the adapter as the serving engine answers it under
+    """Choose the student among the trained candidates on the validation split (``evaluation.selection``: the
+    cheapest whose gate mode would pass there), register it as a new model version (alias ``challenger``), then score
+    it, its base model (a generative student's) and the champion on the held-out test split it was never trained or
+    chosen on, each decoded under the decoding policy; measure it as the serving engine answers it under
     ``serving_concurrency`` concurrent callers; cost both sides from the logged traffic; record the gate's decision.
+    Every candidate's figures on both splits are in the report, side by side.
     """
+    from distillery.evaluation.selection import StudentFigures, choose_student, measure_student, pair_figures
+    from distillery.models import resolve_base_model
+
     adapter = _upstream(artifacts, workload, ADAPTER, adapter_version, REPORT)
     trained = adapter.manifest
     curated = artifacts.get(workload, CURATED, trained["dataset_version"])
     splits = load_from_disk(str(curated.path / "dataset"))
-    decoding = _adapter_policy(adapter)
-    champion = _champion_adapter(artifacts, tracker, workload, trained["model_version"])
+    task = curated.manifest["task"]
+    raw = load_snapshot(artifacts.get(workload, RAW, curated.manifest["raw_version"]).path / "rows.parquet")
+    frontier_rows = raw[raw["status"] == STATUS_OK]
+    validation = splits["validation"]
+    conversations = [row["messages"][:-1] for row in validation]
+    references = [row["messages"][-1]["content"] for row in validation]
+    # For selection only: ~4 characters a token where the log holds neither costs nor tokens (imported logs).
+    frontier_1k = frontier_figures(frontier_rows, price=costs.frontier_price, estimated_tokens=(
+        statistics.fmean(len(json.dumps(c)) / 4 for c in conversations) if conversations else 0.0,
+        statistics.fmean(len(r) / 4 for r in references) if references else 0.0)).usd_per_1k_requests
+
+    def score(answers) -> tuple[float, tuple[float, float], list[float]]:
+        headline, ci95, _, _, items = evaluation.score_answers(task, references, [g.text for g in answers])
+        return headline, ci95, evaluation.row_agreement(task, references, [g.text for g in answers], items)
+
+    figures, answers, bases = [], {}, {}
+    for record in _trained_candidates(adapter):
+        row = StudentFigures(record["name"] or "generative", record["kind"], record["base_model"], record["status"],
+                             mlflow_run_id=record.get("mlflow_run_id"))
+        figures.append(row)
+        if row.status != "trained":
+            continue
+        folder = student_folder(adapter, record["name"])
+        bases[row.name] = (folder, resolve_base_model(record["base_model"]))
+        on_progress(f"measuring candidate {row.name} ({row.kind}) on {len(conversations)} validation rows")
+        student = serving.load_students({row.name: bases[row.name]})[row.name]
+        decoding = _student_policy(folder, REPORT)
+        _, answers[row.name] = measure_student(
+            row, student, conversations, score, decoding=decoding, gate=policy, usd_per_hour=costs.serving_usd_per_hour,
+            frontier_usd_per_1k=frontier_1k, concurrency=serving_concurrency, batch_size=batch_size,
+            max_new_tokens=64)
+        del student
+    chosen = choose_student(figures) if len(conversations) else next(f for f in figures if f.status == "trained")
+    measured = [f for f in figures if f.name in answers]
+    pair = pair_figures(measured[0], measured[1], answers[measured[0].name], answers[measured[1].name],
+                        score(answers[measured[0].name])[2], policy, frontier_1k) if len(measured) >= 2 else None
+    folder, base_model = bases[chosen.name]
+    decoding = _student_policy(folder, REPORT)
+    version_tags = {key: value for key, value in tracker.run_tags(trained["mlflow_run_id"]).items()
+                    if key.startswith(("distillery.", "dagster."))}
+    version = tracker.register_adapter(workload, chosen.mlflow_run_id, {
+        **version_tags, "distillery.adapter_version": adapter.version, "distillery.student": chosen.name,
+        "distillery.student_kind": chosen.kind, "distillery.base_model": chosen.base_model})
+    tracker.set_alias(workload, CHALLENGER, version)
+
+    champion = _champion_student(artifacts, tracker, workload, version)
+    students = serving.load_students({evaluation.CANDIDATE: (folder, base_model),
+                                      **({evaluation.CHAMPION: champion[1:]} if champion else {})},
+                                     base=evaluation.BASE if chosen.kind == GENERATIVE else None)
     report, outputs = evaluation.evaluate(
-        splits["test"], splits["validation"], workload, trained["base_model"], adapter.path / "adapter",
-        task=curated.manifest["task"],
-        policy=policy, champion=champion, batch_size=batch_size, on_progress=on_progress, decoding=decoding,
-        serving_concurrency=serving_concurrency, judge=judge)
+        splits["test"], validation, workload, students, task=task,
+        policy=policy, champion_version=champion[0] if champion else None, batch_size=batch_size,
+        on_progress=on_progress, decoding=decoding, serving_concurrency=serving_concurrency, judge=judge)
+    del students
+    _test_figures(figures, chosen, report, bases, splits["test"], task, decoding, batch_size, on_progress)
+    report.students, report.pair = [f.as_dict() for f in figures], pair
     served = outputs.served.generations
     small = small_model_figures([g.latency_ms for g in served], [g.prompt_tokens for g in served],
                                 [g.completion_tokens for g in served], outputs.served.requests_per_s,
                                 usd_per_hour=costs.serving_usd_per_hour, concurrency=serving_concurrency)
-    raw = load_snapshot(artifacts.get(workload, RAW, curated.manifest["raw_version"]).path / "rows.parquet")
     estimated = (statistics.fmean(g.prompt_tokens for g in served), statistics.fmean(outputs.reference_tokens))
     coverage = report.gate.cascade["coverage"] if report.gate.cascade else 1.0
-    report.operations = compare_costs(raw[raw["status"] == STATUS_OK], small, estimated_frontier_tokens=estimated,
-                                      settings=costs, coverage=coverage)
+    report.operations = compare_costs(frontier_rows, small, estimated_frontier_tokens=estimated, settings=costs,
+                                      coverage=coverage)
     calibration = report.calibration
 
-    run_id = trained["mlflow_run_id"]
+    run_id = chosen.mlflow_run_id
+    for row in figures:  # every candidate's figures on its own run: MLflow's compare view shows them side by side
+        if row.status == "trained":
+            tracker.log_metrics(row.mlflow_run_id, {key: value for key, value in {
+                "validation_headline": row.headline, "validation_coverage": row.coverage,
+                "served_requests_per_s": row.requests_per_s, "blended_usd_per_1k": row.blended_usd_per_1k,
+                "test_headline": row.test.get("headline"), "chosen": float(row.chosen)}.items() if value is not None})
+            tracker.set_tag(row.mlflow_run_id, "distillery.selection", row.reason)
     candidate = report.candidate
     tracker.log_metrics(run_id, {
         "eval_headline": candidate.headline,
@@ -259,7 +400,7 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
         "eval_headline_ci95_low": candidate.headline_ci95[0],
         "eval_headline_ci95_high": candidate.headline_ci95[1],
         "eval_agreement": candidate.agreement,
-        "eval_base_headline": report.scores[evaluation.BASE].headline,
+        **({"eval_base_headline": report.scores[evaluation.BASE].headline} if evaluation.BASE in report.scores else {}),
         "eval_rows_per_s": candidate.rows_per_s,
         "eval_served_requests_per_s": report.serving.requests_per_s,
         "eval_served_latency_ms_p50": report.serving.latency_ms_p50,
@@ -276,7 +417,8 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
     })
     history = tracker.metric_by_version(workload, "eval_headline")
     markdown = report.markdown()
-    manifest = {"adapter_version": adapter.version, "model_version": trained["model_version"],
+    manifest = {"adapter_version": adapter.version, "model_version": version, "student": chosen.name,
+                "student_kind": chosen.kind, "student_base_model": base_model,
                 "mlflow_run_id": run_id, "passed": report.passed, "headline_metric": report.headline_metric,
                 "headline": candidate.headline, "probe_messages": splits["test"][0]["messages"][:-1],
                 "decoding_policy": decoding.record(),
@@ -298,9 +440,34 @@ def evaluate_adapter(artifacts: ArtifactStore, tracker: Tracker, workload: str, 
         evaluation.coverage_curve_png(calibration, folder / "plots" / "coverage_curve.png")
         tracker.log_artifacts(run_id, folder / "plots", "eval_plots")
     tracker.log_text(run_id, markdown, "eval_report.md")
-    tracker.describe(run_id, _run_description(workload, curated, trained["model_version"], report.verdict,
-                                              f"{report.headline_metric} {candidate.headline:.3f}"))
+    tracker.describe(trained["mlflow_run_id"], _run_description(
+        workload, curated, _trained_candidates(adapter), version, report.verdict,
+        f"{chosen.name}, {report.headline_metric} {candidate.headline:.3f}"))
     return artifacts.latest(workload, REPORT), report
+
+
+def _test_figures(figures: list, chosen, report: evaluation.EvalReport, bases: dict[str, tuple[Path, str]], test,
+                  task: str, decoding: DecodingPolicy, batch_size: int, on_progress: Progress) -> None:
+    """Each candidate's headline and cascade coverage on the test split, for the report's table: the chosen one's from
+    the report, the others' answered here (after the choice, which never reads them)."""
+    from distillery.evaluation.selection import CASCADE
+
+    conversations = [row["messages"][:-1] for row in test]
+    references = [row["messages"][-1]["content"] for row in test]
+    for row in figures:
+        if row.status != "trained":
+            continue
+        if row is chosen:
+            row.test = {"headline": report.candidate.headline,
+                        **({"coverage": report.calibration.test.coverage} if report.calibration.test else {})}
+            continue
+        on_progress(f"answering the test split with candidate {row.name} for the report's table")
+        student = serving.load_students({row.name: bases[row.name]})[row.name]
+        answers = student.answer(conversations, policy=decoding, max_new_tokens=64, batch_size=batch_size)
+        row.test = {"headline": evaluation.score_answers(task, references, [g.text for g in answers])[0]}
+        cascade = Cascade.from_record(row.cascade)
+        if cascade and row.mode == CASCADE:
+            row.test["coverage"] = sum(g.confidence(cascade.measure) >= cascade.threshold for g in answers) / len(answers)
 
 
 @dataclass
@@ -310,12 +477,13 @@ class DeploySummary:
     model_version: str
     endpoint: Endpoint | None
     route: Route | None = None
+    student_kind: str = GENERATIVE
 
 
 def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: Endpoints, workload: str,
                    routes: RouteStore | None = None, *, adapter_version: str | None = None,
                    report_version: str | None = None) -> DeploySummary:
-    """Serve the latest adapter and make it champion, if and only if its report passed.
+    """Serve the student the eval report chose and make it champion, if and only if the report passed.
 
     With ``routes``, the workload's gateway route points at the new endpoint: a workload still
     on the frontier starts in shadow; one already further along keeps its mode.
@@ -329,10 +497,12 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: Endpoi
             f"not lora_adapter {adapter.version}: materialize eval_report before deploying"
         )
     reason = json.loads((report.path / "report.json").read_text())["verdict"]
-    version = adapter.manifest["model_version"]
+    version = verdict["model_version"]
     if not verdict["passed"]:
-        return DeploySummary(False, reason, version, endpoints.current(workload))
-    decoding = _adapter_policy(adapter)
+        return DeploySummary(False, reason, version, endpoints.current(workload),
+                             student_kind=verdict.get("student_kind", GENERATIVE))
+    folder = student_folder(adapter, verdict.get("student"))
+    decoding = _student_policy(folder, DEPLOYED)
     evaluated_under = verdict.get("decoding_policy", "missing")
     if evaluated_under == "missing" or DecodingPolicy.from_structured_outputs(evaluated_under) != decoding:
         raise DistilleryError(
@@ -341,7 +511,7 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: Endpoi
     cascade = Cascade.from_record(verdict.get("cascade"))  # the mode the gate approved travels with the route
     approval = Approval(verdict.get("mode", "full"), verdict["agreement"], cascade, version) \
         if "agreement" in verdict else None
-    endpoint = endpoints.deploy(workload, adapter.manifest["base_model"], adapter.path / "adapter",
+    endpoint = endpoints.deploy(workload, verdict.get("student_base_model") or adapter.manifest["base_model"], folder,
                                 model_name=f"{workload}-v{version}", probe_messages=verdict["probe_messages"],
                                 policy=decoding, needs_confidence=cascade is not None)
     tracker.promote(workload, version)
@@ -353,7 +523,7 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: Endpoi
                                  endpoint.model, decoding, cascade, autopilot=bool(current and current.autopilot),
                                  approval=approval),
                            f"deployed model version {version} ({verdict.get('mode', 'full')})")
-    return DeploySummary(True, reason, version, endpoint, route)
+    return DeploySummary(True, reason, version, endpoint, route, verdict.get("student_kind", GENERATIVE))
 
 
 LIVE = "live_monitoring"

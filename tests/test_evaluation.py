@@ -3,6 +3,7 @@ from datasets import Dataset
 
 from distillery.evaluation import (ChampionComparison, CostComparison, EvalReport, GatePolicy, ModelScore,
                                    SideFigures, check, choose, decide, evaluate, interval95)
+from distillery.serving import load_students
 from distillery.tasks import DecodingPolicy, normalize_answer
 
 
@@ -136,9 +137,9 @@ def test_evaluate_scores_base_and_adapter_against_the_frontier(tiny_model_dir, t
     rows = [{"log_id": i, "messages": [{"role": "user", "content": f"ticket {i}"},
                                        {"role": "assistant", "content": ["billing", "shipping"][i % 2]}]}
             for i in range(6)]
-    report, outputs = evaluate(Dataset.from_list(rows), None, "triage", tiny_model_dir, tiny_adapter_dir,
-                               task="free_text", policy=GatePolicy(max_gap_to_frontier=1.0, min_test_rows=6),
-                               batch_size=4)
+    students = load_students({"fine-tuned": (tiny_adapter_dir, tiny_model_dir)}, base="base")
+    report, outputs = evaluate(Dataset.from_list(rows), None, "triage", students, task="free_text",
+                               policy=GatePolicy(max_gap_to_frontier=1.0, min_test_rows=6), batch_size=4)
     assert report.rows == 6 and set(report.scores) == {"base", "fine-tuned"}
     assert set(report.candidate.metrics) == {"rouge_l", "chrf", "embedding_similarity"}
     assert report.headline_metric == "embedding_similarity" and len(outputs.generations["base"]) == 6
@@ -160,10 +161,12 @@ def test_constrained_decoding_answers_only_with_a_label(tiny_model_dir, tiny_ada
     rows = [{"log_id": i, "messages": [{"role": "user", "content": f"ticket {i}"},
                                        {"role": "assistant", "content": ["billing", "shipping"][i % 2]}]}
             for i in range(6)]
-    report, _ = evaluate(Dataset.from_list(rows), Dataset.from_list(rows * 2), "triage", tiny_model_dir,
-                         tiny_adapter_dir, task="classification", batch_size=4,
+    students = load_students({"fine-tuned": (tiny_adapter_dir, tiny_model_dir),
+                              "champion": (tiny_adapter_dir, tiny_model_dir)}, base="base")
+    report, _ = evaluate(Dataset.from_list(rows), Dataset.from_list(rows * 2), "triage", students,
+                         task="classification", batch_size=4,
                          decoding=DecodingPolicy(labels=("billing", "shipping", "refund request")),
-                         champion=("1", tiny_adapter_dir), policy=GatePolicy(min_test_rows=6, min_calibration_rows=12))
+                         champion_version="1", policy=GatePolicy(min_test_rows=6, min_calibration_rows=12))
     # Even the untrained base model, which otherwise never says a label, now says exactly one.
     assert all(ex[name] in ("billing", "shipping", "refund request") for ex in report.examples
                for name in ("base", "fine-tuned"))

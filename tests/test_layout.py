@@ -12,7 +12,7 @@ import pytest
 CORE = Path(__file__).resolve().parents[1] / "distillery"
 STAGES = ["store", "capture", "gateway", "curation", "training", "evaluation", "serving", "routing", "monitoring", "fleet",
           "demo"]
-SHARED = {"errors", "settings", "tasks", "grounding", "models", "wire", "pricing"}
+SHARED = {"errors", "settings", "tasks", "grounding", "models", "wire", "pricing", "students"}
 
 # What each part of the core may import besides the shared modules; the same table is in docs/architecture.md.
 ALLOWED = {

@@ -28,7 +28,10 @@ from pipelines.definitions import defs
 from resources import (ArtifactsResource, GatewayResource, JudgeResource, LogStoreResource, MlflowResource,
                        ServingResource, TrainerResource, WorkerLauncherResource)
 
-FAST_TRAINING = {"lora_adapter": {"config": {"max_steps": 3, "batch_size": 8, "rank": 4, "alpha": 8}}}
+# The generative student alone: these tests follow its path through the lifecycle (test_students_side_by_side, below,
+# trains a classifier beside it).
+FAST_TRAINING = {"lora_adapter": {"config": {"max_steps": 3, "batch_size": 8, "rank": 4, "alpha": 8,
+                                             "candidates": [{"kind": "generative"}]}}}
 
 
 def _ops(max_gap_points: float) -> dict:
@@ -94,8 +97,13 @@ def test_the_whole_lifecycle_twice(resources, instance):
     raw = _metadata(first, raw_llm_logs)
     assert raw["rows"] == 80 and raw["error_rows"] == 0
     trained = _metadata(first, lora_adapter)
-    assert trained["model_version"] == "1" and trained["steps"] == 3
+    assert trained["trained"] == 1 and trained["failed"] == 0 and trained["student_kinds"].startswith("generative: ")
+    assert "| generative | generative |" in trained["candidates"] and "| trained | 3 |" in trained["candidates"]
+    tracker = Tracker()
+    [child] = tracker.client.search_runs([tracker.client.get_run(trained["mlflow_run_id"]).info.experiment_id],
+                                         f"tags.mlflow.parentRunId = '{trained['mlflow_run_id']}'")
     report = _metadata(first, eval_report)
+    assert (report["model_version"], report["student"], report["student_kind"]) == ("1", "generative", "generative")
     assert "| fine-tuned |" in report["report"] and report["passed"] is True
     # a few validation rows: no cascade threshold is chosen from them, and the report says so
     assert report["gate_mode"] == "full" and "under the 100 a threshold is chosen from" in report["cascade_note"]
@@ -103,9 +111,10 @@ def test_the_whole_lifecycle_twice(resources, instance):
     # Plots are embedded, so they render in the UI on any machine; links go to the MLflow UI.
     assert report["plot_confusion_matrix"].startswith("![confusion_matrix](data:image/png;base64,iVBOR")
     assert 0 <= report["fine_tuned_macro_f1"] <= 1
-    assert report["mlflow_run"].endswith(f"/runs/{trained['mlflow_run_id']}") and report["mlflow_run"].startswith(
+    assert report["mlflow_run"].endswith(f"/runs/{child.info.run_id}") and report["mlflow_run"].startswith(
         "http://127.0.0.1:5001/#/experiments/")
-    assert trained["mlflow_model_version"].endswith(f"/#/models/{registered_model_name(WORKLOAD)}/versions/1")
+    assert report["mlflow_model_version"].endswith(f"/#/models/{registered_model_name(WORKLOAD)}/versions/1")
+    assert "| generative | generative |" in report["students"] and "**yes**" in report["students"]
     assert report["headline_metric"] == "accuracy" and "champion_headline" not in report
     # The demo's gateway logged a cost per call; the local model costs its measured share of a $1/hour machine.
     assert report["frontier_usd_per_1k"] > 0 and report["small_model_usd_per_1k"] > 0
@@ -133,11 +142,12 @@ def test_the_whole_lifecycle_twice(resources, instance):
     # The server applies the label policy recorded beside the adapter, as evaluation did: a label, never free text.
     assert answer.choices[0].message.content in QUEUES
 
-    tracker = Tracker()
-    run = tracker.client.get_run(trained["mlflow_run_id"])
-    assert run.data.tags["dagster.run_id"] == first.run_id
-    assert run.data.tags["dagster.run_url"] == f"http://127.0.0.1:3000/runs/{first.run_id}"
-    assert run.data.tags["dagster.partition"] == WORKLOAD
+    parent = tracker.client.get_run(trained["mlflow_run_id"])  # the dataset version's run; the student its child
+    run = tracker.client.get_run(child.info.run_id)
+    for tags in (parent.data.tags, run.data.tags):
+        assert tags["dagster.run_id"] == first.run_id and tags["dagster.partition"] == WORKLOAD
+        assert tags["dagster.run_url"] == f"http://127.0.0.1:3000/runs/{first.run_id}"
+    assert run.data.tags["distillery.student_kind"] == "generative" and run.data.metrics["chosen"] == 1.0
     assert run.data.params["rank"] == "4" and "train_loss" in run.data.metrics and "eval_agreement" in run.data.metrics
     assert [h.step for h in tracker.client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
     assert "adapter_model.safetensors" in {a.path.split("/")[-1] for a in tracker.client.list_artifacts(
@@ -155,9 +165,9 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert loaded.metadata.get_params_schema().to_dict()[0]["name"] == "max_tokens"  # params reach predict
     experiment = tracker.client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "finetuning"  # the UI opens it on its runs
-    description = run.data.tags["mlflow.note.content"]
+    description = parent.data.tags["mlflow.note.content"]
     assert f"dataset version `{run.data.tags['distillery.dataset_version']}`" in description
-    assert "Gate: **PROMOTE" in description
+    assert "Evaluation: model version 1, **PROMOTE" in description and "generative (generative on" in description
     assert {a.path for a in tracker.client.list_artifacts(run.info.run_id, "eval_plots")} == {
         "eval_plots/confusion_matrix.png", "eval_plots/per_label_f1.png", "eval_plots/latency_and_cost.png",
         "eval_plots/headline_by_version.png", "eval_plots/coverage_curve.png"}
@@ -166,17 +176,20 @@ def test_the_whole_lifecycle_twice(resources, instance):
     assert "validation_loss_curve" not in run.data.metrics and "validation_loss" in run.data.metrics
     assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
     assert run.data.params["lora_layers"] == "0" and run.data.params["lr_schedule"] == "cosine"
-    [dataset] = run.inputs.dataset_inputs
+    [dataset] = parent.inputs.dataset_inputs
     assert dataset.dataset.name == f"{WORKLOAD}-curated" and dataset.tags[0].value == "training"
     assert run.data.tags["distillery.dataset_hash"].startswith(dataset.dataset.digest)
-    assert trained["device"] == "cpu"  # reported back by the Pipes worker, which trained out of process
+    # trained out of process, by the Pipes worker
+    assert ArtifactsResource().open().latest(WORKLOAD, "lora_adapter").manifest["candidates"][0]["device"] == "cpu"
 
     second = _materialize(LIFECYCLE_ASSETS, instance, resources, run_config=_ops(max_gap_points=100))
     assert second.success
     retrained = _metadata(second, lora_adapter)
-    assert retrained["model_version"] == "2" and retrained["mlflow_run_id"] != trained["mlflow_run_id"]
+    assert _metadata(second, eval_report)["model_version"] == "2"
+    assert retrained["mlflow_run_id"] != trained["mlflow_run_id"]
     version = tracker.client.get_model_version(registered_model_name(WORKLOAD), "2")
-    assert version.run_id == retrained["mlflow_run_id"] and version.tags["dagster.run_id"] == second.run_id
+    assert tracker.client.get_run(version.run_id).data.tags["mlflow.parentRunId"] == retrained["mlflow_run_id"]
+    assert version.tags["dagster.run_id"] == second.run_id and version.tags["distillery.student_kind"] == "generative"
     assert tracker.alias_version(WORKLOAD, CHAMPION) == "2" and tracker.alias_version(WORKLOAD, CHALLENGER) is None
     # v1, the champion then, was scored on the same rows; the same data and seed trained the same adapter.
     rescored = _metadata(second, eval_report)
@@ -482,3 +495,76 @@ def test_distillery_run_reaches_the_job_through_run_lifecycle_and_reports_a_fail
         assert run.remote_job_origin.location_name == "distillery"
         assert instance.get_runs(dg.RunsFilter(job_name="workload_lifecycle",
                                                tags={"dagster/code_location": "distillery"})) == [run]
+
+
+def test_students_side_by_side_the_chosen_one_deployed_and_the_cascade_escalating_on_its_confidence(resources,
+                                                                                                    instance):
+    """Three candidates through Dagster: the generative student, a classifier on the bundled encoder, and one that
+    cannot train (a generative student on an encoder). The failure is recorded and the others go on, each an MLflow
+    run under the dataset version's; the classifier wins on the validation split (the random tiny generative model
+    would not pass a 70-point margin), is registered, deployed, and answers through the gateway with the confidence
+    the cascade escalates on."""
+    from dataclasses import replace
+
+    from distillery.models import BUNDLED_ENCODER, resolve_base_model
+    from distillery.demo import STANDIN_MODEL
+    from distillery.routing import SMALL
+    from distillery.tasks import LABEL_PROBABILITY, Cascade, confidence
+
+    _capture_demo_traffic(120)
+    training = {"max_steps": 2, "batch_size": 8, "rank": 4, "alpha": 8, "candidates": [
+        {"kind": "generative"}, {"kind": "classifier", "settings": {"epochs": 12, "batch_size": 16}},
+        {"kind": "generative", "name": "broken", "base_model": resolve_base_model(BUNDLED_ENCODER)}]}
+    gate = {"max_gap_to_frontier_points": 70, "min_test_rows": 1, "min_calibration_rows": 10,
+            "require_gain_over_champion": False, "monthly_requests": 300_000}
+    result = _materialize(LIFECYCLE_ASSETS, instance, resources,
+                          run_config={"ops": {"lora_adapter": {"config": training}, "eval_report": {"config": gate}}})
+    assert result.success
+    trained = _metadata(result, lora_adapter)
+    assert (trained["trained"], trained["failed"]) == (2, 1) and "classifier: classifier on" in trained["student_kinds"]
+    tracker = Tracker()
+    experiment = tracker.client.get_run(trained["mlflow_run_id"]).info.experiment_id
+    children = {run.data.tags["distillery.student"]: run for run in tracker.client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{trained['mlflow_run_id']}'")}
+    assert set(children) == {"generative", "classifier", "broken"}
+    assert children["broken"].info.status == "FAILED" and children["broken"].data.tags["distillery.error"]
+    assert children["classifier"].data.params["kind"] == "classifier" and "train_loss" in children["classifier"].data.metrics
+
+    report = _metadata(result, eval_report)
+    assert (report["student"], report["student_kind"]) == ("classifier", "classifier") and report["passed"]
+    assert "base_headline" not in report  # an untrained classification head has no base row
+    assert "| classifier | classifier |" in report["students"] and "| broken | generative |" in report["students"]
+    assert children["classifier"].info.run_id in report["mlflow_run"]
+    assert tracker.client.get_run(children["classifier"].info.run_id).data.metrics["chosen"] == 1.0
+    version = tracker.client.get_model_version(registered_model_name(WORKLOAD), report["model_version"])
+    assert version.tags["distillery.student_kind"] == "classifier" and version.run_id == children["classifier"].info.run_id
+    deployed = _metadata(result, deployed_endpoint)
+    assert deployed["promoted"] and deployed["student_kind"] == "classifier"
+
+    # A cascade whose threshold lies amid the classifier's confidences on five tickets (asked of its server): through
+    # the gateway, the tickets below it are escalated to the frontier, the others answered by the classifier.
+    texts = ("I was charged twice", "My parcel never arrived", "I can't log in", "refund please", "hello there")
+    server = openai.OpenAI(base_url=deployed["url"], api_key="local", max_retries=0)
+    confidences = {}
+    for text in texts:
+        choice = server.chat.completions.create(model=deployed["served_model"], messages=demo_messages(text),
+                                                logprobs=True).choices[0]
+        confidences[text] = confidence(LABEL_PROBABILITY, [entry.logprob for entry in choice.logprobs.content])
+    ordered = sorted(confidences.values())
+    threshold = (ordered[1] + ordered[2]) / 2
+    routes = RouteStore(LogStore().engine)
+    routes.set(replace(routes.get(WORKLOAD), mode=SMALL, cascade=Cascade(threshold, LABEL_PROBABILITY, 0.5)), "test")
+    with _gateway_to_frontier(None, None, route_refresh_s=0.2, audit_percent=0) as gateway:
+        client = openai.OpenAI(base_url=gateway.url, api_key="demo", max_retries=0,
+                               default_headers={"X-Distillery-Workload": WORKLOAD})
+        for text in texts:
+            assert client.chat.completions.create(model=STANDIN_MODEL, messages=demo_messages(text)).choices[
+                0].message.content in QUEUES
+    rows = LogStore().read(WORKLOAD).tail(len(texts))
+    for text, served_by, row_confidence, params in zip(texts, rows["served_by"], rows["confidence"],
+                                                       rows["request_params"]):
+        assert row_confidence == pytest.approx(confidences[text], abs=1e-4)  # the gateway's, as the server's
+        if confidences[text] >= threshold:
+            assert served_by == "small"
+        else:  # escalated: the frontier answered; the row keeps the classifier's confidence and answer
+            assert served_by != "small" and params["distillery_escalated"]["small_answer"] in QUEUES

@@ -44,6 +44,22 @@ def _cascade_metadata(report) -> dict:
     return figures
 
 
+def _students_table(students: list[dict], metric: str) -> str:
+    """The candidates side by side, for the asset's metadata (the report has the same with more columns)."""
+    lines = [f"| student | kind | base | status | validation {metric} | mode | served rps | $ per 1k | "
+             f"test {metric} | chosen |", "|---|---|---|---|---:|---|---:|---:|---:|---|"]
+    for s in students:
+        trained = s["status"] == "trained"
+        lines.append(" | ".join([
+            f"| {s['name']}", s["kind"], s["base_model"], s["status"][:80],
+            f"{s['headline']:.3f}" if trained else "-", s["mode"] or "-",
+            f"{s['requests_per_s']:.1f}" if trained and s["requests_per_s"] else "-",
+            f"${s['blended_usd_per_1k']:.4f}" if s.get("blended_usd_per_1k") is not None else "-",
+            f"{s['test']['headline']:.3f}" if s.get("test") else "-",
+            ("**yes**" if s["chosen"] else "no") + " |"]))
+    return "\n".join(lines)
+
+
 def run(pipes: PipesContext) -> None:
     extras = pipes.extras
     costs = extras["costs"]
@@ -77,7 +93,10 @@ def run(pipes: PipesContext) -> None:
         "headline_metric": report.headline_metric,
         "fine_tuned_headline": rounded(candidate.headline),
         "fine_tuned_headline_ci95": f"{low:.3f}-{high:.3f}",
-        "base_headline": rounded(report.scores["base"].headline),
+        **({"base_headline": rounded(report.scores["base"].headline)} if "base" in report.scores else {}),
+        "student": artifact.manifest["student"],
+        "student_kind": artifact.manifest["student_kind"],
+        "students": _md(_students_table(report.students, report.headline_metric)),
         **champion,
         **{f"fine_tuned_{name}": rounded(value) for name, value in candidate.metrics.items()},
         "decoding_policy": report.decoding,

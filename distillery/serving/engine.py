@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -465,6 +465,10 @@ class _Request:
     future: concurrent.futures.Future
 
 
+# Answers one group of a batch's requests: (adapter, conversations, their policies, max new tokens) -> generations.
+AnswerBatch = Callable[[str | None, list[list[dict]], list[DecodingPolicy], int], list[Generation]]
+
+
 class BatchingEngine:
     """Concurrent requests to one model, answered in micro-batches by ``generate``.
 
@@ -476,8 +480,12 @@ class BatchingEngine:
     with that error; the engine keeps serving.
     """
 
-    def __init__(self, model, tokenizer, *, max_batch: int = 32, quiet_ms: float = 5.0, max_wait_ms: float = 50.0):
+    def __init__(self, model, tokenizer, *, max_batch: int = 32, quiet_ms: float = 5.0, max_wait_ms: float = 50.0,
+                 answer_batch: AnswerBatch | None = None):
         self.model, self.tokenizer = model, tokenizer
+        # How a group of requests is answered: ``generate`` on the model with their adapter, by default; an encoder
+        # student's forward pass for the model server of encoder students.
+        self._answer_batch = answer_batch or self._generate
         self.max_batch, self.quiet_s, self.max_wait_s = max_batch, quiet_ms / 1000, max_wait_ms / 1000
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._model_lock = threading.Lock()
@@ -537,10 +545,9 @@ class BatchingEngine:
             for (adapter, max_new_tokens), requests in groups.items():
                 self.batches_run += 1
                 try:
-                    with self._model_lock, using_adapter(self.model, adapter):
-                        generations = generate(self.model, self.tokenizer, [r.conversation for r in requests],
-                                               max_new_tokens=max_new_tokens, batch_size=len(requests),
-                                               policy=[r.policy for r in requests])
+                    with self._model_lock:
+                        generations = self._answer_batch(adapter, [r.conversation for r in requests],
+                                                         [r.policy for r in requests], max_new_tokens)
                 except Exception as exc:  # noqa: BLE001 - the callers get the error; the engine serves on
                     for request in requests:
                         request.future.set_exception(exc)
@@ -549,6 +556,13 @@ class BatchingEngine:
                 for request, generation in zip(requests, generations):
                     generation.latency_ms = (done - request.submitted) * 1000
                     request.future.set_result(generation)
+
+
+    def _generate(self, adapter: str | None, conversations: list[list[dict]], policies: list[DecodingPolicy],
+                  max_new_tokens: int) -> list[Generation]:
+        with using_adapter(self.model, adapter):
+            return generate(self.model, self.tokenizer, conversations, max_new_tokens=max_new_tokens,
+                            batch_size=len(conversations), policy=policies)
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""A trained adapter as an MLflow model, so the registry's versions load with MLflow's own loader:
+"""A trained student as an MLflow model, so the registry's versions load with MLflow's own loader:
 
     model = mlflow.pyfunc.load_model("models:/distillery-support-triage@champion")
     model.predict([[{"role": "user", "content": "I was charged twice"}]])   # -> ["billing"]
 
-A pyfunc that loads the base model and the adapter into the serving engine and decodes under the
-decoding policy saved beside the adapter: the answers the model server gives. The base model is
+A pyfunc that loads the student as the model server does and answers as it does: a generative student's base model
+and adapter in the serving engine, decoding under the policy saved beside the adapter; an encoder student (a
+classifier or a span tagger, its whole model under ``artifacts/``) in one forward pass. The base model is
 recorded by name (a hub id, a path, or empty for the bundled one) and resolved where the model loads;
 loading needs Distillery installed (``distillery.models`` and the engine). MLflow's transformers flavour
 was not used: it saves the base model's weights with every version and knows nothing of the decoding
@@ -13,6 +14,8 @@ policy, so its answers would not be the served ones.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -28,24 +31,21 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from distillery.models import resolve_base_model
-        from distillery.serving.engine import load_model
+        from distillery.serving.students import load_students
         from distillery.tasks import DecodingPolicy
 
         adapter = Path(context.artifacts[ADAPTER])
-        self.policy = DecodingPolicy.load(adapter)
-        self.model, self.tokenizer = load_model(resolve_base_model(context.model_config["base_model"]),
-                                                {ADAPTER: adapter})
+        self.policy = DecodingPolicy.load(adapter) or DecodingPolicy()
+        base = resolve_base_model(context.model_config["base_model"])
+        self.student = load_students({ADAPTER: (adapter, base)})[ADAPTER]
 
     def predict(self, context, model_input, params=None) -> list[str]:
-        from distillery.serving.engine import generate, using_adapter
-
         if hasattr(model_input, "columns"):
             model_input = list(model_input["messages"])
         conversations = [[{"role": "user", "content": item}] if isinstance(item, str) else list(item)
                          for item in model_input]
-        with using_adapter(self.model, ADAPTER):
-            answers = generate(self.model, self.tokenizer, conversations,
-                               max_new_tokens=int((params or {}).get("max_tokens", 32)), policy=self.policy)
+        answers = self.student.answer(conversations, policy=self.policy, batch_size=16,
+                                      max_new_tokens=int((params or {}).get("max_tokens", 32)))
         return [answer.text for answer in answers]
 
 
@@ -55,12 +55,19 @@ def save_adapter_model(adapter: Path, base_model: str, path: Path) -> Path:
     import torch
     import transformers
 
-    # Listed, not inferred: inferring runs the model in a subprocess to see what it imports.
-    mlflow.pyfunc.save_model(
-        str(path), python_model=AdapterModel(), artifacts={ADAPTER: str(adapter)},
-        model_config={"base_model": base_model},
-        # Only the parameters: inputs are conversations of any length, which MLflow's column schemas cannot say.
-        signature=ModelSignature(inputs=None, params=ParamSchema([ParamSpec("max_tokens", "long", 32)])),
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
-                          f"peft=={peft.__version__}", "distillery"])
+    # MLflow keeps an artifact under its folder's own name: copied as `adapter`, every version's files lie at
+    # model/artifacts/adapter whatever the student was called (Tracker.download_adapter reads them there).
+    staging = Path(tempfile.mkdtemp(prefix="mlflow-student-")) / ADAPTER
+    try:
+        shutil.copytree(adapter, staging)
+        # Listed, not inferred: inferring runs the model in a subprocess to see what it imports.
+        mlflow.pyfunc.save_model(
+            str(path), python_model=AdapterModel(), artifacts={ADAPTER: str(staging)},
+            model_config={"base_model": base_model},
+            # Only the parameters: inputs are conversations of any length, which MLflow's column schemas cannot say.
+            signature=ModelSignature(inputs=None, params=ParamSchema([ParamSpec("max_tokens", "long", 32)])),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
+                              f"peft=={peft.__version__}", "distillery"])
+    finally:
+        shutil.rmtree(staging.parent, ignore_errors=True)
     return path

@@ -1,9 +1,10 @@
-"""The local model server: a base model with LoRA adapters behind an OpenAI-compatible API.
+"""The local model server: a base model with its students behind an OpenAI-compatible API.
 
-It answers chat completions with the base model or any loaded adapter, chosen by the
-request's ``model`` field, and loads and unloads adapters at run time through vLLM's routes,
-so the deploy step drives it and vLLM the same way. ``Endpoints`` starts it as
-``python -m distillery.serving.model_server``.
+For a generative base (a causal LM) it answers chat completions with the base model or any loaded LoRA adapter; for
+an encoder base, with any loaded encoder student (a classifier or a span tagger, each a whole model: ``encoders``).
+The request's ``model`` field chooses. Students load and unload at run time through vLLM's routes, so the deploy step
+drives it and vLLM the same way. ``Endpoints`` starts it as ``python -m distillery.serving.model_server``; the kind of
+its first student says which server it is.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from distillery import wire
 from distillery.serving.openai_http import Completion, OpenAIServer
+from distillery.students import GENERATIVE, StudentCard, kind_of
 from distillery.tasks import POLICY_FILE, DecodingPolicy
 
 BASE_MODEL_NAME = "base"
@@ -30,8 +32,14 @@ def adapter_mismatch(adapter_dir: Path, base_model: str | None, module_names: se
 
     Checked before any route may point at it: the base model it was trained on, its rank
     against the server's limit (vLLM's ``--max-lora-rank``), and that every module it adapts
-    exists in the served model.
+    exists in the served model. An encoder student (a whole model with its card) is checked for its base only.
     """
+    card = StudentCard.load(Path(adapter_dir))
+    if card is not None:
+        if base_model and os.path.realpath(card.base_model) != os.path.realpath(base_model) \
+                and card.base_model != base_model:
+            return f"the {card.kind} student was trained on {card.base_model!r}, the server serves {base_model!r}"
+        return None
     try:
         config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -117,14 +125,7 @@ class ModelServer:
         return {"status": "ok", "unloaded": name, "models": self.models()}
 
     def chat(self, body: dict[str, Any]) -> Completion:
-        name = body.get("model") or self.default_model
-        if name not in self.models():
-            raise wire.WireError(f"model {name!r} is not served here; available: {self.models()}", 404, "model_not_found")
-        max_tokens = wire.max_tokens(body, DEFAULT_MAX_TOKENS)
-        if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
-            raise wire.WireError("'max_tokens' must be an integer between 1 and 4096")
-        if body.get("logprobs") not in (None, True, False) or body.get("top_logprobs") not in (None, 0):
-            raise wire.WireError("'logprobs' must be true or false; 'top_logprobs' is not supported (only 0)")
+        name, max_tokens = _checked_request(body, self.models(), self.default_model)
         adapter = None if name == BASE_MODEL_NAME else name
         result = self.engine.answer(body["messages"], adapter=adapter, policy=self._policy(body, adapter),
                                     max_new_tokens=max_tokens)
@@ -158,6 +159,85 @@ class ModelServer:
         return (self.policies.get(adapter) if adapter else None) or DecodingPolicy()
 
 
+class EncoderModelServer:
+    """Encoder students of one base encoder, each loaded whole, answering through one ``BatchingEngine``: the requests
+    that arrive together for a student are answered in one forward pass. A classifier answers its label, a span tagger
+    its JSON object; with ``logprobs: true`` each answer's "tokens" (the label; each word's tag) come with their
+    log-probabilities, what the gateway's cascade reads. A request's decoding constraint is not needed: a classifier
+    answers one of its labels and a span tagger copies the user's words by construction (the gateway still checks
+    each answer against its route's policy)."""
+
+    def __init__(self, base_model: str, students: dict[str, Path], *, max_batch: int = 64):
+        from distillery.serving.encoders import EncoderStudent
+        from distillery.serving.engine import BatchingEngine
+
+        self.base_model = base_model
+        self.students = {name: EncoderStudent.load(path) for name, path in students.items()}
+        self.engine = BatchingEngine(None, None, max_batch=max_batch, answer_batch=self._answer)
+        self.default_model = next(iter(self.students), "")
+
+    def models(self) -> list[str]:
+        return list(self.students)
+
+    def _answer(self, name: str | None, conversations: list[list[dict]], _policies, _max_new_tokens) -> list:
+        return self.students[name].answer(conversations, batch_size=len(conversations))
+
+    def load_adapter(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Load a student beside the others; a failed load leaves the server as it was (400 with the reason)."""
+        from distillery.serving.encoders import EncoderStudent
+
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not isinstance(name, str) or not name or not isinstance(path, str):
+            raise wire.WireError("'lora_name' and 'lora_path' are required strings")
+        if name in self.students:
+            raise wire.WireError(f"a student named {name!r} is already loaded")
+        if kind_of(Path(path)) == GENERATIVE:
+            raise wire.WireError(f"{path} is a LoRA adapter, not an encoder student: this server serves encoder "
+                                 f"students of {self.base_model}", 400, "adapter_mismatch")
+        problem = adapter_mismatch(Path(path), self.base_model)
+        if problem:
+            raise wire.WireError(problem, 400, "adapter_mismatch")
+        try:
+            student = EncoderStudent.load(Path(path))
+        except Exception as exc:  # noqa: BLE001 - unreadable or corrupt weights: refuse, keep serving
+            raise wire.WireError(f"student {path} did not load: {exc}", 400, "adapter_load_failed") from exc
+        with self.engine.exclusive():
+            self.students[name] = student
+        return {"status": "ok", "loaded": name, "models": self.models()}
+
+    def unload_adapter(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("lora_name")
+        if name not in self.students:
+            raise wire.WireError(f"no student {name!r} is loaded", 404, "model_not_found")
+        with self.engine.exclusive():
+            del self.students[name]
+        return {"status": "ok", "unloaded": name, "models": self.models()}
+
+    def chat(self, body: dict[str, Any]) -> Completion:
+        name, _ = _checked_request(body, self.models(), self.default_model)
+        result = self.engine.answer(body["messages"], adapter=name)
+        logprobs = None
+        if body.get("logprobs"):
+            tags = self.students[name].card.labels or self.students[name].card.tags
+            logprobs = [wire.token_logprob(tags[token], logprob)
+                        for token, logprob in zip(result.token_ids, result.token_logprobs)]
+        return Completion(result.text, name, result.prompt_tokens, result.completion_tokens, result.finish_reason,
+                          logprobs=logprobs)
+
+
+def _checked_request(body: dict[str, Any], models: list[str], default_model: str) -> tuple[str, int]:
+    """The model a chat request asks for and its token limit; WireError (404, 400) when the server cannot answer it."""
+    name = body.get("model") or default_model
+    if name not in models:
+        raise wire.WireError(f"model {name!r} is not served here; available: {models}", 404, "model_not_found")
+    max_tokens = wire.max_tokens(body, DEFAULT_MAX_TOKENS)
+    if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
+        raise wire.WireError("'max_tokens' must be an integer between 1 and 4096")
+    if body.get("logprobs") not in (None, True, False) or body.get("top_logprobs") not in (None, 0):
+        raise wire.WireError("'logprobs' must be true or false; 'top_logprobs' is not supported (only 0)")
+    return name, max_tokens
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve a base model with LoRA adapters over the OpenAI API.")
     parser.add_argument("--base-model", required=True)
@@ -167,9 +247,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ready-file", help="written with the bound port once the model is loaded")
     parser.add_argument("--max-batch", type=int, default=32, help="requests answered together at most")
     args = parser.parse_args(argv)
-    adapters = dict(spec.split("=", 1) for spec in args.adapter)
-    model_server = ModelServer(args.base_model, {name: Path(path) for name, path in adapters.items()},
-                               max_batch=args.max_batch)
+    adapters = {name: Path(path) for name, path in (spec.split("=", 1) for spec in args.adapter)}
+    encoder = any(kind_of(path) != GENERATIVE for path in adapters.values())
+    model_server = (EncoderModelServer if encoder else ModelServer)(args.base_model, adapters, max_batch=args.max_batch)
     http = OpenAIServer((args.host, args.port), model_server.chat, model_server.models,
                         {"/v1/load_lora_adapter": model_server.load_adapter,
                          "/v1/unload_lora_adapter": model_server.unload_adapter})

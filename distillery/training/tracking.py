@@ -1,9 +1,10 @@
-"""MLflow bookkeeping for fine-tunes: one run per training, one registered model per workload.
+"""MLflow bookkeeping for fine-tunes: one parent run per training of a dataset version, one child run per candidate
+student, one registered model per workload.
 
 Runs of a workload share the experiment ``distillery/<workload>`` (kind ``finetuning``, so the UI
-opens on its runs) so they compare side by side in the MLflow UI. Each adapter is logged as an
-MLflow model (``serving.mlflow_model``) and becomes a version of the registered model
-``distillery-<workload>``; promotion moves registry aliases (``challenger``, ``champion``),
+opens on its runs) so they compare side by side in the MLflow UI: the candidates of one dataset version are the
+children of its run. Each student is logged as an MLflow model (``serving.mlflow_model``); the one evaluation chooses
+becomes a version of the registered model ``distillery-<workload>``; promotion moves registry aliases (``challenger``, ``champion``),
 never stages. Everything goes through an explicit ``MlflowClient``, so no global MLflow
 state leaks between callers.
 """
@@ -56,15 +57,17 @@ class Tracker:
         return experiment.experiment_id
 
     @contextlib.contextmanager
-    def run(self, workload: str, run_name: str, tags: dict[str, str]) -> Iterator[str]:
+    def run(self, workload: str, run_name: str, tags: dict[str, str], parent_run_id: str | None = None) -> Iterator[str]:
         """Yield a run id; the run ends FINISHED, or FAILED if the block raises. MLflow's system-metrics monitor
-        samples CPU, memory (and GPU, where there is one) into the run as time series while the block runs."""
+        samples CPU, memory (and GPU, where there is one) into the run as time series while the block runs. With
+        ``parent_run_id`` the run is nested under that one (MLflow shows it as its child)."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         # Source and user, which the fluent API would fill in and an explicit client leaves empty.
         origin = {"mlflow.source.type": "JOB", "mlflow.source.name": "distillery lora_adapter (workers/train_lora.py)",
                   "mlflow.user": getpass.getuser()}
-        run = self.client.create_run(self.experiment_id(workload), run_name=run_name, tags={**origin, **tags})
+        nested = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+        run = self.client.create_run(self.experiment_id(workload), run_name=run_name, tags={**origin, **tags, **nested})
         run_id = run.info.run_id
         monitor = SystemMetricsMonitor(run_id, sampling_interval=1, samples_before_logging=1,
                                       tracking_uri=self.tracking_uri)
@@ -133,6 +136,12 @@ class Tracker:
     def tag_version(self, workload: str, version: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_model_version_tag(registered_model_name(workload), version, key, value)
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def version_tag(self, workload: str, version: str, key: str) -> str | None:
+        return self.client.get_model_version(registered_model_name(workload), version).tags.get(key)
 
     def alias_version(self, workload: str, alias: str) -> str | None:
         try:

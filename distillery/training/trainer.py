@@ -16,14 +16,16 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
-from datasets import Dataset
 
 from distillery.errors import DistilleryError
 from distillery.models import answer_token_ids, load_tokenizer
 from distillery.settings import setting
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 IGNORE_INDEX = -100
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
