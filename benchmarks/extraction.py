@@ -21,6 +21,14 @@ For each domain of ``$DISTILLERY_DATA/dstc8_spans`` (Buses_1, Events_1, Homes_1,
    ``Endpoints`` as a deploy starts it) answers the same rows under the same grammars, and the share of answers equal
    to the engine's is reported with the rows that differ.
 
+5. ``--students``: instead, per domain, the candidates ``lora_adapter`` trains for an extraction workload whose every
+   field is copied (``distillery.training.students``): the generative student (the extraction recipe, decoding
+   grounded) and a span tagger on the bundled all-MiniLM-L6-v2, side by side within the one budget. The choice is made
+   on a validation split carved from ``train_0.json`` (``--validation-rows``) as ``eval_report`` makes it
+   (``distillery.evaluation.selection``, at ``--margin-points``); every candidate is then measured on ``test.json``
+   (slot F1, uncopied values, rows/s), and the chosen one served to ``--concurrency`` callers. The JSON's
+   ``mean_slot_f1`` is then the chosen students'.
+
 The last line is one JSON object with every domain's figures and ``mean_slot_f1`` (grounded, over the domains).
 ``--quick`` is a tiny run for CI (seconds of training, 24 test rows of two domains).
 """
@@ -33,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -142,6 +151,76 @@ def vllm_figures(vllm_python: str, base_model: str, adapter: Path, prompts, poli
             "vllm_requests_per_s": round(len(prompts) / seconds, 2), "vllm_differences": differences}
 
 
+def compare_students(args, domain: str, base_model: str, examples: list[dict], test: list[dict], slots: list[str],
+                     schema: dict, policy: DecodingPolicy, budget_s: float, serve: bool) -> dict:
+    """``--students`` for one domain (the module's docstring): the candidates trained within ``budget_s``, chosen on
+    the validation rows, each measured on the test rows, the chosen one served."""
+    from distillery.evaluation import row_agreement, score_answers
+    from distillery.evaluation.gate import GatePolicy
+    from distillery.evaluation.selection import StudentFigures, choose_student, measure_student
+    from distillery.models import BUNDLED_ENCODER
+    from distillery.serving import load_students
+    from distillery.students import GENERATIVE
+    from distillery.training.students import (Candidate, candidate_config, default_candidates, span_tagger_ruled_out,
+                                              train_candidate)
+
+    assert span_tagger_ruled_out("extraction", policy) is None, span_tagger_ruled_out("extraction", policy)
+    validation, train = examples[:args.validation_rows], examples[args.validation_rows:]
+    candidates = [replace(c, settings={"checkpoint_every": 0}) if c.kind == GENERATIVE else c
+                  for c in default_candidates("extraction", base_model)]
+    recipe = extraction_recipe(len(train))
+    gate = GatePolicy(max_gap_to_frontier=args.margin_points / 100, min_test_rows=1, min_calibration_rows=1)
+    conversations = [row["messages"][:-1] for row in validation]
+    references = [row["messages"][-1]["content"] for row in validation]
+    prompts = [dstc8_messages(row, domain, slots) for row in test]
+    test_references = [dstc8_answer(row) for row in test]
+
+    def score(answers):
+        headline, ci95, _, _, items = score_answers("extraction", references, [g.text for g in answers])
+        return headline, ci95, row_agreement("extraction", references, [g.text for g in answers], items)
+
+    figures, folders = [], {}
+    with tempfile.TemporaryDirectory() as work:
+        began = time.perf_counter()
+        for position, candidate in enumerate(candidates):
+            share = max(budget_s - (time.perf_counter() - began), 1.0) / (len(candidates) - position)
+            print(f"{domain}: training {candidate.label} for up to {share:.0f} s on {len(train)} rows", flush=True)
+            folder = Path(work) / candidate.label
+            result = train_candidate(candidate, candidate_config(candidate, share, recipe), train, [], folder, policy)
+            folders[candidate.label] = (folder, resolve_base_model(candidate.base_model))
+            row = StudentFigures(candidate.label, candidate.kind, candidate.base_model, "trained")
+            row.test = {"train_seconds": round(result.seconds, 1), "train_steps": result.steps}
+            figures.append(row)
+        answers = {}
+        for row in figures:
+            student = load_students({row.name: folders[row.name]})[row.name]
+            measure_student(row, student, conversations, score, decoding=policy, gate=gate, usd_per_hour=1.0,
+                            frontier_usd_per_1k=args.frontier_usd_per_1k, concurrency=args.concurrency,
+                            batch_size=args.batch_size, max_new_tokens=64)
+            began = time.perf_counter()
+            answers[row.name] = student.answer(prompts, policy=policy, max_new_tokens=64, batch_size=args.batch_size)
+            rows_per_s = len(prompts) / (time.perf_counter() - began)
+            row.test.update(scores(test_references, [g.text for g in answers[row.name]], prompts, slots),
+                            rows_per_s=round(rows_per_s, 1))
+            print(f"{domain}: {row.name} validation F1 {row.headline:.3f} ({row.mode}), test slot F1 "
+                  f"{row.test['slot_f1']}, served {row.requests_per_s:.1f} rps", flush=True)
+            del student
+        chosen = choose_student(figures)
+        served = load_students({chosen.name: folders[chosen.name]})[chosen.name].serve(
+            prompts, concurrency=args.concurrency, policy=policy, max_new_tokens=64, batch_size=args.batch_size) \
+            if serve else None
+    return {**chosen.test, "chosen": chosen.name, "reason": chosen.reason,
+            "served_requests_per_s": round(served.requests_per_s, 1) if served else None,
+            "served_answers_match_eval": round(statistics.fmean(
+                float(s.text == e.text) for s, e in zip(served.generations, answers[chosen.name])), 4) if served else None,
+            "candidates": {row.name: {"validation_f1": round(row.headline, 4), "mode": row.mode,
+                                      "validation_served_rps": round(row.requests_per_s, 1),
+                                      "blended_usd_per_1k": row.blended_usd_per_1k,
+                                      "test_slot_f1": row.test["slot_f1"],
+                                      "uncopied_value_rate": row.test["uncopied_value_rate"],
+                                      "train_seconds": row.test["train_seconds"]} for row in figures}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-minutes", type=float, default=10.0, help="training budget per domain")
@@ -157,6 +236,10 @@ def main() -> None:
                         help="the first domain's answers through vLLM too (scripts/setup-vllm: .venv-vllm/bin/python)")
     parser.add_argument("--vllm-rows", type=int, default=0, help="of the first domain's test rows; 0: all")
     parser.add_argument("--quick", action="store_true", help="a tiny run for CI")
+    parser.add_argument("--students", action="store_true", help="train and compare the candidate students")
+    parser.add_argument("--validation-rows", type=int, default=200, help="--students: carved from train_0.json")
+    parser.add_argument("--margin-points", type=float, default=5.0, help="--students: the gate's margin")
+    parser.add_argument("--frontier-usd-per-1k", type=float, default=0.30)
     args = parser.parse_args()
     try:
         data = public_dataset("dstc8_spans")
@@ -180,6 +263,11 @@ def main() -> None:
         ungrounded = DecodingPolicy.for_task("extraction", json_schema=schema)
         examples = [{"messages": dstc8_messages(row, domain, slots) + [
             {"role": "assistant", "content": serialize_answer(dstc8_answer(row), schema)}]} for row in train]
+        if args.students:
+            figures[domain] = compare_students(args, domain, base_model, examples, test, slots, schema, grounded,
+                                               budget_s, serve=True)
+            print(f"{domain}: {json.dumps(figures[domain])}", flush=True)
+            continue
         recipe = extraction_recipe(len(examples))
         config = TrainingConfig(**{**recipe, "max_seconds": budget_s, "checkpoint_every": 0,
                                    **({"learning_rate": args.learning_rate} if args.learning_rate else {}),
@@ -221,6 +309,13 @@ def main() -> None:
                                                        - results["ungrounded"]["slot_f1"]), 2)
         print(f"{domain}: {json.dumps(results)}", flush=True)
         figures[domain] = results
+    if args.students:
+        return print(json.dumps({
+            "domains": figures, "mean_slot_f1": round(statistics.fmean(f["slot_f1"] for f in figures.values()), 4),
+            "chosen": {domain: f["chosen"] for domain, f in figures.items()},
+            "uncopied_value_rate_max": max(f["uncopied_value_rate"] for f in figures.values()),
+            "served_requests_per_s_min": min(f["served_requests_per_s"] for f in figures.values()),
+            "budget_minutes": budget_s / 60, "quick": args.quick}))
     print(json.dumps({
         "domains": figures,
         "mean_slot_f1": round(statistics.fmean(f["grounded"]["slot_f1"] for f in figures.values()), 4),

@@ -19,8 +19,8 @@ JSON answer's leaves by path.
 **Grounded decoding.** A decoding policy marks the workload's *copied* fields (curation measures which:
 ``curation.copy_rates``). For each request, ``grounded_grammar`` writes an llguidance Lark grammar for the answer: the
 workload's JSON schema, compact, keys in schema order, in which every copied string field is a substring of the
-request's user text made of whole words (``copy_chunks``), JSON-escaped. A model decoding under it cannot invent or
-misspell a copied value. Numbers, enums and every field not copied keep their schema (``%json``). The same grammar
+request's user text made of whole words (``copy_chunks``), JSON-escaped, beginning and ending on a word. A model
+decoding under it cannot invent or misspell a copied value. Numbers, enums and every field not copied keep their schema (``%json``). The same grammar
 text goes to vLLM as ``structured_outputs={"grammar": ...}`` (its llguidance backend) and to the engine's matchers.
 """
 
@@ -94,13 +94,15 @@ def unsupported_values(record: dict | None, prompt: str) -> tuple[int, int]:
 
 
 def uncopied_values(record: dict, copied: tuple[str, ...], text: str) -> list[str]:
-    """The copied fields' values in an answer that are not a run of whole pieces (``copy_chunks``) of ``text``."""
+    """The copied fields' values in an answer that are not a run of whole pieces (``copy_chunks``) of ``text`` that
+    begins and ends on a word."""
     def pieces(value: str) -> str:
         return "\x00" + "\x00".join(_CHUNK.findall(value)) + "\x00"
 
     haystack = pieces(text)
     return [value for (path, encoded), _ in leaf_fields(record).items()
-            if path in copied and isinstance(value := json.loads(encoded), str) and pieces(value) not in haystack]
+            if path in copied and isinstance(value := json.loads(encoded), str)
+            and (pieces(value) not in haystack or value != value.strip())]
 
 
 def copy_chunks(text: str) -> list[str]:
@@ -192,9 +194,16 @@ class _Writer:
         return name
 
 
+# A copied value begins and ends on a word of the user's text, not on a blank between two (``" Fri, 24 Aug"`` was
+# decoded, and scored a miss, before): over the value's JSON-escaped text, a first and last unit that is not a space
+# or an escaped blank (``\n``, ``\t``, ``\r``), anything between. Intersected (``&``) with the substring lexeme.
+_NO_EDGE_BLANK = r"/(?:[^ \\]|\\[^ntr])(?:(?:[^\\]|\\.)*(?:[^ \\]|\\[^ntr]))?/"
+
+
 def grounded_grammar(schema: dict, copied: tuple[str, ...], text: str) -> str:
     """The Lark grammar of an answer to a request whose user text is ``text`` (see the module's docstring)."""
     writer = _Writer(set(copied))
     start = writer.object(schema, "")
     chunks = json.dumps({"substring_chunks": copy_chunks(text)}, ensure_ascii=False)
-    return "\n".join([f"start: {start}", *writer.rules, f'COPIED: "\\"" %regex {chunks} "\\""'])
+    return "\n".join([f"start: {start}", *writer.rules, 'COPIED: "\\"" COPY "\\""',
+                      f"COPY: %regex {chunks} & {_NO_EDGE_BLANK}"])

@@ -74,3 +74,13 @@ def classifier_text(messages) -> str:
 def tagger_text(messages) -> str:
     """What a span tagger tags: the user's text, the text a copied field copies (``grounding.user_text``)."""
     return user_text(messages)
+
+
+def tagger_context(messages) -> str:
+    """What a span tagger reads before the user's text, untagged: the assistant's earlier turns (what the dialogue just
+    asked for tells a pickup date from a return date). The pair (context, text) is its input, the text the second
+    segment."""
+    return message_text(messages, CONTEXT_ROLES)
+
+
+CONTEXT_ROLES = ("assistant", "tool")

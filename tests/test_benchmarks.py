@@ -105,3 +105,15 @@ def test_without_the_data_a_benchmark_stops_and_names_the_setting(script, tmp_pa
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "DISTILLERY_DATA": str(tmp_path)})
     assert done.returncode != 0 and f"is not in {tmp_path}: set DISTILLERY_DATA" in done.stderr
+
+
+@pytest.mark.slow
+def test_extraction_students_benchmark_chooses_per_domain_and_copies_every_value():
+    figures = _run("extraction.py", "--quick", "--students", "--validation-rows", "24")
+    assert figures["quick"] is True and list(figures["domains"]) == ["Buses_1", "Events_1"]
+    for domain in figures["domains"].values():
+        assert set(domain["candidates"]) == {"generative", "span_tagger"} and domain["chosen"] in domain["candidates"]
+        # a grounded generative student and a span tagger both write only the user's words
+        assert all(c["uncopied_value_rate"] == 0 for c in domain["candidates"].values())
+        assert domain["served_requests_per_s"] > 0 and domain["served_answers_match_eval"] == 1.0
+    assert figures["uncopied_value_rate_max"] == 0

@@ -53,9 +53,11 @@ def test_the_grammar_admits_copies_of_whole_words_in_schema_order_and_nothing_el
                    '{"to_location":"Paris"}',  # invented
                    '{"to_location":"New York","from_location":"Boston"}',  # keys out of schema order
                    '{"to_location":"New York","airline":"x"}',  # a field the schema does not have
-                   '{"group_size":"two"}']:  # a number keeps its schema
+                   '{"group_size":"two"}',  # a number keeps its schema
+                   '{"to_location":" New York"}', '{"to_location":"New York, "}']:  # begins or ends on a blank
         assert not _accepts(tokenizer, grammar, answer), answer
     assert uncopied_values({"to_location": "New Yor"}, COPIED, text) == ["New Yor"]
+    assert uncopied_values({"to_location": " New York"}, COPIED, text) == [" New York"]
     assert copy_chunks('a "b"') == ["a", " ", '\\"', "b", '\\"']
 
 

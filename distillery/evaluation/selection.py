@@ -90,7 +90,7 @@ def measure_student(figures: StudentFigures, student: Student, conversations: li
                            batch_size=batch_size)
     figures.requests_per_s = served.requests_per_s
     figures.small_usd_per_1k = usd_per_hour / 3.6 / served.requests_per_s if served.requests_per_s else None
-    if figures.small_usd_per_1k is not None and frontier_usd_per_1k is not None:
+    if figures.mode != REFUSED and figures.small_usd_per_1k is not None and frontier_usd_per_1k is not None:
         figures.blended_usd_per_1k = blended_usd_per_1k(figures.coverage, figures.small_usd_per_1k, frontier_usd_per_1k)
     return figures, answers
 

@@ -23,7 +23,8 @@ import torch
 
 from distillery.errors import DistilleryError
 from distillery.serving.engine import Generation
-from distillery.students import CLASSIFIER, OUTSIDE, SPAN_TAGGER, StudentCard, classifier_text, tagger_text
+from distillery.students import (CLASSIFIER, OUTSIDE, SPAN_TAGGER, StudentCard, classifier_text, tagger_context,
+                                 tagger_text)
 from distillery.tasks import serialize_answer
 
 
@@ -48,23 +49,24 @@ class EncoderStudent:
 
     def answer(self, conversations: list[list[dict]], batch_size: int = 64) -> list[Generation]:
         """One answer per conversation, in batches of similar length (rows sorted by length, padding kept small)."""
-        read = classifier_text if self.card.kind == CLASSIFIER else tagger_text
-        texts = [read(messages) for messages in conversations]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        classifier = self.card.kind == CLASSIFIER
+        texts = [classifier_text(m) if classifier else tagger_text(m) for m in conversations]
+        contexts = [None if classifier else tagger_context(m) for m in conversations]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len(contexts[i] or ""))
         answers: list[Generation | None] = [None] * len(texts)
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             began = time.perf_counter()
             batch = [texts[i] for i in rows]
-            generations = self._classify(batch) if self.card.kind == CLASSIFIER else self._tag(batch)
+            generations = self._classify(batch) if classifier else self._tag([contexts[i] for i in rows], batch)
             latency_ms = (time.perf_counter() - began) * 1000
             for row, generation in zip(rows, generations):
                 generation.latency_ms = latency_ms
                 answers[row] = generation
         return answers
 
-    def _encode(self, texts: list[str], **options):
-        return self.tokenizer(texts, truncation=True, max_length=self.card.max_seq_len, padding=True,
+    def _encode(self, *segments: list[str], **options):
+        return self.tokenizer(*segments, truncation=True, max_length=self.card.max_seq_len, padding=True,
                               return_tensors="pt", **options)
 
     @torch.inference_mode()
@@ -77,15 +79,17 @@ class EncoderStudent:
                 for label, score, length in zip(chosen.tolist(), best.tolist(), lengths)]
 
     @torch.inference_mode()
-    def _tag(self, texts: list[str]) -> list[Generation]:
-        encoded = self._encode(texts, return_offsets_mapping=True)
+    def _tag(self, contexts: list[str], texts: list[str]) -> list[Generation]:
+        encoded = self._encode(contexts, texts, return_offsets_mapping=True)
         offsets = encoded.pop("offset_mapping").tolist()
         logprobs = torch.log_softmax(self.model(**{k: v.to(self.device) for k, v in encoded.items()}).logits.float(), -1)
         tags = self.card.tags
         schema = json.loads(self.card.json_schema) if self.card.json_schema else None
         generations = []
         for row, text in enumerate(texts):
-            words = _words(encoded.word_ids(row), offsets[row])  # (first piece, start, end) per word
+            # (first piece, start, end) per word of the user's text, the second segment (the context is not tagged)
+            words = _words([word if segment == 1 else None
+                            for word, segment in zip(encoded.word_ids(row), encoded.sequence_ids(row))], offsets[row])
             best, chosen = logprobs[row, [piece for piece, _, _ in words]].max(-1) if words else (torch.zeros(0),
                                                                                                   torch.zeros(0))
             scores, picks = best.tolist(), [int(tag) for tag in chosen.tolist()]

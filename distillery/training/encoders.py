@@ -27,7 +27,8 @@ from distillery.errors import DistilleryError
 from distillery.grounding import copy_chunks, leaf_fields
 from distillery.models import load_tokenizer
 from distillery.settings import setting
-from distillery.students import CLASSIFIER, OUTSIDE, SPAN_TAGGER, StudentCard, classifier_text, tagger_text
+from distillery.students import (CLASSIFIER, OUTSIDE, SPAN_TAGGER, StudentCard, classifier_text, tagger_context,
+                                 tagger_text)
 from distillery.tasks import parse_record
 from distillery.training.trainer import IGNORE_INDEX, SCHEDULES, StepCallback, length_grouped_batches
 
@@ -108,8 +109,10 @@ def span_examples(rows: list[dict], fields: tuple[str, ...], tokenizer, max_seq_
     for row in rows:
         messages = row["messages"]
         text = tagger_text(messages[:-1])
-        encoded = tokenizer(text, truncation=True, max_length=max_seq_len, return_offsets_mapping=True)
-        word_ids = encoded.word_ids()
+        encoded = tokenizer(tagger_context(messages[:-1]), text, truncation=True, max_length=max_seq_len,
+                            return_offsets_mapping=True)
+        # the user's text is the second segment; the context's words are read, never tagged
+        word_ids = [word if segment == 1 else None for word, segment in zip(encoded.word_ids(), encoded.sequence_ids())]
         labels = [IGNORE_INDEX] * len(encoded["input_ids"])
         for position, word in enumerate(word_ids):  # the first piece of each word carries its tag
             if word is not None and (position == 0 or word_ids[position - 1] != word):
