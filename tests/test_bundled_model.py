@@ -24,12 +24,16 @@ def test_fine_tuning_the_bundled_model_beats_it_on_held_out_tickets(distillery_h
     lifecycle.build_curated_dataset(artifacts, WORKLOAD, seed=0, validation_fraction=0.05, test_fraction=0.1,
                                     min_rows=20, min_train_rows=16)
     trained = lifecycle.train_adapter(artifacts, tracker, WORKLOAD, base_model,
-                                      {"max_steps": 30, "batch_size": 8, "learning_rate": 3e-3}, run_tags={})
-    assert trained.result.final_train_loss < trained.result.loss_curve[0][1] / 4
+                                      {"max_steps": 30, "batch_size": 8, "learning_rate": 3e-3}, run_tags={},
+                                      candidates=[{"kind": "generative"}])
+    [student] = trained.candidates
+    first = tracker.client.get_metric_history(student["mlflow_run_id"], "train_loss")[0].value
+    assert student["status"] == "trained" and student["train_loss_mean_last_10_steps"] < first / 4
 
     # Any gap passes: this run proves the path, not that 30 steps reach the frontier.
-    _, report = lifecycle.evaluate_adapter(artifacts, tracker, WORKLOAD, policy=GatePolicy(max_gap_to_frontier=1.0, min_test_rows=1),
-                                           batch_size=16)
+    artifact, report = lifecycle.evaluate_adapter(artifacts, tracker, WORKLOAD, batch_size=16,
+                                                  policy=GatePolicy(max_gap_to_frontier=1.0, min_test_rows=1))
+    version = artifact.manifest["model_version"]
     assert report.rows >= 8  # about a tenth of the ~90 rows left after duplicate removal, per label
     # A classification workload: both models may only answer with a queue name (constrained decoding),
     # so the base model guesses among 8 queues and the fine-tuned one has to beat the guess.
@@ -39,9 +43,9 @@ def test_fine_tuning_the_bundled_model_beats_it_on_held_out_tickets(distillery_h
     try:
         deployed = lifecycle.deploy_adapter(artifacts, tracker, endpoints, WORKLOAD)
         assert deployed.promoted, deployed.reason
-        assert tracker.alias_version(WORKLOAD, CHAMPION) == trained.model_version
+        assert tracker.alias_version(WORKLOAD, CHAMPION) == version
         client = openai.OpenAI(base_url=deployed.endpoint.url, api_key="local", max_retries=0)
-        assert deployed.endpoint.model == f"{WORKLOAD}-v{trained.model_version}"
+        assert deployed.endpoint.model == f"{WORKLOAD}-v{version}"
         answer = client.chat.completions.create(model=deployed.endpoint.model,
                                                 messages=demo_messages("My parcel never arrived"))
         assert answer.choices[0].message.content in QUEUES

@@ -16,7 +16,9 @@ from distillery.training import CHAMPION, Tracker, registered_model_name
 from resources import (ArtifactsResource, GatewayResource, JudgeResource, LogStoreResource, MlflowResource,
                        ServingResource, TrainerResource, WorkerLauncherResource)
 
-FAST = {"ops": {"lora_adapter": {"config": {"max_steps": 3, "batch_size": 8, "rank": 4, "alpha": 8}},
+# The generative student alone: the stack's path, not the choice among students (tests/test_pipeline.py has that).
+FAST = {"ops": {"lora_adapter": {"config": {"max_steps": 3, "batch_size": 8, "rank": 4, "alpha": 8,
+                                            "candidates": [{"kind": "generative"}]}},
                 "eval_report": {"config": {"max_gap_to_frontier_points": 100, "min_test_rows": 1,
                                            "require_gain_over_champion": False}}}}
 
@@ -60,7 +62,7 @@ def test_the_whole_lifecycle_on_postgres_and_an_object_store(distillery_home, ti
         for asset in (raw_llm_logs, curated_dataset, lora_adapter, eval_report):
             stage = asset.key.to_user_string()
             assert f"artifacts/{WORKLOAD}/{stage}/LATEST" in keys, stage
-        assert f"artifacts/{WORKLOAD}/lora_adapter/{adapter_version}/adapter/adapter_model.safetensors" in keys
+        assert f"artifacts/{WORKLOAD}/lora_adapter/{adapter_version}/candidates/generative/adapter_model.safetensors" in keys
 
         # MLflow: runs and registry in Postgres, the run's artifacts in the bucket.
         tracker = Tracker(mlflow_url)
