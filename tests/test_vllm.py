@@ -30,9 +30,11 @@ pytestmark = pytest.mark.vllm
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(os.environ.get("DISTILLERY_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
 MAX_LORA_RANK = 16
-# A 2-step adapter of the 135M model: the label policy, not the training, is what makes its answers labels.
+# A 2-step adapter of the 135M model: the label policy, not the training, is what makes its answers labels. The
+# generative student alone: vLLM serves no encoder student.
 QUICK_TRAINING = {"lora_adapter": {"config": {"max_steps": 2, "batch_size": 8, "rank": 8, "alpha": 16,
-                                              "lora_layers": 4, "checkpoint_every": 0}},
+                                              "lora_layers": 4, "checkpoint_every": 0,
+                                              "candidates": [{"kind": "generative"}]}},
                   "eval_report": {"config": {"max_gap_to_frontier_points": 100, "serving_concurrency": 4,
                                              "min_test_rows": 1, "require_gain_over_champion": False}}}
 
