@@ -152,7 +152,9 @@ def end_to_end(workdir: Path, timeout_s: float) -> dict:
     config.write_text(f'[gateway]\nport = {port}\nrequire_api_key = false\n\n'
                       f'[upstreams.stub]\nbase_url = "{frontier_url}"\n\n'
                       "[autopilot]\nmin_dwell_s = [1, 1, 1]\n")
-    gateway = subprocess.Popen([sys.executable, "-m", "distillery.cli", "gateway", "--config", str(config)],
+    # one process: the figures since 2026-12 were measured on one (--workers: benchmarks/gateway.py)
+    gateway = subprocess.Popen([sys.executable, "-m", "distillery.cli", "gateway", "--config", str(config),
+                                "--workers", "1"],
                                env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     counts = {"ok": 0, "failed": 0}

@@ -132,7 +132,9 @@ def main() -> None:
     config = workdir / "gateway.toml"
     config.write_text(f'[gateway]\nport = {port}\nrequire_api_key = false\n\n'
                       f'[upstreams.stub]\nbase_url = "{frontier_url}"\n\n[rollback]\nmax_disagreement_rate = 1.0\n')
-    gateway = subprocess.Popen([sys.executable, "-m", "distillery.cli", "gateway", "--config", str(config)],
+    # one process: the figures since 2026-12 were measured on one (--workers: benchmarks/gateway.py)
+    gateway = subprocess.Popen([sys.executable, "-m", "distillery.cli", "gateway", "--config", str(config),
+                                "--workers", "1"],
                                env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -208,7 +208,9 @@ base_url = "{standin.url}"
 [rollback]
 max_p95_latency_ms = 3600000
 """)
-        gateway = subprocess.Popen([sys.executable, "-m", "distillery.cli", "gateway", "--config", str(config)],
+        # one process: the figures since 2026-12 were measured on one (--workers: benchmarks/gateway.py)
+        gateway = subprocess.Popen([sys.executable, "-m", "distillery.cli", "gateway", "--config", str(config),
+                                    "--workers", "1"],
                                    env=env, stdout=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}/v1"
         wait_until_up(f"http://127.0.0.1:{port}/healthz", gateway)

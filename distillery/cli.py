@@ -201,22 +201,31 @@ def gateway(
     host: Optional[str] = typer.Option(None),
     port: Optional[int] = typer.Option(None),
     require_api_key: Optional[bool] = typer.Option(None, help="Refuse callers without a gateway key."),
+    workers: Optional[int] = typer.Option(None, help="Processes accepting on the port (default: the [gateway] "
+                                          "setting, else one per core); 1: this process alone."),
 ) -> None:
     """Run the OpenAI-compatible gateway in the foreground."""
+    import dataclasses
+
+    from distillery.errors import DistilleryError
     from distillery.gateway import GatewayConfig, load_config, serve_forever
 
-    if config:
-        settings_ = load_config(config)
-    elif upstream:
-        settings_ = GatewayConfig.single(upstream, api_key_env=upstream_key_env)
-    else:
-        raise typer.BadParameter("pass --config FILE or --upstream URL")
-    for name, value in (("host", host), ("port", port), ("require_api_key", require_api_key)):
-        if value is not None:
-            setattr(settings_, name, value)
-    typer.echo(f"gateway on http://{settings_.host}:{settings_.port}/v1 -> "
-               + ", ".join(f"{u.name}: {u.base_url}" for u in settings_.upstreams.values()))
-    serve_forever(settings_)
+    overrides = {name: value for name, value in (("host", host), ("port", port), ("require_api_key", require_api_key),
+                                                 ("workers", workers)) if value is not None}
+    try:
+        if config:
+            settings_ = load_config(config)
+        elif upstream:
+            settings_ = GatewayConfig.single(upstream, api_key_env=upstream_key_env)
+        else:
+            raise typer.BadParameter("pass --config FILE or --upstream URL")
+        settings_ = dataclasses.replace(settings_, **overrides)  # checked as the file's settings are
+        typer.echo(f"gateway on http://{settings_.host}:{settings_.port}/v1 -> "
+                   + ", ".join(f"{u.name}: {u.base_url}" for u in settings_.upstreams.values()))
+        serve_forever(settings_)
+    except DistilleryError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from exc
 
 
 def _store(url: str | None = None):

@@ -8,6 +8,6 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
     "client": ["capture"],
-    "recorder": ["Recorder"],
+    "recorder": ["Recorder", "lock_journal"],
     "logs_io": ["import_logs", "export_finetune_jsonl", "ImportResult"],
 })

@@ -142,7 +142,7 @@ class Recorder:
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="exchange-writer", daemon=True)
-        self._holder = _lock(self.journal_path)
+        self._holder = lock_journal(self.journal_path)
         if self.journal_path.exists():  # left by a process that died: its rows are inserted first
             _trim(self.journal_path)
             os.replace(self.journal_path, self.journal_path.with_name(
@@ -333,8 +333,9 @@ class Recorder:
         return True
 
 
-def _lock(journal_path: Path) -> int:
-    """An exclusive lock on the journal for this recorder's life; refused while another process holds it."""
+def lock_journal(journal_path: Path) -> int:
+    """An exclusive lock on the journal for its holder's life (a recorder; the parent of gateway workers on the journal
+    their own journals stand beside); refused while another process holds it."""
     holder = os.open(journal_path.with_name(journal_path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)

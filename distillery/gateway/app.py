@@ -47,7 +47,7 @@ from distillery.gateway.config import GatewayConfig, Upstream
 from distillery.gateway.cutover import Cutover
 from distillery.gateway.http import ClientDisconnected, Request, Responder
 from distillery.gateway.keys import ApiKey, KeyStore
-from distillery.gateway.metrics import GatewayMetrics
+from distillery.gateway.metrics import GatewayMetrics, WorkerShare
 from distillery.gateway.protocols import CHAT_COMPLETIONS, COMPLETIONS, MESSAGES, RESPONSES, WireProtocol
 from distillery.gateway.proxy import Proxy, StreamBroken, UpstreamTimeout, passed_headers, upstream_error_message
 from distillery.gateway.rows import Rows
@@ -70,11 +70,12 @@ class GatewayError(Exception):
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, recorder: Recorder, keys: KeyStore, routes: RouteStore | None = None):
+    def __init__(self, config: GatewayConfig, recorder: Recorder, keys: KeyStore, routes: RouteStore | None = None,
+                 share: WorkerShare | None = None):
         self.config = config
         self.recorder = recorder
         self.keys = keys
-        self.metrics = GatewayMetrics(recorder)
+        self.metrics = GatewayMetrics(recorder, share)
         self.rows = Rows(config, recorder, self.metrics)
         self.proxy = Proxy(config)
         self.routes = RouteTable(routes, config.route_refresh_s, config.autopilot)

@@ -20,6 +20,21 @@ from distillery.routing import AutopilotPolicy, RollbackPolicy
 from distillery.settings import home
 
 
+WORKERS_PER_CORE = 4  # a worker is busy on the CPU: past a few per core more of them only take turns
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def check_workers(workers: int) -> None:
+    allowed = WORKERS_PER_CORE * available_cores()
+    if not 1 <= workers <= allowed:
+        raise DistilleryError(f"workers must be between 1 and {allowed} ({WORKERS_PER_CORE} per core on this machine's "
+                              f"{available_cores()}): each worker keeps a core busy under load, so more only take "
+                              f"turns; got {workers}")
+
+
 UPSTREAM_KINDS = ("openai", "anthropic")  # an OpenAI-compatible API (chat, completions, Responses), or Anthropic's
 
 
@@ -47,6 +62,8 @@ class GatewayConfig:
     default_upstream: str
     host: str = "127.0.0.1"
     port: int = 8080
+    # processes accepting on the port (distillery.gateway.workers); 1: this process alone
+    workers: int = field(default_factory=available_cores)
     max_body_bytes: int = 1 << 20
     require_api_key: bool = True
     upstream_timeout_s: float = 60.0  # connecting to the provider and its first byte (a whole non-streamed answer)
@@ -87,6 +104,7 @@ class GatewayConfig:
         return {**defaults, default.kind: default}
 
     def __post_init__(self) -> None:
+        check_workers(self.workers)
         if not 0 <= self.audit_percent <= 100:
             raise DistilleryError(f"gateway setting audit_percent must be between 0 and 100, got {self.audit_percent}")
 

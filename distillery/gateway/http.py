@@ -335,11 +335,13 @@ class HttpServer:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        """Listen; ``reuse_port``: beside the other workers of the gateway on the same port."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _ServerConnection(self._handler, self._max_body, self._tasks, self._connections,
-                                      self._max_connections, loop), host, port, reuse_address=True)
+                                      self._max_connections, loop), host, port, reuse_address=True,
+            reuse_port=reuse_port or None)
         self._sweeper = loop.call_later(self._sweep_interval, self._sweep)
         return self._server.sockets[0].getsockname()[1]
 

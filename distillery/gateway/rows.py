@@ -23,13 +23,20 @@ from distillery.store import SERVED_BY_FRONTIER, SERVED_BY_SHADOW, STATUS_ERROR,
 MODEL_LENGTH = ExchangeRow.__table__.c.model.type.length
 FINISH_REASON_LENGTH = ExchangeRow.__table__.c.finish_reason.type.length
 
-# Row uids: a random per-process prefix and a counter, as unique as uuid4 at a fraction of its cost.
-_UID_PREFIX = os.urandom(8).hex()
-_uid_counter = itertools.count()
+# Row uids: a random per-process prefix and a counter, as unique as uuid4 at a fraction of its cost. A forked process
+# (a gateway worker) draws its own prefix: sharing its parent's, two workers' rows collided and one of each pair was
+# dropped as already stored (tests/test_gateway_workers.py).
+def _new_prefix() -> None:
+    global _uid_prefix, _uid_counter
+    _uid_prefix, _uid_counter = os.urandom(8).hex(), itertools.count()
+
+
+_new_prefix()
+os.register_at_fork(after_in_child=_new_prefix)
 
 
 def new_uid() -> str:
-    return f"{_UID_PREFIX}{next(_uid_counter):016x}"
+    return f"{_uid_prefix}{next(_uid_counter):016x}"
 
 
 class Rows:
