@@ -68,9 +68,32 @@ def start(command: list[str], env: dict) -> tuple[subprocess.Popen, str]:
     return process, process.stdout.readline().strip()
 
 
-def start_gateway(upstream_url: str, port: int, env: dict) -> subprocess.Popen:
+def start_gateway(upstream_url: str, port: int, env: dict, workers: int = 1) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "distillery.cli", "gateway", "--upstream", upstream_url,
-                             "--port", str(port), "--no-require-api-key"], env=env, stdout=subprocess.DEVNULL)
+                             "--port", str(port), "--no-require-api-key", "--workers", str(workers)], env=env,
+                            stdout=subprocess.DEVNULL)
+
+
+def worker_pids(process: subprocess.Popen) -> list[int]:
+    return [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+
+
+def callers_connected(pid: int, port: int) -> int:
+    """Callers' connections process ``pid`` holds on ``port``: established TCP sockets among its open files."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    held = 0
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01" and fields[9] in inodes:
+            held += 1
+    return held
 
 
 async def one_call(session: aiohttp.ClientSession, url: str, i: int, workload: str, mix: str = "default",
@@ -121,15 +144,17 @@ async def throughput(url: str, n: int, concurrency: int, workload: str, mix: str
 
 
 def cpu_seconds(process: subprocess.Popen) -> tuple[float, float]:
-    """User and system CPU of a process's main thread (the event loop) and of its other threads (the writer)."""
+    """User and system CPU of a process's main threads (event loops: its own and its workers') and of their other
+    threads (the writers)."""
     main = other = 0.0
-    for task in Path(f"/proc/{process.pid}/task").iterdir():
-        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        if int(task.name) == process.pid:
-            main += seconds
-        else:
-            other += seconds
+    for pid in (process.pid, *worker_pids(process)):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            if int(task.name) == pid:
+                main += seconds
+            else:
+                other += seconds
     return main, other
 
 
@@ -146,11 +171,22 @@ def wait_until_up(url: str, process: subprocess.Popen) -> None:
             time.sleep(0.2)
 
 
-def stored_all(url: str, timeout_s: float = 60) -> None:
-    """Until the proxy at ``url`` has no row waiting for its writer (the gateway's /healthz ``queue_depth``)."""
+def stored_all(url: str, workers: bool = False, timeout_s: float = 60) -> None:
+    """Until the proxy at ``url`` has no row waiting for its writer (the gateway's /healthz ``queue_depth``; with
+    workers the sum on /metrics, once every worker has published since the load ended)."""
     deadline = time.monotonic() + timeout_s
-    health = url.removesuffix("/v1") + "/healthz"
-    while json.load(urllib.request.urlopen(health)).get("queue_depth") and time.monotonic() < deadline:
+    base = url.removesuffix("/v1")
+
+    def queue_depth() -> float:
+        if not workers:
+            return json.load(urllib.request.urlopen(base + "/healthz")).get("queue_depth", 0)
+        metrics = urllib.request.urlopen(base + "/metrics").read().decode()
+        return next((float(line.split()[1]) for line in metrics.splitlines()
+                     if line.startswith("distillery_gateway_queue_depth ")), 0.0)
+
+    if workers:
+        time.sleep(0.6)  # distillery.gateway.metrics.WorkerShare's interval, and a little more
+    while queue_depth() and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -183,7 +219,8 @@ def overhead(args: argparse.Namespace) -> dict:
                             env=env)
     bare_url = f"http://127.0.0.1:{port + 1}/v1"
     uvicorn_url, uvicorn_workload = f"http://127.0.0.1:{port + 2}/v1", f"{workload}-uvicorn"
-    on_uvicorn = None
+    workers_url, workers_workload = f"http://127.0.0.1:{port + 3}/v1", f"{workload}-workers"
+    on_uvicorn = many = None
     try:
         wait_until_up(f"http://127.0.0.1:{port}/healthz", gateway)
         # Only now: the first gateway has migrated the log store, which two processes must not do at once.
@@ -191,6 +228,10 @@ def overhead(args: argparse.Namespace) -> dict:
                                        str(port + 2)], env=env)
         wait_until_up(f"http://127.0.0.1:{port + 1}/healthz", bare)
         wait_until_up(f"http://127.0.0.1:{port + 2}/healthz", on_uvicorn)
+        if args.workers > 1:  # a second gateway, with workers, on its own journal and the same log store
+            many = start_gateway(stub_url, port + 3, {**env, "DISTILLERY_HOME": str(workdir / "workers")},
+                                 args.workers)
+            wait_until_up(f"http://127.0.0.1:{port + 3}/healthz", many)
 
         loop = uvloop.new_event_loop()
         direct_ms, gateway_ms = loop.run_until_complete(
@@ -209,6 +250,8 @@ def overhead(args: argparse.Namespace) -> dict:
 
         sides = {"direct": (stub_url, workload, None), "bare": (bare_url, workload, bare),
                  "gateway": (gateway_url, workload, gateway), "uvicorn": (uvicorn_url, uvicorn_workload, on_uvicorn)}
+        if many:
+            sides["workers"] = (workers_url, workers_workload, many)
         rounds: list[dict] = []
         failures = {name: 0 for name in sides}
         for round_ in range(args.rounds):
@@ -221,14 +264,14 @@ def overhead(args: argparse.Namespace) -> dict:
                 failures[name] += failed
                 figures[name] = rps
                 if process:
-                    stored_all(url)  # the writer's work for this round belongs to it
+                    stored_all(url, workers=name == "workers")  # the writer's work belongs to this round
                     main, other = (after - before for after, before in zip(cpu_seconds(process), cpu_before))
                     figures[f"{name}_cpu_us"] = (main + other) / args.requests * 1e6
                     figures[f"{name}_writer_cpu_us"] = other / args.requests * 1e6
             rounds.append(figures)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     finally:
-        for process in (gateway, on_uvicorn):
+        for process in (gateway, on_uvicorn, many):
             if process is not None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(120)
@@ -249,6 +292,7 @@ def overhead(args: argparse.Namespace) -> dict:
     with store.connect() as conn:
         stored = conn.execute(count, {"w": workload}).scalar()
         stored_via_uvicorn = conn.execute(count, {"w": uvicorn_workload}).scalar()
+        stored_via_workers = conn.execute(count, {"w": workers_workload}).scalar()
     still_journaled = journal_lines(workdir)
     return {
         "requests": args.requests,
@@ -284,15 +328,24 @@ def overhead(args: argparse.Namespace) -> dict:
         "still_in_journal": still_journaled,
         "lost": sent - stored - still_journaled,
         "uvicorn_lost": args.rounds * args.requests - stored_via_uvicorn,
+        **({"workers": args.workers,
+            "workers_rps": round(median(lambda f: f["workers"])),
+            "workers_vs_one": round(median(lambda f: f["workers"] / f["gateway"]), 3),
+            "workers_vs_direct": round(median(lambda f: f["workers"] / f["direct"]), 3),
+            "workers_vs_one_by_round": [round(f["workers"] / f["gateway"], 3) for f in rounds],
+            "workers_cpu_us": round(median(lambda f: f["workers_cpu_us"]), 1),
+            "client_failures_workers": failures["workers"],
+            "workers_lost": args.rounds * args.requests - stored_via_workers} if many else {}),
     }
 
 
-async def probe_calls(url: str, callers: int, answered: set[str], stop: asyncio.Event) -> int:
-    """Calls from ``callers`` callers until ``stop``: each one's id goes into ``answered`` once it is answered 200."""
-    sent = 0
+async def probe_calls(url: str, callers: int, answered: set[str], stop: asyncio.Event) -> tuple[int, int]:
+    """Calls from ``callers`` callers until ``stop``: each one's id goes into ``answered`` once it is answered 200.
+    Returns the calls sent and those that met a connection error."""
+    sent = errors = 0
 
     async def caller(session: aiohttp.ClientSession) -> None:
-        nonlocal sent
+        nonlocal sent, errors
         while not stop.is_set():
             probe = uuid.uuid4().hex
             sent += 1
@@ -300,47 +353,70 @@ async def probe_calls(url: str, callers: int, answered: set[str], stop: asyncio.
                 if await one_call(session, url, sent, "killed", metadata={"probe": probe}):
                     answered.add(probe)
             except (aiohttp.ClientError, asyncio.TimeoutError):
+                errors += 1
                 await asyncio.sleep(0.01)  # the gateway is gone: what was in flight was never answered
 
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=callers), timeout=timeout) as session:
         await asyncio.gather(*(caller(session) for _ in range(callers)))
-    return sent
+    return sent, errors
 
 
-def kill_run(seed: int, callers: int, kill_after: tuple[float, float]) -> dict:
-    """One kill -9 under load, then a restart on the same journal: the calls answered 200 that are not stored."""
+def kill_run(seed: int, callers: int, kill_after: tuple[float, float], workers: int = 1) -> dict:
+    """One kill -9 under load: of the gateway, then a restart on the same journal; or, with ``workers`` > 1, of one
+    worker, which the gateway starts again while the others serve on. Counts the calls answered 200 that are not
+    stored, and the calls that met a connection error (at most those in flight on what was killed)."""
     workdir = Path(tempfile.mkdtemp(prefix="gateway-kill-"))
     db = f"sqlite:///{workdir / 'logs.db'}"
     env = {**os.environ, "DISTILLERY_HOME": str(workdir), "DISTILLERY_LOG_STORE_URL": db, "PYTHONPATH": str(ROOT)}
     stub, stub_url = start([sys.executable, STUB_PROVIDER, "100"], env)
     port = 20000 + (os.getpid() + seed) % 20000
     answered: set[str] = set()
+    restarted_worker = None
     try:
-        gateway = start_gateway(stub_url, port, env)
+        gateway = start_gateway(stub_url, port, env, workers)
         wait_until_up(f"http://127.0.0.1:{port}/healthz", gateway)
+        if workers > 1:
+            while len(worker_pids(gateway)) < workers:
+                time.sleep(0.05)
         stop = asyncio.Event()
         after_s = random.Random(seed).uniform(*kill_after)
+        killed: list[int] = []
+        held: list[int] = []
 
         async def kill_then_stop() -> None:
             await asyncio.sleep(after_s)
-            gateway.send_signal(signal.SIGKILL)
-            await asyncio.sleep(0.3)  # callers see the connections drop
+            if workers > 1:
+                killed.append(worker_pids(gateway)[0])
+                held.append(callers_connected(killed[0], port))
+                os.kill(killed[0], signal.SIGKILL)
+                await asyncio.sleep(1.5)  # the others serve on, and the killed one comes back
+            else:
+                gateway.send_signal(signal.SIGKILL)
+                await asyncio.sleep(0.3)  # callers see the connections drop
             stop.set()
 
-        async def load() -> int:
+        async def load() -> tuple[int, int]:
             killer = asyncio.create_task(kill_then_stop())
             sent = await probe_calls(f"http://127.0.0.1:{port}/v1", callers, answered, stop)
             await killer
             return sent
 
-        sent = uvloop.new_event_loop().run_until_complete(load())
-        gateway.wait(30)
-        restarted = start_gateway(stub_url, port, env)  # the same DISTILLERY_HOME: the same journal
-        wait_until_up(f"http://127.0.0.1:{port}/healthz", restarted)
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-        restarted.send_signal(signal.SIGTERM)
-        restarted.wait(120)
+        sent, errors = uvloop.new_event_loop().run_until_complete(load())
+        if workers > 1:
+            pids = worker_pids(gateway)
+            restarted_worker = len(pids) == workers and killed[0] not in pids
+            time.sleep(0.6)  # every worker publishes its numbers
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            gateway.send_signal(signal.SIGTERM)
+            gateway.wait(120)
+        else:
+            gateway.wait(30)
+            restarted = start_gateway(stub_url, port, env)  # the same DISTILLERY_HOME: the same journal
+            wait_until_up(f"http://127.0.0.1:{port}/healthz", restarted)
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            restarted.send_signal(signal.SIGTERM)
+            restarted.wait(120)
     finally:
         stub.terminate()
         stub.wait(30)
@@ -350,7 +426,10 @@ def kill_run(seed: int, callers: int, kill_after: tuple[float, float]) -> dict:
     recovered = next(float(line.split()[1]) for line in metrics.splitlines()
                      if line.startswith("distillery_gateway_rows_recovered "))
     return {"killed_after_s": round(after_s, 2), "sent": sent, "answered_200": len(answered),
-            "recovered_on_restart": int(recovered), "missing": len(answered - stored)}
+            "connection_errors": errors, "callers": callers, "recovered_on_restart": int(recovered),
+            "missing": len(answered - stored),
+            **({"worker_started_again": restarted_worker, "connections_on_killed_worker": held[0]}
+               if workers > 1 else {})}
 
 
 def main() -> None:
@@ -362,6 +441,8 @@ def main() -> None:
     parser.add_argument("--db", help="log store URL; default: a new SQLite file")
     parser.add_argument("--outage-seconds", type=float, default=0, help="PostgreSQL only")
     parser.add_argument("--mix", choices=sorted(MIXES), default="default", help="the calls sent (see above)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="N > 1: also a gateway with N workers (a side of its own); with --kill, kill one of them")
     parser.add_argument("--kill", action="store_true", help="kill -9 the gateway under load instead")
     parser.add_argument("--runs", type=int, default=5, help="with --kill")
     parser.add_argument("--quick", action="store_true", help="a few seconds: small numbers, for the tests")
@@ -369,10 +450,13 @@ def main() -> None:
     if args.quick:
         args.requests, args.concurrency, args.rounds, args.latency_samples, args.runs = 300, 16, 1, 30, 1
     if args.kill:
-        runs = [kill_run(seed, callers=16, kill_after=(0.5, 1.5) if not args.quick else (0.3, 0.6))
-                for seed in range(args.runs)]
-        result = {"runs": runs, "answered_200": sum(r["answered_200"] for r in runs),
-                  "missing": sum(r["missing"] for r in runs)}
+        runs = [kill_run(seed, callers=16, kill_after=(0.5, 1.5) if not args.quick else (0.3, 0.6),
+                         workers=args.workers) for seed in range(args.runs)]
+        result = {"workers": args.workers, "runs": runs, "answered_200": sum(r["answered_200"] for r in runs),
+                  "missing": sum(r["missing"] for r in runs),
+                  "connection_errors": sum(r["connection_errors"] for r in runs),
+                  **({"connections_on_killed_workers": sum(r["connections_on_killed_worker"] for r in runs)}
+                     if args.workers > 1 else {})}
     else:
         result = overhead(args)
     print(json.dumps({**result, "quick": args.quick}))

@@ -24,7 +24,8 @@ def _run(script: str, *args: str, timeout: int = 600, **env: str) -> dict:
 
 @pytest.mark.parametrize("mix", ["default", "tools", "stream"])
 def test_gateway_benchmark_loses_nothing_and_prints_every_ratio(mix):
-    figures = _run("gateway.py", "--quick", "--mix", mix)
+    workers = ["--workers", "2"] if mix == "default" else []  # the side with workers, once
+    figures = _run("gateway.py", "--quick", "--mix", mix, *workers)
     assert figures["quick"] is True and figures["sent_through_gateway"] == 330 and figures["mix"] == mix
     assert figures["stored"] == figures["sent_through_gateway"] and figures["lost"] == 0
     assert figures["still_in_journal"] == 0 and figures["uvicorn_lost"] == 0
@@ -32,13 +33,21 @@ def test_gateway_benchmark_loses_nothing_and_prints_every_ratio(mix):
                  "bare_cpu_us", "gateway_cpu_us", "gateway_writer_cpu_us"):
         assert isinstance(figures[name], (int, float)), name
     assert figures["client_failures_gateway"] == figures["client_failures_direct"]  # the stub's own 1% of 500s
+    if workers:
+        assert figures["workers"] == 2 and figures["workers_lost"] == 0 and figures["workers_vs_one"] > 0
+        assert figures["client_failures_workers"] == figures["client_failures_direct"]
 
 
-def test_gateway_killed_under_load_loses_no_answered_call():
-    figures = _run("gateway.py", "--kill", "--quick")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_gateway_killed_under_load_loses_no_answered_call(workers):
+    """1: the gateway killed and started again on its journal; 2: one worker killed, the other serving on."""
+    figures = _run("gateway.py", "--kill", "--quick", "--workers", str(workers))
     [run] = figures["runs"]
     assert run["answered_200"] > 100 and run["missing"] == 0
     assert run["sent"] > run["answered_200"]  # calls were in flight when it died
+    if workers == 2:
+        assert run["worker_started_again"] is True
+        assert run["connection_errors"] <= run["connections_on_killed_worker"]  # only its callers saw the kill
 
 
 def test_cutover_benchmark_falls_back_and_rolls_back():
