@@ -37,7 +37,9 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -61,6 +63,20 @@ TOOLS = [{"type": "function", "function": {"name": "route_ticket", "parameters":
 # Per mix: what every call's body adds, and how often a call is streamed (every Nth)
 MIXES = {"default": ({}, 10), "tools": ({"tools": TOOLS, "tool_choice": "required"}, 10), "stream": ({}, 1)}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CALLER_HEADERS: dict[str, dict[str, str]] = {}  # a side's URL -> what its callers send besides the call (a key)
+PEERS_VENV = ROOT / ".venv-peers"  # scripts/setup-peers
+LITELLM_KEY = "sk-bench-0123456789abcdef"  # its proxy refuses to start without a master key
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` ports nobody listens on now, from the kernel (ports derived from the pid collided between two runs)."""
+    probes = [socket.socket() for _ in range(n)]
+    for probe in probes:
+        probe.bind(("127.0.0.1", 0))
+    ports = [probe.getsockname()[1] for probe in probes]
+    for probe in probes:
+        probe.close()
+    return ports
 
 
 def start(command: list[str], env: dict) -> tuple[subprocess.Popen, str]:
@@ -101,7 +117,7 @@ async def one_call(session: aiohttp.ClientSession, url: str, i: int, workload: s
     added, every = MIXES[mix]
     body = {"model": "stub-model", "messages": MESSAGES, "stream": i % every == 0, **added, **extra}
     async with session.post(f"{url}/chat/completions", json=body,
-                            headers={"X-Distillery-Workload": workload}) as response:
+                            headers={"X-Distillery-Workload": workload, **CALLER_HEADERS.get(url, {})}) as response:
         await response.read()
         return response.status < 500
 
@@ -158,6 +174,16 @@ def cpu_seconds(process: subprocess.Popen) -> tuple[float, float]:
     return main, other
 
 
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM (the gateways flush, nginx and LiteLLM end their workers); SIGKILL past two minutes."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def wait_until_up(url: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + 60
     while True:
@@ -206,36 +232,113 @@ def journal_lines(folder: Path) -> int:
                if not path.name.endswith((".lock", ".rejected")))
 
 
+def start_litellm(stub_url: str, port: int, workers: int, workdir: Path) -> subprocess.Popen | str:
+    """LiteLLM's proxy as its docs set it up for production, as far as this machine allows: ``--num_workers``,
+    ``LITELLM_LOG=ERROR``, JSON logs, a master key, no retries (the gateway makes none). It records no call: its
+    database logging needs Prisma's engines, which ``prisma generate`` downloads (binaries.prisma.sh), and this
+    machine is offline. Returns the process, or why it cannot run."""
+    executable = PEERS_VENV / "bin" / "litellm"
+    if not executable.exists():
+        return "no .venv-peers (scripts/setup-peers makes it)"
+    config = workdir / "litellm.yaml"
+    config.write_text(f"model_list:\n  - model_name: stub-model\n    litellm_params:\n      model: openai/stub-model\n"
+                      f"      api_base: {stub_url}\n      api_key: unused\n"
+                      "litellm_settings:\n  json_logs: true\n  num_retries: 0\n"
+                      f"general_settings:\n  master_key: {LITELLM_KEY}\n")
+    CALLER_HEADERS[f"http://127.0.0.1:{port}/v1"] = {"Authorization": f"Bearer {LITELLM_KEY}"}
+    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "PYTHONPATH")}
+    return subprocess.Popen([str(executable), "--config", str(config), "--port", str(port), "--num_workers",
+                             str(workers)], env={**env, "LITELLM_LOG": "ERROR"}, cwd=workdir,
+                            stdout=subprocess.DEVNULL, stderr=(workdir / "litellm.log").open("w"))
+
+
+def start_nginx(stub_url: str, port: int, workers: int, workdir: Path) -> subprocess.Popen | str:
+    """nginx as a plain reverse proxy: ``worker_processes`` N, ``proxy_buffering off``, keep-alive to the upstream,
+    and its access log (buffered, as production sets it) as its record of the calls. Returns the process, or why it
+    cannot run."""
+    binary = shutil.which("nginx") or next((path for path in ("/usr/sbin/nginx",) if os.path.exists(path)), None)
+    if binary is None:
+        return "no nginx (scripts/setup-peers installs Debian's)"
+    prefix = workdir / "nginx"
+    prefix.mkdir()
+    upstream = stub_url.removeprefix("http://").removesuffix("/v1")
+    temp = " ".join(f"{kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (prefix / "nginx.conf").write_text(f"""
+{"user root;" if os.geteuid() == 0 else ""}
+worker_processes {workers};
+pid {prefix / "nginx.pid"};
+error_log {prefix / "error.log"} warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {prefix / "access.log"} combined buffer=256k flush=1s;
+    {temp}
+    upstream stub {{ server {upstream}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://stub;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+""")
+    return subprocess.Popen([binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL)
+
+
 def overhead(args: argparse.Namespace) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     db = args.db or f"sqlite:///{workdir / 'logs.db'}"
     env = {**os.environ, "DISTILLERY_HOME": str(workdir), "DISTILLERY_LOG_STORE_URL": db, "PYTHONPATH": str(ROOT)}
     workload = f"bench-{uuid.uuid4().hex[:8]}"
     stub, stub_url = start([sys.executable, STUB_PROVIDER, "100"], env)
-    port = 20000 + os.getpid() % 20000
+    port, bare_port, uvicorn_port, workers_port, litellm_port, nginx_port = free_ports(6)
     gateway = start_gateway(stub_url, port, env)
     gateway_url = f"http://127.0.0.1:{port}/v1"
-    bare = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "bare_proxy.py"), stub_url, str(port + 1)],
+    bare = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "bare_proxy.py"), stub_url, str(bare_port)],
                             env=env)
-    bare_url = f"http://127.0.0.1:{port + 1}/v1"
-    uvicorn_url, uvicorn_workload = f"http://127.0.0.1:{port + 2}/v1", f"{workload}-uvicorn"
-    workers_url, workers_workload = f"http://127.0.0.1:{port + 3}/v1", f"{workload}-workers"
+    bare_url = f"http://127.0.0.1:{bare_port}/v1"
+    uvicorn_url, uvicorn_workload = f"http://127.0.0.1:{uvicorn_port}/v1", f"{workload}-uvicorn"
+    workers_url, workers_workload = f"http://127.0.0.1:{workers_port}/v1", f"{workload}-workers"
     on_uvicorn = many = None
+    peers: dict[str, tuple[str, subprocess.Popen]] = {}
     try:
         wait_until_up(f"http://127.0.0.1:{port}/healthz", gateway)
         # Only now: the first gateway has migrated the log store, which two processes must not do at once.
         on_uvicorn = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "gateway_on_uvicorn.py"), stub_url,
-                                       str(port + 2)], env=env)
-        wait_until_up(f"http://127.0.0.1:{port + 1}/healthz", bare)
-        wait_until_up(f"http://127.0.0.1:{port + 2}/healthz", on_uvicorn)
+                                       str(uvicorn_port)], env=env)
+        wait_until_up(f"http://127.0.0.1:{bare_port}/healthz", bare)
+        wait_until_up(f"http://127.0.0.1:{uvicorn_port}/healthz", on_uvicorn)
         if args.workers > 1:  # a second gateway, with workers, on its own journal and the same log store
-            many = start_gateway(stub_url, port + 3, {**env, "DISTILLERY_HOME": str(workdir / "workers")},
+            many = start_gateway(stub_url, workers_port, {**env, "DISTILLERY_HOME": str(workdir / "workers")},
                                  args.workers)
-            wait_until_up(f"http://127.0.0.1:{port + 3}/healthz", many)
+            wait_until_up(f"http://127.0.0.1:{workers_port}/healthz", many)
+        peers_missing = {}
+        if args.peers:  # each with as many workers as the gateway's side with workers
+            for name, starter, health, peer_port in (("litellm", start_litellm, "/health/liveliness", litellm_port),
+                                                     ("nginx", start_nginx, "/healthz", nginx_port)):
+                started = starter(stub_url, peer_port, args.workers, workdir)
+                if isinstance(started, str):
+                    peers_missing[name] = started
+                    continue
+                peers[name] = (f"http://127.0.0.1:{peer_port}/v1", started)
+                wait_until_up(f"http://127.0.0.1:{peer_port}{health}", started)
+            print(f"peers: {', '.join(peers) or 'none'}"
+                  + "".join(f"; {name} left out: {why}" for name, why in peers_missing.items()), file=sys.stderr)
 
         loop = uvloop.new_event_loop()
+        for url in [gateway_url, *(url for url, _ in peers.values())]:  # imports and pools warm before measuring
+            loop.run_until_complete(throughput(url, 200, 16, f"{workload}-warm-up", args.mix))
         direct_ms, gateway_ms = loop.run_until_complete(
             sequential_latencies(stub_url, gateway_url, args.latency_samples, workload, args.mix))
+        added_ms = {}  # a peer's latency added: its own interleaved run against direct calls
+        for name, (url, _) in peers.items():
+            direct_for_peer, peer_ms = loop.run_until_complete(
+                sequential_latencies(stub_url, url, args.latency_samples, workload, args.mix))
+            added_ms[name] = (round(statistics.median(peer_ms) - statistics.median(direct_for_peer), 3),
+                              round(percentile(peer_ms, 99) - percentile(direct_for_peer, 99), 3))
 
         during = None
         if args.outage_seconds:
@@ -252,6 +355,8 @@ def overhead(args: argparse.Namespace) -> dict:
                  "gateway": (gateway_url, workload, gateway), "uvicorn": (uvicorn_url, uvicorn_workload, on_uvicorn)}
         if many:
             sides["workers"] = (workers_url, workers_workload, many)
+        for name, (url, process) in peers.items():
+            sides[name] = (url, f"{workload}-{name}", process)
         rounds: list[dict] = []
         failures = {name: 0 for name in sides}
         for round_ in range(args.rounds):
@@ -264,20 +369,17 @@ def overhead(args: argparse.Namespace) -> dict:
                 failures[name] += failed
                 figures[name] = rps
                 if process:
-                    stored_all(url, workers=name == "workers")  # the writer's work belongs to this round
+                    if name in ("gateway", "uvicorn", "workers"):
+                        stored_all(url, workers=name == "workers")  # the writer's work belongs to this round
                     main, other = (after - before for after, before in zip(cpu_seconds(process), cpu_before))
                     figures[f"{name}_cpu_us"] = (main + other) / args.requests * 1e6
                     figures[f"{name}_writer_cpu_us"] = other / args.requests * 1e6
             rounds.append(figures)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     finally:
-        for process in (gateway, on_uvicorn, many):
+        for process in (gateway, on_uvicorn, many, *(process for _, process in peers.values()), bare, stub):
             if process is not None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(120)
-        for process in (bare, stub):
-            process.terminate()
-            process.wait(30)
+                stop(process)
 
     def gauge(name: str) -> int:
         line = next(line for line in metrics.splitlines() if line.startswith(name + " "))
@@ -328,6 +430,9 @@ def overhead(args: argparse.Namespace) -> dict:
         "still_in_journal": still_journaled,
         "lost": sent - stored - still_journaled,
         "uvicorn_lost": args.rounds * args.requests - stored_via_uvicorn,
+        **peer_figures(args, peers, added_ms, peers_missing, workdir, many is not None,
+                       stored_via_workers if many else stored,
+                       statistics.median(gateway_ms) - statistics.median(direct_ms), median),
         **({"workers": args.workers,
             "workers_rps": round(median(lambda f: f["workers"])),
             "workers_vs_one": round(median(lambda f: f["workers"] / f["gateway"]), 3),
@@ -337,6 +442,36 @@ def overhead(args: argparse.Namespace) -> dict:
             "client_failures_workers": failures["workers"],
             "workers_lost": args.rounds * args.requests - stored_via_workers} if many else {}),
     }
+
+
+def peer_figures(args, peers, added_ms, peers_missing, workdir: Path, with_workers: bool, calls_recorded: int,
+                 gateway_p50_added_ms: float, median) -> dict:
+    """Each peer beside the gateway: requests/s, latency and CPU per request added, calls recorded; and the ratios the
+    issue names, against the gateway's side with as many workers (the one-process gateway when there is none)."""
+    if not args.peers:
+        return {}
+    ours = "workers" if with_workers else "gateway"
+    figures: dict = {"peers_missing": peers_missing, "compared_side": ours}
+    recorded = {"litellm": 0, "nginx": None}
+    access_log = workdir / "nginx" / "access.log"
+    if "nginx" in peers and access_log.exists():
+        recorded["nginx"] = sum(1 for _ in access_log.open())
+    for name in peers:
+        figures.update({
+            f"{name}_rps": round(median(lambda f: f[name])),
+            f"{name}_cpu_us": round(median(lambda f: f[f"{name}_cpu_us"]), 1),
+            f"{name}_p50_added_ms": added_ms[name][0],
+            f"{name}_p99_added_ms": added_ms[name][1],
+            f"{name}_calls_recorded": recorded[name],
+            f"vs_{name}_rps": round(median(lambda f: f[ours] / f[name]), 3),
+        })
+    if "litellm" in peers:
+        figures["litellm_records_calls"] = "no: its database logging needs Prisma's engines, downloaded at setup " \
+                                           "(binaries.prisma.sh); this machine is offline, so it runs as a pure proxy"
+        figures["p50_added_vs_litellm"] = round(gateway_p50_added_ms / added_ms["litellm"][0], 3) \
+            if added_ms["litellm"][0] > 0 else None
+    figures[f"{ours}_calls_recorded"] = calls_recorded
+    return figures
 
 
 async def probe_calls(url: str, callers: int, answered: set[str], stop: asyncio.Event) -> tuple[int, int]:
@@ -370,7 +505,7 @@ def kill_run(seed: int, callers: int, kill_after: tuple[float, float], workers: 
     db = f"sqlite:///{workdir / 'logs.db'}"
     env = {**os.environ, "DISTILLERY_HOME": str(workdir), "DISTILLERY_LOG_STORE_URL": db, "PYTHONPATH": str(ROOT)}
     stub, stub_url = start([sys.executable, STUB_PROVIDER, "100"], env)
-    port = 20000 + (os.getpid() + seed) % 20000
+    [port] = free_ports(1)
     answered: set[str] = set()
     restarted_worker = None
     try:
@@ -443,6 +578,8 @@ def main() -> None:
     parser.add_argument("--mix", choices=sorted(MIXES), default="default", help="the calls sent (see above)")
     parser.add_argument("--workers", type=int, default=1,
                         help="N > 1: also a gateway with N workers (a side of its own); with --kill, kill one of them")
+    parser.add_argument("--peers", action="store_true",
+                        help="also LiteLLM's proxy and nginx, each with --workers workers (scripts/setup-peers)")
     parser.add_argument("--kill", action="store_true", help="kill -9 the gateway under load instead")
     parser.add_argument("--runs", type=int, default=5, help="with --kill")
     parser.add_argument("--quick", action="store_true", help="a few seconds: small numbers, for the tests")

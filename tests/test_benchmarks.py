@@ -4,6 +4,7 @@ stored, answers equal to the evaluated ones), never for speed."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ def _run(script: str, *args: str, timeout: int = 600, **env: str) -> dict:
 
 @pytest.mark.parametrize("mix", ["default", "tools", "stream"])
 def test_gateway_benchmark_loses_nothing_and_prints_every_ratio(mix):
-    workers = ["--workers", "2"] if mix == "default" else []  # the side with workers, once
+    workers = ["--workers", "2", "--peers"] if mix == "default" else []  # the sides with workers, once
     figures = _run("gateway.py", "--quick", "--mix", mix, *workers)
     assert figures["quick"] is True and figures["sent_through_gateway"] == 330 and figures["mix"] == mix
     assert figures["stored"] == figures["sent_through_gateway"] and figures["lost"] == 0
@@ -36,6 +37,18 @@ def test_gateway_benchmark_loses_nothing_and_prints_every_ratio(mix):
     if workers:
         assert figures["workers"] == 2 and figures["workers_lost"] == 0 and figures["workers_vs_one"] > 0
         assert figures["client_failures_workers"] == figures["client_failures_direct"]
+        # Each peer is measured where scripts/setup-peers installed it, and named with the reason where not.
+        expected = {"litellm": (ROOT / ".venv-peers" / "bin" / "litellm").exists(),
+                    "nginx": bool(shutil.which("nginx") or os.path.exists("/usr/sbin/nginx"))}
+        for peer, installed in expected.items():
+            if installed:
+                assert figures[f"{peer}_rps"] > 0 and figures[f"vs_{peer}_rps"] > 0, peer
+            else:
+                assert "setup-peers" in figures["peers_missing"][peer]
+        if expected["nginx"]:
+            assert figures["nginx_calls_recorded"] >= figures["requests"]  # its access log
+        if expected["litellm"]:
+            assert figures["litellm_calls_recorded"] == 0 and "offline" in figures["litellm_records_calls"]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
