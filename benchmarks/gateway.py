@@ -174,11 +174,12 @@ def cpu_seconds(process: subprocess.Popen) -> tuple[float, float]:
     return main, other
 
 
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM (the gateways flush, nginx and LiteLLM end their workers); SIGKILL past two minutes."""
+def stop(process: subprocess.Popen, grace_s: float = 120) -> None:
+    """SIGTERM (the gateways flush, nginx and LiteLLM end their workers); SIGKILL past ``grace_s`` (a process started
+    with SIGTERM ignored, as some shells start background jobs, would otherwise outlive the run)."""
     process.send_signal(signal.SIGTERM)
     try:
-        process.wait(120)
+        process.wait(grace_s)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -377,9 +378,11 @@ def overhead(args: argparse.Namespace) -> dict:
             rounds.append(figures)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     finally:
-        for process in (gateway, on_uvicorn, many, *(process for _, process in peers.values()), bare, stub):
+        for process in (gateway, on_uvicorn, many, *(process for _, process in peers.values())):
             if process is not None:
                 stop(process)
+        for process in (bare, stub):  # they keep nothing
+            stop(process, grace_s=5)
 
     def gauge(name: str) -> int:
         line = next(line for line in metrics.splitlines() if line.startswith(name + " "))
@@ -553,8 +556,7 @@ def kill_run(seed: int, callers: int, kill_after: tuple[float, float], workers: 
             restarted.send_signal(signal.SIGTERM)
             restarted.wait(120)
     finally:
-        stub.terminate()
-        stub.wait(30)
+        stop(stub, grace_s=5)
     with sa.create_engine(db).connect() as conn:
         stored = {json.loads(params).get("metadata", {}).get("probe") for (params,) in conn.execute(
             sa.text("SELECT request_params FROM exchanges WHERE workload = 'killed'"))}
