@@ -79,7 +79,8 @@ class GatewayConfig:
     # (benchmarks/gateway.py, 2026-12-02, 64 concurrent: 25.5 µs a row every 0.05 s, 18 every 0.5 s, 12.5 every 1 s).
     flush_interval_s: float = 1.0
     retry_interval_s: float = 1.0  # how often a log store that is down is tried again
-    journal_path: Path = field(default_factory=lambda: home() / "gateway-journal.jsonl")  # one per gateway (its workers: under <journal>.workers/)
+    # one per gateway; its workers each have their own under <journal_path>.workers/
+    journal_path: Path = field(default_factory=lambda: home() / "gateway-journal.jsonl")
     log_store_url: str | None = None
     route_refresh_s: float = 1.0  # how stale a route changed in the database (CLI, deploy) may be
     small_timeout_s: float = 10.0  # then the caller gets the frontier's answer

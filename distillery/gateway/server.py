@@ -12,8 +12,8 @@ from distillery.capture import Recorder
 from distillery.gateway.app import Gateway
 from distillery.gateway.config import GatewayConfig
 from distillery.gateway.http import HttpServer
-from distillery.gateway.metrics import WorkerShare
 from distillery.gateway.keys import KeyStore
+from distillery.gateway.metrics import WorkerShare
 from distillery.routing import RouteStore
 from distillery.store import LogStore
 

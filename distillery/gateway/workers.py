@@ -111,7 +111,7 @@ def supervise(config: GatewayConfig, serve_one: Callable[..., None]) -> None:
     def start(index: int) -> multiprocessing.Process:
         worker_config = dataclasses.replace(config, port=port, journal_path=worker_journal(config.journal_path, index))
         process = context.Process(target=_worker, name=f"gateway-worker-{index}",
-                                  args=(serve_one, worker_config, WorkerShare(shares, index), holder))
+                                  args=(serve_one, worker_config, WorkerShare(shares, index), holder, os.getpid()))
         process.start()
         return process
 
@@ -154,10 +154,12 @@ def supervise(config: GatewayConfig, serve_one: Callable[..., None]) -> None:
         os.close(lock)
 
 
-def _worker(serve_one, config: GatewayConfig, share: WorkerShare, holder: socket.socket) -> None:
+def _worker(serve_one, config: GatewayConfig, share: WorkerShare, holder: socket.socket, parent: int) -> None:
     holder.close()  # the parent's; this worker listens on a socket of its own
     if sys.platform == "linux":  # the worker ends with its parent, even a parent killed with SIGKILL
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            return
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)  # the event loop installs its own
     serve_one(config, reuse_port=True, share=share)
