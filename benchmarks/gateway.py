@@ -263,7 +263,8 @@ def start_nginx(stub_url: str, port: int, workers: int, workdir: Path) -> subpro
     prefix = workdir / "nginx"
     prefix.mkdir()
     upstream = stub_url.removeprefix("http://").removesuffix("/v1")
-    temp = " ".join(f"{kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp = " ".join(f"{kind}_temp_path {prefix / kind};"
+                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     (prefix / "nginx.conf").write_text(f"""
 {"user root;" if os.geteuid() == 0 else ""}
 worker_processes {workers};

@@ -135,8 +135,9 @@ def supervise(config: GatewayConfig, serve_one: Callable[..., None]) -> None:
                     continue
                 fast_exits[index] = fast_exits[index] + 1 if time.monotonic() - started[index] < _FAST_EXIT_S else 0
                 if fast_exits[index] >= _FAST_EXITS:
-                    raise DistilleryError(f"gateway worker {index} exited {_FAST_EXITS} times within {_FAST_EXIT_S:g} s "
-                                          f"of its start (exit code {process.exitcode}): its log above says why")
+                    raise DistilleryError(f"gateway worker {index} exited {_FAST_EXITS} times within "
+                                          f"{_FAST_EXIT_S:g} s of its start (exit code {process.exitcode}): its log "
+                                          "above says why")
                 print(f"gateway worker {index} (pid {process.pid}) exited with code {process.exitcode}; starting it "
                       "again", file=sys.stderr, flush=True)
                 workers[index], started[index] = start(index), time.monotonic()
