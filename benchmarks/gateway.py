@@ -518,7 +518,7 @@ def kill_run(seed: int, callers: int, kill_after: tuple[float, float], workers: 
         if workers > 1:
             while len(worker_pids(gateway)) < workers:
                 time.sleep(0.05)
-        stop = asyncio.Event()
+        load_over = asyncio.Event()
         after_s = random.Random(seed).uniform(*kill_after)
         killed: list[int] = []
         held: list[int] = []
@@ -533,11 +533,11 @@ def kill_run(seed: int, callers: int, kill_after: tuple[float, float], workers: 
             else:
                 gateway.send_signal(signal.SIGKILL)
                 await asyncio.sleep(0.3)  # callers see the connections drop
-            stop.set()
+            load_over.set()
 
         async def load() -> tuple[int, int]:
             killer = asyncio.create_task(kill_then_stop())
-            sent = await probe_calls(f"http://127.0.0.1:{port}/v1", callers, answered, stop)
+            sent = await probe_calls(f"http://127.0.0.1:{port}/v1", callers, answered, load_over)
             await killer
             return sent
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(script: str, *args: str, timeout: int = 600, **env: str) -> dict:
     clean = {name: value for name, value in os.environ.items()
              if not name.startswith(("DISTILLERY_", "DAGSTER_", "MLFLOW_"))}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**clean, "HF_HUB_OFFLINE": "1", **env})
-    assert done.returncode == 0, done.stderr[-3000:]
+    # stderr to a file: a server the benchmark started and failed to stop would hold a pipe open, and the test would
+    # wait for it until its timeout instead of failing at once with the benchmark's error
+    with tempfile.TemporaryFile("w+") as stderr:
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=timeout,
+                              env={**clean, "HF_HUB_OFFLINE": "1", **env})
+        stderr.seek(0)
+        assert done.returncode == 0, stderr.read()[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
