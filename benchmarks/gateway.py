@@ -49,6 +49,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import aiohttp
 import sqlalchemy as sa
@@ -198,6 +199,11 @@ def wait_until_up(url: str, process: subprocess.Popen) -> None:
             time.sleep(0.2)
 
 
+def gauge(metrics: str, name: str) -> float:
+    """A gauge's value in the text of /metrics."""
+    return next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith(name + " "))
+
+
 def stored_all(url: str, workers: bool = False, timeout_s: float = 60) -> None:
     """Until the proxy at ``url`` has no row waiting for its writer (the gateway's /healthz ``queue_depth``; with
     workers the sum on /metrics, once every worker has published since the load ended)."""
@@ -207,9 +213,7 @@ def stored_all(url: str, workers: bool = False, timeout_s: float = 60) -> None:
     def queue_depth() -> float:
         if not workers:
             return json.load(urllib.request.urlopen(base + "/healthz")).get("queue_depth", 0)
-        metrics = urllib.request.urlopen(base + "/metrics").read().decode()
-        return next((float(line.split()[1]) for line in metrics.splitlines()
-                     if line.startswith("distillery_gateway_queue_depth ")), 0.0)
+        return gauge(urllib.request.urlopen(base + "/metrics").read().decode(), "distillery_gateway_queue_depth")
 
     if workers:
         time.sleep(0.6)  # distillery.gateway.metrics.WorkerShare's interval, and a little more
@@ -257,7 +261,7 @@ def start_nginx(stub_url: str, port: int, workers: int, workdir: Path) -> subpro
     """nginx as a plain reverse proxy: ``worker_processes`` N, ``proxy_buffering off``, keep-alive to the upstream,
     and its access log (buffered, as production sets it) as its record of the calls. Returns the process, or why it
     cannot run."""
-    binary = shutil.which("nginx") or next((path for path in ("/usr/sbin/nginx",) if os.path.exists(path)), None)
+    binary = shutil.which("nginx") or shutil.which("/usr/sbin/nginx")
     if binary is None:
         return "no nginx (scripts/setup-peers installs Debian's)"
     prefix = workdir / "nginx"
@@ -331,7 +335,8 @@ def overhead(args: argparse.Namespace) -> dict:
                   + "".join(f"; {name} left out: {why}" for name, why in peers_missing.items()), file=sys.stderr)
 
         loop = uvloop.new_event_loop()
-        for url in [gateway_url, *(url for url, _ in peers.values())]:  # imports and pools warm before measuring
+        warmed = [gateway_url, *([workers_url] if many else []), *(url for url, _ in peers.values())]
+        for url in warmed:  # imports and pools warm before measuring
             loop.run_until_complete(throughput(url, 200, 16, f"{workload}-warm-up", args.mix))
         direct_ms, gateway_ms = loop.run_until_complete(
             sequential_latencies(stub_url, gateway_url, args.latency_samples, workload, args.mix))
@@ -385,10 +390,6 @@ def overhead(args: argparse.Namespace) -> dict:
         for process in (bare, stub):  # they keep nothing
             stop(process, grace_s=5)
 
-    def gauge(name: str) -> int:
-        line = next(line for line in metrics.splitlines() if line.startswith(name + " "))
-        return int(float(line.split()[1]))
-
     def median(key) -> float:
         return statistics.median(key(figures) for figures in rounds)
 
@@ -430,7 +431,7 @@ def overhead(args: argparse.Namespace) -> dict:
         "client_failures_gateway": failures["gateway"],
         "sent_through_gateway": sent,
         "stored": stored,
-        "journaled": gauge("distillery_gateway_rows_journaled"),
+        "journaled": int(gauge(metrics, "distillery_gateway_rows_journaled")),
         "still_in_journal": still_journaled,
         "lost": sent - stored - still_journaled,
         "uvicorn_lost": args.rounds * args.requests - stored_via_uvicorn,
@@ -449,7 +450,7 @@ def overhead(args: argparse.Namespace) -> dict:
 
 
 def peer_figures(args, peers, added_ms, peers_missing, workdir: Path, with_workers: bool, calls_recorded: int,
-                 gateway_p50_added_ms: float, median) -> dict:
+                 gateway_p50_added_ms: float, median: Callable[[Callable[[dict], float]], float]) -> dict:
     """Each peer beside the gateway: requests/s, latency and CPU per request added, calls recorded; and the ratios the
     issue names, against the gateway's side with as many workers (the one-process gateway when there is none)."""
     if not args.peers:
@@ -561,8 +562,7 @@ def kill_run(seed: int, callers: int, kill_after: tuple[float, float], workers: 
     with sa.create_engine(db).connect() as conn:
         stored = {json.loads(params).get("metadata", {}).get("probe") for (params,) in conn.execute(
             sa.text("SELECT request_params FROM exchanges WHERE workload = 'killed'"))}
-    recovered = next(float(line.split()[1]) for line in metrics.splitlines()
-                     if line.startswith("distillery_gateway_rows_recovered "))
+    recovered = gauge(metrics, "distillery_gateway_rows_recovered")
     return {"killed_after_s": round(after_s, 2), "sent": sent, "answered_200": len(answered),
             "connection_errors": errors, "callers": callers, "recovered_on_restart": int(recovered),
             "missing": len(answered - stored),

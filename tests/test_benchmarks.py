@@ -45,7 +45,7 @@ def test_gateway_benchmark_loses_nothing_and_prints_every_ratio(mix):
         assert figures["client_failures_workers"] == figures["client_failures_direct"]
         # Each peer is measured where scripts/setup-peers installed it, and named with the reason where not.
         expected = {"litellm": (ROOT / ".venv-peers" / "bin" / "litellm").exists(),
-                    "nginx": bool(shutil.which("nginx") or os.path.exists("/usr/sbin/nginx"))}
+                    "nginx": bool(shutil.which("nginx") or shutil.which("/usr/sbin/nginx"))}
         for peer, installed in expected.items():
             if installed:
                 assert figures[f"{peer}_rps"] > 0 and figures[f"vs_{peer}_rps"] > 0, peer

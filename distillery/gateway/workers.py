@@ -34,7 +34,7 @@ from typing import Callable
 
 from distillery.capture import Recorder, lock_journal
 from distillery.errors import DistilleryError
-from distillery.gateway.config import GatewayConfig, check_workers
+from distillery.gateway.config import GatewayConfig
 from distillery.gateway.metrics import WorkerShare
 from distillery.store import LogStore
 
@@ -92,8 +92,7 @@ def store_leftovers(store: LogStore, journal_path: Path, workers: int) -> int:
 
 def supervise(config: GatewayConfig, serve_one: Callable[..., None]) -> None:
     """Run ``config.workers`` workers, each ``serve_one(config, reuse_port=True, share=...)``, until SIGINT or SIGTERM,
-    then stop them (each shuts down as one gateway does)."""
-    check_workers(config.workers)
+    then stop them (each shuts down as one gateway does). ``config`` checked its worker count when it was made."""
     config.journal_path.parent.mkdir(parents=True, exist_ok=True)
     store = LogStore(config.log_store_url)
     store.upgrade()
