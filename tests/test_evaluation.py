@@ -192,3 +192,58 @@ def test_report_plots_are_pngs(tmp_path):
     for path in (confusion_matrix_png(confusion, tmp_path / "c.png"),
                  per_label_f1_png({"billing": 0.8, "shipping": 0.5}, tmp_path / "f.png")):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+
+
+class _TableStudent:
+    """A student that answers from a table (answer, confidence) and serves at a set rate: the selection's own logic
+    on figures known in advance."""
+
+    kind = "classifier"
+
+    def __init__(self, answers: list[tuple[str, float]], requests_per_s: float):
+        import math
+
+        from distillery.serving.engine import Generation
+
+        self.generations = [Generation(text, 1, 8, "stop", 0.0, token_ids=[0], token_logprobs=[math.log(p)])
+                            for text, p in answers]
+        self.requests_per_s = requests_per_s
+
+    def answer(self, conversations, **_):
+        return self.generations[:len(conversations)]
+
+    def serve(self, conversations, **_):
+        from distillery.serving.engine import LoadResult
+
+        return LoadResult(self.generations[:len(conversations)], len(conversations) / self.requests_per_s)
+
+
+def test_a_student_that_passes_only_as_a_cascade_is_chosen_in_cascade_mode_at_its_validation_coverage():
+    """The selection prices a cascade at the coverage it reaches on the validation rows (a bug once left that coverage
+    unset until the test split, so every cascade-only candidate read as refused and none could be the cheapest)."""
+    from distillery.evaluation import row_agreement, score_answers
+    from distillery.evaluation.selection import StudentFigures, choose_student, measure_student
+    from distillery.tasks import LABEL_PROBABILITY
+
+    references = ["billing"] * 400
+    sure_but_wrong_sometimes = _TableStudent([("billing", 0.99)] * 360 + [("shipping", 0.5)] * 40, 400.0)
+    unsure = _TableStudent([("billing", 0.6)] * 300 + [("shipping", 0.6)] * 100, 40.0)
+
+    def score(answers):
+        headline, ci95, _, _, items = score_answers("classification", references, [g.text for g in answers])
+        return headline, ci95, row_agreement("classification", references, [g.text for g in answers], items)
+
+    figures = []
+    for name, student in (("cascade-only", sure_but_wrong_sometimes), ("refused", unsure)):
+        row, _ = measure_student(StudentFigures(name, "classifier", "base", "trained"), student, [[]] * 400, score,
+                                 decoding=DecodingPolicy(labels=("billing", "shipping")), gate=GatePolicy(),
+                                 usd_per_hour=1.0, frontier_usd_per_1k=0.30, concurrency=16, batch_size=64,
+                                 max_new_tokens=8)
+        figures.append(row)
+    cascade_only, refused = figures
+    assert cascade_only.headline == pytest.approx(0.9) and cascade_only.mode == "cascade"
+    assert cascade_only.cascade["measure"] == LABEL_PROBABILITY and cascade_only.cascade["coverage"] == 0.9
+    small = 1.0 / 3.6 / 400  # $1/hour at 400 requests/s, per 1k
+    assert cascade_only.blended_usd_per_1k == pytest.approx(small + 0.1 * 0.30)
+    assert refused.mode == "refused" and refused.blended_usd_per_1k is None
+    assert choose_student(figures) is cascade_only and "lowest blended cost" in cascade_only.reason

@@ -77,15 +77,18 @@ def measure_student(figures: StudentFigures, student: Student, conversations: li
     figures.validation_rows = len(answers)
     calibration = choose({measure: [g.confidence(measure) for g in answers] for measure in confidence_measures(decoding)},
                          agreement, max_gap=gate.max_gap_to_frontier, min_rows=gate.min_calibration_rows)
-    figures.cascade = calibration.cascade.record() if calibration.cascade else None
+    figures.cascade = None
     if calibration.cascade:
         covered = [a for g, a in zip(answers, agreement) if g.confidence(calibration.cascade.measure)
                    >= calibration.cascade.threshold]
         figures.covered_agreement = statistics.fmean(covered) if covered else None
+        # The coverage the cascade reaches on the validation rows it was chosen on (``cascade.check`` records the test
+        # split's later, for the chosen student only): what its blended cost is priced at.
+        figures.cascade = {**calibration.cascade.record(), "coverage": len(covered) / len(answers)}
     if figures.headline_ci95[0] >= 1 - gate.max_gap_to_frontier - 1e-12:
         figures.mode = FULL
     else:
-        figures.mode = CASCADE if calibration.cascade and calibration.cascade.coverage else REFUSED
+        figures.mode = CASCADE if figures.cascade and figures.cascade["coverage"] else REFUSED
     served = student.serve(conversations, concurrency=concurrency, policy=decoding, max_new_tokens=max_new_tokens,
                            batch_size=batch_size)
     figures.requests_per_s = served.requests_per_s
