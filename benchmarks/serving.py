@@ -194,7 +194,8 @@ def main() -> None:
         endpoint = endpoints.deploy(WORKLOAD, base_model, adapter, f"{WORKLOAD}-bench", conversations[0], policy)
         store = LogStore(f"sqlite:///{workdir / 'logs.db'}")
         store.upgrade()
-        RouteStore(store.engine).set(Route(WORKLOAD, SMALL, 0, endpoint.url, endpoint.model, policy), "benchmark")
+        route = Route(WORKLOAD, SMALL, 0, endpoint.url, endpoint.model, policy, small_api=endpoint.api)
+        RouteStore(store.engine).set(route, "benchmark")
         port = 20000 + os.getpid() % 20000
         # The load queues requests far past production latency targets on purpose: no rollback, no small-model timeout.
         config = workdir / "gateway.toml"

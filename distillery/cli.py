@@ -440,6 +440,8 @@ def route_set(
     percent: float = typer.Option(0.0, help="canary: the share of callers (0-100) the small model answers."),
     url: Optional[str] = typer.Option(None, help="The small model's OpenAI base URL; default: the current one."),
     model: Optional[str] = typer.Option(None, help="The model name to ask it for; default: the current one."),
+    api: Optional[str] = typer.Option(None, help="How to ask it: chat (chat completions) or classify (vLLM's classify "
+                                      "route, a classifier served by vLLM); default: the current one, else chat."),
     threshold: Optional[float] = typer.Option(
         None, help="Cascade: the small model answers a call alone at this confidence or above (0-1); default: the "
         "current route's (the one the gate chose)."),
@@ -463,7 +465,8 @@ def route_set(
                 cascade.coverage if cascade else None)
         route = Route(workload, mode, percent, url or (current.small_url if current else None),
                       model or (current.small_model if current else None), policy, cascade,
-                      approval=current.approval if current else None)
+                      approval=current.approval if current else None,
+                      small_api=api or (current.small_api if current else "chat"))
     except ValueError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc

@@ -521,7 +521,7 @@ def deploy_adapter(artifacts: ArtifactStore, tracker: Tracker, endpoints: Endpoi
         mode = SHADOW if current is None or current.mode == FRONTIER else current.mode
         route = routes.set(Route(workload, mode, current.canary_percent if current else 0.0, endpoint.url,
                                  endpoint.model, decoding, cascade, autopilot=bool(current and current.autopilot),
-                                 approval=approval),
+                                 approval=approval, small_api=endpoint.api),
                            f"deployed model version {version} ({verdict.get('mode', 'full')})")
     return DeploySummary(True, reason, version, endpoint, route, verdict.get("student_kind", GENERATIVE))
 

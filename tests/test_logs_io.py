@@ -96,7 +96,7 @@ def test_rows_from_revision_0001_survive_the_upgrade_to_head(tmp_path):
             "VALUES ('old', '2025-01-01 00:00:00', 'chat.completions', '[]', '{}', 'ok')"))
     store = LogStore(f"sqlite:///{tmp_path / 'old.db'}")
     store.upgrade()
-    assert current_revision(store.engine) == "0009"
+    assert current_revision(store.engine) == "0010"
     old = store.read("old").iloc[0]
     assert store.workloads() == {"old": 1} and old["uid"] is None and old["served_by"] is None
     assert old["tool_calls"] is None and old["refusal"] is None  # 0007: an answer with neither

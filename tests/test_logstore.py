@@ -25,7 +25,7 @@ def test_upgrade_creates_schema_at_head_and_is_idempotent(log_store_url):
     store = LogStore(log_store_url)
     store.upgrade()
     store.upgrade()
-    assert current_revision(store.engine) == "0009"
+    assert current_revision(store.engine) == "0010"
     columns = {c["name"] for c in sa.inspect(store.engine).get_columns("exchanges")}
     assert {"id", "workload", "created_at", "request_messages", "request_params", "response_text", "model",
             "prompt_tokens", "completion_tokens", "latency_ms", "status", "error", "served_by"} <= columns

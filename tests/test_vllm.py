@@ -249,3 +249,84 @@ def test_vllm_decodes_a_grounded_grammar_as_the_local_engine_does(deployed):
     assert served == local
     for messages, answer in zip(tickets, served):
         assert uncopied_values(json.loads(answer), policy.copied_fields, user_text(messages)) == [], answer
+
+
+TOPICS = {"billing": ["charged twice", "refund my payment", "invoice is wrong"],
+          "shipping": ["parcel never arrived", "where is my package", "delivery is late"],
+          "account": ["cannot log in", "reset my password", "locked out of my account"]}
+
+
+def _tickets(n: int, seed: int) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(list(TOPICS))
+        text = f"hi, {rng.choice(TOPICS[label])} {rng.choice(['please help', 'thanks', 'asap', ''])}".strip()
+        rows.append({"messages": [*demo_messages(text), {"role": "assistant", "content": label}]})
+    return rows
+
+
+def test_vllm_serves_a_classifier_through_its_classify_route_and_the_gateway_cascades_on_its_confidence(
+        tmp_path, monkeypatch):
+    """A classifier student under the vllm backend: its own vLLM server as a pooling model, asked by the gateway
+    through ``/classify``; the label and its probability equal evaluation's, and the route's cascade escalates the
+    calls below its threshold to the frontier."""
+    from distillery.models import BUNDLED_ENCODER, resolve_base_model
+    from distillery.routing import CLASSIFY, Route
+    from distillery.serving import EncoderStudent
+    from distillery.tasks import LABEL_PROBABILITY, Cascade
+    from distillery.training.encoders import EncoderConfig, train_classifier
+
+    if not VLLM_PYTHON.exists():
+        pytest.skip(f"vLLM is not installed at {VLLM_PYTHON}: run scripts/setup-vllm (.ci/run does)")
+    monkeypatch.setenv("DISTILLERY_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DISTILLERY_LOG_STORE_URL", raising=False)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # vLLM on CPUs reserves 92% of memory without it
+    folder = tmp_path / "classifier"
+    train_classifier(_tickets(96, 0), _tickets(12, 1), resolve_base_model(BUNDLED_ENCODER), list(TOPICS), folder,
+                     EncoderConfig(epochs=4, batch_size=16))
+    policy = DecodingPolicy(labels=tuple(TOPICS))
+    # and one past the student's 64 tokens, its topics at each end: cut at the end, as evaluation cuts it
+    long_ticket = demo_messages("I was charged twice, " * 12 + "and my parcel never arrived " * 12)
+    conversations = [row["messages"][:-1] for row in _tickets(12, 2)] + [long_ticket]
+    evaluated = EncoderStudent.load(folder).answer(conversations)
+    confidences = sorted(answer.confidence(LABEL_PROBABILITY) for answer in evaluated)
+    # In the widest gap between two confidences (some calls on each side): the kernels' float differences stay far
+    # below it.
+    _, cut = max((confidences[i + 1] - confidences[i], i) for i in range(2, len(confidences) - 3))
+    threshold = (confidences[cut] + confidences[cut + 1]) / 2
+    endpoints = Endpoints(tmp_path / "endpoints", backend="vllm", vllm_python=str(VLLM_PYTHON),
+                          vllm_args=["--dtype", "float32"])
+    endpoint = endpoints.deploy("tickets", resolve_base_model(BUNDLED_ENCODER), folder, "tickets-v1", conversations[0],
+                                policy, needs_confidence=True)
+    standin = start_frontier_standin()
+    try:
+        assert endpoint.api == CLASSIFY and not endpoint.note
+        assert "vllm" in Path(endpoint.log_path).read_text().lower()
+        store = LogStore()
+        store.upgrade()
+        RouteStore(store.engine).set(Route("tickets", SMALL, 0, endpoint.url, endpoint.model, policy,
+                                          Cascade(threshold, LABEL_PROBABILITY), small_api=CLASSIFY), "test")
+        config = GatewayConfig.single(standin.url, port=0, require_api_key=False, small_timeout_s=60)
+        with BackgroundGateway(config) as gateway:
+            client = openai.OpenAI(base_url=gateway.url, api_key="x", max_retries=0, timeout=120,
+                                   default_headers={"X-Distillery-Workload": "tickets"})
+            served = [client.chat.completions.create(model="frontier-standin", messages=messages, logprobs=True)
+                      for messages in conversations]
+        rows = store.read("tickets")
+    finally:
+        standin.shutdown()
+        endpoints.stop("tickets")
+    for answer, local in zip(served, evaluated):
+        sure = local.confidence(LABEL_PROBABILITY) >= threshold
+        assert (answer.model == endpoint.model) == sure  # the sure calls answered by vLLM, the rest escalated
+        if sure:
+            assert answer.choices[0].message.content == local.text
+            logprobs = [entry.logprob for entry in answer.choices[0].logprobs.content]
+            assert confidence(LABEL_PROBABILITY, logprobs) == pytest.approx(local.confidence(LABEL_PROBABILITY),
+                                                                             abs=1e-4)
+    escalated = rows[rows["request_params"].map(lambda params: "distillery_escalated" in params)]
+    assert sorted(escalated["confidence"]) == pytest.approx(confidences[:cut + 1], abs=1e-4)
+    assert Endpoints(tmp_path / "endpoints").current("tickets") is None  # stopped: its server is gone

@@ -4,12 +4,19 @@ Used by the cut-over (the small model answering a caller) and by the watch (a sh
 its route's policy: sent as vLLM's ``structured_outputs``, narrowed to the call's own tools on a tool-call route, and,
 on a grounded route, as the grammar of the call's own user text (one without any is decoded under the schema alone,
 and its row says so).
+
+A route whose small model is a classifier served by vLLM (``small_api`` classify) is asked through vLLM's own
+``POST /classify`` (at the server's root, beside ``/v1``): the text a classifier reads of the call
+(``students.classifier_text``), cut to the model's length as evaluation cuts it (``truncate_prompt_tokens`` -1: the
+server's ``--max-model-len``, set to the student's ``max_seq_len`` at deploy). Its answer becomes the chat completion
+the local model server would send: the most probable label, with that label's log-probability as its one token's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from typing import Any
 
 import orjson
@@ -18,7 +25,8 @@ from distillery import wire
 from distillery.gateway.http import UpstreamPool
 from distillery.gateway.protocols import WireProtocol
 from distillery.gateway.proxy import upstream_error_message
-from distillery.routing import Route
+from distillery.routing import CLASSIFY, Route
+from distillery.students import classifier_text
 from distillery.tasks import DecodingPolicy, ToolSpec, tool_calls_of
 
 # What a failed small-model call raises: the caller then gets the frontier's answer.
@@ -34,6 +42,9 @@ class SmallModel:
     @staticmethod
     def request(route: Route, protocol: WireProtocol, body: dict[str, Any], row: dict) -> tuple[DecodingPolicy, dict]:
         """The policy this call is answered under and the small model's request for it."""
+        if route.small_api == CLASSIFY:
+            text = classifier_text(protocol.small_model_request(body).get("messages"))
+            return route.policy, {"model": route.small_model, "input": text, "truncate_prompt_tokens": -1}
         if route.policy.tool_calls:
             policy, constraint = _tool_policy(route.policy, protocol.tools(body))
             return policy, {**protocol.small_model_request(body), "model": route.small_model, **constraint}
@@ -49,11 +60,13 @@ class SmallModel:
     async def ask(self, route: Route, request: dict[str, Any]) -> tuple[bytes, wire.Answer, list[float] | None]:
         """The small model's raw answer, what it says, and its chosen tokens' log-probabilities (when the route asked
         for them); raises one of ``SMALL_MODEL_FAILURES`` on any failure."""
-        pool = self._pools.get(route.small_url)
+        classify = route.small_api == CLASSIFY
+        base_url = route.small_url.rstrip("/").removesuffix("/v1") if classify else route.small_url
+        pool = self._pools.get(base_url)
         if pool is None:
-            pool = self._pools[route.small_url] = UpstreamPool(route.small_url)
-        answer = await asyncio.wait_for(pool.post("/chat/completions", orjson.dumps(request), _JSON_HEADERS),
-                                        self.timeout_s)
+            pool = self._pools[base_url] = UpstreamPool(base_url)
+        answer = await asyncio.wait_for(pool.post("/classify" if classify else "/chat/completions",
+                                                  orjson.dumps(request), _JSON_HEADERS), self.timeout_s)
         try:
             data = await asyncio.wait_for(answer.read(), self.timeout_s)
         finally:
@@ -61,6 +74,9 @@ class SmallModel:
         if answer.status != 200:
             raise ValueError(upstream_error_message(data, answer.status))
         payload = orjson.loads(data)
+        if classify:
+            payload = classification_as_chat(payload, route.small_model)
+            data = orjson.dumps(payload)
         result = wire.answer_of(payload)
         if not isinstance(result.text, str):
             raise ValueError("the small model's completion has no text")
@@ -69,6 +85,19 @@ class SmallModel:
     def close(self) -> None:
         for pool in self._pools.values():
             pool.close()
+
+
+def classification_as_chat(payload: dict, model: str) -> dict:
+    """vLLM's classify answer (``data[0]``: ``label``, ``probs``) as the chat completion the local model server sends
+    for a classifier: the label, its log-probability as the one token's. KeyError, IndexError or TypeError when it is
+    not one."""
+    result = payload["data"][0]
+    label, probability = result["label"], max(result["probs"])
+    if not isinstance(label, str) or not 0 < probability <= 1:
+        raise ValueError(f"the classifier's answer is not a label with its probability: {str(result)[:200]}")
+    prompt_tokens = (payload.get("usage") or {}).get("prompt_tokens", 0)
+    return wire.chat_completion(label, model, prompt_tokens, 1,
+                                logprobs=[wire.token_logprob(label, math.log(probability))])
 
 
 @functools.lru_cache(maxsize=256)

