@@ -220,10 +220,7 @@ def compare_students(args, base_model: str, config: TrainingConfig, train_rows: 
     gate = GatePolicy(max_gap_to_frontier=args.cascade_margin_points / 100, min_test_rows=1, min_calibration_rows=1)
     settings = {k: v for k, v in asdict(config).items() if k != "max_seconds"}
     candidates = [Candidate(GENERATIVE, base_model, settings),
-                  # Epochs past what its share allows, so its share ends training: 3 epochs ended in 340 of its 446 s
-                  # (test 0.9127, coverage 0.556); the whole share (3.6 epochs) reached 0.914 and 0.618 (2026-12-08).
-                  Candidate(CLASSIFIER, BUNDLED_ENCODER, {"max_seq_len": 64, "epochs": 6.0} if not args.quick
-                            else {"epochs": 1.0})]
+                  Candidate(CLASSIFIER, BUNDLED_ENCODER, {"max_seq_len": 64} if not args.quick else {"epochs": 1.0})]
     validation = [conversation(t) for t in calibration["text"]]
     references = list(calibration["category"])
     tests = [conversation(t) for t in test["text"]]

@@ -185,3 +185,16 @@ def test_candidate_lists_are_checked_before_anything_trains():
     assert usable == [] and ruled_out == {SPAN_TAGGER: span_tagger_ruled_out("extraction", partly)}
     copied = DecodingPolicy.for_task("extraction", json_schema=SCHEMA, copied_fields=("city", "time"))
     assert check_candidates([Candidate(SPAN_TAGGER, BUNDLED_ENCODER)], "extraction", copied)[0]
+
+
+def test_with_a_time_share_an_encoder_student_trains_until_the_share_ends_unless_it_names_its_epochs():
+    from distillery.students import GENERATIVE
+    from distillery.training.students import BUDGETED_ENCODER_EPOCHS, candidate_config
+
+    tagger = Candidate(SPAN_TAGGER, BUNDLED_ENCODER)
+    assert candidate_config(tagger, 0).epochs == EncoderConfig().epochs  # no budget: its epochs end it
+    shared = candidate_config(tagger, 300)
+    assert shared.max_seconds == 300 and shared.epochs == BUDGETED_ENCODER_EPOCHS
+    assert candidate_config(Candidate(CLASSIFIER, BUNDLED_ENCODER, {"epochs": 2.0}), 300).epochs == 2.0
+    generative = candidate_config(Candidate(GENERATIVE, "base"), 300, {"epochs": 4.0})
+    assert generative.max_seconds == 300 and generative.epochs == 4.0  # the generative recipe decides its own
