@@ -450,6 +450,7 @@ def route_set(
     """Move a workload's traffic and pin it there (its autopilot, if on, turns off); running gateways pick it up
     within a second."""
     from distillery.routing import Route
+    from distillery.wire import CHAT_API
     from distillery.tasks import Cascade, DecodingPolicy, confidence_measures
 
     routes = _routes()
@@ -466,7 +467,7 @@ def route_set(
         route = Route(workload, mode, percent, url or (current.small_url if current else None),
                       model or (current.small_model if current else None), policy, cascade,
                       approval=current.approval if current else None,
-                      small_api=api or (current.small_api if current else "chat"))
+                      small_api=api or (current.small_api if current else CHAT_API))
     except ValueError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc

@@ -24,6 +24,10 @@ CHAT_COMPLETION = "chat.completion"
 CHAT_COMPLETION_CHUNK = "chat.completion.chunk"
 TEXT_COMPLETION = "text_completion"
 SSE_DONE = b"data: [DONE]\n\n"
+# How a small model's server is asked (a route's ``small_api``, an endpoint's ``api``): OpenAI chat completions, or
+# vLLM's classify route (a classifier student vLLM serves as a pooling model, which does not speak chat).
+CHAT_API, CLASSIFY_API = "chat", "classify"
+SMALL_MODEL_APIS = (CHAT_API, CLASSIFY_API)
 
 
 @dataclass(slots=True)

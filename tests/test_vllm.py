@@ -274,7 +274,8 @@ def test_vllm_serves_a_classifier_through_its_classify_route_and_the_gateway_cas
     through ``/classify``; the label and its probability equal evaluation's, and the route's cascade escalates the
     calls below its threshold to the frontier."""
     from distillery.models import BUNDLED_ENCODER, resolve_base_model
-    from distillery.routing import CLASSIFY, Route
+    from distillery.routing import Route
+    from distillery.wire import CLASSIFY_API
     from distillery.serving import EncoderStudent
     from distillery.tasks import LABEL_PROBABILITY, Cascade
     from distillery.training.encoders import EncoderConfig, train_classifier
@@ -303,12 +304,12 @@ def test_vllm_serves_a_classifier_through_its_classify_route_and_the_gateway_cas
                                 policy, needs_confidence=True)
     standin = start_frontier_standin()
     try:
-        assert endpoint.api == CLASSIFY and not endpoint.note
+        assert endpoint.api == CLASSIFY_API and not endpoint.note
         assert "vllm" in Path(endpoint.log_path).read_text().lower()
         store = LogStore()
         store.upgrade()
         RouteStore(store.engine).set(Route("tickets", SMALL, 0, endpoint.url, endpoint.model, policy,
-                                          Cascade(threshold, LABEL_PROBABILITY), small_api=CLASSIFY), "test")
+                                          Cascade(threshold, LABEL_PROBABILITY), small_api=CLASSIFY_API), "test")
         config = GatewayConfig.single(standin.url, port=0, require_api_key=False, small_timeout_s=60)
         with BackgroundGateway(config) as gateway:
             client = openai.OpenAI(base_url=gateway.url, api_key="x", max_retries=0, timeout=120,

@@ -25,7 +25,7 @@ from distillery import wire
 from distillery.gateway.http import UpstreamPool
 from distillery.gateway.protocols import WireProtocol
 from distillery.gateway.proxy import upstream_error_message
-from distillery.routing import CLASSIFY, Route
+from distillery.routing import Route
 from distillery.students import classifier_text
 from distillery.tasks import DecodingPolicy, ToolSpec, tool_calls_of
 
@@ -42,7 +42,7 @@ class SmallModel:
     @staticmethod
     def request(route: Route, protocol: WireProtocol, body: dict[str, Any], row: dict) -> tuple[DecodingPolicy, dict]:
         """The policy this call is answered under and the small model's request for it."""
-        if route.small_api == CLASSIFY:
+        if route.small_api == wire.CLASSIFY_API:
             text = classifier_text(protocol.small_model_request(body).get("messages"))
             return route.policy, {"model": route.small_model, "input": text, "truncate_prompt_tokens": -1}
         if route.policy.tool_calls:
@@ -60,7 +60,7 @@ class SmallModel:
     async def ask(self, route: Route, request: dict[str, Any]) -> tuple[bytes, wire.Answer, list[float] | None]:
         """The small model's raw answer, what it says, and its chosen tokens' log-probabilities (when the route asked
         for them); raises one of ``SMALL_MODEL_FAILURES`` on any failure."""
-        classify = route.small_api == CLASSIFY
+        classify = route.small_api == wire.CLASSIFY_API
         base_url = route.small_url.rstrip("/").removesuffix("/v1") if classify else route.small_url
         pool = self._pools.get(base_url)
         if pool is None:
@@ -89,7 +89,7 @@ class SmallModel:
 
 def classification_as_chat(payload: dict, model: str) -> dict:
     """vLLM's classify answer (``data[0]``: ``label``, ``probs``) as the chat completion the local model server sends
-    for a classifier: the label, its log-probability as the one token's. KeyError, IndexError or TypeError when it is
+    for a classifier: the label, its log-probability as the one token's. One of ``SMALL_MODEL_FAILURES`` when it is
     not one."""
     result = payload["data"][0]
     label, probability = result["label"], max(result["probs"])

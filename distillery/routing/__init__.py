@@ -11,8 +11,7 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
     "routes": ["Route", "RouteStore", "RouteEvent", "RouteState", "Approval", "Evidence", "takes_small_model",
-               "canary_bucket", "FRONTIER", "SHADOW", "CANARY", "SMALL", "MODES", "ROUTE_KEY_HEADER", "CHAT",
-               "CLASSIFY", "SMALL_APIS"],
+               "canary_bucket", "FRONTIER", "SHADOW", "CANARY", "SMALL", "MODES", "ROUTE_KEY_HEADER"],
     "rollback": ["RolloutMonitor", "RollbackPolicy"],
     "autopilot": ["AutopilotPolicy", "Decision", "Stage", "step_back", "ADVANCE", "STEP_BACK"],
     "table": ["RouteTable"],

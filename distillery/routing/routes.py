@@ -28,14 +28,11 @@ from dataclasses import dataclass, field, replace
 import sqlalchemy as sa
 
 from distillery.store import RouteEventRow, RouteRow
+from distillery.wire import CHAT_API, CLASSIFY_API, SMALL_MODEL_APIS
 from distillery.tasks import Cascade, DecodingPolicy
 
 FRONTIER, SHADOW, CANARY, SMALL = "frontier", "shadow", "canary", "small"
 MODES = (FRONTIER, SHADOW, CANARY, SMALL)
-# How the gateway asks a small model: OpenAI chat completions, or vLLM's classify route (a classifier student served
-# by vLLM as a pooling model, which does not speak chat).
-CHAT, CLASSIFY = "chat", "classify"
-SMALL_APIS = (CHAT, CLASSIFY)
 ROUTE_KEY_HEADER = "x-distillery-route-key"
 
 
@@ -82,14 +79,14 @@ class Route:
     autopilot: bool = False  # advances and steps back by itself (distillery.routing.autopilot)
     approval: Approval | None = None  # what the gate approved for the deployed model
     epoch: int = field(default=0, compare=False)  # the route's changes so far, as stored (evidence is per epoch)
-    small_api: str = CHAT  # how the small model is asked (SMALL_APIS): the API of the server that serves it
+    small_api: str = CHAT_API  # how the small model is asked (wire.SMALL_MODEL_APIS): its server's API
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown route mode {self.mode!r}: use one of {', '.join(MODES)}")
-        if self.small_api not in SMALL_APIS:
-            raise ValueError(f"unknown small-model API {self.small_api!r}: use one of {', '.join(SMALL_APIS)}")
-        if self.small_api == CLASSIFY and not self.policy.labels:
+        if self.small_api not in SMALL_MODEL_APIS:
+            raise ValueError(f"unknown small-model API {self.small_api!r}: use one of {', '.join(SMALL_MODEL_APIS)}")
+        if self.small_api == CLASSIFY_API and not self.policy.labels:
             raise ValueError(f"route for {self.workload!r}: the classify API answers a label set, and its policy has "
                              "none")
         if not 0 <= self.canary_percent <= 100:

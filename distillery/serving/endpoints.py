@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from distillery import wire
 from distillery.errors import DistilleryError
 from distillery.serving.model_server import BASE_MODEL_NAME, adapter_mismatch
 from distillery.settings import home, validate_workload
@@ -40,7 +41,7 @@ class Endpoint:
     log_path: str
     started_at: str
     note: str = ""  # how the deploy differed from what was asked (an encoder student served locally, not by vLLM)
-    api: str = "chat"  # how it is asked (distillery.routing.SMALL_APIS): chat completions, or vLLM's classify route
+    api: str = wire.CHAT_API  # how it is asked (wire.SMALL_MODEL_APIS): chat completions, or vLLM's classify route
 
 
 LOCAL, VLLM, REMOTE = "local", "vllm", "remote"
@@ -199,7 +200,7 @@ class Endpoints:
         finally:
             ready_file.unlink(missing_ok=True)
         return Endpoint(workload, url, process.pid, model_name, str(adapter_dir), base_model, str(log_path),
-                        dt.datetime.now(dt.timezone.utc).isoformat(), api="classify" if classifier else "chat")
+                        dt.datetime.now(dt.timezone.utc).isoformat(), api=wire.CLASSIFY_API if classifier else wire.CHAT_API)
 
     def _load_beside(self, running: Endpoint, adapter_path: str, model_name: str, probe_messages: list[dict],
                      policy: DecodingPolicy | None, needs_confidence: bool = False) -> Endpoint:

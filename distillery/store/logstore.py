@@ -81,7 +81,7 @@ class RouteRow(Base):
     canary_percent: Mapped[float] = mapped_column(sa.Float)
     small_url: Mapped[str | None] = mapped_column(sa.String(500))
     small_model: Mapped[str | None] = mapped_column(sa.String(200))
-    small_api: Mapped[str] = mapped_column(sa.String(20), server_default="chat")  # distillery.routing.SMALL_APIS
+    small_api: Mapped[str] = mapped_column(sa.String(20), server_default="chat")  # distillery.wire.SMALL_MODEL_APIS
     decoding_policy: Mapped[dict | None] = mapped_column(sa.JSON)  # vLLM's structured_outputs; NULL: free text
     cascade: Mapped[dict | None] = mapped_column(sa.JSON)  # distillery.tasks.Cascade's record; NULL: no cascade
     updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))  # when the current stage began
