@@ -176,6 +176,31 @@ def model_list(models: list[tuple[str, str]], created: int = 0) -> dict[str, Any
                                        for name, owned_by in models]}
 
 
+# vLLM's classify route (a route whose ``small_api`` is ``CLASSIFY_API``)
+
+def classify_base_url(openai_base_url: str) -> str:
+    """vLLM serves ``/classify`` at the server's root, beside its OpenAI API under ``/v1``."""
+    return openai_base_url.rstrip("/").removesuffix("/v1")
+
+
+def classify_request(model: str, text: str) -> dict[str, Any]:
+    """A classify request for ``text``, cut to the server's ``--max-model-len`` (``truncate_prompt_tokens`` -1)."""
+    return {"model": model, "input": text, "truncate_prompt_tokens": -1}
+
+
+def classification_of(payload: Any) -> tuple[str, float]:
+    """A classify answer's (``data[0]``: ``label``, ``probs``) most probable label and its probability; WireError
+    when ``payload`` is not one."""
+    try:
+        result = payload["data"][0]
+        label, probability = result["label"], max(result["probs"])
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise WireError(f"not a classify answer: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(label, str) or not 0 < probability <= 1:
+        raise WireError(f"not a label with its probability: {str(result)[:200]}")
+    return label, probability
+
+
 # Streams
 
 def chat_chunks(parts: list[str], model: str, prompt_tokens: int, completion_tokens: int,

@@ -8,6 +8,7 @@ import random
 import mlflow.pyfunc
 import openai
 import pytest
+from support.tickets import TOPICS, tickets
 
 from distillery.errors import DistilleryError
 from distillery.grounding import uncopied_values, user_text
@@ -19,23 +20,9 @@ from distillery.tasks import (LABEL_PROBABILITY, LOWEST_TOKEN_PROBABILITY, SEQUE
 from distillery.training.encoders import EncoderConfig, train_classifier, train_span_tagger
 from distillery.training.students import Candidate, check_candidates, parse_candidates, span_tagger_ruled_out
 
-SYSTEM = {"role": "system", "content": "Route the ticket."}
-TOPICS = {"billing": ["charged twice", "refund my payment", "invoice is wrong"],
-          "shipping": ["parcel never arrived", "where is my package", "delivery is late"],
-          "account": ["cannot log in", "reset my password", "locked out of my account"]}
 CITIES = ["Paris", "Berlin", "New York", "Rome", "San Francisco"]
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "time": {"type": "string"}},
           "required": ["city"]}
-
-
-def _tickets(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.choice(list(TOPICS))
-        text = f"hi, {rng.choice(TOPICS[label])} {rng.choice(['please help', 'thanks', 'asap', ''])}".strip()
-        rows.append({"messages": [SYSTEM, {"role": "user", "content": text}, {"role": "assistant", "content": label}]})
-    return rows
 
 
 def _bookings(n: int, seed: int) -> list[dict]:
@@ -54,7 +41,7 @@ def _bookings(n: int, seed: int) -> list[dict]:
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("classifier")
-    result = train_classifier(_tickets(96, 0), _tickets(12, 1), resolve_base_model(BUNDLED_ENCODER),
+    result = train_classifier(tickets(96, 0), tickets(12, 1), resolve_base_model(BUNDLED_ENCODER),
                               list(TOPICS), folder, EncoderConfig(epochs=6, batch_size=16))
     assert result.steps == 36 and result.validation_loss is not None
     return folder
@@ -98,7 +85,7 @@ def test_a_classifier_answers_its_labels_with_the_same_confidence_in_evaluation_
                                                                                                   tmp_path):
     student = EncoderStudent.load(classifier_dir)
     assert student.card.kind == CLASSIFIER and student.card.labels == tuple(TOPICS)
-    held_out = _tickets(30, 2)
+    held_out = tickets(30, 2)
     answers = student.answer([row["messages"][:-1] for row in held_out], batch_size=8)
     accuracy = sum(a.text == row["messages"][-1]["content"] for a, row in zip(answers, held_out)) / len(held_out)
     assert accuracy >= 0.8 and all(a.text in TOPICS for a in answers)  # 36 steps learn three keyword topics

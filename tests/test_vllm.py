@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import openai
 import pytest
+from support.tickets import TOPICS, tickets
 
 from assets import LIFECYCLE_ASSETS, deployed_endpoint, eval_report, lora_adapter, workload_partitions
 from distillery.gateway import BackgroundGateway, GatewayConfig
@@ -251,23 +252,6 @@ def test_vllm_decodes_a_grounded_grammar_as_the_local_engine_does(deployed):
         assert uncopied_values(json.loads(answer), policy.copied_fields, user_text(messages)) == [], answer
 
 
-TOPICS = {"billing": ["charged twice", "refund my payment", "invoice is wrong"],
-          "shipping": ["parcel never arrived", "where is my package", "delivery is late"],
-          "account": ["cannot log in", "reset my password", "locked out of my account"]}
-
-
-def _tickets(n: int, seed: int) -> list[dict]:
-    import random
-
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.choice(list(TOPICS))
-        text = f"hi, {rng.choice(TOPICS[label])} {rng.choice(['please help', 'thanks', 'asap', ''])}".strip()
-        rows.append({"messages": [*demo_messages(text), {"role": "assistant", "content": label}]})
-    return rows
-
-
 def test_vllm_serves_a_classifier_through_its_classify_route_and_the_gateway_cascades_on_its_confidence(
         tmp_path, monkeypatch):
     """A classifier student under the vllm backend: its own vLLM server as a pooling model, asked by the gateway
@@ -275,10 +259,10 @@ def test_vllm_serves_a_classifier_through_its_classify_route_and_the_gateway_cas
     calls below its threshold to the frontier."""
     from distillery.models import BUNDLED_ENCODER, resolve_base_model
     from distillery.routing import Route
-    from distillery.wire import CLASSIFY_API
     from distillery.serving import EncoderStudent
     from distillery.tasks import LABEL_PROBABILITY, Cascade
     from distillery.training.encoders import EncoderConfig, train_classifier
+    from distillery.wire import CLASSIFY_API
 
     if not VLLM_PYTHON.exists():
         pytest.skip(f"vLLM is not installed at {VLLM_PYTHON}: run scripts/setup-vllm (.ci/run does)")
@@ -286,12 +270,12 @@ def test_vllm_serves_a_classifier_through_its_classify_route_and_the_gateway_cas
     monkeypatch.delenv("DISTILLERY_LOG_STORE_URL", raising=False)
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # vLLM on CPUs reserves 92% of memory without it
     folder = tmp_path / "classifier"
-    train_classifier(_tickets(96, 0), _tickets(12, 1), resolve_base_model(BUNDLED_ENCODER), list(TOPICS), folder,
+    train_classifier(tickets(96, 0), tickets(12, 1), resolve_base_model(BUNDLED_ENCODER), list(TOPICS), folder,
                      EncoderConfig(epochs=4, batch_size=16))
     policy = DecodingPolicy(labels=tuple(TOPICS))
     # and one past the student's 64 tokens, its topics at each end: cut at the end, as evaluation cuts it
     long_ticket = demo_messages("I was charged twice, " * 12 + "and my parcel never arrived " * 12)
-    conversations = [row["messages"][:-1] for row in _tickets(12, 2)] + [long_ticket]
+    conversations = [row["messages"][:-1] for row in tickets(12, 2)] + [long_ticket]
     evaluated = EncoderStudent.load(folder).answer(conversations)
     confidences = sorted(answer.confidence(LABEL_PROBABILITY) for answer in evaluated)
     # In the widest gap between two confidences (some calls on each side): the kernels' float differences stay far

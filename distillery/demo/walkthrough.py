@@ -171,7 +171,8 @@ def walk_cutover(*, frontier_url: str | None = None, model: str = STANDIN_MODEL,
                                      demo_messages("I was charged twice"), DecodingPolicy.load(adapter),
                                      needs_confidence=cascade is not None)
         routes.set(replace(routes.get(WORKLOAD), mode=SHADOW, canary_percent=0.0, small_url=restarted.url,
-                           small_api=restarted.api, cascade=route.cascade), "demo: endpoint restarted after the forced fault")
+                           small_api=restarted.api, cascade=route.cascade),
+                   "demo: endpoint restarted after the forced fault")
         say(f"  the endpoint is serving again at {restarted.url}; the route is back in shadow")
     return steps
 

@@ -44,7 +44,7 @@ class SmallModel:
         """The policy this call is answered under and the small model's request for it."""
         if route.small_api == wire.CLASSIFY_API:
             text = classifier_text(protocol.small_model_request(body).get("messages"))
-            return route.policy, {"model": route.small_model, "input": text, "truncate_prompt_tokens": -1}
+            return route.policy, wire.classify_request(route.small_model, text)
         if route.policy.tool_calls:
             policy, constraint = _tool_policy(route.policy, protocol.tools(body))
             return policy, {**protocol.small_model_request(body), "model": route.small_model, **constraint}
@@ -61,7 +61,7 @@ class SmallModel:
         """The small model's raw answer, what it says, and its chosen tokens' log-probabilities (when the route asked
         for them); raises one of ``SMALL_MODEL_FAILURES`` on any failure."""
         classify = route.small_api == wire.CLASSIFY_API
-        base_url = route.small_url.rstrip("/").removesuffix("/v1") if classify else route.small_url
+        base_url = wire.classify_base_url(route.small_url) if classify else route.small_url
         pool = self._pools.get(base_url)
         if pool is None:
             pool = self._pools[base_url] = UpstreamPool(base_url)
@@ -88,13 +88,9 @@ class SmallModel:
 
 
 def classification_as_chat(payload: dict, model: str) -> dict:
-    """vLLM's classify answer (``data[0]``: ``label``, ``probs``) as the chat completion the local model server sends
-    for a classifier: the label, its log-probability as the one token's. One of ``SMALL_MODEL_FAILURES`` when it is
-    not one."""
-    result = payload["data"][0]
-    label, probability = result["label"], max(result["probs"])
-    if not isinstance(label, str) or not 0 < probability <= 1:
-        raise ValueError(f"the classifier's answer is not a label with its probability: {str(result)[:200]}")
+    """vLLM's classify answer as the chat completion the local model server sends for a classifier: the label, its
+    log-probability as the one token's. WireError (one of ``SMALL_MODEL_FAILURES``) when it is not one."""
+    label, probability = wire.classification_of(payload)
     prompt_tokens = (payload.get("usage") or {}).get("prompt_tokens", 0)
     return wire.chat_completion(label, model, prompt_tokens, 1,
                                 logprobs=[wire.token_logprob(label, math.log(probability))])

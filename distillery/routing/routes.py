@@ -188,7 +188,8 @@ class RouteStore:
         epoch (else None: another gateway or a person changed it first)."""
         now = dt.datetime.now(dt.timezone.utc)
         values = {"mode": route.mode, "canary_percent": route.canary_percent, "small_url": route.small_url,
-                  "small_model": route.small_model, "small_api": route.small_api, "decoding_policy": route.policy.record(),
+                  "small_model": route.small_model, "small_api": route.small_api,
+                  "decoding_policy": route.policy.record(),
                   "cascade": route.cascade.record() if route.cascade else None, "updated_at": now,
                   "autopilot": route.autopilot, "approval": route.approval.record() if route.approval else None,
                   "evidence_calls": 0, "evidence_agreed": 0, "evidence_llr": 0.0}

@@ -124,7 +124,7 @@ class Endpoints:
                                          needs_confidence)
             endpoint = replace(endpoint, workload=workload)
         else:
-            endpoint = self._start_server(workload, base_model, adapter_dir, model_name, probe_messages, policy,
+            endpoint = self._start_server(workload, kind, base_model, adapter_dir, model_name, probe_messages, policy,
                                           needs_confidence)
         self._write_state(endpoint)
         if previous and previous.pid and previous.pid != endpoint.pid and not any(
@@ -146,7 +146,7 @@ class Endpoints:
                 return remote + path[len(local):]
         return path
 
-    def _start_server(self, workload: str, base_model: str, adapter_dir: Path, model_name: str,
+    def _start_server(self, workload: str, kind: str, base_model: str, adapter_dir: Path, model_name: str,
                       probe_messages: list[dict], policy: DecodingPolicy | None,
                       needs_confidence: bool = False) -> Endpoint:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ class Endpoints:
         log_path = self.state_dir / f"{workload}-{stamp}.log"
         ready_file.unlink(missing_ok=True)
         env = None
-        classifier = self.backend == VLLM and kind_of(Path(adapter_dir)) == CLASSIFIER
+        classifier = self.backend == VLLM and kind == CLASSIFIER
         if classifier:
             port = _free_port(self.host)
             card = StudentCard.load(Path(adapter_dir))
@@ -200,7 +200,8 @@ class Endpoints:
         finally:
             ready_file.unlink(missing_ok=True)
         return Endpoint(workload, url, process.pid, model_name, str(adapter_dir), base_model, str(log_path),
-                        dt.datetime.now(dt.timezone.utc).isoformat(), api=wire.CLASSIFY_API if classifier else wire.CHAT_API)
+                        dt.datetime.now(dt.timezone.utc).isoformat(),
+                        api=wire.CLASSIFY_API if classifier else wire.CHAT_API)
 
     def _load_beside(self, running: Endpoint, adapter_path: str, model_name: str, probe_messages: list[dict],
                      policy: DecodingPolicy | None, needs_confidence: bool = False) -> Endpoint:
@@ -340,19 +341,17 @@ def _probe(url: str, model: str, messages: list[dict], policy: DecodingPolicy | 
 def _probe_classifier(url: str, model: str, messages: list[dict], policy: DecodingPolicy | None) -> None:
     """A real classify request as the gateway sends it (``gateway.small_model``): healthy only when the answer is one
     of the policy's labels with its probabilities."""
-    base = url.rstrip("/").removesuffix("/v1")
-    status, text = _post_json(f"{base}/classify", {"model": model, "input": classifier_text(messages),
-                                                   "truncate_prompt_tokens": -1})
+    base = wire.classify_base_url(url)
+    status, text = _post_json(f"{base}/classify", wire.classify_request(model, classifier_text(messages)))
     if status != 200:
         raise DistilleryError(f"model server at {base} failed the health-check classify request to {model!r} "
                               f"(HTTP {status}): {text[:500]}")
     try:
-        result = json.loads(text)["data"][0]
-        label, probabilities = result["label"], result["probs"]
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        label, _ = wire.classification_of(json.loads(text))
+    except ValueError as exc:  # not JSON, or not a classify answer (wire.WireError)
         raise DistilleryError(f"model server at {base} answered the health-check classify request with no label "
-                              f"and probabilities: {text[:200]!r}") from exc
-    if not (policy or DecodingPolicy()).valid_answer(label) or not probabilities:
+                              f"and probability: {exc}") from exc
+    if not (policy or DecodingPolicy()).valid_answer(label):
         raise DistilleryError(f"model server at {base} answered the health-check classify request outside the "
                               f"workload's labels: {label!r}")
 
